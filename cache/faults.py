@@ -1,0 +1,58 @@
+"""Named crash points for fault-injection tests.
+
+The cache promises that a crash at any moment loses no finished work. To test that promise
+at exact moments (half-way through a shard write, between the shard rename and the manifest
+append) instead of at whatever moment a timer happens to hit, the writer calls
+:func:`fault_point` at each such moment. In normal runs it is a dictionary lookup and does
+nothing.
+
+A test sets ``PIPELINE_FAULT=<point>:<n>[:<action>]`` in the environment of the process it
+wants to crash: at the n-th time (1-based) the process passes ``<point>``, it either kills
+itself with SIGKILL (``kill``, the default: no cleanup code runs, as with ``kill -9``), raises
+``KeyboardInterrupt`` (``interrupt``, as Ctrl-C does), or raises :class:`InjectedFault`
+(``raise``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV_VAR = "PIPELINE_FAULT"
+
+#: Every point the cache writer passes, in the order one shard goes through them.
+POINTS = (
+    "shard.begin",           # about to create the temporary shard file
+    "shard.written",         # data written to the temporary file, not yet renamed
+    "shard.renamed",         # shard has its final name, manifest not yet updated
+    "manifest.partial",      # half of the manifest line written, not yet flushed
+    "manifest.appended",     # manifest line written and synced
+)
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault point when the test asked for action ``raise``."""
+
+
+_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Mark a moment at which a test may crash this process (see module docstring)."""
+    spec = os.environ.get(ENV_VAR)
+    if not spec:
+        return
+    parts = spec.split(":")
+    if parts[0] != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    wanted = int(parts[1]) if len(parts) > 1 and parts[1] else 1
+    if _hits[name] != wanted:
+        return
+    action = parts[2] if len(parts) > 2 else "kill"
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "interrupt":
+        raise KeyboardInterrupt(f"injected at {name}")
+    else:
+        raise InjectedFault(f"injected fault at {name} (hit {wanted})")

@@ -1,0 +1,121 @@
+"""The manifest of one fingerprint's cache: which shard and row holds each image's features.
+
+It is an append-only journal, ``manifest.jsonl``: one JSON line per committed shard, appended
+and fsynced after the shard has its final name::
+
+    {"shard": "shard-000003-1a2b3c4d.h5", "sha256": ["ab12...", ...], "crc32": [...],
+     "bytes": 16779264, "created": "2026-11-23T12:00:00+00:00"}
+
+Row ``i`` of the shard holds the features of ``sha256[i]``; ``crc32[i]`` is the checksum of that
+row recorded at write time. Appending one line per shard keeps a commit O(shard), not O(cache).
+A crash can leave a torn last line; readers ignore it and the next writer cuts it off (the
+shard it described is adopted again from the shard file itself, which is the source of truth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .faults import fault_point
+from .shards import WrittenShard
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A committed shard as the manifest knows it."""
+
+    name: str
+    sha256: tuple[str, ...]
+    checksums: tuple[int, ...]
+    bytes: int
+    created: str = ""
+
+    @property
+    def rows(self) -> int:
+        return len(self.sha256)
+
+
+@dataclass
+class Manifest:
+    """Parsed manifest: shard records in commit order and the sha256 -> (shard, row) map.
+
+    When the same sha256 appears in two shards (possible only if shards were copied in by
+    hand), the first committed one wins, so lookups are deterministic.
+    """
+
+    shards: dict[str, ShardRecord] = field(default_factory=dict)
+    entries: dict[str, tuple[str, int]] = field(default_factory=dict)
+    good_bytes: int = 0      # length of the file up to the last complete line
+    torn_tail: bool = False  # a partial or unparsable line follows the last good one
+
+    def add(self, record: ShardRecord) -> None:
+        """Register ``record`` (ignored when a shard of that name is already known)."""
+        if record.name in self.shards:
+            return
+        self.shards[record.name] = record
+        for row, sha in enumerate(record.sha256):
+            self.entries.setdefault(sha, (record.name, row))
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """Read ``folder/manifest.jsonl``; a missing file is an empty manifest."""
+    manifest = Manifest()
+    path = folder / MANIFEST_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return manifest
+    offset = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            manifest.torn_tail = True
+            break
+        try:
+            item = json.loads(line)
+            record = ShardRecord(name=item["shard"], sha256=tuple(item["sha256"]),
+                                 checksums=tuple(item["crc32"]), bytes=int(item["bytes"]),
+                                 created=item.get("created", ""))
+        except (ValueError, KeyError, TypeError):
+            manifest.torn_tail = True
+            break
+        manifest.add(record)
+        offset += len(line)
+    manifest.good_bytes = offset
+    return manifest
+
+
+def cut_torn_tail(folder: Path, manifest: Manifest) -> None:
+    """Drop whatever follows the last complete line (call only while holding the write lock)."""
+    if manifest.torn_tail:
+        with open(folder / MANIFEST_NAME, "rb+") as fh:
+            fh.truncate(manifest.good_bytes)
+            os.fsync(fh.fileno())
+        manifest.torn_tail = False
+
+
+def append_shard(folder: Path, manifest: Manifest, shard: WrittenShard) -> ShardRecord:
+    """Commit ``shard`` to the journal (fsynced) and to the in-memory ``manifest``."""
+    record = ShardRecord(name=shard.name, sha256=tuple(shard.sha256),
+                         checksums=tuple(shard.checksums), bytes=shard.bytes,
+                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    line = json.dumps({"shard": record.name, "sha256": list(record.sha256),
+                       "crc32": list(record.checksums), "bytes": record.bytes,
+                       "created": record.created}, separators=(",", ":")).encode() + b"\n"
+    with open(folder / MANIFEST_NAME, "ab") as fh:
+        half = len(line) // 2
+        fh.write(line[:half])
+        fh.flush()
+        fault_point("manifest.partial")
+        fh.write(line[half:])
+        fh.flush()
+        os.fsync(fh.fileno())
+    manifest.add(record)
+    manifest.good_bytes += len(line)
+    fault_point("manifest.appended")
+    return record

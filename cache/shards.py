@@ -1,0 +1,117 @@
+"""One HDF5 shard: an immutable block of feature rows, written once under a temporary name.
+
+Layout of a shard file (``shard-<seq>-<id>.h5``):
+
+- ``features``: (N, h, w, c) float32, one row per image
+- ``sha256``:   (N,) ``S64``, the hex sha256 of each image's bytes, row-aligned with ``features``
+- attributes: ``fingerprint`` (the backbone fingerprint id), ``format`` (shard format version),
+  ``created`` (UTC ISO time)
+
+A shard is written to ``.<name>.tmp``, flushed and fsynced, then renamed to its final name, so a
+file ending in ``.h5`` is always complete. The temporary name ends in ``.tmp``: only shards end in
+``.h5`` under the cache folder.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .faults import fault_point
+
+SHARD_FORMAT = 1
+SHARD_SUFFIX = ".h5"
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """What the manifest records about a shard once it has its final name."""
+
+    name: str
+    sha256: list[str]
+    checksums: list[int]
+    bytes: int
+
+
+def row_checksums(features: np.ndarray) -> list[int]:
+    """CRC32 of each row's float32 bytes, as recorded at write time and checked by verify."""
+    rows = np.ascontiguousarray(features, dtype=np.float32)
+    return [zlib.crc32(row.tobytes()) for row in rows]
+
+
+def new_shard_name(sequence: int) -> str:
+    """A shard name that sorts by write order and never collides with another writer's."""
+    return f"shard-{sequence:06d}-{uuid.uuid4().hex[:8]}{SHARD_SUFFIX}"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
+                features: np.ndarray) -> WrittenShard:
+    """Write ``features`` (N, h, w, c) float32 and their ``sha256`` as the shard ``folder/name``.
+
+    The file appears under its final name only when complete. On any error the temporary file
+    is removed and the error propagates; the cache is left as it was before the call.
+    """
+    if len(sha256) != len(features):
+        raise ValueError(f"{len(sha256)} sha256 for {len(features)} feature rows")
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    final = folder / name
+    temp = folder / f".{name}{TEMP_SUFFIX}"
+    fault_point("shard.begin")
+    try:
+        with h5py.File(temp, "w") as f:
+            f.attrs["fingerprint"] = fingerprint
+            f.attrs["format"] = SHARD_FORMAT
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.create_dataset("features", data=features)
+            f.create_dataset("sha256", data=np.array(sha256, dtype="S64"))
+            f.flush()
+            fault_point("shard.written")
+        with open(temp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+    fault_point("shard.renamed")
+    return WrittenShard(name=name, sha256=list(sha256), checksums=row_checksums(features),
+                        bytes=final.stat().st_size)
+
+
+def read_shard_sha256(path: Path) -> list[str]:
+    """The sha256 column of a shard, in row order."""
+    with h5py.File(path, "r") as f:
+        return [s.decode("ascii") for s in f["sha256"][:]]
+
+
+def read_shard_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Feature rows ``rows`` (any order, may repeat) of one shard as (len(rows), h, w, c) float32."""
+    rows = np.asarray(rows, dtype=np.int64)
+    # h5py fancy indexing wants strictly increasing indices: read the unique sorted rows once,
+    # then put them back in the order asked for.
+    unique, inverse = np.unique(rows, return_inverse=True)
+    with h5py.File(path, "r") as f:
+        block = f["features"][unique]
+    return block[inverse]

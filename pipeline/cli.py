@@ -1,0 +1,164 @@
+"""The ``pipeline`` command: parses arguments and calls functions that tests call too.
+
+Exit codes: 0 success; 1 a failure explained in one line on stderr (``error: ...``);
+2 wrong usage (unknown option or stage); 130 interrupted by Ctrl-C (finished work is kept).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from .config import PipelineConfig, load_config
+from .errors import PipelineError, PipelineWarning
+
+STAGES = ("extract",)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    name = category.__name__ if issubclass(category, PipelineWarning) else "warning"
+    click.echo(f"warning: {name}: {message}", err=True)
+
+
+def _load(config_path: str, overrides: tuple[str, ...]) -> PipelineConfig:
+    return load_config(Path(config_path), overrides)
+
+
+config_option = click.option(
+    "-c", "--config", "config_path", default="stages.yaml", show_default=True,
+    type=click.Path(dir_okay=False), help="The pipeline's stages.yaml.")
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a stages.yaml key, value read as YAML (repeatable), "
+         "e.g. --set data.image_size=[224,224] --set backbone.weights=null.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vgg16-feature-pipeline", prog_name="pipeline")
+def cli() -> None:
+    """Frozen VGG16 features, extracted once into a content-addressed HDF5 cache.
+
+    \b
+    Typical use:
+      pipeline run extract            extract features of every new image
+      pipeline cache ls               fingerprints in the cache, entries, bytes
+      pipeline info backbone          VGG16 layer table and parameter counts
+
+    Configuration comes from stages.yaml (-c to choose another); any key can be
+    overridden with --set key.sub=value.
+    """
+
+
+@cli.command()
+@click.argument("stages", nargs=-1, required=True)
+@config_option
+@set_option
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
+        progress: bool) -> None:
+    """Run STAGES (now: extract), writing a run folder under runs.dir.
+
+    extract runs VGG16 once over every image whose features are not cached yet for this
+    backbone fingerprint, appends them to HDF5 shards, and writes the dataset view.
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise click.UsageError(f"unknown stage {', '.join(unknown)}; stages: "
+                               f"{', '.join(STAGES)}")
+    config = _load(config_path, overrides)
+    from .stages import run_stages
+    run_folder, report = run_stages(config, list(dict.fromkeys(stages)), progress=progress)
+    click.echo(report)
+    click.echo(f"run folder: {run_folder.path}")
+
+
+@cli.group()
+def info() -> None:
+    """Describe parts of the pipeline."""
+
+
+@info.command("backbone")
+@config_option
+@set_option
+def info_backbone(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Print the backbone's layer table: shapes, parameters, trainable or frozen, totals."""
+    config = _load(config_path, overrides)
+    from .fingerprint import backbone_fingerprint, backbone_spec
+    spec = backbone_spec(config)
+    fingerprint, _ = backbone_fingerprint(spec)
+    from .backbone import build_feature_extractor, format_layer_table, layer_table
+    model = build_feature_extractor(spec)
+    click.echo(f"VGG16 conv base, weights {config.backbone.weights}, input "
+               f"{spec.input_shape}, cut at {spec.output_layer}, fingerprint {fingerprint}")
+    click.echo(format_layer_table(layer_table(model)))
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect the feature cache."""
+
+
+def _cache_dir(config_path: str, overrides: tuple[str, ...], cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    return _load(config_path, overrides).cache.dir
+
+
+cache_dir_option = click.option("--dir", "cache_dir", type=click.Path(file_okay=False),
+                                 help="Cache folder (default: cache.dir of stages.yaml).")
+
+
+@cache.command("ls")
+@config_option
+@set_option
+@cache_dir_option
+def cache_ls(config_path: str, overrides: tuple[str, ...], cache_dir: str | None) -> None:
+    """One line per backbone fingerprint: weights, input, entries, shards, bytes."""
+    from .inspect import format_store_list
+    click.echo(format_store_list(_cache_dir(config_path, overrides, cache_dir)))
+
+
+@cache.command("info")
+@click.argument("fingerprint", required=False)
+@config_option
+@set_option
+@cache_dir_option
+def cache_info(fingerprint: str | None, config_path: str, overrides: tuple[str, ...],
+               cache_dir: str | None) -> None:
+    """Details of one fingerprint (default: every fingerprint) and its dataset views."""
+    from .inspect import format_store_info
+    click.echo(format_store_info(_cache_dir(config_path, overrides, cache_dir), fingerprint))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code."""
+    warnings.showwarning = _show_warning
+    try:
+        cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished batches were saved to the cache; run again to resume",
+                   err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except PipelineError as exc:
+        click.echo(f"error: {'; '.join(str(exc).splitlines())}", err=True)
+        return 1
+    except Exception as exc:  # cache errors and the like: one line, not a traceback
+        from cache import CacheError
+        if isinstance(exc, CacheError):
+            click.echo(f"error: {exc}", err=True)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
