@@ -95,7 +95,6 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(folder)
-    fault_point("shard.renamed")
     return WrittenShard(name=name, sha256=list(sha256), checksums=row_checksums(features),
                         bytes=final.stat().st_size)
 

@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import filelock
 import numpy as np
 
+from .faults import fault_point
 from .manifest import (Manifest, ShardRecord, append_shard, cut_torn_tail, load_manifest)
 from .shards import (SHARD_SUFFIX, TEMP_SUFFIX, fsync_dir, new_shard_name, read_shard_rows,
                      read_shard_sha256, row_checksums, write_shard)
@@ -378,12 +379,16 @@ class ShardWriter:
         self._sequence += 1
         written = write_shard(self.store.path, new_shard_name(self._sequence),
                               self.store.fingerprint, shas, rows)
-        append_shard(self.store.path, self._manifest, written)
+        # From here the rows are durable in a complete shard: drop them from the buffer before
+        # touching the manifest, so that a failure below is never "repaired" by writing the
+        # same rows again. A shard the manifest missed is adopted by the next writer.
         del self._buffer_sha[:count]
         del self._buffer_rows[:count]
         self.rows_written += count
         self.shards_written += 1
         self._last_commit = time.monotonic()
+        fault_point("shard.renamed")
+        append_shard(self.store.path, self._manifest, written)
 
     @property
     def buffered(self) -> int:

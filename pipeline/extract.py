@@ -118,11 +118,11 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
     """Decode, infer and commit ``missing`` images; returns (sha256 -> failure reason, seconds)."""
     # Imported here, not at the top: TensorFlow takes seconds to import, and a run with nothing
     # to extract must not pay for it.
-    from .backbone import build_feature_extractor
+    from .backbone import build_feature_extractor, compiled_inference
     from .batches import BatchReader
 
     params = config.stages.extract
-    model = build_feature_extractor(spec)
+    infer = compiled_inference(build_feature_extractor(spec))
     reader = BatchReader(paths=paths, sha256=missing, options=spec.decode,
                          batch_size=params.batch_size, workers=params.decode_workers)
     failures: dict[str, str] = {}
@@ -134,7 +134,7 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
                  dynamic_ncols=True) as bar:
         for batch in reader:
             if batch.ok.any():
-                features = np.asarray(model.predict_on_batch(batch.pixels))
+                features = infer(batch.pixels).numpy()
                 good = np.flatnonzero(batch.ok)
                 writer.add([missing[i] for i in batch.positions[good]], features[good])
             for i in batch.positions[~batch.ok]:

@@ -110,15 +110,15 @@ def hed_weights_path() -> Path:
 def download_imagenet_weights() -> Path:
     """Have Keras download the ImageNet notop weights, or fail saying how to provide them."""
     target = keras_models_dir() / IMAGENET_NOTOP_FILE
-    from .backbone import fetch_imagenet_weights  # imports TensorFlow; only on this rare path
+    # Imports TensorFlow; only on this path, once per machine.
+    from .backbone import IMAGENET_NOTOP_URL, fetch_imagenet_weights
     try:
         return fetch_imagenet_weights()
     except Exception as exc:  # any network or filesystem error means the same to the user
-        from keras.applications import vgg16
         raise BackboneWeightsError(
             f"backbone.weights: imagenet: the VGG16 weights are not in {target} and could not "
             f"be downloaded ({' '.join(str(exc).split())[:160]}). Download "
-            f"{vgg16.WEIGHTS_PATH_NO_TOP} on a machine with internet and copy it to {target} "
+            f"{IMAGENET_NOTOP_URL} on a machine with internet and copy it to {target} "
             f"(or set KERAS_HOME), or set backbone.weights to the file's path; offline, "
             f"backbone.weights: hed-bsds500 works without any download") from None
 

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny generated image folders and configurations that run in seconds.
+
+Images are small random-noise JPEGs and PNGs drawn from a fixed seed; the backbone runs with
+``weights: null`` (seeded random VGG16) at 32x32, the smallest input VGG16 accepts, so the
+numbers are meaningless but exact and every test is fast and deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+FLOWERS = REPO.parent / "shared" / "data" / "flowers-1000"
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: str = "RGB",
+                fmt: str | None = None) -> Path:
+    """A deterministic noise image of ``size`` (width, height) at ``path``."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def make_image_folder(root: Path, classes: dict[str, int], start_seed: int = 0,
+                      ext: str = "png") -> list[Path]:
+    """``root/<class>/img_NN.<ext>`` noise images, ``classes`` = {name: count}."""
+    paths, seed = [], start_seed
+    for name, count in classes.items():
+        for i in range(count):
+            paths.append(write_image(root / name / f"img_{i:02d}.{ext}", seed))
+            seed += 1
+    return paths
+
+
+def write_config(folder: Path, document: dict) -> Path:
+    """Write ``document`` as ``folder/stages.yaml``."""
+    path = folder / "stages.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def tiny_document(**extract) -> dict:
+    """A stages.yaml for ``data/`` beside it: random weights, 32x32, small shards."""
+    return {
+        "data": {"root": "data", "image_size": [32, 32]},
+        "backbone": {"weights": None, "seed": 1},
+        "cache": {"dir": "cache"},
+        "stages": {"extract": {"batch_size": 4, "shard_size": 4, **extract}},
+        "runs": {"dir": "runs"},
+    }
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A project folder: 3 classes x 4 noise images under data/, and its stages.yaml."""
+    make_image_folder(tmp_path / "data", {"cats": 4, "dogs": 4, "owls": 4})
+    write_config(tmp_path, tiny_document())
+    return tmp_path
+
+
+@pytest.fixture
+def flowers() -> Path:
+    """The shared flowers-1000 photos; tests that need real photos skip without them."""
+    if not FLOWERS.is_dir():
+        pytest.skip(f"real photos not found at {FLOWERS}")
+    return FLOWERS

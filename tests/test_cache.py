@@ -1,0 +1,173 @@
+"""The feature cache on its own: shards, manifest, recovery after crashes, locking, dask."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import CacheLockedError, FeatureStore, MissingFeaturesError, list_stores
+from cache.faults import InjectedFault
+from cache.manifest import MANIFEST_NAME
+
+DESCRIPTION = {"architecture": "test", "output_shape": [2, 2, 3]}
+
+
+def _rows(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shas = [f"{seed:08x}{i:056x}" for i in range(n)]
+    return shas, rng.standard_normal((n, 2, 2, 3)).astype(np.float32)
+
+
+def _fill(store: FeatureStore, shas, features, shard_rows=4):
+    with store.open_writer(DESCRIPTION, shard_rows=shard_rows) as writer:
+        writer.add(shas, features)
+    store.refresh()
+
+
+def test_written_features_read_back_in_any_order(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(10)
+    _fill(store, shas, features)
+    assert len(store) == 10 and shas[3] in store
+    order = [7, 0, 7, 9, 3]
+    np.testing.assert_array_equal(store.get([shas[i] for i in order]), features[order])
+    assert [s.rows for s in store.shards()] == [4, 4, 2]
+    assert store.get([]).shape == (0, 2, 2, 3)
+
+
+def test_shards_are_hdf5_with_the_documented_layout(tmp_path: Path):
+    import h5py
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(3)
+    _fill(store, shas, features)
+    (shard,) = sorted(store.path.glob("*.h5"))
+    with h5py.File(shard, "r") as f:
+        assert f["features"].shape == (3, 2, 2, 3) and f["features"].dtype == np.float32
+        assert [s.decode() for s in f["sha256"][:]] == shas
+        assert f.attrs["fingerprint"] == "fp-a"
+    assert [p.name for p in tmp_path.rglob("*.h5")] == [shard.name]  # only shards end in .h5
+
+
+def test_dask_array_is_lazy_and_equal(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(10)
+    _fill(store, shas, features)
+    wanted = shas[::-1]
+    lazy = store.to_dask(wanted, chunk_rows=3)
+    assert lazy.shape == (10, 2, 2, 3) and lazy.chunks[0] == (3, 3, 3, 1)
+    np.testing.assert_array_equal(lazy.compute(), features[::-1])
+    np.testing.assert_array_equal(lazy[4:6].compute(), features[::-1][4:6])
+
+
+def test_missing_entries_are_named(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(2)
+    _fill(store, shas, features)
+    assert store.missing([shas[0], "f" * 64, "f" * 64, "e" * 64]) == ["f" * 64, "e" * 64]
+    with pytest.raises(MissingFeaturesError, match="2 image.*ffff"):
+        store.get([shas[0], "f" * 64, "e" * 64])
+
+
+def test_rows_already_cached_are_not_stored_twice(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(6)
+    _fill(store, shas[:4], features[:4])
+    _fill(store, shas + shas[:2], np.concatenate([features, features[:2]]))
+    assert len(store) == 6
+    assert sum(s.rows for s in store.shards()) == 6
+
+
+def test_exception_inside_the_writer_keeps_buffered_rows(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(3)
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.open_writer(DESCRIPTION, shard_rows=100) as writer:
+            writer.add(shas, features)
+            raise RuntimeError("boom")
+    store.refresh()
+    np.testing.assert_array_equal(store.get(shas), features)
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    with store.open_writer(DESCRIPTION):
+        with pytest.raises(CacheLockedError, match=r"pid \d+ .*cache.lock_timeout"):
+            FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION, lock_timeout=0)
+        with pytest.raises(CacheLockedError, match="waited 0.2 s"):
+            FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION, lock_timeout=0.2)
+    FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION).close()  # free again
+
+
+def test_torn_manifest_line_is_ignored_and_cut(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(8)
+    _fill(store, shas, features)
+    manifest = store.path / MANIFEST_NAME
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    manifest.write_bytes(lines[0] + lines[1][: len(lines[1]) // 2])  # crash mid-append
+    reader = FeatureStore(tmp_path, "fp-a")
+    np.testing.assert_array_equal(reader.get(shas), features)  # second shard found on disk
+    assert reader.stats().unlisted_shards == 1
+    with reader.open_writer(DESCRIPTION) as writer:
+        assert writer.adopted_shards == 1
+    text = manifest.read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == 2
+    assert all(json.loads(line) for line in text.splitlines())
+    reader.refresh()
+    assert reader.stats().unlisted_shards == 0 and len(reader) == 8
+
+
+def test_temporary_files_of_a_dead_writer_are_removed(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(2)
+    _fill(store, shas, features)
+    stale = store.path / ".shard-000009-deadbeef.h5.tmp"
+    stale.write_bytes(b"half a shard")
+    assert len(FeatureStore(tmp_path, "fp-a")) == 2  # readers never look at it
+    store.open_writer(DESCRIPTION).close()
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("point", ["shard.begin", "shard.written", "shard.renamed",
+                                   "manifest.partial", "manifest.appended"])
+def test_failure_at_any_write_point_loses_nothing_committed(tmp_path: Path, monkeypatch, point):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(12)
+    _fill(store, shas[:4], features[:4])
+    monkeypatch.setenv("PIPELINE_FAULT", f"{point}:2:raise")
+    import cache.faults
+    monkeypatch.setattr(cache.faults, "_hits", {})
+    with pytest.raises(InjectedFault):
+        _fill(store, shas[4:], features[4:])
+    monkeypatch.delenv("PIPELINE_FAULT")
+    assert not list(store.path.glob(".*.tmp"))
+    _fill(FeatureStore(tmp_path, "fp-a"), shas, features)  # resume
+    final = FeatureStore(tmp_path, "fp-a")
+    assert len(final) == 12
+    assert sum(s.rows for s in final.shards()) == 12  # nothing stored twice
+    np.testing.assert_array_equal(final.get(shas), features)
+
+
+def test_list_stores_and_stats(tmp_path: Path):
+    assert list_stores(tmp_path / "absent") == []
+    for name, n in [("fp-b", 3), ("fp-a", 5)]:
+        shas, features = _rows(n, seed=n)
+        _fill(FeatureStore(tmp_path, name), shas, features)
+    (tmp_path / "not-a-store").mkdir()
+    stores = list_stores(tmp_path)
+    assert [s.fingerprint for s in stores] == ["fp-a", "fp-b"]
+    stats = stores[0].stats()
+    assert (stats.entries, stats.shards) == (5, 2) and stats.bytes > 5 * 12 * 4
+    assert stores[0].description == DESCRIPTION
+
+
+def test_importing_cache_does_not_import_tensorflow():
+    code = ("import sys, cache; from cache import FeatureStore; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

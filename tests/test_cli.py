@@ -1,0 +1,89 @@
+"""The pipeline command: output people read, exit codes scripts rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_describes_every_command(capsys):
+    code, out, _ = _run(capsys, "--help")
+    assert code == 0
+    for word in ("run", "cache", "info", "stages.yaml", "--set"):
+        assert word in out
+    code, out, _ = _run(capsys, "run", "--help")
+    assert code == 0 and "--set" in out and "KEY=VALUE" in out and "extract" in out
+    code, out, _ = _run(capsys, "cache", "--help")
+    assert code == 0 and "ls" in out and "info" in out
+
+
+def test_run_extract_then_inspect_the_cache(tiny_project: Path, capsys):
+    config = str(tiny_project / "stages.yaml")
+    code, out, _ = _run(capsys, "run", "extract", "-c", config, "--no-progress")
+    assert code == 0
+    assert "extract: 12 new, 0 cached, 0 skipped" in out and "run folder:" in out
+    code, out, _ = _run(capsys, "run", "extract", "-c", config, "--no-progress")
+    assert code == 0 and "extract: 0 new, 12 cached" in out
+    assert len(list((tiny_project / "runs").iterdir())) == 2  # one folder per run
+    code, out, _ = _run(capsys, "cache", "ls", "-c", config)
+    assert code == 0
+    assert "random(seed=1)" in out and "32x32" in out and "1x1x512" in out
+    assert "1 fingerprint(s), 12 entries" in out
+    fingerprint = out.split("vgg16-", 1)[1].split()[0]
+    code, out, _ = _run(capsys, "cache", "info", f"vgg16-{fingerprint[:6]}", "-c", config)
+    assert code == 0 and "12 in 3 shard(s)" in out and "12 images, 3 classes" in out
+    code, _, err = _run(capsys, "cache", "info", "vgg16-nope", "-c", config)
+    assert code == 1 and err.startswith("error: no fingerprint 'vgg16-nope'")
+
+
+def test_cache_ls_on_an_empty_cache(tiny_project: Path, capsys):
+    code, out, _ = _run(capsys, "cache", "ls", "--dir", str(tiny_project / "nothing"))
+    assert code == 0 and "empty" in out
+
+
+def test_info_backbone_prints_the_layer_table(tiny_project: Path, capsys):
+    code, out, _ = _run(capsys, "info", "backbone", "-c", str(tiny_project / "stages.yaml"),
+                        "--set", "data.image_size=[150,150]")
+    assert code == 0
+    assert "block5_conv3" in out and "(None, 4, 4, 512)" in out
+    assert "total parameters:       14,714,688" in out
+
+
+def test_config_errors_are_one_line_with_exit_code_1(tiny_project: Path, capsys):
+    code, out, err = _run(capsys, "run", "extract", "-c", str(tiny_project / "stages.yaml"),
+                          "--set", "stages.extract.batch_size=-1", "--set", "data.colour=red")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: stages.yaml: ")
+    assert "stages.extract.batch_size" in err and "data.colour: unknown key" in err
+
+
+def test_unknown_stage_is_a_usage_error(tiny_project: Path, capsys):
+    code, _, err = _run(capsys, "run", "train", "-c", str(tiny_project / "stages.yaml"))
+    assert code == 2 and "unknown stage train" in err
+
+
+def test_missing_config_file(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, "run", "extract")
+    assert code == 1 and "stages.yaml: no such configuration file" in err
+
+
+@pytest.mark.slow
+def test_console_script_is_installed(tiny_project: Path):
+    import subprocess
+    import sys
+    exe = Path(sys.executable).parent / "pipeline"
+    if not exe.exists():
+        pytest.skip(f"no console script at {exe} (package not installed with pip)")
+    out = subprocess.run([str(exe), "cache", "ls", "-c", str(tiny_project / "stages.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "empty" in out.stdout

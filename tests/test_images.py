@@ -1,0 +1,91 @@
+"""Decoding: the same pixels as keras.utils.load_img, and a clear reason for every bad file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.images import DecodeOptions, ImageDecodeError, decode_bytes, decode_file
+
+from .conftest import write_image
+
+OPTIONS = DecodeOptions(size=(32, 48))
+
+
+@pytest.mark.parametrize("fmt, interpolation", [("JPEG", "bilinear"), ("PNG", "nearest"),
+                                                ("BMP", "bicubic")])
+def test_pixels_match_keras_load_img(tmp_path: Path, fmt, interpolation):
+    from pipeline._tf import keras
+    path = write_image(tmp_path / f"x.{fmt.lower()}", 3, size=(70, 50), fmt=fmt)
+    options = DecodeOptions(size=(32, 48), interpolation=interpolation)
+    ours = decode_file(path, options)
+    theirs = keras.utils.img_to_array(keras.utils.load_img(
+        path, target_size=(32, 48), interpolation=interpolation), dtype="uint8")
+    assert ours.shape == (32, 48, 3) and ours.dtype == np.uint8
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"this is a text file, not a picture", "not an image"),
+])
+def test_non_images_have_a_reason(data, reason):
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_bytes(data, OPTIONS)
+
+
+def test_truncated_jpeg_has_a_reason(tmp_path: Path):
+    data = write_image(tmp_path / "x.jpg", 1, size=(200, 200)).read_bytes()
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+        decode_bytes(data[: len(data) // 2], OPTIONS)
+
+
+def test_too_many_pixels_is_refused_before_decoding(tmp_path: Path):
+    data = write_image(tmp_path / "x.png", 1, size=(100, 100)).read_bytes()
+    with pytest.raises(ImageDecodeError, match="too large: 100x100"):
+        decode_bytes(data, DecodeOptions(size=(32, 32), max_pixels=9_999))
+    assert decode_bytes(data, DecodeOptions(size=(32, 32), max_pixels=10_000)).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
+def test_other_colour_modes_become_rgb(mode):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        image = Image.fromarray(rng.integers(0, 65535, (40, 40), dtype=np.uint16))
+        fmt = "PNG"
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).convert(mode)
+        fmt = "JPEG" if mode == "CMYK" else "PNG"
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    pixels = decode_bytes(buffer.getvalue(), OPTIONS)
+    assert pixels.shape == (32, 48, 3)
+    assert 50 < pixels.mean() < 205  # 16-bit is scaled, not clipped to white
+
+
+def test_exif_orientation_is_applied():
+    wide = np.zeros((20, 60, 3), np.uint8)  # 60 wide, 20 high, left third white
+    wide[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="JPEG", exif=exif, quality=95)
+    upright = decode_bytes(buffer.getvalue(), DecodeOptions(size=(60, 20)))
+    raw = decode_bytes(buffer.getvalue(), DecodeOptions(size=(60, 20), exif_transpose=False))
+    assert upright[:18].mean() > 230 and upright[22:].mean() < 25   # white on top
+    assert raw[:, :6].mean() > 230 and raw[:, 8:].mean() < 25       # white on the left
+
+
+def test_changed_file_is_refused(tmp_path: Path):
+    path = write_image(tmp_path / "x.png", 1)
+    with pytest.raises(ImageDecodeError, match="changed"):
+        decode_file(path, OPTIONS, expected_sha256="0" * 64)
+
+
+def test_unreadable_file_has_a_reason(tmp_path: Path):
+    with pytest.raises(ImageDecodeError, match="unreadable"):
+        decode_file(tmp_path / "missing.png", OPTIONS)
