@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import filelock
+import h5py
 import numpy as np
 
 from .faults import fault_point
 from .manifest import (Manifest, ShardRecord, append_shard, cut_torn_tail, load_manifest)
-from .shards import (SHARD_SUFFIX, TEMP_SUFFIX, fsync_dir, new_shard_name, read_shard_rows,
-                     read_shard_sha256, row_checksums, write_shard)
+from .shards import (SHARD_SUFFIX, TEMP_SUFFIX, WrittenShard, fsync_dir, new_shard_name,
+                     read_shard_rows, read_shard_sha256, row_checksums, write_shard)
 
 DESCRIPTION_NAME = "fingerprint.json"
 LOCK_NAME = ".write.lock"
@@ -173,7 +174,6 @@ class FeatureStore:
         shards = self._shard_files()
         if not shards:
             raise CacheError(f"{self.path} holds no features yet")
-        import h5py
         with h5py.File(shards[0], "r") as f:
             return tuple(f["features"].shape[1:])
 
@@ -329,8 +329,6 @@ class ShardWriter:
 
     def _adopt(self, manifest: Manifest, shard: Path) -> None:
         """List a complete shard that a crash kept out of the manifest."""
-        import h5py
-        from .shards import WrittenShard
         try:
             with h5py.File(shard, "r") as f:
                 features = f["features"][:]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from cache import CacheError
+
 from .config import PipelineConfig, load_config
 from .errors import PipelineError, PipelineWarning
 
@@ -117,7 +119,7 @@ cache_dir_option = click.option("--dir", "cache_dir", type=click.Path(file_okay=
 @cache_dir_option
 def cache_ls(config_path: str, overrides: tuple[str, ...], cache_dir: str | None) -> None:
     """One line per backbone fingerprint: weights, input, entries, shards, bytes."""
-    from .inspect import format_store_list
+    from .cache_listing import format_store_list
     click.echo(format_store_list(_cache_dir(config_path, overrides, cache_dir)))
 
 
@@ -129,7 +131,7 @@ def cache_ls(config_path: str, overrides: tuple[str, ...], cache_dir: str | None
 def cache_info(fingerprint: str | None, config_path: str, overrides: tuple[str, ...],
                cache_dir: str | None) -> None:
     """Details of one fingerprint (default: every fingerprint) and its dataset views."""
-    from .inspect import format_store_info
+    from .cache_listing import format_store_info
     click.echo(format_store_info(_cache_dir(config_path, overrides, cache_dir), fingerprint))
 
 
@@ -148,15 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except PipelineError as exc:
+    except (PipelineError, CacheError) as exc:
         click.echo(f"error: {'; '.join(str(exc).splitlines())}", err=True)
         return 1
-    except Exception as exc:  # cache errors and the like: one line, not a traceback
-        from cache import CacheError
-        if isinstance(exc, CacheError):
-            click.echo(f"error: {exc}", err=True)
-            return 1
-        raise
     return 0
 
 

@@ -20,7 +20,7 @@ from cache import FeatureStore
 
 from .config import PipelineConfig
 from .dataset import DatasetScan, scan_dataset, warn_about
-from .errors import SkippedImageWarning
+from .errors import EmptyClassWarning, SkippedImageWarning
 from .fingerprint import BackboneSpec, backbone_fingerprint, backbone_spec
 from .views import DatasetView, SkippedFile, ViewImage, view_path, write_view
 
@@ -103,13 +103,14 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
     view = _build_view(scan, fingerprint, failures)
     for item in view.skipped:
         warnings.warn(f"skipped {item.path}: {item.reason}", SkippedImageWarning, stacklevel=2)
+    _warn_about_empty_classes(view, scan)
     path = view_path(config, store)
     write_view(view, path)
+    extracted = sum(1 for s in missing if s not in failures)
     return ExtractResult(fingerprint=fingerprint, store_path=store.path, view_path=path,
-                         view=view, images=len(view.images), new=len(missing) - len(
-                             [s for s in missing if s in failures]),
-                         cached=cached, skipped=view.skipped,
-                         seconds=time.perf_counter() - started, inference_seconds=loop_seconds)
+                         view=view, images=len(view.images), new=extracted, cached=cached,
+                         skipped=view.skipped, seconds=time.perf_counter() - started,
+                         inference_seconds=loop_seconds)
 
 
 def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureStore,
@@ -130,8 +131,8 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
     with store.open_writer(description, shard_rows=params.shard_size,
                            flush_seconds=params.flush_seconds,
                            lock_timeout=config.cache.lock_timeout) as writer, \
-            tqdm(total=len(missing), unit="img", desc="extract", disable=not progress,
-                 dynamic_ncols=True) as bar:
+            tqdm(total=len(missing), unit="img", desc="extract",
+                 disable=None if progress else True, dynamic_ncols=True) as bar:
         for batch in reader:
             if batch.ok.any():
                 features = infer(batch.pixels).numpy()
@@ -143,6 +144,21 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
                 writer.reject(sha, failures[sha], context)
             bar.update(len(batch.positions))
     return failures, time.perf_counter() - started
+
+
+def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
+    counts = view.counts()
+    with_files = {image.label for image in scan.images}
+    for label in view.classes:
+        total = sum(counts[split][label] for split in counts)
+        if total == 0 and label in with_files:
+            warnings.warn(f"class {label!r} has no usable image: every file was skipped",
+                          EmptyClassWarning, stacklevel=3)
+        elif total:
+            empty = [split for split in counts if counts[split][label] == 0]
+            if empty:
+                warnings.warn(f"class {label!r} has no image in split(s) {', '.join(empty)} "
+                              f"({total} in all)", EmptyClassWarning, stacklevel=3)
 
 
 def _build_view(scan: DatasetScan, fingerprint: str, failures: dict[str, str]) -> DatasetView:

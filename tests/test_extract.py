@@ -217,3 +217,14 @@ def test_view_and_run_folder(tiny_project: Path):
     assert view.classes == ["cats", "dogs", "owls"]
     assert sum(sum(c.values()) for c in view.counts().values()) == 12
     assert [s.path for s in view.skipped] == ["owls/bad.png"]
+
+
+def test_a_class_with_only_bad_files_is_named(tiny_project: Path):
+    from pipeline.errors import EmptyClassWarning
+    bad = tiny_project / "data" / "ghosts"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"")
+    (bad / "b.png").write_text("nope")
+    with pytest.warns(EmptyClassWarning, match="'ghosts' has no usable image"):
+        result = _extract(tiny_project)
+    assert "ghosts" in result.view.classes and result.new == 12

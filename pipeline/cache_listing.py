@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cache import FeatureStore, list_stores
+from cache import CacheError, FeatureStore, list_stores
 
 
 def _size(n: int) -> str:
@@ -54,7 +54,6 @@ def format_store_info(cache_dir: Path, fingerprint: str | None = None) -> str:
     if fingerprint is not None:
         stores = [s for s in stores if s.fingerprint.startswith(fingerprint)]
         if not stores:
-            from cache import CacheError
             raise CacheError(f"no fingerprint {fingerprint!r} in {cache_dir}; "
                              f"see `pipeline cache ls`")
     if not stores:

@@ -1,0 +1,143 @@
+"""Benchmark: bare model.predict vs the whole `pipeline run extract`, and a rerun.
+
+Takes the first N images (by name, round-robin over classes) of a labelled folder, then:
+
+1. bare:     decode them all into memory (not timed), then time ``model.predict`` on the
+             preloaded array: the backbone's own speed, with nothing else to do;
+2. pipeline: time ``pipeline run extract`` in a fresh process on a fresh cache: read, hash,
+             decode, resize, infer, write shards; its extraction-loop rate is compared with (1);
+   (1) and (2) alternate for ``--rounds`` rounds and are averaged;
+3. rerun:    the same command again with nothing changed (no inference expected).
+
+Both (1) and (2) include the model's first-call tracing; neither includes TensorFlow's import.
+Prints a table; run it from the repository root:
+
+    python bench/extract_throughput.py --images 1000 --data ../shared/data/flowers-1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+
+def pick_images(data: Path, count: int) -> list[Path]:
+    """The first ``count`` images, taking the next file of each class in turn."""
+    classes = sorted(p for p in data.iterdir() if p.is_dir())
+    files = {c: sorted(f for f in c.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+             for c in classes}
+    picked, i = [], 0
+    while len(picked) < count and any(i < len(f) for f in files.values()):
+        for c in classes:
+            if i < len(files[c]) and len(picked) < count:
+                picked.append(files[c][i])
+        i += 1
+    return picked
+
+
+def bare_predict(config_path: Path, images: list[Path], batch_size: int) -> tuple[float, int]:
+    """(seconds, images) of model.predict on preloaded pixels (run in a child process)."""
+    import numpy as np
+
+    from pipeline.backbone import build_feature_extractor
+    from pipeline.config import load_config
+    from pipeline.fingerprint import backbone_spec
+    from pipeline.images import decode_file
+
+    spec = backbone_spec(load_config(config_path))
+    pixels = np.stack([decode_file(p, spec.decode) for p in images]).astype(np.float32)
+    model = build_feature_extractor(spec)
+    started = time.perf_counter()
+    model.predict(pixels, batch_size=batch_size, verbose=0)
+    return time.perf_counter() - started, len(pixels)
+
+
+def run_cli(config_path: Path) -> tuple[float, dict]:
+    """(wall seconds, metrics.json) of one `pipeline run extract` in a new process."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
+                    "-c", str(config_path)], check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    runs = sorted((config_path.parent / "runs").iterdir())
+    return wall, json.loads((runs[-1] / "metrics.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/flowers-1000"))
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--weights", default="hed-bsds500")
+    parser.add_argument("--size", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2, help="bare/pipeline pairs to average")
+    parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        data = args.bare.parent / "data"
+        print(json.dumps(bare_predict(args.bare, sorted(data.rglob("*.*")), args.batch_size)))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    try:
+        images = pick_images(args.data, args.images)
+        for path in images:
+            target = work / "data" / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+        config_path = work / "stages.yaml"
+        config_path.write_text(yaml.safe_dump({
+            "data": {"root": "data", "image_size": [args.size, args.size]},
+            "backbone": {"weights": args.weights}, "cache": {"dir": "cache"},
+            "stages": {"extract": {"batch_size": args.batch_size}}, "runs": {"dir": "runs"}}))
+
+        # Bare and pipeline alternate, each in a fresh child process (so no process holds
+        # TensorFlow's thread pools while another runs), on a fresh cache each round: this
+        # machine's speed drifts by tens of percent over minutes, and alternating spreads the
+        # drift over both sides.
+        bare_rates, loop_rates, walls = [], [], []
+        for round_ in range(args.rounds):
+            child = subprocess.run(
+                [sys.executable, __file__, "--bare", str(config_path), "--batch-size",
+                 str(args.batch_size)], check=True, capture_output=True, text=True)
+            bare_s, n = json.loads(child.stdout.strip().splitlines()[-1])
+            bare_rates.append(n / bare_s)
+            shutil.rmtree(work / "cache", ignore_errors=True)
+            first_wall, first = run_cli(config_path)
+            loop_rates.append(first["extract.images_per_second"])
+            walls.append(first_wall)
+        rerun_wall, rerun = run_cli(config_path)
+
+        bare_rate = sum(bare_rates) / len(bare_rates)
+        loop_rate = sum(loop_rates) / len(loop_rates)
+        each = lambda rates: ", ".join(f"{r:.2f}" for r in rates)  # noqa: E731
+        rows = [
+            ("images", f"{n}", f"{args.size}x{args.size}, weights {args.weights}, "
+                               f"batch {args.batch_size}, {args.rounds} round(s)"),
+            ("bare model.predict", f"{bare_rate:.2f} img/s", f"rounds: {each(bare_rates)}"),
+            ("pipeline extract loop", f"{loop_rate:.2f} img/s",
+             f"rounds: {each(loop_rates)}; read, decode, resize, infer, write"),
+            ("ratio loop / bare", f"{loop_rate / bare_rate:.3f}", "goal >= 0.9"),
+            ("pipeline command, first run", f"{walls[-1]:.1f} s",
+             f"{n / walls[-1]:.2f} img/s incl. TF import, hashing, model build"),
+            ("pipeline command, rerun", f"{rerun_wall:.2f} s",
+             f"new={rerun['extract.images_new']}, cached={rerun['extract.images_cached']}; "
+             f"goal < 5 s"),
+        ]
+        width = max(len(r[0]) for r in rows)
+        print(f"{'measure':<{width}}  {'value':>14}  notes")
+        for name, value, note in rows:
+            print(f"{name:<{width}}  {value:>14}  {note}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
