@@ -103,7 +103,7 @@ def main() -> None:
         # machine's speed drifts by tens of percent over minutes, and alternating spreads the
         # drift over both sides.
         bare_rates, loop_rates, walls = [], [], []
-        for round_ in range(args.rounds):
+        for _ in range(args.rounds):
             child = subprocess.run(
                 [sys.executable, __file__, "--bare", str(config_path), "--batch-size",
                  str(args.batch_size)], check=True, capture_output=True, text=True)

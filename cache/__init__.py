@@ -9,8 +9,15 @@ Importing this package never imports TensorFlow: reading features costs h5py and
 """
 
 from .manifest import ShardRecord
-from .store import (CacheError, CacheLockedError, FeatureStore, MissingFeaturesError,
-                    ShardWriter, StoreStats, list_stores)
+from .store import (
+    CacheError,
+    CacheLockedError,
+    FeatureStore,
+    MissingFeaturesError,
+    ShardWriter,
+    StoreStats,
+    list_stores,
+)
 
 __all__ = ["CacheError", "CacheLockedError", "FeatureStore", "MissingFeaturesError",
            "ShardRecord", "ShardWriter", "StoreStats", "list_stores"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .faults import fault_point
@@ -103,7 +103,7 @@ def append_shard(folder: Path, manifest: Manifest, shard: WrittenShard) -> Shard
     """Commit ``shard`` to the journal (fsynced) and to the in-memory ``manifest``."""
     record = ShardRecord(name=shard.name, sha256=tuple(shard.sha256),
                          checksums=tuple(shard.checksums), bytes=shard.bytes,
-                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                         created=datetime.now(UTC).isoformat(timespec="seconds"))
     line = json.dumps({"shard": record.name, "sha256": list(record.sha256),
                        "crc32": list(record.checksums), "bytes": record.bytes,
                        "created": record.created}, separators=(",", ":")).encode() + b"\n"

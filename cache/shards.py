@@ -18,7 +18,7 @@ import os
 import uuid
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import h5py
@@ -83,7 +83,7 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
         with h5py.File(temp, "w") as f:
             f.attrs["fingerprint"] = fingerprint
             f.attrs["format"] = SHARD_FORMAT
-            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
             f.create_dataset("features", data=features)
             f.create_dataset("sha256", data=np.array(sha256, dtype="S64"))
             f.flush()
@@ -106,7 +106,7 @@ def read_shard_sha256(path: Path) -> list[str]:
 
 
 def read_shard_rows(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Feature rows ``rows`` (any order, may repeat) of one shard as (len(rows), h, w, c) float32."""
+    """Rows ``rows`` (any order, repeats allowed) of one shard: (len(rows), h, w, c) float32."""
     rows = np.asarray(rows, dtype=np.int64)
     # h5py fancy indexing wants strictly increasing indices: read the unique sorted rows once,
     # then put them back in the order asked for.

@@ -19,19 +19,28 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import filelock
 import h5py
 import numpy as np
 
 from .faults import fault_point
-from .manifest import (Manifest, ShardRecord, append_shard, cut_torn_tail, load_manifest)
-from .shards import (SHARD_SUFFIX, TEMP_SUFFIX, WrittenShard, fsync_dir, new_shard_name,
-                     read_shard_rows, read_shard_sha256, row_checksums, write_shard)
+from .manifest import Manifest, ShardRecord, append_shard, cut_torn_tail, load_manifest
+from .shards import (
+    SHARD_SUFFIX,
+    TEMP_SUFFIX,
+    WrittenShard,
+    fsync_dir,
+    new_shard_name,
+    read_shard_rows,
+    read_shard_sha256,
+    row_checksums,
+    write_shard,
+)
 
 DESCRIPTION_NAME = "fingerprint.json"
 LOCK_NAME = ".write.lock"
@@ -236,7 +245,7 @@ class FeatureStore:
     # -- writing ---------------------------------------------------------------------------
 
     def open_writer(self, description: dict, shard_rows: int = 512,
-                    flush_seconds: float = 60.0, lock_timeout: float = 0.0) -> "ShardWriter":
+                    flush_seconds: float = 60.0, lock_timeout: float = 0.0) -> ShardWriter:
         """Take the write lock and return a :class:`ShardWriter` (use it as a context manager).
 
         ``lock_timeout`` is how many seconds to wait for another writer (0: refuse at once,
@@ -306,7 +315,7 @@ class ShardWriter:
     def _write_holder(self) -> None:
         _write_json_atomic(self.store.path / HOLDER_NAME, {
             "pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            "since": datetime.now(UTC).isoformat(timespec="seconds")})
 
     def _recover(self, description: dict) -> None:
         """Bring the folder to a clean state left by any earlier crash (we hold the lock)."""
@@ -401,7 +410,7 @@ class ShardWriter:
             (self.store.path / HOLDER_NAME).unlink(missing_ok=True)
             self._lock.release()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -40,8 +40,8 @@ def _quiet_native_stderr():
 
 
 with _quiet_native_stderr():
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     tf.config.list_physical_devices()  # device discovery logs its cuInit error here
 

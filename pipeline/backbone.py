@@ -21,6 +21,7 @@ from .fingerprint import IMAGENET_NOTOP_FILE, BackboneSpec
 VGG16_CONV_LAYERS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}  # block -> number of conv layers
 # Where keras.applications.VGG16 itself downloads the notop weights from, and their md5.
 from keras.src.applications.vgg16 import WEIGHTS_PATH_NO_TOP as IMAGENET_NOTOP_URL  # noqa: E402
+
 IMAGENET_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
 
 
@@ -56,7 +57,7 @@ def _hed_conv_arrays(path) -> dict[str, list[np.ndarray]]:
     return arrays
 
 
-def load_conv_arrays(base: "keras.Model", arrays: dict[str, list[np.ndarray]], source) -> None:
+def load_conv_arrays(base: keras.Model, arrays: dict[str, list[np.ndarray]], source) -> None:
     """Set each named conv layer of ``base`` from ``arrays``, checking every shape first."""
     conv_layers = [layer for layer in base.layers if "_conv" in layer.name]
     for layer in conv_layers:
@@ -71,7 +72,7 @@ def load_conv_arrays(base: "keras.Model", arrays: dict[str, list[np.ndarray]], s
         layer.set_weights(arrays[layer.name])
 
 
-def build_vgg16_base(spec: BackboneSpec) -> "keras.Model":
+def build_vgg16_base(spec: BackboneSpec) -> keras.Model:
     """VGG16 ``include_top=False`` at ``spec.input_shape`` with its weights loaded, frozen."""
     weights = spec.weights
     if weights.kind == "random":
@@ -94,7 +95,7 @@ def build_vgg16_base(spec: BackboneSpec) -> "keras.Model":
     return base
 
 
-def build_feature_extractor(spec: BackboneSpec) -> "keras.Model":
+def build_feature_extractor(spec: BackboneSpec) -> keras.Model:
     """Raw RGB (N, h, w, 3) float32 in 0..255 -> features (N, *spec.output_shape) float32."""
     base = build_vgg16_base(spec)
     pixels = keras.Input(shape=spec.input_shape, name="rgb_pixels")
@@ -102,7 +103,7 @@ def build_feature_extractor(spec: BackboneSpec) -> "keras.Model":
     return keras.Model(pixels, features, name="feature_extractor")
 
 
-def compiled_inference(model: "keras.Model"):
+def compiled_inference(model: keras.Model):
     """``model`` as one traced TensorFlow function for any batch size: (N, h, w, 3) -> features.
 
     ``predict_on_batch`` retraces for every new batch shape; the last, shorter batch of a run
@@ -140,7 +141,7 @@ def _shape(tensor_or_list) -> str:
     return str(tuple(shape))
 
 
-def layer_table(model: "keras.Model") -> list[LayerRow]:
+def layer_table(model: keras.Model) -> list[LayerRow]:
     """Every layer of ``model`` (nested models expanded) with shapes, parameters and status."""
     rows: list[LayerRow] = []
 

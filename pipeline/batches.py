@@ -8,9 +8,9 @@ the batch keeps its full size so the model never retraces for an odd shape.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class BatchReader:
     sha256: Sequence[str]
     options: DecodeOptions
     batch_size: int = 32
-    workers: int = 0  # 0: let tf.data tune it
+    workers: int = 2  # parallel decoders; 0: let tf.data AUTOTUNE choose
     failures: dict[int, str] = field(default_factory=dict)
 
     def _decode(self, position) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

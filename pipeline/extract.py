@@ -31,7 +31,7 @@ class ExtractResult:
 
     fingerprint: str
     store_path: Path
-    view_path: Path
+    view_file: Path
     view: DatasetView
     images: int                # image files in the view (duplicates counted)
     new: int                   # distinct images whose features were computed by this run
@@ -39,7 +39,6 @@ class ExtractResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0       # whole stage, wall clock
     inference_seconds: float = 0.0  # decode + infer + write loop, wall clock
-    interrupted: bool = False
 
     @property
     def images_per_second(self) -> float:
@@ -104,10 +103,10 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
     for item in view.skipped:
         warnings.warn(f"skipped {item.path}: {item.reason}", SkippedImageWarning, stacklevel=2)
     _warn_about_empty_classes(view, scan)
-    path = view_path(config, store)
-    write_view(view, path)
+    view_file = view_path(config, store)
+    write_view(view, view_file)
     extracted = sum(1 for s in missing if s not in failures)
-    return ExtractResult(fingerprint=fingerprint, store_path=store.path, view_path=path,
+    return ExtractResult(fingerprint=fingerprint, store_path=store.path, view_file=view_file,
                          view=view, images=len(view.images), new=extracted, cached=cached,
                          skipped=view.skipped, seconds=time.perf_counter() - started,
                          inference_seconds=loop_seconds)

@@ -27,7 +27,7 @@ class RunFolder:
     metrics: dict[str, float | int | str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, config: PipelineConfig, stages: list[str]) -> "RunFolder":
+    def create(cls, config: PipelineConfig, stages: list[str]) -> RunFolder:
         """Make a new, uniquely named run folder and snapshot the configuration into it."""
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         name = f"{stamp}-{'+'.join(stages)}-{secrets.token_hex(2)}"

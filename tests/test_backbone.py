@@ -14,8 +14,6 @@ from pipeline.config import load_config
 from pipeline.errors import BackboneWeightsError
 from pipeline.fingerprint import backbone_fingerprint, backbone_spec
 
-from .conftest import tiny_document, write_config
-
 VGG16_CONV = [f"block{b}_conv{j}" for b, n in [(1, 2), (2, 2), (3, 3), (4, 3), (5, 3)]
               for j in range(1, n + 1)]
 
@@ -67,7 +65,7 @@ def test_hed_weights_set_every_conv_layer_from_the_file(tiny_project: Path):
 
 
 def test_wrong_weight_shapes_are_refused(tmp_path: Path, tiny_project: Path):
-    from pipeline.backbone import load_conv_arrays, build_vgg16_base
+    from pipeline.backbone import build_vgg16_base, load_conv_arrays
     base = build_vgg16_base(_spec(tiny_project))
     arrays = {layer.name: layer.get_weights() for layer in base.layers if "_conv" in layer.name}
     arrays["block3_conv2"] = [np.zeros((1, 1, 1, 1)), np.zeros(1)]
@@ -149,9 +147,10 @@ def test_fingerprint_follows_weight_content_not_file_name(tmp_path: Path, tiny_p
 
 
 def test_fingerprint_needs_no_tensorflow(tiny_project: Path):
+    config = str(tiny_project / "stages.yaml")
     code = ("import sys; from pipeline.config import load_config; "
             "from pipeline.fingerprint import backbone_fingerprint, backbone_spec; "
-            f"print(backbone_fingerprint(backbone_spec(load_config({str(tiny_project / 'stages.yaml')!r})))[0]); "
+            f"print(backbone_fingerprint(backbone_spec(load_config({config!r})))[0]); "
             "assert 'tensorflow' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == backbone_fingerprint(_spec(tiny_project))[0]

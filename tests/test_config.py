@@ -115,5 +115,6 @@ def test_weights_keywords_and_existing_file(tiny_project: Path):
 
 def test_config_is_immutable(tiny_project: Path):
     config = load_config(tiny_project / "stages.yaml")
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="frozen"):
         config.data.image_size = (64, 64)

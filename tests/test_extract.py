@@ -219,6 +219,7 @@ def test_view_and_run_folder(tiny_project: Path):
     assert [s.path for s in view.skipped] == ["owls/bad.png"]
 
 
+@pytest.mark.filterwarnings("ignore::pipeline.errors.SkippedImageWarning")
 def test_a_class_with_only_bad_files_is_named(tiny_project: Path):
     from pipeline.errors import EmptyClassWarning
     bad = tiny_project / "data" / "ghosts"
