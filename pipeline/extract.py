@@ -1,6 +1,6 @@
 """The extract stage: run the frozen backbone once over every image not yet in the cache.
 
-images (dataset scan) -> batches (tf.data decode) -> features (VGG16) -> shards (cache), then
+images (dataset scan) -> batches (threaded decode) -> features (VGG16) -> shards (cache), then
 the dataset view. What is already cached for this backbone fingerprint is never computed again:
 a rerun with nothing new imports no TensorFlow and runs no inference.
 """
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from cache import FeatureStore
 
+from .batches import BatchReader
 from .config import PipelineConfig
 from .dataset import DatasetScan, scan_dataset, warn_about
 from .errors import EmptyClassWarning, SkippedImageWarning
@@ -119,7 +120,6 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
     # Imported here, not at the top: TensorFlow takes seconds to import, and a run with nothing
     # to extract must not pay for it.
     from .backbone import build_feature_extractor, compiled_inference
-    from .batches import BatchReader
 
     params = config.stages.extract
     infer = compiled_inference(build_feature_extractor(spec))

@@ -89,3 +89,23 @@ def test_changed_file_is_refused(tmp_path: Path):
 def test_unreadable_file_has_a_reason(tmp_path: Path):
     with pytest.raises(ImageDecodeError, match="unreadable"):
         decode_file(tmp_path / "missing.png", OPTIONS)
+
+
+def test_batches_arrive_in_order_with_failures_marked(tmp_path: Path):
+    from pipeline.batches import BatchReader
+    from pipeline.dataset import file_sha256
+    paths = [write_image(tmp_path / f"{i}.png", i) for i in range(7)]
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    paths.insert(3, tmp_path / "bad.png")
+    reader = BatchReader(paths, [file_sha256(p) for p in paths], OPTIONS, batch_size=3,
+                         workers=2, prefetch=1)
+    batches = list(reader)
+    assert len(reader) == len(batches) == 3
+    assert np.concatenate([b.positions for b in batches]).tolist() == list(range(8))
+    ok = np.concatenate([b.ok for b in batches])
+    assert ok.tolist() == [True, True, True, False, True, True, True, True]
+    assert reader.failures == {3: "not an image (unknown format)"}
+    first = batches[0].pixels
+    assert first.shape == (3, 32, 48, 3) and first.dtype == np.float32
+    np.testing.assert_array_equal(first[1], decode_file(paths[1], OPTIONS))
+    assert not batches[1].pixels[0].any()  # the bad file is a zero image
