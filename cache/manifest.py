@@ -8,8 +8,9 @@ and fsynced after the shard has its final name::
 
 Row ``i`` of the shard holds the features of ``sha256[i]``; ``crc32[i]`` is the checksum of that
 row recorded at write time. Appending one line per shard keeps a commit O(shard), not O(cache).
-A crash can leave a torn last line; readers ignore it and the next writer cuts it off (the
-shard it described is adopted again from the shard file itself, which is the source of truth).
+A crash can leave a torn line; readers skip it and the next writer rewrites the journal
+without it (the shard it described is adopted again from the shard file itself, which is the
+source of truth).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .faults import fault_point
@@ -51,8 +52,7 @@ class Manifest:
 
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     entries: dict[str, tuple[str, int]] = field(default_factory=dict)
-    good_bytes: int = 0      # length of the file up to the last complete line
-    torn_tail: bool = False  # a partial or unparsable line follows the last good one
+    damaged_lines: int = 0   # lines that could not be parsed (a torn write), skipped
 
     def add(self, record: ShardRecord) -> None:
         """Register ``record`` (ignored when a shard of that name is already known)."""
@@ -63,50 +63,61 @@ class Manifest:
             self.entries.setdefault(sha, (record.name, row))
 
 
+def _record_line(record: ShardRecord) -> bytes:
+    return json.dumps({"shard": record.name, "sha256": list(record.sha256),
+                       "crc32": list(record.checksums), "bytes": record.bytes,
+                       "created": record.created}, separators=(",", ":")).encode() + b"\n"
+
+
 def load_manifest(folder: Path) -> Manifest:
-    """Read ``folder/manifest.jsonl``; a missing file is an empty manifest."""
+    """Read ``folder/manifest.jsonl``; a missing file is an empty manifest.
+
+    Lines that do not parse (a write torn by a crash, possibly with the next line appended
+    to it) are counted in ``damaged_lines`` and skipped: the shards they described are still
+    on disk and get adopted again by the next writer.
+    """
     manifest = Manifest()
-    path = folder / MANIFEST_NAME
     try:
-        data = path.read_bytes()
+        data = (folder / MANIFEST_NAME).read_bytes()
     except FileNotFoundError:
         return manifest
-    offset = 0
     for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            manifest.torn_tail = True
-            break
         try:
+            if not line.endswith(b"\n"):
+                raise ValueError("torn last line")
             item = json.loads(line)
             record = ShardRecord(name=item["shard"], sha256=tuple(item["sha256"]),
                                  checksums=tuple(item["crc32"]), bytes=int(item["bytes"]),
                                  created=item.get("created", ""))
         except (ValueError, KeyError, TypeError):
-            manifest.torn_tail = True
-            break
+            manifest.damaged_lines += 1
+            continue
         manifest.add(record)
-        offset += len(line)
-    manifest.good_bytes = offset
     return manifest
 
 
-def cut_torn_tail(folder: Path, manifest: Manifest) -> None:
-    """Drop whatever follows the last complete line (call only while holding the write lock)."""
-    if manifest.torn_tail:
-        with open(folder / MANIFEST_NAME, "rb+") as fh:
-            fh.truncate(manifest.good_bytes)
-            os.fsync(fh.fileno())
-        manifest.torn_tail = False
+def rewrite_manifest(folder: Path, manifest: Manifest) -> None:
+    """Replace the journal by the good records of ``manifest`` (temporary file, then rename).
+
+    Call only while holding the write lock.
+    """
+    path = folder / MANIFEST_NAME
+    temp = folder / f".{MANIFEST_NAME}.tmp"
+    with open(temp, "wb") as fh:
+        for record in manifest.shards.values():
+            fh.write(_record_line(record))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temp, path)
+    manifest.damaged_lines = 0
 
 
 def append_shard(folder: Path, manifest: Manifest, shard: WrittenShard) -> ShardRecord:
     """Commit ``shard`` to the journal (fsynced) and to the in-memory ``manifest``."""
     record = ShardRecord(name=shard.name, sha256=tuple(shard.sha256),
                          checksums=tuple(shard.checksums), bytes=shard.bytes,
-                         created=datetime.now(UTC).isoformat(timespec="seconds"))
-    line = json.dumps({"shard": record.name, "sha256": list(record.sha256),
-                       "crc32": list(record.checksums), "bytes": record.bytes,
-                       "created": record.created}, separators=(",", ":")).encode() + b"\n"
+                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    line = _record_line(record)
     with open(folder / MANIFEST_NAME, "ab") as fh:
         half = len(line) // 2
         fh.write(line[:half])
@@ -116,6 +127,5 @@ def append_shard(folder: Path, manifest: Manifest, shard: WrittenShard) -> Shard
         fh.flush()
         os.fsync(fh.fileno())
     manifest.add(record)
-    manifest.good_bytes += len(line)
     fault_point("manifest.appended")
     return record

@@ -18,7 +18,7 @@ import os
 import uuid
 import zlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -76,6 +76,7 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
     if len(sha256) != len(features):
         raise ValueError(f"{len(sha256)} sha256 for {len(features)} feature rows")
     features = np.ascontiguousarray(features, dtype=np.float32)
+    checksums = row_checksums(features)  # before the rename: nothing may fail after it
     final = folder / name
     temp = folder / f".{name}{TEMP_SUFFIX}"
     fault_point("shard.begin")
@@ -83,20 +84,21 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
         with h5py.File(temp, "w") as f:
             f.attrs["fingerprint"] = fingerprint
             f.attrs["format"] = SHARD_FORMAT
-            f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             f.create_dataset("features", data=features)
             f.create_dataset("sha256", data=np.array(sha256, dtype="S64"))
             f.flush()
             fault_point("shard.written")
         with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
+        size = temp.stat().st_size
         os.replace(temp, final)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    fault_point("shard.renamed")
     fsync_dir(folder)
-    return WrittenShard(name=name, sha256=list(sha256), checksums=row_checksums(features),
-                        bytes=final.stat().st_size)
+    return WrittenShard(name=name, sha256=list(sha256), checksums=checksums, bytes=size)
 
 
 def read_shard_sha256(path: Path) -> list[str]:

@@ -21,15 +21,14 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import filelock
 import h5py
 import numpy as np
 
-from .faults import fault_point
-from .manifest import Manifest, ShardRecord, append_shard, cut_torn_tail, load_manifest
+from .manifest import Manifest, ShardRecord, append_shard, load_manifest, rewrite_manifest
 from .shards import (
     SHARD_SUFFIX,
     TEMP_SUFFIX,
@@ -37,7 +36,6 @@ from .shards import (
     fsync_dir,
     new_shard_name,
     read_shard_rows,
-    read_shard_sha256,
     row_checksums,
     write_shard,
 )
@@ -128,8 +126,11 @@ class FeatureStore:
             self._unlisted = [p.name for p in self._shard_files() if p.name not in manifest.shards]
             for name in self._unlisted:
                 try:
-                    shas = read_shard_sha256(self.path / name)
-                except OSError:
+                    with h5py.File(self.path / name, "r") as f:
+                        if f.attrs.get("fingerprint") != self.fingerprint:
+                            continue  # not ours; the next writer moves it aside
+                        shas = [s.decode("ascii") for s in f["sha256"][:]]
+                except (OSError, KeyError):
                     continue
                 manifest.add(ShardRecord(name=name, sha256=tuple(shas), checksums=(), bytes=0))
             self._manifest = manifest
@@ -315,7 +316,7 @@ class ShardWriter:
     def _write_holder(self) -> None:
         _write_json_atomic(self.store.path / HOLDER_NAME, {
             "pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now(UTC).isoformat(timespec="seconds")})
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
     def _recover(self, description: dict) -> None:
         """Bring the folder to a clean state left by any earlier crash (we hold the lock)."""
@@ -326,7 +327,8 @@ class ShardWriter:
         for temp in path.glob(f".*{TEMP_SUFFIX}"):
             temp.unlink(missing_ok=True)  # a write that never got its final name
         manifest = load_manifest(path)
-        cut_torn_tail(path, manifest)
+        if manifest.damaged_lines:
+            rewrite_manifest(path, manifest)
         for shard in self.store._shard_files():
             if shard.name in manifest.shards:
                 continue
@@ -340,12 +342,17 @@ class ShardWriter:
         """List a complete shard that a crash kept out of the manifest."""
         try:
             with h5py.File(shard, "r") as f:
+                foreign = f.attrs.get("fingerprint") != self.store.fingerprint
                 features = f["features"][:]
                 shas = [s.decode("ascii") for s in f["sha256"][:]]
         except (OSError, KeyError):
             # Unreadable under a final name should not happen (rename is atomic); move it
             # aside rather than delete it, so nothing is destroyed without a person looking.
             shard.rename(shard.with_name(f".{shard.name}.unreadable"))
+            return
+        if foreign or len(shas) != len(features):
+            # A shard of another fingerprint (copied in by hand) would serve wrong features.
+            shard.rename(shard.with_name(f".{shard.name}.foreign"))
             return
         written = WrittenShard(name=shard.name, sha256=shas, checksums=row_checksums(features),
                                bytes=shard.stat().st_size)
@@ -382,19 +389,25 @@ class ShardWriter:
 
     def _commit(self, count: int) -> None:
         shas = self._buffer_sha[:count]
-        rows = np.stack(self._buffer_rows[:count])
-        self._sequence += 1
-        written = write_shard(self.store.path, new_shard_name(self._sequence),
-                              self.store.fingerprint, shas, rows)
-        # From here the rows are durable in a complete shard: drop them from the buffer before
-        # touching the manifest, so that a failure below is never "repaired" by writing the
-        # same rows again. A shard the manifest missed is adopted by the next writer.
+        rows = self._buffer_rows[:count]
         del self._buffer_sha[:count]
         del self._buffer_rows[:count]
+        self._sequence += 1
+        name = new_shard_name(self._sequence)
+        try:
+            written = write_shard(self.store.path, name, self.store.fingerprint, shas,
+                                  np.stack(rows))
+        except BaseException:
+            # Whatever stopped the write (disk full, Ctrl-C), the shard either has its final
+            # name, and then its rows are durable and the next writer adopts it, or it does
+            # not exist: only then do the rows go back into the buffer for a later commit.
+            if not (self.store.path / name).exists():
+                self._buffer_sha[:0] = shas
+                self._buffer_rows[:0] = rows
+            raise
         self.rows_written += count
         self.shards_written += 1
         self._last_commit = time.monotonic()
-        fault_point("shard.renamed")
         append_shard(self.store.path, self._manifest, written)
 
     @property

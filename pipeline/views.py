@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cache import FeatureStore
@@ -105,7 +105,7 @@ def view_path(config: PipelineConfig, store: FeatureStore) -> Path:
 
 def write_view(view: DatasetView, path: Path) -> None:
     """Write ``view`` to ``path`` atomically (temporary file, fsync, rename)."""
-    view.created = datetime.now(UTC).isoformat(timespec="seconds")
+    view.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     with open(temp, "w", encoding="utf-8") as fh:

@@ -133,17 +133,20 @@ def test_temporary_files_of_a_dead_writer_are_removed(tmp_path: Path):
     assert not stale.exists()
 
 
+@pytest.mark.parametrize("action", ["raise", "interrupt"])
 @pytest.mark.parametrize("point", ["shard.begin", "shard.written", "shard.renamed",
                                    "manifest.partial", "manifest.appended"])
-def test_failure_at_any_write_point_loses_nothing_committed(tmp_path: Path, monkeypatch, point):
+def test_failure_at_any_write_point_loses_nothing_committed(tmp_path: Path, monkeypatch, point,
+                                                           action):
     store = FeatureStore(tmp_path, "fp-a")
     shas, features = _rows(12)
     _fill(store, shas[:4], features[:4])
-    monkeypatch.setenv("PIPELINE_FAULT", f"{point}:2:raise")
+    monkeypatch.setenv("PIPELINE_FAULT", f"{point}:2:{action}")
     import cache.faults
     monkeypatch.setattr(cache.faults, "_hits", {})
-    with pytest.raises(InjectedFault):
+    with pytest.raises((InjectedFault, KeyboardInterrupt)):
         _fill(store, shas[4:], features[4:])
+    assert sum(s.rows for s in FeatureStore(tmp_path, "fp-a").shards()) <= 12
     monkeypatch.delenv("PIPELINE_FAULT")
     assert not list(store.path.glob(".*.tmp"))
     _fill(FeatureStore(tmp_path, "fp-a"), shas, features)  # resume
@@ -171,3 +174,33 @@ def test_importing_cache_does_not_import_tensorflow():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_damaged_line_in_the_middle_of_the_manifest_is_skipped_and_repaired(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(12)
+    _fill(store, shas, features)
+    manifest = store.path / MANIFEST_NAME
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    manifest.write_bytes(lines[0] + lines[1][:40] + lines[2])  # torn line glued to the next
+    reader = FeatureStore(tmp_path, "fp-a")
+    np.testing.assert_array_equal(reader.get(shas), features)
+    with reader.open_writer(DESCRIPTION) as writer:
+        assert writer.adopted_shards == 2
+    assert all(json.loads(line) for line in manifest.read_text().splitlines())
+    final = FeatureStore(tmp_path, "fp-a")
+    assert len(final.shards()) == 3 and sum(s.rows for s in final.shards()) == 12
+
+
+def test_a_shard_of_another_fingerprint_is_moved_aside(tmp_path: Path):
+    other = FeatureStore(tmp_path, "fp-b")
+    shas, features = _rows(3, seed=7)
+    _fill(other, shas, features)
+    store = FeatureStore(tmp_path, "fp-a")
+    store.open_writer(DESCRIPTION).close()
+    (shard,) = other.path.glob("*.h5")
+    (store.path / shard.name).write_bytes(shard.read_bytes())
+    assert len(FeatureStore(tmp_path, "fp-a")) == 0  # readers ignore it
+    store.open_writer(DESCRIPTION).close()
+    assert not list(store.path.glob("*.h5"))
+    assert (store.path / f".{shard.name}.foreign").exists()
