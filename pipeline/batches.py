@@ -35,7 +35,8 @@ class DecodedBatch:
 
 @dataclass
 class BatchReader:
-    """Iterate :class:`DecodedBatch` es over ``paths`` in order; ``failures``: position -> reason.
+    """Iterate :class:`DecodedBatch` es over ``paths`` in order; ``failures``: position -> reason,
+    ``transient``: the positions whose failure may not happen again (see ImageDecodeError).
 
     ``sha256[i]`` is the content hash ``paths[i]`` had when scanned; a file whose bytes changed
     since is refused rather than cached under the wrong hash.
@@ -48,14 +49,18 @@ class BatchReader:
     workers: int = 2     # decoding threads, each decoding one whole batch at a time
     prefetch: int = 2    # decoded batches allowed to wait for the consumer
     failures: dict[int, str] = field(default_factory=dict)
+    transient: set[int] = field(default_factory=set)  # failures worth retrying next run
 
     def _decode_one(self, i: int) -> np.ndarray | None:
         try:
             return decode_file(self.paths[i], self.options, self.sha256[i])
         except ImageDecodeError as exc:
             self.failures[i] = str(exc)
+            if not exc.permanent:
+                self.transient.add(i)
         except Exception as exc:  # a decoder bug must cost one image, not the run
             self.failures[i] = f"decoder error: {type(exc).__name__}: {exc}"
+            self.transient.add(i)
         return None
 
     def _decode_batch(self, start: int) -> DecodedBatch:

@@ -11,9 +11,9 @@ import json
 import time
 import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from cache import FeatureStore
@@ -66,8 +66,10 @@ class ExtractResult:
 
 
 def _decode_context(spec: BackboneSpec) -> str:
-    # Images refused under these options would be refused again; other options retry them.
-    return json.dumps({"max_pixels": spec.decode.max_pixels}, sort_keys=True)
+    # Images refused under these options and this decoder would be refused again; another
+    # pixel limit or Pillow release retries them.
+    return json.dumps({"max_pixels": spec.decode.max_pixels,
+                       "pillow": metadata.version("pillow")}, sort_keys=True)
 
 
 def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
@@ -84,21 +86,21 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
     warn_about(scan)
     store = FeatureStore(config.cache.dir, fingerprint)
 
-    context = _decode_context(spec)
-    rejected = store.rejected(context)
     first_path: dict[str, Path] = {}
     for image in scan.images:
         first_path.setdefault(image.sha256, image.path)
-    missing = [s for s in store.missing(first_path) if s not in rejected]
-    cached = len(first_path) - len(missing) - len(rejected.keys() & first_path.keys())
+    context = _decode_context(spec)
+    missing = store.missing(first_path)
+    rejected = {s: r for s, r in store.rejected(context).items() if s in set(missing)}
+    missing = [s for s in missing if s not in rejected]
 
-    failures: dict[str, str] = {}
+    extracted: list[str] = []
+    failures: dict[str, str] = dict(rejected)
     loop_seconds = 0.0
     if missing:
-        failures, loop_seconds = _extract_missing(config, spec, store, description, missing,
-                                                  [first_path[s] for s in missing], context,
-                                                  progress)
-    failures.update({s: r for s, r in rejected.items() if s in first_path})
+        extracted, new_failures, loop_seconds = _extract_missing(
+            config, spec, store, description, missing, first_path, context, progress)
+        failures.update(new_failures)
 
     view = _build_view(scan, fingerprint, failures)
     for item in view.skipped:
@@ -106,43 +108,56 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
     _warn_about_empty_classes(view, scan)
     view_file = view_path(config, store)
     write_view(view, view_file)
-    extracted = sum(1 for s in missing if s not in failures)
     return ExtractResult(fingerprint=fingerprint, store_path=store.path, view_file=view_file,
-                         view=view, images=len(view.images), new=extracted, cached=cached,
+                         view=view, images=len(view.images), new=len(extracted),
+                         cached=len(first_path) - len(extracted) - len(failures),
                          skipped=view.skipped, seconds=time.perf_counter() - started,
                          inference_seconds=loop_seconds)
 
 
 def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureStore,
-                     description: dict, missing: list[str], paths: list[Path], context: str,
-                     progress: bool) -> tuple[dict[str, str], float]:
-    """Decode, infer and commit ``missing`` images; returns (sha256 -> failure reason, seconds)."""
-    # Imported here, not at the top: TensorFlow takes seconds to import, and a run with nothing
-    # to extract must not pay for it.
-    from .backbone import build_feature_extractor, compiled_inference
+                     description: dict, missing: list[str], first_path: dict[str, Path],
+                     context: str, progress: bool
+                     ) -> tuple[list[str], dict[str, str], float]:
+    """Decode, infer and commit ``missing`` images.
 
+    Returns (sha256 extracted, sha256 -> failure reason, seconds of the extraction loop).
+    """
     params = config.stages.extract
-    infer = compiled_inference(build_feature_extractor(spec))
-    reader = BatchReader(paths=paths, sha256=missing, options=spec.decode,
-                         batch_size=params.batch_size, workers=params.decode_workers)
+    extracted: list[str] = []
     failures: dict[str, str] = {}
     started = time.perf_counter()
     with store.open_writer(description, shard_rows=params.shard_size,
                            flush_seconds=params.flush_seconds,
-                           lock_timeout=config.cache.lock_timeout) as writer, \
-            tqdm(total=len(missing), unit="img", desc="extract",
-                 disable=None if progress else True, dynamic_ncols=True) as bar:
-        for batch in reader:
-            if batch.ok.any():
-                features = infer(batch.pixels).numpy()
-                good = np.flatnonzero(batch.ok)
-                writer.add([missing[i] for i in batch.positions[good]], features[good])
-            for i in batch.positions[~batch.ok]:
-                sha = missing[i]
-                failures[sha] = reader.failures.get(int(i), "could not be decoded")
-                writer.reject(sha, failures[sha], context)
-            bar.update(len(batch.positions))
-    return failures, time.perf_counter() - started
+                           lock_timeout=config.cache.lock_timeout) as writer:
+        # Another extraction may have held the lock until now and cached some of these.
+        todo = store.missing(missing)
+        if not todo:
+            return extracted, failures, time.perf_counter() - started
+        # Imported here, not at the top: TensorFlow takes seconds to import, and a run with
+        # nothing to extract must not pay for it.
+        from .backbone import build_feature_extractor, compiled_inference
+
+        infer = compiled_inference(build_feature_extractor(spec))
+        reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
+                             options=spec.decode, batch_size=params.batch_size,
+                             workers=params.decode_workers)
+        started = time.perf_counter()
+        with tqdm(total=len(todo), unit="img", desc="extract",
+                  disable=None if progress else True, dynamic_ncols=True) as bar:
+            for batch in reader:
+                if batch.ok.any():
+                    features = infer(batch.pixels).numpy()
+                    good = [todo[i] for i in batch.positions[batch.ok]]
+                    writer.add(good, features[batch.ok])
+                    extracted += good
+                for i in batch.positions[~batch.ok]:
+                    sha = todo[i]
+                    failures[sha] = reader.failures.get(int(i), "could not be decoded")
+                    if int(i) not in reader.transient:
+                        writer.reject(sha, failures[sha], context)
+                bar.update(len(batch.positions))
+    return extracted, failures, time.perf_counter() - started
 
 
 def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:

@@ -31,7 +31,16 @@ _RESAMPLE = {
 
 
 class ImageDecodeError(Exception):
-    """The file cannot be turned into an image; ``str(error)`` is the reason for the user."""
+    """The file cannot be turned into an image; ``str(error)`` is the reason for the user.
+
+    ``permanent`` says whether the failure is a property of the bytes (empty, not an image,
+    truncated, too large), so that trying the same bytes again is pointless; a file that was
+    unreadable or changed while being read may well work next time.
+    """
+
+    def __init__(self, reason: str, permanent: bool = True):
+        super().__init__(reason)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -103,7 +112,8 @@ def decode_file(path: Path, options: DecodeOptions, expected_sha256: str | None 
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ImageDecodeError(f"unreadable: {exc.strerror or type(exc).__name__}") from None
+        raise ImageDecodeError(f"unreadable: {exc.strerror or type(exc).__name__}",
+                               permanent=False) from None
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise ImageDecodeError("file changed while the run was reading it")
+        raise ImageDecodeError("file changed while the run was reading it", permanent=False)
     return decode_bytes(data, options)
