@@ -140,10 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("interrupted: finished batches were saved to the cache; run again to resume",
                    err=True)
         return 130
@@ -152,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except (PipelineError, CacheError) as exc:
         click.echo(f"error: {'; '.join(str(exc).splitlines())}", err=True)
+        return 1
+    except OSError as exc:  # a folder that is a file, a full disk, no permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        return 1
+    except MemoryError:
+        click.echo("error: out of memory; lower stages.extract.batch_size or data.image_size",
+                   err=True)
         return 1
     return 0
 

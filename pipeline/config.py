@@ -35,6 +35,7 @@ WEIGHT_SOURCES = ("imagenet", "hed-bsds500")
 VGG16_CUT_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool",
                     "block5_conv3", "block4_conv3")
 MIN_IMAGE_SIDE = 32  # VGG16's five 2x2 poolings need at least 32 pixels per side
+MAX_IMAGE_SIDE = 4096  # one 4096x4096 input is 200 MB of float32 pixels before any layer
 
 # YAML already types its scalars: a quoted "32" where a number belongs is a mistake to report,
 # not a value to coerce.
@@ -46,7 +47,7 @@ Bool = Annotated[bool, Strict()]
 class _Section(BaseModel):
     """A strict section: unknown keys and wrongly typed values are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 def _section_default() -> Any:
@@ -57,7 +58,10 @@ def _section_default() -> Any:
 
 def _resolve(value: Any, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir", Path.cwd())
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as exc:  # "~nosuchuser/..."
+        raise ValueError(str(exc)) from None
     return path if path.is_absolute() else (Path(base) / path).resolve()
 
 
@@ -110,6 +114,8 @@ class DataConfig(_Section):
     def _big_enough(cls, value: tuple[int, int]) -> tuple[int, int]:
         if min(value) < MIN_IMAGE_SIDE:
             raise ValueError(f"each side must be at least {MIN_IMAGE_SIDE} pixels for VGG16")
+        if max(value) > MAX_IMAGE_SIDE:
+            raise ValueError(f"each side must be at most {MAX_IMAGE_SIDE} pixels")
         return value
 
 
@@ -138,14 +144,14 @@ class CacheConfig(_Section):
     """The shared feature cache."""
 
     dir: YamlPath = Field(Path(".pipeline/cache"), validate_default=True)
-    lock_timeout: Float = 0.0  # seconds to wait for another writer; -1 waits forever
+    lock_timeout: Float = Field(0.0, ge=-1)  # seconds to wait for another writer; -1: forever
 
 
 class ExtractConfig(_Section):
     """Parameters of the extract stage."""
 
     batch_size: Int = Field(32, ge=1, le=4096)
-    shard_size: Int = Field(512, ge=1)         # rows per HDF5 shard
+    shard_size: Int = Field(512, ge=1, le=1_000_000)  # rows per HDF5 shard
     flush_seconds: Float = Field(60.0, gt=0)   # commit a partial shard at least this often
     # Decoding threads. One decodes and resizes about 400 photos/s to 150x150 here, far more
     # than VGG16 consumes on a CPU; raise it for a fast GPU.
@@ -240,6 +246,9 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
     if not isinstance(document, dict):
         raise ConfigError(f"{source_path.name}: the top level must be a mapping of sections "
                           f"(data, backbone, cache, stages, runs)")
+    if "source" in document:  # set by the loader itself, never by the file
+        raise ConfigError(f"{source_path.name}: source: unknown key (known here: "
+                          f"{', '.join(_known_keys(()))})")
     base = base_dir if base_dir is not None else source_path.resolve().parent
     try:
         return PipelineConfig.model_validate({**document, "source": str(source_path)},

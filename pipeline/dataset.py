@@ -101,7 +101,7 @@ def split_for(sha256: str, fractions: tuple[float, float, float], seed: int) -> 
     A uniform number in [0, 1) is drawn from sha256(seed, content hash) and cut at the
     cumulative fractions. Each image's split depends on nothing else, so adding images never
     moves an existing one, identical files always share a split (no leakage by copying), and
-    within every class the fractions hold in expectation (stratified by construction).
+    within every class the fractions hold in expectation (not exactly: draws are independent).
     """
     draw = hashlib.sha256(f"split:{seed}:{sha256}".encode()).digest()
     u = int.from_bytes(draw[:8], "big") / 2.0 ** 64

@@ -51,6 +51,9 @@ class ExtractResult:
         return {"extract.fingerprint": self.fingerprint, "extract.images": self.images,
                 "extract.images_new": self.new, "extract.images_cached": self.cached,
                 "extract.images_skipped": len(self.skipped),
+                "extract.duplicate_groups": len(self.view.duplicates),
+                "extract.leakage_groups": sum(1 for g in self.view.duplicates
+                                              if g["kind"] == "leakage"),
                 "extract.seconds": round(self.seconds, 3),
                 "extract.inference_seconds": round(self.inference_seconds, 3),
                 "extract.images_per_second": round(self.images_per_second, 3)}

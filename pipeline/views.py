@@ -137,3 +137,16 @@ def write_skipped_csv(skipped: list[SkippedFile], path: Path) -> None:
         writer.writerow(["path", "sha256", "reason"])
         for item in skipped:
             writer.writerow([item.path, item.sha256, item.reason])
+
+
+def write_duplicates_csv(view: DatasetView, path: Path) -> None:
+    """``kind,sha256,paths,classes,splits`` per group of identical files ('|'-joined lists).
+
+    kind is ``leakage`` (two splits), ``conflicting-labels`` (two classes) or ``copy``.
+    """
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["kind", "sha256", "paths", "classes", "splits"])
+        for group in view.duplicates:
+            writer.writerow([group["kind"], group["sha256"], "|".join(group["paths"]),
+                             "|".join(group["classes"]), "|".join(group["splits"])])

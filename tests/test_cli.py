@@ -87,3 +87,25 @@ def test_console_script_is_installed(tiny_project: Path):
     out = subprocess.run([str(exe), "cache", "ls", "-c", str(tiny_project / "stages.yaml")],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "empty" in out.stdout
+
+
+@pytest.mark.parametrize("override, words", [
+    ("runs.dir=stages.yaml", "stages.yaml"),
+    ("cache.dir=~nosuchuser_xyz/c", "cache.dir"),
+    ("data.image_size=[60000,60000]", "at most 4096"),
+    ("cache.lock_timeout=.nan", "cache.lock_timeout"),
+])
+def test_bad_paths_and_sizes_give_one_error_line(tiny_project: Path, capsys, override, words):
+    code, _, err = _run(capsys, "run", "extract", "-c", str(tiny_project / "stages.yaml"),
+                        "--no-progress", "--set", override)
+    assert code == 1
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+
+
+def test_a_failed_run_says_so_in_its_folder(tiny_project: Path, capsys):
+    (tiny_project / "cache").write_text("a file where the cache folder should be")
+    code, _, err = _run(capsys, "run", "extract", "-c", str(tiny_project / "stages.yaml"),
+                        "--no-progress")
+    assert code == 1 and err.startswith("error: ")
+    (run,) = (tiny_project / "runs").iterdir()
+    assert "failed:" in (run / "summary.txt").read_text()

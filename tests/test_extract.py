@@ -216,6 +216,8 @@ def test_view_and_run_folder(tiny_project: Path):
         (skipped,) = list(csv.DictReader(fh))
     assert skipped["path"] == "owls/bad.png"
     assert (run.path / "config.yaml").is_file()
+    assert (run.path / "duplicates.csv").read_text().startswith("kind,sha256,paths")
+    assert metrics["extract.duplicate_groups"] == 0
     (view_file,) = (config.cache.dir / metrics["extract.fingerprint"] / "views").glob("*.json")
     view = read_view(view_file)
     assert view.classes == ["cats", "dogs", "owls"]
