@@ -19,9 +19,10 @@ from .errors import BackboneWeightsError
 from .fingerprint import IMAGENET_NOTOP_FILE, BackboneSpec
 
 VGG16_CONV_LAYERS = {1: 2, 2: 2, 3: 3, 4: 3, 5: 3}  # block -> number of conv layers
-# Where keras.applications.VGG16 itself downloads the notop weights from, and their md5.
-from keras.src.applications.vgg16 import WEIGHTS_PATH_NO_TOP as IMAGENET_NOTOP_URL  # noqa: E402
-
+# Where keras.applications.VGG16 itself downloads the notop weights from, and their md5
+# (copied from Keras' vgg16.py: its constants are not public API).
+IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
 IMAGENET_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"
 
 

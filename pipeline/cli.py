@@ -93,7 +93,8 @@ def info_backbone(config_path: str, overrides: tuple[str, ...]) -> None:
     fingerprint, _ = backbone_fingerprint(spec)
     from .backbone import build_feature_extractor, format_layer_table, layer_table
     model = build_feature_extractor(spec)
-    click.echo(f"VGG16 conv base, weights {config.backbone.weights}, input "
+    weights = config.backbone.weights or f"random (seed {config.backbone.seed})"
+    click.echo(f"VGG16 conv base, weights {weights}, input "
                f"{spec.input_shape}, cut at {spec.output_layer}, fingerprint {fingerprint}")
     click.echo(format_layer_table(layer_table(model)))
 
@@ -137,6 +138,7 @@ def cache_info(fingerprint: str | None, config_path: str, overrides: tuple[str, 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
+    shown_before = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
         cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
@@ -158,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("error: out of memory; lower stages.extract.batch_size or data.image_size",
                    err=True)
         return 1
+    finally:
+        warnings.showwarning = shown_before
     return 0
 
 

@@ -100,7 +100,9 @@ class DataConfig(_Section):
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = \
         "bilinear"
     exif_transpose: Bool = True
-    max_pixels: Int = Field(89_478_485, gt=0)  # Pillow's own decompression-bomb limit
+    # Images with more pixels are skipped before decoding (decompression bombs); Pillow itself
+    # refuses more than 178,956,970 whatever this says.
+    max_pixels: Int = Field(89_478_485, gt=0, le=178_956_970)
 
     @field_validator("root")
     @classmethod

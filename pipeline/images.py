@@ -20,6 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# We apply our own pixel limit (data.max_pixels); Pillow's warning would only repeat it. Set
+# once here: warnings.catch_warnings() per call is not thread-safe, and decoding is threaded.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -73,32 +78,29 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> np.ndarray:
     """Decode image ``data`` into a (height, width, 3) uint8 RGB array of ``options.size``."""
     if not data:
         raise ImageDecodeError("empty file")
-    with warnings.catch_warnings():
-        # We apply our own pixel limit below; Pillow's warning would only repeat it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageDecodeError("not an image (unknown format)") from None
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(f"too large: {exc}") from None
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageDecodeError(f"corrupt header: {exc}") from None
-        width, height = img.size
-        if width * height > options.max_pixels:
-            raise ImageDecodeError(f"too large: {width}x{height} = {width * height:,} pixels, "
-                                   f"limit data.max_pixels = {options.max_pixels:,}")
-        try:
-            img.load()
-            if options.exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            target = (options.size[1], options.size[0])  # Pillow wants (width, height)
-            if img.size != target:
-                img = img.resize(target, _RESAMPLE[options.interpolation])
-            array = np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-            raise ImageDecodeError(f"truncated or corrupt: {exc}") from None
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unknown format)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"too large: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"corrupt header: {exc}") from None
+    width, height = img.size
+    if width * height > options.max_pixels:
+        raise ImageDecodeError(f"too large: {width}x{height} = {width * height:,} pixels, "
+                               f"limit data.max_pixels = {options.max_pixels:,}")
+    try:
+        img.load()
+        if options.exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+        target = (options.size[1], options.size[0])  # Pillow wants (width, height)
+        if img.size != target:
+            img = img.resize(target, _RESAMPLE[options.interpolation])
+        array = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"truncated or corrupt: {exc}") from None
     return array
 
 
