@@ -14,10 +14,10 @@ from .store import (
     CacheLockedError,
     FeatureStore,
     MissingFeaturesError,
-    ShardWriter,
     StoreStats,
     list_stores,
 )
+from .writer import ShardWriter
 
 __all__ = ["CacheError", "CacheLockedError", "FeatureStore", "MissingFeaturesError",
            "ShardRecord", "ShardWriter", "StoreStats", "list_stores"]

@@ -14,7 +14,7 @@ import click
 
 from cache import CacheError
 
-from .config import PipelineConfig, load_config
+from .config import PipelineConfig, load_cache_config, load_config
 from .errors import PipelineError, PipelineWarning
 
 STAGES = ("extract",)
@@ -107,7 +107,7 @@ def cache() -> None:
 def _cache_dir(config_path: str, overrides: tuple[str, ...], cache_dir: str | None) -> Path:
     if cache_dir:
         return Path(cache_dir)
-    return _load(config_path, overrides).cache.dir
+    return load_cache_config(Path(config_path), overrides).dir
 
 
 cache_dir_option = click.option("--dir", "cache_dir", type=click.Path(file_okay=False),

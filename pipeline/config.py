@@ -259,9 +259,7 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
         raise ConfigError(_format_validation_error(source_path.name, exc)) from None
 
 
-def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> PipelineConfig:
-    """Read ``path`` (stages.yaml), apply ``--set`` overrides and validate it."""
-    path = Path(path)
+def _read_document(path: Path, overrides: tuple[str, ...] | list[str]) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -276,6 +274,26 @@ def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -
         document = {}
     for assignment in overrides:
         if not isinstance(document, dict):
-            break  # parse_config reports the bad top level
+            break  # the caller reports the bad top level
         apply_override(document, assignment)
-    return parse_config(document, source=path)
+    return document
+
+
+def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> PipelineConfig:
+    """Read ``path`` (stages.yaml), apply ``--set`` overrides and validate it."""
+    path = Path(path)
+    return parse_config(_read_document(path, overrides), source=path)
+
+
+def load_cache_config(path: str | Path,
+                      overrides: tuple[str, ...] | list[str] = ()) -> CacheConfig:
+    """Only the ``cache`` section of ``path``: cache commands work while data.root is missing."""
+    path = Path(path)
+    document = _read_document(path, overrides)
+    section = document.get("cache") if isinstance(document, dict) else None
+    try:
+        return CacheConfig.model_validate(section or {},
+                                          context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        message = _format_validation_error(path.name, exc)
+        raise ConfigError(message.replace(f"{path.name}: ", f"{path.name}: cache.")) from None

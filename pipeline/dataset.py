@@ -126,9 +126,9 @@ def _list_class_folders(folder: Path) -> list[Path]:
             if not e.name.startswith(".") and e.is_dir(follow_symlinks=True)]
 
 
-def _list_images(class_dir: Path) -> list[Path]:
+def _list_images(class_dir: Path, errors: list[OSError]) -> list[Path]:
     found = []
-    for top, dirs, files in os.walk(class_dir, followlinks=False):
+    for top, dirs, files in os.walk(class_dir, followlinks=False, onerror=errors.append):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(top) / f for f in files if _is_image(f))
     return sorted(found)
@@ -154,16 +154,19 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
                         f"({', '.join(others)}); use either <split>/<class>/ or <class>/ only")
     split_folders = bool(split_names)
     candidates: list[tuple[Path, str, str | None]] = []  # (path, label, split or None)
+    folder_errors: list[OSError] = []  # folders os.walk could not list
     classes: set[str] = set()
     if split_folders:
         for split_dir in top:
             for class_dir in _list_class_folders(split_dir):
                 classes.add(class_dir.name)
-                candidates += [(p, class_dir.name, split_dir.name) for p in _list_images(class_dir)]
+                candidates += [(p, class_dir.name, split_dir.name)
+                               for p in _list_images(class_dir, folder_errors)]
     else:
         for class_dir in top:
             classes.add(class_dir.name)
-            candidates += [(p, class_dir.name, None) for p in _list_images(class_dir)]
+            candidates += [(p, class_dir.name, None)
+                           for p in _list_images(class_dir, folder_errors)]
     if not classes:
         raise DataError(f"{root}: no class folders found; expected <class>/<image> or "
                         f"<split>/<class>/<image>")
@@ -188,6 +191,10 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
         images.append(ImageRecord(path=path, relpath=rel, label=label,
                                   split=split or split_for(sha, fractions, data.split.seed),
                                   sha256=sha, size=size))
+    for error in folder_errors:
+        folder = Path(error.filename) if error.filename else root
+        unreadable.append(UnreadableFile(_relpath(folder, root) + "/",
+                                         f"unreadable folder: {error.strerror}"))
     scan = DatasetScan(root=root, classes=sorted(classes), images=images,
                        split_folders=split_folders, unreadable=unreadable)
     scan.duplicates = find_duplicates(images)

@@ -109,3 +109,14 @@ def test_a_failed_run_says_so_in_its_folder(tiny_project: Path, capsys):
     assert code == 1 and err.startswith("error: ")
     (run,) = (tiny_project / "runs").iterdir()
     assert "failed:" in (run / "summary.txt").read_text()
+
+
+def test_cache_commands_need_only_the_cache_section(tiny_project: Path, capsys):
+    config = str(tiny_project / "stages.yaml")
+    assert _run(capsys, "run", "extract", "-c", config, "--no-progress")[0] == 0
+    import shutil
+    shutil.rmtree(tiny_project / "data")  # the images are gone, the cache is not
+    code, out, _ = _run(capsys, "cache", "ls", "-c", config)
+    assert code == 0 and "12 entries" in out
+    code, _, err = _run(capsys, "cache", "ls", "-c", config, "--set", "cache.lock_timeout=x")
+    assert code == 1 and "stages.yaml: cache.lock_timeout:" in err

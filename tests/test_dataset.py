@@ -141,3 +141,24 @@ def test_empty_class_folder_is_warned_about(tiny_project: Path):
 def test_symlink_loop_does_not_trap_the_scan(tiny_project: Path):
     (tiny_project / "data" / "cats" / "loop").symlink_to(tiny_project / "data" / "cats")
     assert len(_scan(tiny_project).images) == 12
+
+
+def test_unreadable_folder_is_named(tiny_project: Path, monkeypatch):
+    import errno
+    import os
+
+    import pipeline.dataset
+    real_walk = os.walk
+
+    def walk_without_permission(top, **kwargs):
+        # Root reads every folder, so simulate what os.walk does for one it may not list.
+        if Path(top).name == "private":
+            kwargs["onerror"](PermissionError(errno.EACCES, "Permission denied", str(top)))
+            return iter(())
+        return real_walk(top, **kwargs)
+
+    monkeypatch.setattr(pipeline.dataset.os, "walk", walk_without_permission)
+    (tiny_project / "data" / "private").mkdir()
+    scan = _scan(tiny_project)
+    assert [(u.relpath, u.reason) for u in scan.unreadable] == [
+        ("private/", "unreadable folder: Permission denied")]

@@ -1,0 +1,202 @@
+"""ShardWriter: the one process allowed to add shards to a FeatureStore, and its recovery.
+
+It holds the store's OS-level write lock (released by the kernel when the holder dies, even by
+SIGKILL), brings the folder back to a clean state left by any earlier crash (temporary files
+removed, damaged manifest lines dropped, complete shards the manifest missed adopted), then
+buffers feature rows and commits them as immutable shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import filelock
+import h5py
+import numpy as np
+
+from .manifest import Manifest, append_shard, load_manifest, rewrite_manifest
+from .shards import TEMP_SUFFIX, WrittenShard, new_shard_name, row_checksums, write_shard
+from .store import (
+    DESCRIPTION_NAME,
+    HOLDER_NAME,
+    LOCK_NAME,
+    REJECTS_NAME,
+    CacheLockedError,
+    FeatureStore,
+    _write_json_atomic,
+)
+
+
+class ShardWriter:
+    """Buffers feature rows and commits them as shards; holds the store's write lock.
+
+    A shard is committed when ``shard_rows`` rows are buffered or ``flush_seconds`` have passed
+    since the last commit, and on close, including close after an exception or Ctrl-C, so
+    finished features are kept whatever stops the run. Rows already in the store are ignored.
+    """
+
+    def __init__(self, store: FeatureStore, description: dict, shard_rows: int,
+                 flush_seconds: float, lock_timeout: float):
+        if shard_rows < 1:
+            raise ValueError("shard_rows must be at least 1")
+        self.store = store
+        self.shard_rows = shard_rows
+        self.flush_seconds = flush_seconds
+        self.rows_written = 0
+        self.shards_written = 0
+        self.adopted_shards = 0
+        self._buffer_sha: list[str] = []
+        self._buffer_rows: list[np.ndarray] = []
+        self._last_commit = time.monotonic()
+        store.path.mkdir(parents=True, exist_ok=True)
+        self._lock = filelock.FileLock(str(store.path / LOCK_NAME))
+        try:
+            self._lock.acquire(timeout=lock_timeout)
+        except filelock.Timeout:
+            raise CacheLockedError(self._locked_message(lock_timeout)) from None
+        try:
+            self._write_holder()
+            self._recover(description)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _locked_message(self, lock_timeout: float) -> str:
+        try:
+            holder = json.loads((self.store.path / HOLDER_NAME).read_text())
+            who = f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        waited = f" (waited {lock_timeout:g} s)" if lock_timeout > 0 else ""
+        return (f"cache {self.store.path} is being written by {who}{waited}; wait for it to "
+                f"finish, or set cache.lock_timeout (seconds, -1 = wait forever) to wait for it")
+
+    def _write_holder(self) -> None:
+        _write_json_atomic(self.store.path / HOLDER_NAME, {
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def _recover(self, description: dict) -> None:
+        """Bring the folder to a clean state left by any earlier crash (we hold the lock)."""
+        path = self.store.path
+        info = path / DESCRIPTION_NAME
+        if not info.exists():
+            _write_json_atomic(info, description)
+        for temp in path.glob(f".*{TEMP_SUFFIX}"):
+            temp.unlink(missing_ok=True)  # a write that never got its final name
+        manifest = load_manifest(path)
+        if manifest.damaged_lines:
+            rewrite_manifest(path, manifest)
+        for shard in self.store._shard_files():
+            if shard.name in manifest.shards:
+                continue
+            self._adopt(manifest, shard)
+        self._manifest = manifest
+        self.store._manifest = manifest
+        self.store._unlisted = []
+        self._sequence = len(manifest.shards)
+
+    def _adopt(self, manifest: Manifest, shard: Path) -> None:
+        """List a complete shard that a crash kept out of the manifest."""
+        try:
+            with h5py.File(shard, "r") as f:
+                foreign = f.attrs.get("fingerprint") != self.store.fingerprint
+                features = f["features"][:]
+                shas = [s.decode("ascii") for s in f["sha256"][:]]
+        except (OSError, KeyError):
+            # Unreadable under a final name should not happen (rename is atomic); move it
+            # aside rather than delete it, so nothing is destroyed without a person looking.
+            shard.rename(shard.with_name(f".{shard.name}.unreadable"))
+            return
+        if foreign or len(shas) != len(features):
+            # A shard of another fingerprint (copied in by hand) would serve wrong features.
+            shard.rename(shard.with_name(f".{shard.name}.foreign"))
+            return
+        written = WrittenShard(name=shard.name, sha256=shas, checksums=row_checksums(features),
+                               bytes=shard.stat().st_size)
+        append_shard(self.store.path, manifest, written)
+        self.adopted_shards += 1
+
+    def add(self, sha256: Sequence[str], features: np.ndarray) -> None:
+        """Buffer rows (N, h, w, c) float32 for ``sha256``; commit a shard when one is due."""
+        if len(sha256) != len(features):
+            raise ValueError(f"{len(sha256)} sha256 for {len(features)} feature rows")
+        known = self._manifest.entries
+        pending = set(self._buffer_sha)
+        for sha, row in zip(sha256, features):
+            if sha in known or sha in pending:
+                continue
+            pending.add(sha)
+            self._buffer_sha.append(sha)
+            self._buffer_rows.append(np.asarray(row, dtype=np.float32))
+        while len(self._buffer_sha) >= self.shard_rows:
+            self._commit(self.shard_rows)
+        if self._buffer_sha and time.monotonic() - self._last_commit >= self.flush_seconds:
+            self.flush()
+
+    def reject(self, sha256: str, reason: str, context: str) -> None:
+        """Remember that ``sha256`` cannot be extracted under ``context`` (see ``rejected``)."""
+        line = json.dumps({"sha256": sha256, "reason": reason, "context": context})
+        with open(self.store.path / REJECTS_NAME, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def flush(self) -> None:
+        """Commit every buffered row now."""
+        while self._buffer_sha:
+            self._commit(min(len(self._buffer_sha), self.shard_rows))
+
+    def _commit(self, count: int) -> None:
+        shas = self._buffer_sha[:count]
+        rows = self._buffer_rows[:count]
+        del self._buffer_sha[:count]
+        del self._buffer_rows[:count]
+        self._sequence += 1
+        name = new_shard_name(self._sequence)
+        try:
+            written = write_shard(self.store.path, name, self.store.fingerprint, shas,
+                                  np.stack(rows))
+        except BaseException:
+            # Whatever stopped the write (disk full, Ctrl-C), the shard either has its final
+            # name, and then its rows are durable and the next writer adopts it, or it does
+            # not exist: only then do the rows go back into the buffer for a later commit.
+            if not (self.store.path / name).exists():
+                self._buffer_sha[:0] = shas
+                self._buffer_rows[:0] = rows
+            raise
+        self.rows_written += count
+        self.shards_written += 1
+        self._last_commit = time.monotonic()
+        append_shard(self.store.path, self._manifest, written)
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting for the next commit."""
+        return len(self._buffer_sha)
+
+    def close(self) -> None:
+        """Commit what is buffered and release the lock."""
+        try:
+            self.flush()
+        finally:
+            (self.store.path / HOLDER_NAME).unlink(missing_ok=True)
+            self._lock.release()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Keep finished rows even when the run is failing; if the commit itself fails (disk
+        # full), the original error is the one to report, and the cache is as before the commit.
+        try:
+            self.close()
+        except Exception:
+            pass
