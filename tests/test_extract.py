@@ -254,3 +254,41 @@ def test_a_transient_decode_failure_is_retried_next_run(tiny_project: Path, monk
     monkeypatch.setattr(pipeline.batches, "decode_file", real_decode)
     second = _extract(tiny_project)
     assert (second.new, second.cached, second.skipped) == (1, 11, [])
+
+
+def test_a_run_that_waited_for_the_lock_uses_what_the_holder_cached(tiny_project: Path,
+                                                                    count_inference,
+                                                                    monkeypatch):
+    import threading
+
+    reference = _extract(tiny_project, "cache.dir=reference")
+    shas = sorted({image.sha256 for image in reference.view.images})
+    rows = FeatureStore(reference.store_path.parent, reference.fingerprint).get(shas)
+    description = FeatureStore(reference.store_path.parent, reference.fingerprint).description
+    count_inference["images"] = 0
+
+    # The holder takes the lock first, waits until our run is queued behind it, then caches
+    # everything; our run must see that after it gets the lock and infer nothing. (filelock's
+    # locks belong to a thread, so the holder lives in one thread from start to end.)
+    held, queued = threading.Event(), threading.Event()
+    real_open_writer = FeatureStore.open_writer
+
+    def open_writer_after_signalling(self, *args, **kwargs):
+        queued.set()
+        return real_open_writer(self, *args, **kwargs)
+
+    def hold_fill_release():
+        store = FeatureStore(tiny_project / "cache", reference.fingerprint)
+        with real_open_writer(store, description) as holder:
+            held.set()
+            queued.wait(timeout=30)
+            holder.add(shas, rows)
+
+    thread = threading.Thread(target=hold_fill_release)
+    thread.start()
+    held.wait(timeout=30)
+    monkeypatch.setattr(FeatureStore, "open_writer", open_writer_after_signalling)
+    result = _extract(tiny_project, "cache.lock_timeout=30")
+    thread.join()
+    assert (result.new, result.cached) == (0, 12)
+    assert count_inference["images"] == 0
