@@ -15,14 +15,13 @@ import click
 from cache import CacheError
 
 from .config import PipelineConfig, load_cache_config, load_config
-from .errors import PipelineError, PipelineWarning
+from .errors import PipelineError
 
-STAGES = ("extract",)
+STAGES = ("extract", "heads")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    name = category.__name__ if issubclass(category, PipelineWarning) else "warning"
-    click.echo(f"warning: {name}: {message}", err=True)
+    click.echo(f"warning: {category.__name__}: {message}", err=True)
 
 
 def _load(config_path: str, overrides: tuple[str, ...]) -> PipelineConfig:
@@ -46,6 +45,7 @@ def cli() -> None:
     \b
     Typical use:
       pipeline run extract            extract features of every new image
+      pipeline run heads              train and sweep heads on the cached features
       pipeline cache ls               fingerprints in the cache, entries, bytes
       pipeline info backbone          VGG16 layer table and parameter counts
 
@@ -61,10 +61,15 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
         progress: bool) -> None:
-    """Run STAGES (now: extract), writing a run folder under runs.dir.
+    """Run STAGES (extract, heads) in that order, writing a run folder under runs.dir.
 
-    extract runs VGG16 once over every image whose features are not cached yet for this
-    backbone fingerprint, appends them to HDF5 shards, and writes the dataset view.
+    \b
+    extract  runs VGG16 once over every image whose features are not cached yet for
+             this backbone fingerprint, appends them to HDF5 shards, and writes the
+             dataset view.
+    heads    trains the heads of stages.heads on the cached features (sweeps run in
+             parallel on dask), ranks every trial on the validation split, then
+             tests each head's best trial once. It never decodes an image.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from .config_heads import ClusterConfig, HeadsConfig
 from .errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
@@ -164,6 +165,7 @@ class StagesConfig(_Section):
     """Per-stage parameters."""
 
     extract: ExtractConfig = _section_default()
+    heads: HeadsConfig = _section_default()
 
 
 class RunsConfig(_Section):
@@ -180,6 +182,7 @@ class PipelineConfig(_Section):
     cache: CacheConfig = _section_default()
     stages: StagesConfig = _section_default()
     runs: RunsConfig = _section_default()
+    cluster: ClusterConfig = _section_default()
     source: Optional[Path] = Field(None, exclude=True)  # the YAML file, for messages
 
     def to_yaml_dict(self) -> dict:
@@ -247,7 +250,7 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
         document = {}
     if not isinstance(document, dict):
         raise ConfigError(f"{source_path.name}: the top level must be a mapping of sections "
-                          f"(data, backbone, cache, stages, runs)")
+                          f"(data, backbone, cache, stages, runs, cluster)")
     if "source" in document:  # set by the loader itself, never by the file
         raise ConfigError(f"{source_path.name}: source: unknown key (known here: "
                           f"{', '.join(_known_keys(()))})")

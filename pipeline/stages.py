@@ -9,12 +9,18 @@ from .views import write_duplicates_csv, write_skipped_csv, write_view_csv
 
 def run_stages(config: PipelineConfig, stages: list[str],
                progress: bool = True) -> tuple[RunFolder, str]:
-    """Run ``stages`` (now only ``extract``); returns the run folder and a printable report."""
+    """Run ``stages`` (extract, heads) in that order; returns the run folder and a report."""
+    if "heads" in stages:
+        # Parameter names and values of every head, checked before an hour of extraction.
+        from .head_models import check_heads
+        check_heads(config.stages.heads, config.source.name if config.source else "stages.yaml")
     run = RunFolder.create(config, stages)
     reports = []
     try:
         if "extract" in stages:
             reports.append(_extract_into(run, config, progress))
+        if "heads" in stages:
+            reports.append(_heads_into(run, config, progress))
     except BaseException as exc:
         # The run folder says what happened, so a failed run is not mistaken for a finished one.
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
@@ -35,4 +41,15 @@ def _extract_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str
     summary = result.summary()
     (run.path / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     run.record(result.metrics())
+    return summary
+
+
+def _heads_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str:
+    """Run the heads stage into the run folder and record its metrics."""
+    from .heads import run_heads
+    result = run_heads(config, run.path, progress=progress)
+    run.record(result.metrics())
+    summary = result.summary()
+    with open(run.path / "summary.txt", "a", encoding="utf-8") as fh:
+        fh.write(summary + "\n")
     return summary

@@ -76,3 +76,62 @@ def flowers() -> Path:
     if not FLOWERS.is_dir():
         pytest.skip(f"real photos not found at {FLOWERS}")
     return FLOWERS
+
+
+CACHED_CLASSES = ("cats", "dogs", "owls")
+
+
+def cached_document(heads: dict, scheduler: str = "synchronous") -> dict:
+    """A stages.yaml whose features are written straight into the cache (no images needed)."""
+    return {
+        "data": {"root": "data", "image_size": [64, 64]},  # (2, 2, 512) features
+        "backbone": {"weights": None},
+        "cache": {"dir": "cache"},
+        "stages": {"heads": {"models": heads}},
+        "runs": {"dir": "runs"},
+        "cluster": {"scheduler": scheduler},
+    }
+
+
+def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0) -> None:
+    """Synthetic features of ``per_split`` images per class and split, and their dataset view.
+
+    Each class has its own mean feature tensor, so heads can learn them; rows are
+    (2, 2, 512) float32, stored under the fingerprint the project's stages.yaml implies.
+    """
+    from cache import FeatureStore
+    from pipeline.config import load_config
+    from pipeline.fingerprint import backbone_fingerprint, backbone_spec
+    from pipeline.views import DatasetView, ViewImage, view_path, write_view
+
+    config = load_config(project / "stages.yaml")
+    fingerprint, description = backbone_fingerprint(backbone_spec(config))
+    store = FeatureStore(config.cache.dir, fingerprint)
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1, (len(CACHED_CLASSES), 2, 2, 512)).astype(np.float32)
+    images, rows = [], []
+    for split, count in per_split.items():
+        for label, name in enumerate(CACHED_CLASSES):
+            for i in range(count):
+                sha = f"{split[:2]}{label:02d}{i:060x}"
+                images.append(ViewImage(f"{name}/{split}_{i}.png", name, split, sha))
+                rows.append(means[label] + rng.normal(0, 6.0, (2, 2, 512)).astype(np.float32))
+    with store.open_writer(description, shard_rows=64) as writer:
+        writer.add([i.sha256 for i in images], np.stack(rows))
+    view = DatasetView(root=str(config.data.root), classes=list(CACHED_CLASSES),
+                       fingerprint=fingerprint, images=images)
+    write_view(view, view_path(config, store))
+
+
+@pytest.fixture
+def cached_project(tmp_path: Path):
+    """Make a project whose cache already holds features: ``make(heads, scheduler)``."""
+    (tmp_path / "data").mkdir()
+
+    def make(heads: dict, scheduler: str = "synchronous",
+             per_split: dict[str, int] | None = None) -> Path:
+        write_config(tmp_path, cached_document(heads, scheduler))
+        write_cached_dataset(tmp_path, per_split or {"train": 12, "validation": 6, "test": 6})
+        return tmp_path
+
+    return make

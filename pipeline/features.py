@@ -1,0 +1,99 @@
+"""Cached features of a dataset view, as labelled arrays for the heads.
+
+Nothing here decodes an image or runs a convnet: features come from the :class:`FeatureStore`
+of the view's backbone fingerprint, labels and splits from the view. ``FeatureView`` turns the
+(N, h, w, c) tensors into the flat rows a scikit-learn estimator wants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from cache import FeatureStore
+
+from .errors import PipelineError
+from .views import DatasetView, read_view
+
+
+class MissingViewError(PipelineError):
+    """No dataset view, or the view's features are not (all) in the cache: extract first."""
+
+
+class FeatureView(TransformerMixin, BaseEstimator):
+    """(N, h, w, c) feature tensors -> (N, d) rows.
+
+    ``view``: ``flatten`` (d = h*w*c, 8,192 for (4, 4, 512)), ``gap`` (global average pool,
+    d = c) or ``gmp`` (global max pool, d = c). Stateless: ``fit`` only checks the input.
+    """
+
+    def __init__(self, view: str = "flatten"):
+        self.view = view
+
+    def fit(self, X, y=None):  # noqa: N803 (scikit-learn's names)
+        """Check that ``X`` is (N, h, w, c); nothing is learned."""
+        self._check(X)
+        self.n_features_in_ = int(np.prod(np.shape(X)[1:]))
+        return self
+
+    def transform(self, X):  # noqa: N803
+        """(N, h, w, c) float32 -> (N, d) float32."""
+        x = self._check(X)
+        if self.view == "flatten":
+            return x.reshape(len(x), -1)
+        if self.view == "gap":
+            return x.mean(axis=(1, 2))
+        if self.view == "gmp":
+            return x.max(axis=(1, 2))
+        raise ValueError(f"unknown feature view {self.view!r}; expected flatten, gap or gmp")
+
+    @staticmethod
+    def _check(X) -> np.ndarray:  # noqa: N803
+        x = np.asarray(X, dtype=np.float32)
+        if x.ndim != 4:
+            raise ValueError(f"expected (N, h, w, c) feature tensors, got shape {x.shape}")
+        return x
+
+
+@dataclass(frozen=True)
+class LabelledSplit:
+    """The features of one split: ``x`` (N, h, w, c) float32, ``y`` (N,) int class indices."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    sha256: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def find_view(store: FeatureStore, view_file: Path) -> DatasetView:
+    """The dataset view at ``view_file``, after checking the cache holds all its features."""
+    if not view_file.is_file():
+        raise MissingViewError(f"no dataset view for this data and backbone in {store.path}: "
+                               f"run `pipeline run extract` first")
+    view = read_view(view_file)
+    missing = store.missing(image.sha256 for image in view.images)
+    if missing:
+        raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the dataset view "
+                               f"have no cached features in {store.path}: run "
+                               f"`pipeline run extract` again")
+    return view
+
+
+def split_shas_and_labels(view: DatasetView, split: str) -> tuple[list[str], np.ndarray]:
+    """sha256 and class indices (N,) int64 of one split, in view order."""
+    images = view.select(split)
+    labels = np.array([view.label_index(i.label) for i in images], dtype=np.int64)
+    return [i.sha256 for i in images], labels
+
+
+def load_split(store: FeatureStore, view: DatasetView, split: str) -> LabelledSplit:
+    """All features of ``split`` in memory, as a :class:`LabelledSplit`."""
+    shas, labels = split_shas_and_labels(view, split)
+    x = store.get(shas) if shas else np.empty((0, *store.feature_shape), np.float32)
+    return LabelledSplit(split, x, labels, tuple(shas))

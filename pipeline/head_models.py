@@ -1,0 +1,259 @@
+"""Heads: what each ``kind`` builds, how one is fitted, and how it predicts.
+
+A scikit-learn head is a Pipeline ``FeatureView -> [StandardScaler] -> [PCA] -> estimator``
+that takes (N, h, w, c) features directly. The dense head is the source material's Keras
+model (Flatten, Dense 256 relu, Dropout 0.5, Dense sigmoid/softmax) with the feature view as
+its first layer, so it too takes (N, h, w, c) and can later sit on top of the conv base.
+
+Keras is imported only when a dense head is built: a sweep of scikit-learn heads never pays
+for TensorFlow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from .config_heads import PIPELINE_KEYS, DenseParams, HeadConfig, HeadsConfig
+from .errors import ConfigError
+from .features import FeatureView, LabelledSplit
+
+# kind -> (estimator class, defaults that differ from scikit-learn's). The iteration limits are
+# raised because 8,192 unscaled features converge slowly; the defaults would stop with a
+# ConvergenceWarning on most real caches.
+ESTIMATORS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
+    "logistic_regression": (LogisticRegression, {"max_iter": 2000}),
+    "linear_svm": (LinearSVC, {"max_iter": 5000}),
+    "sgd": (SGDClassifier, {"loss": "log_loss"}),
+    "random_forest": (RandomForestClassifier, {"n_estimators": 200}),
+    "extra_trees": (ExtraTreesClassifier, {"n_estimators": 200}),
+    "gradient_boosting": (HistGradientBoostingClassifier, {}),
+    "knn": (KNeighborsClassifier, {}),
+    "mlp": (MLPClassifier, {"max_iter": 500, "early_stopping": True}),
+}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One set of parameters for one head: what a sweep trial (or a plain head) fits."""
+
+    head: str
+    trial: int
+    config: HeadConfig
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def setting(self, key: str) -> Any:
+        """features, scale or pca of this trial (a sweep value, else the head's own)."""
+        return self.overrides.get(key, getattr(self.config, key))
+
+    def estimator_params(self) -> dict[str, Any]:
+        """Parameters passed to the estimator (or dense head): declared, then swept."""
+        swept = {k: v for k, v in self.overrides.items() if k not in PIPELINE_KEYS}
+        return {**self.config.params, **swept}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that defines this trial, as plain data for leaderboards."""
+        described = {"features": self.setting("features")}
+        if self.config.kind != "dense":
+            described.update(scale=self.setting("scale"), pca=self.setting("pca"))
+        return {**described, **self.estimator_params()}
+
+
+@dataclass
+class FittedHead:
+    """A trained head: a scikit-learn Pipeline or a Keras model, and its class count."""
+
+    kind: str
+    model: Any
+    n_classes: int
+    fit_seconds: float = 0.0
+    history: dict[str, list[float]] | None = None
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
+        """(N, n_classes) class probabilities, or None when the model gives none (SVM)."""
+        if self.kind == "dense":
+            out = np.asarray(self.model.predict(x, verbose=0, batch_size=256), np.float64)
+            return np.hstack([1 - out, out]) if out.shape[1] == 1 else out
+        if not hasattr(self.model, "predict_proba"):
+            return None
+        proba = self.model.predict_proba(x)
+        full = np.zeros((len(x), self.n_classes))
+        full[:, self.model.classes_] = proba  # a class absent from training gets probability 0
+        return full
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N,) predicted class indices."""
+        if self.kind == "dense":
+            return self.predict_proba(x).argmax(axis=1)
+        return np.asarray(self.model.predict(x), dtype=np.int64)
+
+
+def build_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimator:
+    """The scikit-learn estimator of ``kind`` with ``params`` (unknown names raise ValueError)."""
+    cls, defaults = ESTIMATORS[kind]
+    estimator = cls(**defaults)
+    if "random_state" in estimator.get_params():
+        estimator.set_params(random_state=seed)
+    estimator.set_params(**params)
+    return estimator
+
+
+def build_sklearn_head(spec: TrialSpec) -> Pipeline:
+    """``FeatureView -> [StandardScaler] -> [PCA] -> estimator`` for one trial."""
+    steps: list[tuple[str, Any]] = [("features", FeatureView(spec.setting("features")))]
+    if spec.setting("scale"):
+        steps.append(("scale", StandardScaler()))
+    pca = spec.setting("pca")
+    if pca is not None:
+        steps.append(("pca", PCA(n_components=pca, random_state=spec.seed)))
+    steps.append(("model", build_estimator(spec.config.kind, spec.estimator_params(),
+                                           spec.seed)))
+    return Pipeline(steps)
+
+
+def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes: int):
+    """The source material's dense head on (h, w, c) features, compiled; needs Keras."""
+    from ._tf import keras
+
+    params = spec.config.dense_params(spec.estimator_params())
+    keras.utils.set_random_seed(spec.seed)
+    pool = {"flatten": keras.layers.Flatten, "gap": keras.layers.GlobalAveragePooling2D,
+            "gmp": keras.layers.GlobalMaxPooling2D}[spec.setting("features")]
+    binary = n_classes == 2
+    model = keras.Sequential([
+        keras.Input(shape=feature_shape, name="features"),
+        pool(name="feature_view"),
+        keras.layers.Dense(params.units, activation="relu", name="hidden"),
+        keras.layers.Dropout(params.dropout, name="dropout"),
+        keras.layers.Dense(1 if binary else n_classes,
+                           activation="sigmoid" if binary else "softmax", name="classes"),
+    ], name=f"dense_head_{spec.head}")
+    optimizer = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+                 "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}[params.optimizer]
+    model.compile(optimizer=optimizer(learning_rate=params.learning_rate),
+                  loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def fit_head(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
+             n_classes: int) -> FittedHead:
+    """Fit one trial on ``train``; ``validation`` serves only the dense head's early stopping."""
+    started = time.perf_counter()
+    if spec.config.kind == "dense":
+        model, history = _fit_dense(spec, train, validation, n_classes)
+        return FittedHead("dense", model, n_classes, time.perf_counter() - started, history)
+    model = build_sklearn_head(spec).fit(train.x, train.y)
+    return FittedHead(spec.config.kind, model, n_classes, time.perf_counter() - started)
+
+
+def _fit_dense(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
+               n_classes: int):
+    from ._tf import keras
+
+    params = spec.config.dense_params(spec.estimator_params())
+    model = build_dense_head(spec, train.x.shape[1:], n_classes)
+    callbacks = []
+    if params.patience is not None and len(validation):
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=params.patience,
+            restore_best_weights=params.restore_best))
+    fitted = model.fit(train.x, train.y, epochs=params.epochs, batch_size=params.batch_size,
+                       validation_data=(validation.x, validation.y) if len(validation) else None,
+                       callbacks=callbacks, verbose=0, shuffle=True)
+    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    return model, history
+
+
+def check_heads(heads: HeadsConfig, source: str = "stages.yaml") -> None:
+    """Check every head's parameters and sweep values against its estimator, before any work.
+
+    Raises ConfigError naming the file, the head and the parameter.
+    """
+    for name, head in heads.models.items():
+        where = f"{source}: stages.heads.models.{name}"
+        if head.kind == "dense":
+            _check_dense_sweep(where, head)
+            continue
+        _check_estimator(f"{where}.params", head.kind, head.params)
+        for key, values in (head.sweep.params.items() if head.sweep else ()):
+            if key in PIPELINE_KEYS:
+                continue
+            candidates = values if isinstance(values, list) else []
+            _check_estimator(f"{where}.sweep.params", head.kind, {key: None}, names_only=True)
+            for value in candidates:
+                _check_estimator(f"{where}.sweep.params", head.kind,
+                                 {**head.params, key: value})
+        if head.sweep:
+            _check_pipeline_values(where, head)
+
+
+def _check_estimator(where: str, kind: str, params: dict[str, Any],
+                     names_only: bool = False) -> None:
+    cls, defaults = ESTIMATORS[kind]
+    known = cls(**defaults).get_params()
+    for key in params:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: {cls.__name__} has no parameter {key!r} "
+                              f"(it has: {', '.join(sorted(known))})")
+    if names_only:
+        return
+    estimator = build_estimator(kind, params, seed=0)
+    validate = getattr(estimator, "_validate_params", None)  # scikit-learn >= 1.2
+    if validate is None:
+        return
+    try:
+        validate()
+    except (ValueError, TypeError) as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"{where}: {message}") from None
+
+
+def _check_dense_sweep(where: str, head: HeadConfig) -> None:
+    if head.sweep is None:
+        return
+    for key, values in head.sweep.params.items():
+        if key in ("scale", "pca"):
+            raise ConfigError(f"{where}.sweep.params.{key}: dense heads have no {key}")
+        if key != "features" and key not in DenseParams.model_fields:
+            raise ConfigError(f"{where}.sweep.params.{key}: the dense head has no parameter "
+                              f"{key!r} (it has: {', '.join(DenseParams.model_fields)})")
+        for value in values if isinstance(values, list) else []:
+            try:
+                if key == "features":
+                    FeatureView(value).transform(np.zeros((1, 1, 1, 1), np.float32))
+                else:
+                    head.dense_params({key: value})
+            except Exception as exc:  # noqa: BLE001 (pydantic and ValueError alike)
+                message = " ".join(str(exc).split())
+                raise ConfigError(f"{where}.sweep.params.{key}: {value!r}: {message}") from None
+
+
+def _check_pipeline_values(where: str, head: HeadConfig) -> None:
+    checks = {"features": lambda v: v in ("flatten", "gap", "gmp"),
+              "scale": lambda v: isinstance(v, bool),
+              "pca": lambda v: v is None or (isinstance(v, (int, float))
+                                             and not isinstance(v, bool) and v > 0)}
+    for key in PIPELINE_KEYS:
+        values = head.sweep.params.get(key)
+        for value in values if isinstance(values, list) else []:
+            if not checks[key](value):
+                raise ConfigError(f"{where}.sweep.params.{key}: {value!r} is not a valid "
+                                  f"{key} value")

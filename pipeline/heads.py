@@ -1,0 +1,233 @@
+"""The heads stage: many cheap models on cached features, selected on validation, tested once.
+
+1. Find the dataset view and the cached features of this backbone fingerprint (no image is
+   decoded and no convnet runs here; a missing view or entry is an error that says to extract).
+2. Run every trial of every head (sweeps included) on dask, scoring on the validation split.
+3. Rank the trials into a leaderboard by the validation metric.
+4. For each head, refit its best trial, evaluate it on validation and then, once, on test;
+   save the model, its scores, confusion matrices and (dense) training history.
+
+The test split is loaded only at step 4, after every choice has been made.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cache import FeatureStore
+
+from .config import PipelineConfig
+from .errors import PipelineError, PipelineWarning
+from .evaluation import evaluate, plot_confusion_matrix, write_evaluation
+from .features import LabelledSplit, find_view, load_split, split_shas_and_labels
+from .fingerprint import backbone_fingerprint, backbone_spec
+from .head_io import save_head
+from .head_models import FittedHead, TrialSpec, check_heads, fit_head
+from .incremental import LazySplit, fit_incremental, predict_lazy
+from .sweep import (
+    TrainingData,
+    TrialResult,
+    expand_trials,
+    format_leaderboard,
+    rank_trials,
+    run_trials,
+    write_leaderboard,
+)
+from .views import DatasetView, view_path
+
+
+class NoTestImagesWarning(PipelineWarning):
+    """The test split is empty, so heads are trained and selected but not tested."""
+
+
+@dataclass
+class HeadOutcome:
+    """A head's best trial, refitted: its scores on validation and test, and where it lives."""
+
+    name: str
+    trial: TrialResult
+    scores: dict[str, dict]
+    folder: Path
+
+
+@dataclass
+class HeadsResult:
+    """What the heads stage did, for the summary and metrics.json."""
+
+    fingerprint: str
+    split_sizes: dict[str, int]
+    ranked: list[TrialResult]
+    outcomes: list[HeadOutcome]
+    scheduler: str
+    sweep_seconds: float
+    seconds: float
+    metric: str
+    failed_heads: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> HeadOutcome:
+        """The head whose best trial ranks first on validation."""
+        order = {r.head: r.rank for r in self.ranked if r.status == "ok"}
+        return min(self.outcomes, key=lambda o: order[o.name])
+
+    def summary(self) -> str:
+        """Printable report: what was read, the leaderboard's top, the best head's scores."""
+        sizes = self.split_sizes
+        best = self.best
+        lines = [
+            f"heads: {len(self.ranked)} trials of {len(self.outcomes) + len(self.failed_heads)} "
+            f"heads in {self.sweep_seconds:.1f} s ({self.scheduler}), on "
+            f"{sizes['train']} train / {sizes['validation']} validation images",
+            f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
+            format_leaderboard(self.ranked),
+            f"best: {best.name} (trial {best.trial.trial}), selected by {self.metric}: "
+            f"validation accuracy {_fmt(best.scores['validation']['accuracy'])}, "
+            f"test accuracy {_fmt(best.scores['test']['accuracy'])} "
+            f"({sizes['test']} test images)",
+        ]
+        for outcome in self.outcomes:
+            scores = outcome.scores
+            lines.append(f"  {outcome.name:<20} val {_fmt(scores['validation']['accuracy'])}"
+                         f"  test {_fmt(scores['test']['accuracy'])}  {outcome.folder}")
+        for name in self.failed_heads:
+            lines.append(f"  {name:<20} every trial failed; see leaderboard.csv")
+        return "\n".join(lines)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Flat ``heads.*`` keys for metrics.json (NaN left out: JSON has no NaN)."""
+        best = self.best
+        values: dict[str, float | int | str] = {
+            "heads.trials": len(self.ranked),
+            "heads.failed_trials": sum(r.status != "ok" for r in self.ranked),
+            "heads.sweep_seconds": round(self.sweep_seconds, 3),
+            "heads.seconds": round(self.seconds, 3),
+            "heads.best.name": best.name,
+            "heads.best.trial": best.trial.trial,
+            "heads.best.val_accuracy": best.scores["validation"]["accuracy"],
+            "heads.best.test_accuracy": best.scores["test"]["accuracy"],
+        }
+        for outcome in self.outcomes:
+            for split in ("validation", "test"):
+                short = "val" if split == "validation" else split
+                values[f"heads.{outcome.name}.{short}_accuracy"] = \
+                    outcome.scores[split]["accuracy"]
+        return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> HeadsResult:
+    """Train, sweep, select and test the heads of ``config`` on cached features.
+
+    Writes ``leaderboard.csv``/``.json`` into ``output`` and one folder per head under
+    ``output/heads/``. Raises PipelineError when the view or its features are not cached.
+    """
+    started = time.perf_counter()
+    heads = config.stages.heads
+    check_heads(heads, config.source.name if config.source else "stages.yaml")
+    spec = backbone_spec(config)
+    fingerprint, _ = backbone_fingerprint(spec)
+    store = FeatureStore(config.cache.dir, fingerprint)
+    view = find_view(store, view_path(config, store))
+    data = _training_data(store, view, heads)
+    trials = expand_trials(heads)
+
+    sweep_started = time.perf_counter()
+    results = run_trials(trials, data, config.cluster, progress=progress)
+    sweep_seconds = time.perf_counter() - sweep_started
+    ranked = rank_trials(results, heads.metric)
+    write_leaderboard(ranked, output)
+
+    # Every choice is made; only now does the test split come off the disk.
+    test = load_split(store, view, "test") if data.train is not None else None
+    lazy_test = _lazy(store, view, "test", heads)
+    if not view.select("test"):
+        warnings.warn("the test split has no images: heads are selected on validation but not "
+                      "tested", NoTestImagesWarning, stacklevel=2)
+    outcomes, failed = [], []
+    for name in heads.models:
+        best = next((r for r in ranked if r.head == name and r.status == "ok"), None)
+        if best is None:
+            failed.append(name)
+            continue
+        trial = next(t for t in trials if t.head == name and t.trial == best.trial)
+        outcomes.append(_refit_evaluate_save(trial, best, data, test, lazy_test, view,
+                                             fingerprint, output / "heads" / name))
+    if not outcomes:
+        raise PipelineError(f"every trial of every head failed (first error: "
+                            f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
+    sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
+    scheduler = config.cluster.scheduler
+    return HeadsResult(fingerprint, sizes, ranked, outcomes,
+                       "one after another" if scheduler == "synchronous" else
+                       f"dask {scheduler}", sweep_seconds, time.perf_counter() - started,
+                       heads.metric, failed)
+
+
+def _training_data(store: FeatureStore, view: DatasetView, heads) -> TrainingData:
+    n_classes = len(view.classes)
+    for split in ("train", "validation"):
+        if not view.select(split):
+            raise PipelineError(f"the {split} split has no images; heads are trained on train "
+                                f"and selected on validation (check data.split or the split "
+                                f"folders)")
+    # Incremental heads read the cache a chunk at a time; load it whole only for the others.
+    in_memory = any(h.incremental is None for h in heads.models.values())
+    return TrainingData(
+        n_classes=n_classes,
+        train=load_split(store, view, "train") if in_memory else None,
+        validation=load_split(store, view, "validation") if in_memory else None,
+        lazy_train=_lazy(store, view, "train", heads),
+        lazy_validation=_lazy(store, view, "validation", heads))
+
+
+def _lazy(store: FeatureStore, view: DatasetView, split: str, heads) -> LazySplit | None:
+    chunk_rows = [h.incremental.chunk_rows for h in heads.models.values() if h.incremental]
+    if not chunk_rows:
+        return None
+    shas, labels = split_shas_and_labels(view, split)
+    return LazySplit(split, store.cache_dir, store.fingerprint, tuple(shas), labels,
+                     chunk_rows=min(chunk_rows))
+
+
+def _refit_evaluate_save(trial: TrialSpec, best: TrialResult, data: TrainingData,
+                         test: LabelledSplit | None, lazy_test: LazySplit | None,
+                         view: DatasetView, fingerprint: str, folder: Path) -> HeadOutcome:
+    """Refit the selected trial on train (same seed), score validation and test, save it all."""
+    if trial.config.incremental is not None:
+        fitted = fit_incremental(trial, data.lazy_train, data.n_classes)
+        splits = {"validation": data.lazy_validation, "test": lazy_test}
+        predictions = {name: predict_lazy(fitted, split) for name, split in splits.items()}
+    else:
+        fitted = fit_head(trial, data.train, data.validation, data.n_classes)
+        splits = {"validation": data.validation, "test": test}
+        predictions = {name: (fitted.predict(s.x), fitted.predict_proba(s.x)) if len(s) else
+                       (s.y, None) for name, s in splits.items()}
+    scores = {name: evaluate(splits[name].y, predicted, proba, view.classes)
+              for name, (predicted, proba) in predictions.items()}
+    _save_outcome(fitted, trial, best, scores, view, fingerprint, folder)
+    return HeadOutcome(trial.head, best, scores, folder)
+
+
+def _save_outcome(fitted: FittedHead, trial: TrialSpec, best: TrialResult,
+                  scores: dict[str, dict], view: DatasetView, fingerprint: str,
+                  folder: Path) -> None:
+    save_head(fitted, folder, {
+        "name": trial.head, "trial": trial.trial, "classes": view.classes,
+        "fingerprint": fingerprint, "params": trial.describe(),
+        "selected_by": {"val_accuracy": best.val_accuracy, "rank": best.rank}})
+    write_evaluation(scores, folder / "evaluation.json")
+    for split, split_scores in scores.items():
+        if split_scores["images"]:
+            plot_confusion_matrix(split_scores, folder / f"confusion_{split}.png",
+                                  f"{trial.head} on {split}")
+    if fitted.history is not None:
+        (folder / "history.json").write_text(json.dumps(fitted.history, indent=2) + "\n",
+                                             encoding="utf-8")

@@ -1,0 +1,281 @@
+"""Trials of every head, run in parallel on dask.distributed, ranked into a leaderboard.
+
+Each head in ``stages.heads.models`` gives one trial (its declared parameters) or, with a
+``sweep``, one per grid point or random draw (scikit-learn's ParameterGrid / ParameterSampler).
+The training and validation features go to the workers once (``scatter``, broadcast); trials
+refer to them. The test split is never sent: selection cannot see it.
+
+``cluster.scheduler``: ``local`` starts a LocalCluster with one single-threaded worker process
+per core; ``synchronous`` runs trials one after another in this process; an address such as
+``tcp://host:8786`` uses a running scheduler whose workers can import this package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.model_selection import ParameterGrid, ParameterSampler
+from tqdm import tqdm
+
+from .config_heads import METRICS, ClusterConfig, HeadsConfig
+from .evaluation import evaluate
+from .features import LabelledSplit
+from .head_models import TrialSpec, fit_head
+from .incremental import LazySplit, fit_incremental, predict_lazy
+
+LEADERBOARD_COLUMNS = ("rank", "head", "trial", "kind", "status", "val_accuracy", "val_f1_macro",
+                       "val_log_loss", "train_accuracy", "fit_seconds", "params", "error",
+                       "warnings")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What trials train and select on: training and validation splits, never test.
+
+    ``train``/``validation`` are in memory (None when every head is incremental);
+    ``lazy_train``/``lazy_validation`` name the same rows for incremental heads.
+    """
+
+    n_classes: int
+    train: LabelledSplit | None = None
+    validation: LabelledSplit | None = None
+    lazy_train: LazySplit | None = None
+    lazy_validation: LazySplit | None = None
+
+
+@dataclass
+class TrialResult:
+    """One trial's parameters, validation scores and fit time (a leaderboard row)."""
+
+    head: str
+    trial: int
+    kind: str
+    params: dict[str, Any]
+    status: str = "ok"               # ok | failed
+    val_accuracy: float = math.nan
+    val_f1_macro: float = math.nan
+    val_log_loss: float = math.nan   # NaN for heads without probabilities
+    train_accuracy: float = math.nan
+    fit_seconds: float = math.nan
+    error: str = ""
+    warnings: str = ""               # e.g. ConvergenceWarning: raise max_iter
+    rank: int = 0
+    history: dict[str, list[float]] | None = field(default=None, repr=False)
+
+
+def expand_trials(heads: HeadsConfig) -> list[TrialSpec]:
+    """Every trial of every head, in declaration order, then grid or sampling order."""
+    trials = []
+    for name, head in heads.models.items():
+        if head.sweep is None:
+            settings: list[dict[str, Any]] = [{}]
+        elif head.sweep.method == "grid":
+            settings = list(ParameterGrid(head.sweep.params))
+        else:
+            settings = _sample(head.sweep.params, head.sweep.n_trials, head.sweep.seed)
+        trials.extend(TrialSpec(name, i, head, {k: _plain(v) for k, v in s.items()},
+                                heads.seed) for i, s in enumerate(settings))
+    return trials
+
+
+def _sample(params: dict[str, Any], n_trials: int, seed: int) -> list[dict[str, Any]]:
+    spaces = {}
+    for name, values in params.items():
+        if isinstance(values, list):
+            spaces[name] = values
+            continue
+        spaces[name] = _distribution(*next(iter(values.items())))
+    if all(isinstance(v, list) for v in spaces.values()):
+        # ParameterSampler samples finite grids without replacement and warns when asked for
+        # more points than exist; take them all instead.
+        n_trials = min(n_trials, len(ParameterGrid(spaces)))
+    return list(ParameterSampler(spaces, n_iter=n_trials, random_state=seed))
+
+
+def _distribution(kind: str, bounds: list[float]):
+    """A scipy.stats distribution over [low, high] (randint: both ends included)."""
+    low, high = bounds
+    if kind == "loguniform":
+        return stats.loguniform(low, high)
+    if kind == "uniform":
+        return stats.uniform(low, high - low)
+    return stats.randint(low, high + 1)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, so parameters validate strictly and print cleanly."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def run_trial(spec: TrialSpec, data: TrainingData) -> TrialResult:
+    """Fit one trial on the training split and score it on the validation split.
+
+    Never raises for a bad parameter combination: the trial is recorded as failed.
+    """
+    result = TrialResult(spec.head, spec.trial, spec.config.kind, spec.describe())
+    # Trials run one per worker thread (or in the main thread), so recording is safe here;
+    # on a cluster the warnings would otherwise be lost in the workers' logs.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit_and_score(spec, data, result)
+    messages = dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}"
+                             for w in caught)
+    result.warnings = " | ".join(m[:200] for m in messages)[:1000]
+    return result
+
+
+def _fit_and_score(spec: TrialSpec, data: TrainingData, result: TrialResult) -> None:
+    try:
+        if spec.config.incremental is not None:
+            fitted = fit_incremental(spec, data.lazy_train, data.n_classes)
+            predicted, proba = predict_lazy(fitted, data.lazy_validation)
+            train_predicted, _ = predict_lazy(fitted, data.lazy_train)
+            y_val, y_train = data.lazy_validation.y, data.lazy_train.y
+        else:
+            fitted = fit_head(spec, data.train, data.validation, data.n_classes)
+            predicted = fitted.predict(data.validation.x)
+            proba = fitted.predict_proba(data.validation.x)
+            train_predicted = fitted.predict(data.train.x)
+            y_val, y_train = data.validation.y, data.train.y
+    except Exception as exc:  # noqa: BLE001 (one bad setting must not end a sweep)
+        result.status = "failed"
+        result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        logging.getLogger(__name__).debug("trial failed\n%s", traceback.format_exc())
+        return
+    scores = evaluate(y_val, predicted, proba, [str(i) for i in range(data.n_classes)])
+    result.val_accuracy = scores["accuracy"]
+    result.val_f1_macro = scores["f1_macro"]
+    result.val_log_loss = scores["log_loss"]
+    result.train_accuracy = float(np.mean(train_predicted == y_train)) if len(y_train) else \
+        math.nan
+    result.fit_seconds = fitted.fit_seconds
+    result.history = fitted.history
+
+
+def run_trials(trials: list[TrialSpec], data: TrainingData, cluster: ClusterConfig,
+               progress: bool = True) -> list[TrialResult]:
+    """Run ``trials`` where ``cluster`` says; results in the order of ``trials``."""
+    bar = tqdm(total=len(trials), unit="trial", desc="heads", disable=None if progress else True,
+               dynamic_ncols=True)
+    with bar:
+        if cluster.scheduler == "synchronous":
+            results = []
+            for spec in trials:
+                results.append(run_trial(spec, data))
+                bar.update()
+            return results
+        with _client(cluster) as client:
+            return _run_on_cluster(client, trials, data, bar)
+
+
+def _run_on_cluster(client, trials: list[TrialSpec], data: TrainingData, bar) -> list[TrialResult]:
+    from distributed import as_completed
+
+    [shared] = client.scatter([data], broadcast=True)  # once per worker, not once per trial
+    futures = {client.submit(run_trial, spec, shared, pure=False,
+                             key=f"trial-{spec.head}-{spec.trial}-{os.urandom(4).hex()}"): i
+               for i, spec in enumerate(trials)}
+    results: list[TrialResult | None] = [None] * len(trials)
+    for future in as_completed(futures):
+        index = futures[future]
+        try:
+            results[index] = future.result()
+        except Exception as exc:  # noqa: BLE001 (a worker died: record it, keep the others)
+            spec = trials[index]
+            results[index] = TrialResult(spec.head, spec.trial, spec.config.kind,
+                                         spec.describe(), status="failed",
+                                         error=f"{type(exc).__name__}: {exc}"[:500])
+        bar.update()
+    return [r for r in results if r is not None]
+
+
+@contextlib.contextmanager
+def _client(cluster: ClusterConfig):
+    import dask
+    from distributed import Client, LocalCluster
+
+    if cluster.scheduler != "local":
+        with Client(cluster.scheduler, timeout="30s") as client:
+            yield client
+        return
+    workers = cluster.workers or os.cpu_count() or 1
+    # One core per worker: TensorFlow, BLAS and OpenMP must not each start a thread per core
+    # in every worker (dask already sets the BLAS and OpenMP variables).
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.TF_NUM_INTRAOP_THREADS": 1,
+                          "distributed.nanny.pre-spawn-environ.TF_NUM_INTEROP_THREADS": 1,
+                          "distributed.nanny.pre-spawn-environ.TF_CPP_MIN_LOG_LEVEL": 2}):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, silence_logs=logging.ERROR) as local:
+            with Client(local) as client:
+                yield client
+
+
+def rank_trials(results: list[TrialResult], metric: str) -> list[TrialResult]:
+    """Results best first by the validation ``metric``; failed and NaN-scored trials last.
+
+    Ties keep declaration order (head, then trial), so the ranking is deterministic.
+    """
+    sign = 1.0 if METRICS[metric] == "max" else -1.0
+
+    def key(item: tuple[int, TrialResult]):
+        order, result = item
+        value = getattr(result, metric)
+        usable = result.status == "ok" and not math.isnan(value)
+        return (0 if usable else 1, -sign * value if usable else 0.0, order)
+
+    ranked = [r for _, r in sorted(enumerate(results), key=key)]
+    for position, result in enumerate(ranked, start=1):
+        result.rank = position
+    return ranked
+
+
+def write_leaderboard(ranked: list[TrialResult], folder: Path) -> tuple[Path, Path]:
+    """``leaderboard.csv`` (one row per trial) and ``leaderboard.json`` in ``folder``."""
+    rows = [_row(r) for r in ranked]
+    csv_path, json_path = folder / "leaderboard.csv", folder / "leaderboard.json"
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LEADERBOARD_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "params": json.dumps(row["params"], sort_keys=True)})
+    json_path.write_text(json.dumps(rows, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return csv_path, json_path
+
+
+def _row(result: TrialResult) -> dict[str, Any]:
+    row = asdict(result)
+    row.pop("history")
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in ((c, row[c]) for c in LEADERBOARD_COLUMNS)}
+
+
+def format_leaderboard(ranked: list[TrialResult], limit: int = 10) -> str:
+    """The top ``limit`` trials as a text table."""
+    lines = [f"{'rank':>4}  {'head':<16} {'trial':>5}  {'val_acc':>7}  {'val_f1':>6}  "
+             f"{'fit_s':>6}  params"]
+    for r in ranked[:limit]:
+        params = ", ".join(f"{k}={v}" for k, v in r.params.items())
+        if r.status != "ok":
+            params = f"FAILED {r.error[:60]}"
+        lines.append(f"{r.rank:>4}  {r.head[:16]:<16} {r.trial:>5}  {_fmt(r.val_accuracy):>7}  "
+                     f"{_fmt(r.val_f1_macro):>6}  {_fmt(r.fit_seconds, 2):>6}  {params}")
+    if len(ranked) > limit:
+        lines.append(f"      ... {len(ranked) - limit} more in leaderboard.csv")
+    return "\n".join(lines)
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+

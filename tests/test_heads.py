@@ -1,0 +1,172 @@
+"""Head models on their own: every kind trains and predicts, saves and reloads, checks params."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+
+from pipeline.config import parse_config
+from pipeline.config_heads import HEAD_KINDS, HeadConfig, HeadsConfig
+from pipeline.errors import ConfigError
+from pipeline.features import FeatureView, LabelledSplit
+from pipeline.head_io import HeadLoadError, load_head, save_head
+from pipeline.head_models import FittedHead, TrialSpec, check_heads, fit_head
+
+# Few epochs at a high learning rate: the dense head must learn these blobs in a second.
+FAST_DENSE = {"epochs": 8, "learning_rate": 0.01, "batch_size": 8, "units": 16}
+# 30 training rows: scikit-learn's defaults for large data would not split a tree at all.
+SMALL_DATA = {"dense": FAST_DENSE, "gradient_boosting": {"min_samples_leaf": 2},
+              "knn": {"n_neighbors": 3}}
+
+
+def _blobs(n_per_class: int, classes: int = 3, seed: int = 0, shape=(2, 2, 8)):
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(99).normal(0, 1, (classes, *shape))
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = (means[y] + rng.normal(0, 0.5, (len(y), *shape))).astype(np.float32)
+    return x, y
+
+
+def _splits(classes: int = 3):
+    x, y = _blobs(10, classes, seed=1)
+    xv, yv = _blobs(5, classes, seed=2)
+    return LabelledSplit("train", x, y, ()), LabelledSplit("validation", xv, yv, ())
+
+
+def _spec(kind: str, **head) -> TrialSpec:
+    params = SMALL_DATA.get(kind, {})
+    return TrialSpec("h", 0, HeadConfig(kind=kind, params={**params, **head.pop("params", {})},
+                                         **head), seed=3)
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_every_kind_trains_and_predicts(kind: str):
+    train, validation = _splits()
+    head = fit_head(_spec(kind, scale=kind != "dense"), train, validation, n_classes=3)
+    predicted = head.predict(validation.x)
+    assert predicted.shape == (15,) and set(predicted) <= {0, 1, 2}
+    assert np.mean(predicted == validation.y) >= 0.6  # separable blobs; chance is 1/3
+    proba = head.predict_proba(validation.x)
+    if kind == "linear_svm":
+        assert proba is None
+    else:
+        assert proba.shape == (15, 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_dense_head_is_the_source_architecture_with_sigmoid_for_two_classes():
+    train, validation = _splits(classes=2)
+    head = fit_head(_spec("dense", params={"units": 256}), train, validation, n_classes=2)
+    layers = [(type(layer).__name__, getattr(layer, "units", None)) for layer in
+              head.model.layers]
+    assert layers == [("Flatten", None), ("Dense", 256), ("Dropout", None), ("Dense", 1)]
+    assert head.model.layers[-1].activation.__name__ == "sigmoid"
+    assert head.model.layers[2].rate == 0.5
+    assert head.predict_proba(validation.x).shape == (10, 2)
+    assert set(head.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_dense_early_stopping_stops_before_the_last_epoch():
+    train, validation = _splits()
+    head = fit_head(_spec("dense", params={"epochs": 200, "patience": 2}), train, validation, 3)
+    assert len(head.history["val_accuracy"]) < 200
+
+
+@pytest.mark.parametrize("view, width", [("flatten", 32), ("gap", 8), ("gmp", 8)])
+def test_feature_views(view: str, width: int):
+    x, _ = _blobs(2)
+    rows = FeatureView(view).fit_transform(x)
+    assert rows.shape == (6, width)
+    if view == "gap":
+        np.testing.assert_allclose(rows, x.mean(axis=(1, 2)), rtol=1e-6)
+    if view == "gmp":
+        np.testing.assert_array_equal(rows, x.max(axis=(1, 2)))
+
+
+def test_scaling_and_pca_are_pipeline_steps():
+    train, validation = _splits()
+    head = fit_head(_spec("logistic_regression", features="gap", scale=True, pca=4),
+                    train, validation, 3)
+    assert isinstance(head.model, Pipeline)
+    assert [name for name, _ in head.model.steps] == ["features", "scale", "pca", "model"]
+    assert head.model.named_steps["pca"].n_components_ == 4
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_saved_head_reloads_and_predicts_the_same(kind: str, tmp_path):
+    train, validation = _splits()
+    head = fit_head(_spec(kind, scale=kind != "dense"), train, validation, n_classes=3)
+    save_head(head, tmp_path / "h", {"classes": ["a", "b", "c"]})
+    again, metadata = load_head(tmp_path / "h")
+    assert metadata["classes"] == ["a", "b", "c"] and again.kind == kind
+    np.testing.assert_array_equal(again.predict(validation.x), head.predict(validation.x))
+    if kind != "linear_svm":
+        np.testing.assert_allclose(again.predict_proba(validation.x),
+                                   head.predict_proba(validation.x), rtol=1e-6)
+
+
+class NotAllowed(FeatureView):
+    """A type no head of the pipeline contains."""
+
+
+def test_a_saved_head_with_unknown_types_is_refused(tmp_path):
+    train, _ = _splits()
+    model = Pipeline([("features", NotAllowed("gap")),
+                      ("model", fit_head(_spec("knn"), train, train, 3).model[-1])])
+    save_head(FittedHead("knn", model, 3), tmp_path / "h", {})
+    with pytest.raises(HeadLoadError, match="refusing to load types.*NotAllowed"):
+        load_head(tmp_path / "h")
+
+
+def test_a_damaged_head_file_is_a_clear_error(tmp_path):
+    train, _ = _splits()
+    save_head(fit_head(_spec("knn"), train, train, 3), tmp_path / "h", {})
+    (tmp_path / "h" / "model.skops").write_bytes(b"not a zip")
+    with pytest.raises(HeadLoadError, match="cannot read"):
+        load_head(tmp_path / "h")
+
+
+def _heads(models: dict) -> HeadsConfig:
+    return parse_config({"data": {"root": "."}, "stages": {"heads": {"models": models}}}
+                        ).stages.heads
+
+
+@pytest.mark.parametrize("models, message", [
+    ({"a": {"kind": "logistic_regression", "params": {"C_": 1}}},
+     "stages.heads.models.a.params.C_: LogisticRegression has no parameter 'C_'"),
+    ({"a": {"kind": "logistic_regression", "params": {"C": -1.0}}},
+     "stages.heads.models.a.params: The 'C' parameter"),
+    ({"a": {"kind": "knn", "sweep": {"params": {"n_neighbors": [3, 0]}}}},
+     "stages.heads.models.a.sweep.params: The 'n_neighbors' parameter"),
+    ({"a": {"kind": "sgd", "sweep": {"method": "random", "params": {"alphas": {
+        "loguniform": [1e-4, 1e-1]}}}}}, "SGDClassifier has no parameter 'alphas'"),
+    ({"a": {"kind": "dense", "sweep": {"params": {"dropout": [0.5, 1.5]}}}},
+     "stages.heads.models.a.sweep.params.dropout: 1.5"),
+    ({"a": {"kind": "dense", "sweep": {"params": {"unit": [4]}}}},
+     "the dense head has no parameter 'unit'"),
+    ({"a": {"kind": "svm_rbf"}}, None),
+])
+def test_bad_head_parameters_are_named_before_any_work(models: dict, message):
+    if message is None:  # structural errors are caught when the file is read
+        with pytest.raises(ConfigError, match="stages.heads.models.a.kind"):
+            _heads(models)
+        return
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_heads(_heads(models))
+
+
+@pytest.mark.parametrize("head, message", [
+    ({"kind": "dense", "params": {"unitz": 3}}, "params.unitz: unknown parameter"),
+    ({"kind": "dense", "scale": True}, "scale and pca apply to scikit-learn heads"),
+    ({"kind": "knn", "incremental": {}}, "incremental training needs kind: sgd"),
+    ({"kind": "sgd", "sweep": {"params": {"alpha": {"loguniform": [1e-4, 1]}}}},
+     "a grid needs lists of values; alpha is a distribution"),
+    ({"kind": "sgd", "sweep": {"method": "random", "params": {"alpha": {"loguniform": [0, 1]}}}},
+     "loguniform needs low > 0"),
+    ({"kind": "sgd", "sweep": {"params": {}}}, "list at least one parameter"),
+    ({"kind": "sgd", "pca": 1.5}, "variance fraction"),
+])
+def test_head_structure_errors_name_the_key(head: dict, message: str):
+    with pytest.raises(ConfigError, match=f"stages.heads.models.a.*{message}"):
+        _heads({"a": head})

@@ -1,0 +1,251 @@
+"""The heads stage on a cache: sweeps, leaderboard, selection on validation only, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import FeatureStore
+from pipeline.config import load_config
+from pipeline.config_heads import HeadConfig
+from pipeline.features import MissingViewError
+from pipeline.head_io import load_head
+from pipeline.head_models import TrialSpec
+from pipeline.incremental import LazySplit, fit_incremental
+from pipeline.stages import run_stages
+from pipeline.sweep import TrialResult, expand_trials, rank_trials
+from pipeline.views import read_view, view_path, write_view
+
+from .conftest import make_image_folder, tiny_document, write_config
+
+SWEEP = {
+    "logreg": {"kind": "logistic_regression", "features": "gap", "scale": True,
+               "sweep": {"params": {"C": [0.001, 0.1, 10.0]}}},
+    "knn": {"kind": "knn", "features": "gmp",
+            "sweep": {"params": {"n_neighbors": [1, 5], "weights": ["uniform", "distance"]}}},
+}
+
+
+def _run(project: Path, *overrides: str):
+    config = load_config(project / "stages.yaml", list(overrides))
+    run, report = run_stages(config, ["heads"], progress=False)
+    return run, report
+
+
+def _leaderboard(run) -> list[dict]:
+    with open(run.path / "leaderboard.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sweep_writes_an_ordered_leaderboard_and_tested_heads(cached_project):
+    project = cached_project(SWEEP)
+    run, report = _run(project)
+    rows = _leaderboard(run)
+    assert len(rows) == 3 + 4
+    accuracies = [float(r["val_accuracy"]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert [int(r["rank"]) for r in rows] == list(range(1, 8))
+    assert {r["head"] for r in rows} == {"logreg", "knn"}
+    assert json.loads(rows[0]["params"])  # the parameters of every trial are recorded
+    as_json = json.loads((run.path / "leaderboard.json").read_text())
+    assert [r["val_accuracy"] for r in as_json] == pytest.approx(accuracies)
+
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["heads.trials"] == 7
+    assert metrics["heads.best.name"] == rows[0]["head"]
+    assert metrics["heads.best.val_accuracy"] == pytest.approx(accuracies[0])
+    assert 0 <= metrics["heads.best.test_accuracy"] <= 1
+    for head in ("logreg", "knn"):
+        folder = run.path / "heads" / head
+        scores = json.loads((folder / "evaluation.json").read_text())
+        for split in ("validation", "test"):
+            assert scores[split]["images"] == 18
+            assert set(scores[split]["per_class"]) == {"cats", "dogs", "owls"}
+            assert set(scores[split]["per_class"]["cats"]) == {"precision", "recall", "f1",
+                                                               "support"}
+            assert np.sum(scores[split]["confusion_matrix"]) == 18
+            assert (folder / f"confusion_{split}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert scores["test"]["log_loss"] is not None
+    assert "no image decoded, no extraction" in report
+
+
+def test_the_best_trial_is_refit_to_the_same_validation_score(cached_project):
+    run, _ = _run(cached_project(SWEEP))
+    best = _leaderboard(run)[0]
+    scores = json.loads((run.path / "heads" / best["head"] / "evaluation.json").read_text())
+    assert scores["validation"]["accuracy"] == pytest.approx(float(best["val_accuracy"]))
+
+
+def test_selection_never_sees_the_test_split(cached_project):
+    project = cached_project(SWEEP)
+    first, _ = _run(project)
+    # Scramble every test label and every test feature: nothing that selection produces
+    # may change, only the test scores.
+    config = load_config(project / "stages.yaml")
+    store_path = next((project / "cache").glob("vgg16-*"))
+    store = FeatureStore(project / "cache", store_path.name)
+    view_file = view_path(config, store)
+    view = read_view(view_file)
+    rng = np.random.default_rng(5)
+    scrambled = []
+    for image in view.images:
+        if image.split == "test":
+            image = type(image)(image.path, str(rng.choice(view.classes)), "test",
+                                "ff" + image.sha256[2:])
+        scrambled.append(image)
+    test_shas = [i.sha256 for i in scrambled if i.split == "test"]
+    with store.open_writer(store.description) as writer:
+        writer.add(test_shas, rng.normal(0, 50, (len(test_shas), 2, 2, 512)).astype(np.float32))
+    view.images = scrambled
+    write_view(view, view_file)
+
+    second, _ = _run(project)
+    strip = [{k: v for k, v in r.items() if k != "fit_seconds"} for r in _leaderboard(first)]
+    assert strip == [{k: v for k, v in r.items() if k != "fit_seconds"}
+                     for r in _leaderboard(second)]
+    before = json.loads((first.path / "metrics.json").read_text())
+    after = json.loads((second.path / "metrics.json").read_text())
+    assert before["heads.best.name"] == after["heads.best.name"]
+    assert before["heads.best.test_accuracy"] != after["heads.best.test_accuracy"]
+
+
+def test_sweep_on_a_two_worker_local_cluster_equals_the_serial_one(cached_project):
+    project = cached_project(SWEEP, scheduler="local")
+    parallel, report = _run(project, "cluster.workers=2")
+    serial, _ = _run(project, "cluster.scheduler=synchronous")
+    columns = ("head", "trial", "val_accuracy", "val_f1_macro", "val_log_loss", "params")
+    assert [[r[c] for c in columns] for r in _leaderboard(parallel)] == \
+        [[r[c] for c in columns] for r in _leaderboard(serial)]
+    assert "dask local" in report
+
+
+def test_a_failing_setting_is_recorded_and_the_sweep_goes_on(cached_project):
+    # Each value is valid alone; l1 with the lbfgs solver is not, which only fit() finds out.
+    project = cached_project({"lr": {"kind": "logistic_regression", "params": {"solver": "lbfgs"},
+                                     "sweep": {"params": {"l1_ratio": [0.0, 1.0]}}}})
+    run, report = _run(project)
+    rows = _leaderboard(run)
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "l1" in rows[1]["error"] or "penalty" in rows[1]["error"]
+    assert rows[1]["val_accuracy"] == ""
+
+
+def test_no_image_is_decoded_and_no_backbone_runs(tmp_path: Path, monkeypatch):
+    make_image_folder(tmp_path / "data", {"cats": 6, "dogs": 6})
+    document = tiny_document()
+    document["data"]["split"] = {"train": 0.5, "validation": 0.25, "test": 0.25, "seed": 3}
+    document["stages"]["heads"] = {"models": {"lr": {"kind": "logistic_regression"}}}
+    document["cluster"] = {"scheduler": "synchronous"}
+    write_config(tmp_path, document)
+    config = load_config(tmp_path / "stages.yaml")
+    run_stages(config, ["extract"], progress=False)
+
+    import pipeline.backbone
+    import pipeline.images
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the heads stage must not decode images or run the backbone")
+
+    monkeypatch.setattr(pipeline.images, "decode_file", forbidden)
+    monkeypatch.setattr(pipeline.backbone, "build_feature_extractor", forbidden)
+    for _ in range(2):  # sweeping twice reuses the same cache
+        run, report = run_stages(config, ["heads"], progress=False)
+        assert "no extraction" in report
+        assert (run.path / "heads" / "lr" / "model.skops").is_file()
+
+
+def test_heads_without_a_cache_say_to_extract_first(tmp_path: Path):
+    make_image_folder(tmp_path / "data", {"cats": 2, "dogs": 2})
+    document = tiny_document()
+    document["stages"]["heads"] = {"models": {"lr": {"kind": "logistic_regression"}}}
+    write_config(tmp_path, document)
+    with pytest.raises(MissingViewError, match="run `pipeline run extract` first"):
+        run_stages(load_config(tmp_path / "stages.yaml"), ["heads"], progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the refit's
+def test_saved_heads_from_the_stage_reload_and_predict_the_same(cached_project):
+    project = cached_project({"mlp": {"kind": "mlp", "features": "gap",
+                                      "params": {"hidden_layer_sizes": [16], "max_iter": 50,
+                                                 "early_stopping": False}}})
+    run, _ = _run(project)
+    assert "ConvergenceWarning" in _leaderboard(run)[0]["warnings"]  # 50 iterations are few
+    head, metadata = load_head(run.path / "heads" / "mlp")
+    assert metadata["classes"] == ["cats", "dogs", "owls"]
+    config = load_config(project / "stages.yaml")
+    store = FeatureStore(config.cache.dir, metadata["fingerprint"])
+    view = read_view(view_path(config, store))
+    test = view.select("test")
+    predicted = head.predict(store.get([i.sha256 for i in test]))
+    accuracy = np.mean([view.classes[p] == i.label for p, i in zip(predicted, test)])
+    saved = json.loads((run.path / "heads" / "mlp" / "evaluation.json").read_text())
+    assert accuracy == pytest.approx(saved["test"]["accuracy"])
+
+
+def test_random_search_is_reproducible_and_bounded():
+    from pipeline.config import parse_config
+    document = {"data": {"root": "."}, "stages": {"heads": {"models": {"sgd": {
+        "kind": "sgd", "sweep": {"method": "random", "n_trials": 6, "seed": 4, "params": {
+            "alpha": {"loguniform": [1e-5, 1e-1]}, "penalty": ["l2", "l1"],
+            "max_iter": {"randint": [5, 9]}}}}}}}}
+    heads = parse_config(document).stages.heads
+    first, again = expand_trials(heads), expand_trials(heads)
+    assert [t.overrides for t in first] == [t.overrides for t in again]
+    assert len(first) == 6
+    assert all(1e-5 <= t.overrides["alpha"] <= 1e-1 and 5 <= t.overrides["max_iter"] <= 9
+               and isinstance(t.overrides["max_iter"], int) for t in first)
+    assert len({t.overrides["alpha"] for t in first}) == 6
+
+
+def test_ranking_puts_failures_last_and_minimises_log_loss():
+    def result(name, accuracy, loss, status="ok"):
+        return TrialResult(name, 0, "x", {}, status=status, val_accuracy=accuracy,
+                           val_log_loss=loss)
+    results = [result("a", 0.5, 0.9), result("b", math.nan, math.nan, "failed"),
+               result("c", 0.9, 0.2), result("d", 0.7, math.nan)]
+    assert [r.head for r in rank_trials(results, "val_accuracy")] == ["c", "d", "a", "b"]
+    assert [r.head for r in rank_trials(results, "val_log_loss")] == ["c", "a", "b", "d"]
+
+
+def _store_with(tmp_path: Path, n: int, shape=(4, 4, 64)):
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 1, (2, *shape)).astype(np.float32)
+    y = np.arange(n) % 2
+    shas = [f"{i:064x}" for i in range(n)]
+    store = FeatureStore(tmp_path, "fp")
+    with store.open_writer({"output_shape": list(shape)}, shard_rows=500) as writer:
+        for start in range(0, n, 500):
+            rows = means[y[start:start + 500]] + rng.normal(
+                0, 1, (len(y[start:start + 500]), *shape)).astype(np.float32)
+            writer.add(shas[start:start + 500], rows)
+    return shas, y
+
+
+def test_incremental_sgd_learns_from_the_cache_in_bounded_memory(tmp_path: Path):
+    shas, y = _store_with(tmp_path, 3000)  # 3000 x 4 KiB = 12 MiB of features
+    split = LazySplit("train", tmp_path, "fp", tuple(shas), y, chunk_rows=100)
+    spec = TrialSpec("sgd", 0, HeadConfig(kind="sgd", scale=True,
+                                          incremental={"chunk_rows": 100, "epochs": 2}))
+    tracemalloc.start()
+    try:
+        head = fit_incremental(spec, split, n_classes=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB while training"
+    x = FeatureStore(tmp_path, "fp").get(shas[:200])
+    assert np.mean(head.predict(x) == y[:200]) > 0.95
+
+
+def test_incremental_head_in_the_stage(cached_project):
+    project = cached_project({"sgd": {"kind": "sgd", "features": "gap", "scale": True,
+                                      "incremental": {"chunk_rows": 7, "epochs": 3}}})
+    run, _ = _run(project)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["heads.best.name"] == "sgd" and metrics["heads.best.val_accuracy"] > 0.5
