@@ -58,9 +58,12 @@ def cli() -> None:
 @click.argument("stages", nargs=-1, required=True)
 @config_option
 @set_option
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Where sweeps run: local, synchronous, or a dask scheduler address such as "
+                   "tcp://host:8786 (default: cluster.scheduler of stages.yaml).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
-        progress: bool) -> None:
+        scheduler: str | None, progress: bool) -> None:
     """Run STAGES (extract, heads) in that order, writing a run folder under runs.dir.
 
     \b
@@ -75,6 +78,8 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
     if unknown:
         raise click.UsageError(f"unknown stage {', '.join(unknown)}; stages: "
                                f"{', '.join(STAGES)}")
+    if scheduler is not None:
+        overrides = (*overrides, f"cluster.scheduler={scheduler}")
     config = _load(config_path, overrides)
     from .stages import run_stages
     run_folder, report = run_stages(config, list(dict.fromkeys(stages)), progress=progress)

@@ -60,8 +60,9 @@ class ExtractResult:
 
     def summary(self) -> str:
         """A short human summary: new, cached, skipped, seconds, img/s."""
+        rate = f"{self.images_per_second:.1f} img/s" if self.new else "no inference"
         lines = [f"extract: {self.new} new, {self.cached} cached, {len(self.skipped)} skipped "
-                 f"in {self.seconds:.1f} s ({self.images_per_second:.1f} img/s)",
+                 f"in {self.seconds:.1f} s ({rate})",
                  f"  fingerprint {self.fingerprint}, cache {self.store_path}"]
         for item in self.skipped:
             lines.append(f"  skipped {item.path}: {item.reason}")

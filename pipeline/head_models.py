@@ -149,7 +149,8 @@ def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes:
                  "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}[params.optimizer]
     model.compile(optimizer=optimizer(learning_rate=params.learning_rate),
                   loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=params.jit_compile,
+                  steps_per_execution=params.steps_per_execution)
     return model
 
 
@@ -177,7 +178,8 @@ def _fit_dense(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
             restore_best_weights=params.restore_best))
     fitted = model.fit(train.x, train.y, epochs=params.epochs, batch_size=params.batch_size,
                        validation_data=(validation.x, validation.y) if len(validation) else None,
-                       callbacks=callbacks, verbose=0, shuffle=True)
+                       validation_batch_size=256, callbacks=callbacks, verbose=0,
+                       shuffle=True)
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     return model, history
 

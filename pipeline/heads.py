@@ -4,8 +4,9 @@
    decoded and no convnet runs here; a missing view or entry is an error that says to extract).
 2. Run every trial of every head (sweeps included) on dask, scoring on the validation split.
 3. Rank the trials into a leaderboard by the validation metric.
-4. For each head, refit its best trial, evaluate it on validation and then, once, on test;
-   save the model, its scores, confusion matrices and (dense) training history.
+4. For each head, take the model of its best trial (kept from the sweep, not refitted),
+   evaluate it on validation and then, once, on test; save the model, its scores, confusion
+   matrices and (dense) training history.
 
 The test split is loaded only at step 4, after every choice has been made.
 """
@@ -27,8 +28,8 @@ from .evaluation import evaluate, plot_confusion_matrix, write_evaluation
 from .features import LabelledSplit, find_view, load_split, split_shas_and_labels
 from .fingerprint import backbone_fingerprint, backbone_spec
 from .head_io import save_head
-from .head_models import FittedHead, TrialSpec, check_heads, fit_head
-from .incremental import LazySplit, fit_incremental, predict_lazy
+from .head_models import FittedHead, TrialSpec, check_heads
+from .incremental import LazySplit, predict_lazy
 from .sweep import (
     TrainingData,
     TrialResult,
@@ -47,7 +48,7 @@ class NoTestImagesWarning(PipelineWarning):
 
 @dataclass
 class HeadOutcome:
-    """A head's best trial, refitted: its scores on validation and test, and where it lives."""
+    """A head's best trial: its model's scores on validation and test, and where it is saved."""
 
     name: str
     trial: TrialResult
@@ -140,9 +141,9 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
     trials = expand_trials(heads)
 
     sweep_started = time.perf_counter()
-    results = run_trials(trials, data, config.cluster, progress=progress)
+    sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress)
     sweep_seconds = time.perf_counter() - sweep_started
-    ranked = rank_trials(results, heads.metric)
+    ranked = rank_trials(sweep.results, heads.metric)
     write_leaderboard(ranked, output)
 
     # Every choice is made; only now does the test split come off the disk.
@@ -158,8 +159,9 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
             failed.append(name)
             continue
         trial = next(t for t in trials if t.head == name and t.trial == best.trial)
-        outcomes.append(_refit_evaluate_save(trial, best, data, test, lazy_test, view,
-                                             fingerprint, output / "heads" / name))
+        outcomes.append(_evaluate_and_save(sweep.best_models[name], trial, best, data, test,
+                                           lazy_test, view, fingerprint,
+                                           output / "heads" / name))
     if not outcomes:
         raise PipelineError(f"every trial of every head failed (first error: "
                             f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
@@ -197,16 +199,15 @@ def _lazy(store: FeatureStore, view: DatasetView, split: str, heads) -> LazySpli
                      chunk_rows=min(chunk_rows))
 
 
-def _refit_evaluate_save(trial: TrialSpec, best: TrialResult, data: TrainingData,
-                         test: LabelledSplit | None, lazy_test: LazySplit | None,
-                         view: DatasetView, fingerprint: str, folder: Path) -> HeadOutcome:
-    """Refit the selected trial on train (same seed), score validation and test, save it all."""
+def _evaluate_and_save(fitted: FittedHead, trial: TrialSpec, best: TrialResult,
+                       data: TrainingData, test: LabelledSplit | None,
+                       lazy_test: LazySplit | None, view: DatasetView, fingerprint: str,
+                       folder: Path) -> HeadOutcome:
+    """Score the selected model on validation and test, and save it all into ``folder``."""
     if trial.config.incremental is not None:
-        fitted = fit_incremental(trial, data.lazy_train, data.n_classes)
         splits = {"validation": data.lazy_validation, "test": lazy_test}
         predictions = {name: predict_lazy(fitted, split) for name, split in splits.items()}
     else:
-        fitted = fit_head(trial, data.train, data.validation, data.n_classes)
         splits = {"validation": data.validation, "test": test}
         predictions = {name: (fitted.predict(s.x), fitted.predict_proba(s.x)) if len(s) else
                        (s.y, None) for name, s in splits.items()}

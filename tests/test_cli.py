@@ -120,3 +120,34 @@ def test_cache_commands_need_only_the_cache_section(tiny_project: Path, capsys):
     assert code == 0 and "12 entries" in out
     code, _, err = _run(capsys, "cache", "ls", "-c", config, "--set", "cache.lock_timeout=x")
     assert code == 1 and "stages.yaml: cache.lock_timeout:" in err
+
+
+def test_run_heads_prints_the_leaderboard_and_names_bad_params(cached_project, capsys):
+    project = cached_project({"lr": {"kind": "logistic_regression", "features": "gap",
+                                     "sweep": {"params": {"C": [0.1, 1.0]}}}})
+    config = str(project / "stages.yaml")
+    code, out, _ = _run(capsys, "run", "heads", "-c", config, "--no-progress")
+    assert code == 0
+    assert "heads: 2 trials of 1 heads" in out and "rank  head" in out and "best: lr" in out
+    code, _, err = _run(capsys, "run", "heads", "-c", config, "--no-progress",
+                        "--set", "stages.heads.models.lr.params.C=-1.0")
+    assert code == 1 and err.startswith("error: stages.yaml: stages.heads.models.lr.params")
+
+
+def test_scheduler_option_sends_the_sweep_to_a_running_scheduler(cached_project, capsys):
+    from distributed import LocalCluster
+
+    project = cached_project({"knn": {"kind": "knn", "features": "gap",
+                                      "sweep": {"params": {"n_neighbors": [1, 3]}}}})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        code, out, _ = _run(capsys, "run", "heads", "-c", str(project / "stages.yaml"),
+                            "--no-progress", "--scheduler", cluster.scheduler_address)
+    assert code == 0 and f"dask {cluster.scheduler_address}" in out
+
+
+def test_a_bad_scheduler_value_is_a_config_error(cached_project, capsys):
+    project = cached_project({"knn": {"kind": "knn"}})
+    code, _, err = _run(capsys, "run", "heads", "-c", str(project / "stages.yaml"),
+                        "--scheduler", "somewhere")
+    assert code == 1 and "cluster.scheduler" in err
