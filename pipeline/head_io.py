@@ -60,7 +60,8 @@ def load_head(folder: Path) -> tuple[FittedHead, dict[str, Any]]:
         raise HeadLoadError(f"{folder}: not a saved head ({exc})") from None
     if kind == "dense":
         from ._tf import keras
-        model = keras.saving.load_model(model_file, safe_mode=True)
+        # compile=False: prediction needs no optimizer, and its saved state is not kept
+        model = keras.saving.load_model(model_file, compile=False, safe_mode=True)
     else:
         model = _load_skops(model_file)
     return FittedHead(kind, model, int(metadata["n_classes"])), metadata

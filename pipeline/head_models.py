@@ -11,8 +11,10 @@ for TensorFlow.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,6 +88,19 @@ class FittedHead:
     fit_seconds: float = 0.0
     history: dict[str, list[float]] | None = None
 
+    def __getstate__(self) -> dict:
+        # A Keras model travels (dask, pickle) as the bytes of its .keras file, loaded back
+        # in safe mode and without its optimizer: prediction needs neither.
+        state = dict(self.__dict__)
+        if self.kind == "dense":
+            state["model"] = _keras_bytes(self.model)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state["kind"] == "dense" and isinstance(state["model"], bytes):
+            state["model"] = _keras_from_bytes(state["model"])
+        self.__dict__.update(state)
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
         """(N, n_classes) class probabilities, or None when the model gives none (SVM)."""
         if self.kind == "dense":
@@ -103,6 +118,22 @@ class FittedHead:
         if self.kind == "dense":
             return self.predict_proba(x).argmax(axis=1)
         return np.asarray(self.model.predict(x), dtype=np.int64)
+
+
+def _keras_bytes(model) -> bytes:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def _keras_from_bytes(data: bytes):
+    from ._tf import keras
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.keras"
+        path.write_bytes(data)
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
 def build_estimator(kind: str, params: dict[str, Any], seed: int) -> BaseEstimator:
@@ -128,8 +159,14 @@ def build_sklearn_head(spec: TrialSpec) -> Pipeline:
     return Pipeline(steps)
 
 
-def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes: int):
-    """The source material's dense head on (h, w, c) features, compiled; needs Keras."""
+def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes: int,
+                     for_training: bool = False):
+    """The source material's dense head on (h, w, c) features, compiled; needs Keras.
+
+    ``for_training`` compiles RMSprop as :class:`FusedRMSprop` (same maths, one pass over the
+    weights); otherwise, and for saved models, it is Keras' own RMSprop, so that a saved head
+    loads anywhere without this package.
+    """
     from ._tf import keras
 
     params = spec.config.dense_params(spec.estimator_params())
@@ -145,13 +182,24 @@ def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes:
         keras.layers.Dense(1 if binary else n_classes,
                            activation="sigmoid" if binary else "softmax", name="classes"),
     ], name=f"dense_head_{spec.head}")
-    optimizer = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
-                 "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}[params.optimizer]
-    model.compile(optimizer=optimizer(learning_rate=params.learning_rate),
-                  loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+    compile_dense_head(model, params, n_classes, fused=for_training)
+    return model
+
+
+def compile_dense_head(model, params: DenseParams, n_classes: int, fused: bool = False) -> None:
+    """Compile ``model`` with the optimizer, loss and accuracy metric of ``params``."""
+    from ._tf import keras
+
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+                  "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}
+    if fused:
+        from .fused_rmsprop import FusedRMSprop
+        optimizers["rmsprop"] = FusedRMSprop
+    model.compile(optimizer=optimizers[params.optimizer](learning_rate=params.learning_rate),
+                  loss="binary_crossentropy" if n_classes == 2 else
+                  "sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=params.jit_compile,
                   steps_per_execution=params.steps_per_execution)
-    return model
 
 
 def fit_head(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
@@ -170,7 +218,7 @@ def _fit_dense(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
     from ._tf import keras
 
     params = spec.config.dense_params(spec.estimator_params())
-    model = build_dense_head(spec, train.x.shape[1:], n_classes)
+    model = build_dense_head(spec, train.x.shape[1:], n_classes, for_training=True)
     callbacks = []
     if params.patience is not None and len(validation):
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -181,6 +229,9 @@ def _fit_dense(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
                        validation_batch_size=256, callbacks=callbacks, verbose=0,
                        shuffle=True)
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    # Hand back a model that names only Keras' own classes (it is pickled to the client and
+    # saved); the optimizer's state is not needed after training.
+    compile_dense_head(model, params, n_classes)
     return model, history
 
 

@@ -170,3 +170,45 @@ def test_bad_head_parameters_are_named_before_any_work(models: dict, message):
 def test_head_structure_errors_name_the_key(head: dict, message: str):
     with pytest.raises(ConfigError, match=f"stages.heads.models.a.*{message}"):
         _heads({"a": head})
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_rmsprop_matches_keras_rmsprop(momentum: float):
+    from pipeline._tf import keras
+    from pipeline.fused_rmsprop import FusedRMSprop
+
+    x, y = _blobs(20, shape=(2, 2, 16))
+
+    def trained(optimizer):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2, 2, 16)), keras.layers.Flatten(),
+                                  keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer, "sparse_categorical_crossentropy", steps_per_execution=7)
+        model.fit(x, y, epochs=3, batch_size=5, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    keras_weights = trained(keras.optimizers.RMSprop(1e-2, momentum=momentum))
+    fused_weights = trained(FusedRMSprop(1e-2, momentum=momentum))
+    start = trained(keras.optimizers.SGD(0.0))
+    for ours, theirs, before in zip(fused_weights, keras_weights, start):
+        assert not np.allclose(theirs, before)  # training moved the weights
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trained_dense_head_names_only_keras_classes():
+    train, validation = _splits()
+    head = fit_head(_spec("dense"), train, validation, n_classes=3)
+    assert type(head.model.optimizer).__name__ == "RMSprop"
+    assert type(head.model.optimizer).__module__.startswith("keras.")
+
+
+def test_a_fitted_dense_head_pickles_and_predicts_the_same():
+    import pickle
+
+    train, validation = _splits()
+    head = fit_head(_spec("dense"), train, validation, n_classes=3)
+    again = pickle.loads(pickle.dumps(head))
+    assert again.history == head.history
+    np.testing.assert_allclose(again.predict_proba(validation.x),
+                               head.predict_proba(validation.x), rtol=1e-6)
