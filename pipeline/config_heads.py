@@ -21,6 +21,7 @@ before a run that trains heads starts, because it needs scikit-learn imported.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import (
@@ -63,10 +64,8 @@ class DenseParams(_Section):
     # Early stopping on validation accuracy; null turns it off.
     patience: Optional[Int] = Field(5, ge=0)
     restore_best: Bool = True
-    # Batches per compiled call. Measured on 2 CPU cores, 2,000 rows x 30 epochs at batch 20:
-    # 32.0 s at 1, 26.1 s at 100 (the Python overhead of 3,000 small steps). XLA gained
-    # nothing with 2 threads (26.8 s) and lost with one (14.3 vs 11.7 s on 684 rows); with the
-    # fused RMSprop it took 26.8 s against 15.4 s without.
+    # Batches per compiled call (fewer Python round trips over 3,000 small steps) and XLA,
+    # which measured slower here; see docs/benchmarks.md.
     steps_per_execution: Int = Field(100, ge=1, le=100_000)
     jit_compile: Bool = False
 
@@ -102,6 +101,10 @@ class SweepConfig(_Section):
 
     @model_validator(mode="after")
     def _grid_has_lists(self) -> SweepConfig:
+        _reject_non_finite("params", self.params)
+        for key in ("features", "scale", "pca"):
+            if isinstance(self.params.get(key), dict):
+                raise ValueError(f"{key}: give a list of values, not a distribution")
         if self.method == "grid":
             ranged = [n for n, v in self.params.items() if isinstance(v, dict)]
             if ranged:
@@ -109,6 +112,18 @@ class SweepConfig(_Section):
                                  f"{'is a' if len(ranged) == 1 else 'are'} distribution "
                                  f"(use method: random)")
         return self
+
+
+def _reject_non_finite(where: str, value: Any) -> None:
+    """NaN and infinity are never a parameter value (and JSON cannot record them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_non_finite(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_non_finite(where, item)
 
 
 def _check_distribution(name: str, spec: dict) -> None:
@@ -154,6 +169,12 @@ class HeadConfig(_Section):
             raise ValueError("a number of components (>= 1) or a variance fraction in (0, 1)")
         return value
 
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, params: dict[str, Any]) -> dict[str, Any]:
+        _reject_non_finite("params", params)
+        return params
+
     @model_validator(mode="after")
     def _fits_the_kind(self) -> HeadConfig:
         if self.kind == "dense":
@@ -168,8 +189,8 @@ class HeadConfig(_Section):
                 raise ValueError("incremental training needs kind: sgd (it uses partial_fit)")
             if self.pca is not None:
                 raise ValueError("pca cannot be fitted incrementally; leave it out")
-            if self.sweep is not None and set(self.sweep.params) & {"features", "scale"}:
-                raise ValueError("an incremental head sweeps estimator parameters only")
+            if self.sweep is not None and "pca" in self.sweep.params:
+                raise ValueError("pca cannot be fitted incrementally; leave it out of the sweep")
         return self
 
     def dense_params(self, overrides: dict[str, Any] | None = None) -> DenseParams:

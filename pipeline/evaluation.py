@@ -22,7 +22,8 @@ def evaluate(y_true: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None
     """Scores of ``predicted`` (N,) class indices against ``y_true`` (N,).
 
     ``proba`` (N, C) gives the log loss; it is None (and log_loss NaN) for models without
-    probabilities. Classes absent from ``y_true`` still get a row (support 0).
+    probabilities, and NaN too when ``proba`` holds NaN or infinity (a diverged model).
+    Classes absent from ``y_true`` still get a row (support 0).
     """
     labels = list(range(len(classes)))
     if len(y_true) == 0:
@@ -31,7 +32,8 @@ def evaluate(y_true: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, predicted, labels=labels, zero_division=0)
     loss = math.nan
-    if proba is not None:
+    # A diverged model (NaN weights) has no meaningful log loss; its accuracy still counts.
+    if proba is not None and np.isfinite(proba).all():
         # float32 softmax rows sum to 1 only within ~1e-7; renormalise so log_loss accepts them
         clipped = np.clip(np.asarray(proba, np.float64), 1e-15, 1.0)
         loss = float(log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True),

@@ -1,10 +1,11 @@
 """Saving and loading trained heads without running code from the files.
 
-A head folder holds ``head.json`` (name, kind, classes, backbone fingerprint, feature shape,
-parameters) and the model: ``model.skops`` for scikit-learn heads (skops, no pickle) or
-``model.keras`` for the dense head (Keras' format, loaded in safe mode, which refuses
-serialized Python code). skops refuses any type outside a short allowlist of the types our
-own heads contain, so a tampered file cannot name an arbitrary class to instantiate.
+A head folder holds ``head.json`` (format, name, kind, classes, backbone fingerprint, feature
+shape, parameters, how it was selected) and the model: ``model.skops`` for scikit-learn heads
+(skops, no pickle) or ``model.keras`` for the dense head (Keras' format, loaded in safe mode,
+which refuses serialized Python code). skops refuses any type outside a short allowlist of
+the types our own heads contain, so a tampered file cannot name an arbitrary class to
+instantiate.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def load_head(folder: Path) -> tuple[FittedHead, dict[str, Any]]:
         kind, model_file = metadata["kind"], folder / metadata["model_file"]
     except (OSError, ValueError, KeyError) as exc:
         raise HeadLoadError(f"{folder}: not a saved head ({exc})") from None
+    if metadata.get("format") != HEAD_FORMAT:
+        raise HeadLoadError(f"{folder}: head format {metadata.get('format')!r}; this version "
+                            f"reads format {HEAD_FORMAT}")
+    if Path(metadata["model_file"]).name != metadata["model_file"]:
+        raise HeadLoadError(f"{folder}: model_file must name a file inside the head folder")
     if kind == "dense":
         from ._tf import keras
         # compile=False: prediction needs no optimizer, and its saved state is not kept

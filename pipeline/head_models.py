@@ -300,10 +300,15 @@ def _check_dense_sweep(where: str, head: HeadConfig) -> None:
 
 
 def _check_pipeline_values(where: str, head: HeadConfig) -> None:
+    def pca_ok(value) -> bool:  # the rule of HeadConfig.pca
+        if value is None:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return value >= 1 if isinstance(value, int) else 0 < value < 1
+
     checks = {"features": lambda v: v in ("flatten", "gap", "gmp"),
-              "scale": lambda v: isinstance(v, bool),
-              "pca": lambda v: v is None or (isinstance(v, (int, float))
-                                             and not isinstance(v, bool) and v > 0)}
+              "scale": lambda v: isinstance(v, bool), "pca": pca_ok}
     for key in PIPELINE_KEYS:
         values = head.sweep.params.get(key)
         for value in values if isinstance(values, list) else []:

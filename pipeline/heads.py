@@ -5,10 +5,12 @@
 2. Run every trial of every head (sweeps included) on dask, scoring on the validation split.
 3. Rank the trials into a leaderboard by the validation metric.
 4. For each head, take the model of its best trial (kept from the sweep, not refitted),
-   evaluate it on validation and then, once, on test; save the model, its scores, confusion
-   matrices and (dense) training history.
+   evaluate it on validation, and save the model, its scores, confusion matrix and (dense)
+   training history.
+5. Evaluate the overall best, the head whose best trial ranks first, once on the test split.
 
-The test split is loaded only at step 4, after every choice has been made.
+The test split is loaded only at step 5, after every choice has been made, and only one model
+ever sees it: per-head test scores would invite choosing a head by its test score.
 """
 
 from __future__ import annotations
@@ -30,15 +32,14 @@ from .fingerprint import backbone_fingerprint, backbone_spec
 from .head_io import save_head
 from .head_models import FittedHead, TrialSpec, check_heads
 from .incremental import LazySplit, predict_lazy
-from .sweep import (
-    TrainingData,
+from .leaderboard import (
     TrialResult,
-    expand_trials,
     format_leaderboard,
+    format_score,
     rank_trials,
-    run_trials,
     write_leaderboard,
 )
+from .sweep import TrainingData, expand_trials, run_trials
 from .views import DatasetView, view_path
 
 
@@ -48,12 +49,15 @@ class NoTestImagesWarning(PipelineWarning):
 
 @dataclass
 class HeadOutcome:
-    """A head's best trial: its model's scores on validation and test, and where it is saved."""
+    """A head's best trial: its model's scores (validation; test for the overall best only),
+    and where it is saved."""
 
     name: str
     trial: TrialResult
     scores: dict[str, dict]
     folder: Path
+    model: FittedHead = field(repr=False)
+    spec: TrialSpec = field(repr=False)
 
 
 @dataclass
@@ -87,14 +91,14 @@ class HeadsResult:
             f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
             format_leaderboard(self.ranked),
             f"best: {best.name} (trial {best.trial.trial}), selected by {self.metric}: "
-            f"validation accuracy {_fmt(best.scores['validation']['accuracy'])}, "
-            f"test accuracy {_fmt(best.scores['test']['accuracy'])} "
-            f"({sizes['test']} test images)",
+            f"validation accuracy {format_score(best.scores['validation']['accuracy'])}, "
+            f"test accuracy {format_score(best.scores['test']['accuracy'])} "
+            f"({sizes['test']} test images; the only model evaluated on test)",
         ]
         for outcome in self.outcomes:
-            scores = outcome.scores
-            lines.append(f"  {outcome.name:<20} val {_fmt(scores['validation']['accuracy'])}"
-                         f"  test {_fmt(scores['test']['accuracy'])}  {outcome.folder}")
+            lines.append(f"  {outcome.name:<20} val "
+                         f"{format_score(outcome.scores['validation']['accuracy'])}"
+                         f"  {outcome.folder}")
         for name in self.failed_heads:
             lines.append(f"  {name:<20} every trial failed; see leaderboard.csv")
         return "\n".join(lines)
@@ -113,15 +117,9 @@ class HeadsResult:
             "heads.best.test_accuracy": best.scores["test"]["accuracy"],
         }
         for outcome in self.outcomes:
-            for split in ("validation", "test"):
-                short = "val" if split == "validation" else split
-                values[f"heads.{outcome.name}.{short}_accuracy"] = \
-                    outcome.scores[split]["accuracy"]
+            values[f"heads.{outcome.name}.val_accuracy"] = \
+                outcome.scores["validation"]["accuracy"]
         return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-def _fmt(value: float) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> HeadsResult:
@@ -146,12 +144,6 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
     ranked = rank_trials(sweep.results, heads.metric)
     write_leaderboard(ranked, output)
 
-    # Every choice is made; only now does the test split come off the disk.
-    test = load_split(store, view, "test") if data.train is not None else None
-    lazy_test = _lazy(store, view, "test", heads)
-    if not view.select("test"):
-        warnings.warn("the test split has no images: heads are selected on validation but not "
-                      "tested", NoTestImagesWarning, stacklevel=2)
     outcomes, failed = [], []
     for name in heads.models:
         best = next((r for r in ranked if r.head == name and r.status == "ok"), None)
@@ -159,12 +151,24 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
             failed.append(name)
             continue
         trial = next(t for t in trials if t.head == name and t.trial == best.trial)
-        outcomes.append(_evaluate_and_save(sweep.best_models[name], trial, best, data, test,
-                                           lazy_test, view, fingerprint,
-                                           output / "heads" / name))
+        model = sweep.best_models[name]
+        validation = data.lazy_validation if trial.config.incremental else data.validation
+        outcomes.append(HeadOutcome(name, best, {"validation": _score(model, trial, validation,
+                                                                      view)},
+                                    output / "heads" / name, model, trial))
     if not outcomes:
         raise PipelineError(f"every trial of every head failed (first error: "
                             f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
+    winner = min(outcomes, key=lambda o: o.trial.rank)
+    # Every choice is made; only now does the test split come off the disk, for one model.
+    if not view.select("test"):
+        warnings.warn("the test split has no images: heads are selected on validation but not "
+                      "tested", NoTestImagesWarning, stacklevel=2)
+    test = _lazy(store, view, "test") if winner.spec.config.incremental else \
+        load_split(store, view, "test")
+    winner.scores["test"] = _score(winner.model, winner.spec, test, view)
+    for outcome in outcomes:
+        _save_outcome(outcome, view, fingerprint, store.feature_shape, heads.metric)
     sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
     scheduler = config.cluster.scheduler
     return HeadsResult(fingerprint, sizes, ranked, outcomes,
@@ -175,6 +179,9 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
 
 def _training_data(store: FeatureStore, view: DatasetView, heads) -> TrainingData:
     n_classes = len(view.classes)
+    if n_classes < 2:
+        raise PipelineError(f"the dataset view has {n_classes} class(es); a classifier needs at "
+                            f"least 2 class folders")
     for split in ("train", "validation"):
         if not view.select(split):
             raise PipelineError(f"the {split} split has no images; heads are trained on train "
@@ -182,53 +189,49 @@ def _training_data(store: FeatureStore, view: DatasetView, heads) -> TrainingDat
                                 f"folders)")
     # Incremental heads read the cache a chunk at a time; load it whole only for the others.
     in_memory = any(h.incremental is None for h in heads.models.values())
+    lazy = any(h.incremental is not None for h in heads.models.values())
     return TrainingData(
         n_classes=n_classes,
         train=load_split(store, view, "train") if in_memory else None,
         validation=load_split(store, view, "validation") if in_memory else None,
-        lazy_train=_lazy(store, view, "train", heads),
-        lazy_validation=_lazy(store, view, "validation", heads))
+        lazy_train=_lazy(store, view, "train") if lazy else None,
+        lazy_validation=_lazy(store, view, "validation") if lazy else None)
 
 
-def _lazy(store: FeatureStore, view: DatasetView, split: str, heads) -> LazySplit | None:
-    chunk_rows = [h.incremental.chunk_rows for h in heads.models.values() if h.incremental]
-    if not chunk_rows:
-        return None
+def _lazy(store: FeatureStore, view: DatasetView, split: str) -> LazySplit:
+    # chunk_rows is each incremental head's own, applied per trial
     shas, labels = split_shas_and_labels(view, split)
-    return LazySplit(split, store.cache_dir, store.fingerprint, tuple(shas), labels,
-                     chunk_rows=min(chunk_rows))
+    return LazySplit(split, store.cache_dir, store.fingerprint, tuple(shas), labels)
 
 
-def _evaluate_and_save(fitted: FittedHead, trial: TrialSpec, best: TrialResult,
-                       data: TrainingData, test: LabelledSplit | None,
-                       lazy_test: LazySplit | None, view: DatasetView, fingerprint: str,
-                       folder: Path) -> HeadOutcome:
-    """Score the selected model on validation and test, and save it all into ``folder``."""
-    if trial.config.incremental is not None:
-        splits = {"validation": data.lazy_validation, "test": lazy_test}
-        predictions = {name: predict_lazy(fitted, split) for name, split in splits.items()}
+def _score(model: FittedHead, spec: TrialSpec, split: LabelledSplit | LazySplit,
+           view: DatasetView) -> dict:
+    """evaluate() of ``model`` on ``split`` (read a chunk at a time when it is lazy)."""
+    if isinstance(split, LazySplit):
+        predicted, proba = predict_lazy(model, split, spec)
+    elif len(split):
+        predicted, proba = model.predict(split.x), model.predict_proba(split.x)
     else:
-        splits = {"validation": data.validation, "test": test}
-        predictions = {name: (fitted.predict(s.x), fitted.predict_proba(s.x)) if len(s) else
-                       (s.y, None) for name, s in splits.items()}
-    scores = {name: evaluate(splits[name].y, predicted, proba, view.classes)
-              for name, (predicted, proba) in predictions.items()}
-    _save_outcome(fitted, trial, best, scores, view, fingerprint, folder)
-    return HeadOutcome(trial.head, best, scores, folder)
+        predicted, proba = split.y, None
+    return evaluate(split.y, predicted, proba, view.classes)
 
 
-def _save_outcome(fitted: FittedHead, trial: TrialSpec, best: TrialResult,
-                  scores: dict[str, dict], view: DatasetView, fingerprint: str,
-                  folder: Path) -> None:
-    save_head(fitted, folder, {
-        "name": trial.head, "trial": trial.trial, "classes": view.classes,
-        "fingerprint": fingerprint, "params": trial.describe(),
-        "selected_by": {"val_accuracy": best.val_accuracy, "rank": best.rank}})
-    write_evaluation(scores, folder / "evaluation.json")
-    for split, split_scores in scores.items():
+def _save_outcome(outcome: HeadOutcome, view: DatasetView, fingerprint: str,
+                  feature_shape: tuple[int, ...], metric: str) -> None:
+    """The head's model, metadata, scores, confusion matrices and (dense) history."""
+    folder, best = outcome.folder, outcome.trial
+    save_head(outcome.model, folder, {
+        "name": outcome.name, "trial": best.trial, "classes": view.classes,
+        "fingerprint": fingerprint, "feature_shape": list(feature_shape),
+        "params": outcome.spec.describe(),
+        "selected_by": {"metric": metric, "rank": best.rank,
+                        "value": None if math.isnan(getattr(best, metric)) else
+                        getattr(best, metric)}})
+    write_evaluation(outcome.scores, folder / "evaluation.json")
+    for split, split_scores in outcome.scores.items():
         if split_scores["images"]:
             plot_confusion_matrix(split_scores, folder / f"confusion_{split}.png",
-                                  f"{trial.head} on {split}")
-    if fitted.history is not None:
-        (folder / "history.json").write_text(json.dumps(fitted.history, indent=2) + "\n",
-                                             encoding="utf-8")
+                                  f"{outcome.name} on {split}")
+    if outcome.model.history is not None:
+        (folder / "history.json").write_text(
+            json.dumps(outcome.model.history, indent=2) + "\n", encoding="utf-8")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,12 @@ class LazySplit:
         """(x, y) per chunk, x (n, h, w, c) float32; ``order`` permutes the chunks."""
         if not len(self):
             return
-        lazy = FeatureStore(self.cache_dir, self.fingerprint).to_dask(
+        store = FeatureStore(self.cache_dir, self.fingerprint)
+        if not store.path.is_dir():
+            raise FileNotFoundError(
+                f"cannot see the feature cache {store.path} from this process; incremental "
+                f"heads on a cluster need cache.dir on a filesystem every worker sees")
+        lazy = store.to_dask(
             list(self.sha256), chunk_rows=self.chunk_rows)
         starts = np.cumsum((0, *lazy.chunks[0][:-1]))
         for index in (order if order is not None else range(len(starts))):
@@ -58,6 +63,7 @@ class LazySplit:
 def fit_incremental(spec: TrialSpec, train: LazySplit, n_classes: int) -> FittedHead:
     """Fit an ``sgd`` head with partial_fit over ``train``'s chunks (bounded memory)."""
     started = time.perf_counter()
+    train = replace(train, chunk_rows=spec.config.incremental.chunk_rows)
     rng = np.random.default_rng(spec.seed)
     view = FeatureView(spec.setting("features"))
     scaler = StandardScaler() if spec.setting("scale") else None
@@ -85,8 +91,12 @@ def _shape_of(split: LazySplit) -> tuple[int, ...]:
     return FeatureStore(split.cache_dir, split.fingerprint).feature_shape
 
 
-def predict_lazy(head: FittedHead, split: LazySplit) -> tuple[np.ndarray, np.ndarray | None]:
-    """(predicted (N,) class indices, probabilities (N, C) or None), a chunk at a time."""
+def predict_lazy(head: FittedHead, split: LazySplit, spec: TrialSpec | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predicted (N,) class indices, probabilities (N, C) or None), a chunk at a time
+    (``spec``'s ``incremental.chunk_rows`` rows when given)."""
+    if spec is not None and spec.config.incremental is not None:
+        split = replace(split, chunk_rows=spec.config.incremental.chunk_rows)
     predicted, probabilities = [], []
     for x, _ in split.chunks():
         predicted.append(head.predict(x))

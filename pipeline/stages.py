@@ -10,8 +10,9 @@ from .views import write_duplicates_csv, write_skipped_csv, write_view_csv
 def run_stages(config: PipelineConfig, stages: list[str],
                progress: bool = True) -> tuple[RunFolder, str]:
     """Run ``stages`` (extract, heads) in that order; returns the run folder and a report."""
-    if "heads" in stages:
-        # Parameter names and values of every head, checked before an hour of extraction.
+    if "heads" in stages and "extract" in stages:
+        # Parameter names and values of every head, checked before an hour of extraction
+        # (run_heads checks them again, first thing, when it runs alone).
         from .head_models import check_heads
         check_heads(config.stages.heads, config.source.name if config.source else "stages.yaml")
     run = RunFolder.create(config, stages)

@@ -1,4 +1,4 @@
-"""Trials of every head, run in parallel on dask.distributed, ranked into a leaderboard.
+"""Trials of every head, run in parallel on dask.distributed (see cluster.py).
 
 Each head in ``stages.heads.models`` gives one trial (its declared parameters) or, with a
 ``sweep``, one per grid point or random draw (scikit-learn's ParameterGrid / ParameterSampler).
@@ -12,17 +12,13 @@ per core; ``synchronous`` runs trials one after another in this process; an addr
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import json
 import logging
 import math
 import os
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from operator import itemgetter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,25 +26,13 @@ from scipy import stats
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 from tqdm import tqdm
 
-from .config_heads import METRICS, ClusterConfig, HeadsConfig
+from .cluster import sweep_client
+from .config_heads import ClusterConfig, HeadsConfig
 from .evaluation import evaluate
 from .features import LabelledSplit
 from .head_models import FittedHead, TrialSpec, fit_head
 from .incremental import LazySplit, fit_incremental, predict_lazy
-
-LEADERBOARD_COLUMNS = ("rank", "head", "trial", "kind", "status", "val_accuracy", "val_f1_macro",
-                       "val_log_loss", "train_accuracy", "fit_seconds", "params", "error",
-                       "warnings")
-
-
-# The environment of LocalCluster workers, replacing dask's default. One core per worker:
-# TensorFlow, BLAS and OpenMP must not each start a thread per core in every worker. And no
-# MALLOC_TRIM_THRESHOLD_=65536 (dask's default): it returns freed memory to the OS at once, and
-# the allocation-heavy fits of a sweep pay for it in page faults (HistGradientBoosting, measured
-# on 684 x 512 rows: 16.3 s in process, 22.0 s with the variable, 23.9 s in a default worker).
-WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1,
-                      "TF_NUM_INTRAOP_THREADS": 1, "TF_NUM_INTEROP_THREADS": 1,
-                      "TF_CPP_MIN_LOG_LEVEL": 2}
+from .leaderboard import TrialResult, rank_key
 
 
 @dataclass(frozen=True)
@@ -64,25 +48,6 @@ class TrainingData:
     validation: LabelledSplit | None = None
     lazy_train: LazySplit | None = None
     lazy_validation: LazySplit | None = None
-
-
-@dataclass
-class TrialResult:
-    """One trial's parameters, validation scores and fit time (a leaderboard row)."""
-
-    head: str
-    trial: int
-    kind: str
-    params: dict[str, Any]
-    status: str = "ok"               # ok | failed
-    val_accuracy: float = math.nan
-    val_f1_macro: float = math.nan
-    val_log_loss: float = math.nan   # NaN for heads without probabilities
-    train_accuracy: float = math.nan
-    fit_seconds: float = math.nan
-    error: str = ""
-    warnings: str = ""               # e.g. ConvergenceWarning: raise max_iter
-    rank: int = 0
 
 
 def expand_trials(heads: HeadsConfig) -> list[TrialSpec]:
@@ -152,8 +117,8 @@ def _fit_and_score(spec: TrialSpec, data: TrainingData,
     try:
         if spec.config.incremental is not None:
             fitted = fit_incremental(spec, data.lazy_train, data.n_classes)
-            predicted, proba = predict_lazy(fitted, data.lazy_validation)
-            train_predicted, _ = predict_lazy(fitted, data.lazy_train)
+            predicted, proba = predict_lazy(fitted, data.lazy_validation, spec)
+            train_predicted, _ = predict_lazy(fitted, data.lazy_train, spec)
             y_val, y_train = data.lazy_validation.y, data.lazy_train.y
         else:
             fitted = fit_head(spec, data.train, data.validation, data.n_classes)
@@ -161,12 +126,12 @@ def _fit_and_score(spec: TrialSpec, data: TrainingData,
             proba = fitted.predict_proba(data.validation.x)
             train_predicted = fitted.predict(data.train.x)
             y_val, y_train = data.validation.y, data.train.y
+        scores = evaluate(y_val, predicted, proba, [str(i) for i in range(data.n_classes)])
     except Exception as exc:  # noqa: BLE001 (one bad setting must not end a sweep)
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
         logging.getLogger(__name__).debug("trial failed\n%s", traceback.format_exc())
         return None
-    scores = evaluate(y_val, predicted, proba, [str(i) for i in range(data.n_classes)])
     result.val_accuracy = scores["accuracy"]
     result.val_f1_macro = scores["f1_macro"]
     result.val_log_loss = scores["log_loss"]
@@ -195,7 +160,7 @@ class _BestPerHead:
         """Keep ``model`` if its trial beats the head's best; returns the model let go."""
         if result.status != "ok":
             return model
-        key = _rank_key(result, order, self.metric)
+        key = rank_key(result, order, self.metric)
         held = self.best.get(result.head)
         if held is not None and held[0] <= key:
             return model
@@ -225,7 +190,7 @@ def run_trials(trials: list[TrialSpec], data: TrainingData, cluster: ClusterConf
                 results.append(result)
                 bar.update()
             return SweepOutcome(results, keeper.models())
-        with _client(cluster) as client:
+        with sweep_client(cluster) as client:
             return _run_on_cluster(client, trials, data, metric, bar)
 
 
@@ -269,79 +234,4 @@ def _expected_cost(spec: TrialSpec) -> int:
                                       "gradient_boosting") else 1
     return cost * (2 if spec.setting("features") == "flatten" else 1)
 
-
-@contextlib.contextmanager
-def _client(cluster: ClusterConfig):
-    import dask
-    from distributed import Client, LocalCluster
-
-    if cluster.scheduler != "local":
-        with Client(cluster.scheduler, timeout="30s") as client:
-            yield client
-        return
-    workers = cluster.workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=logging.ERROR) as local:
-            with Client(local) as client:
-                yield client
-
-
-def _rank_key(result: TrialResult, order: int, metric: str) -> tuple:
-    """Sort key: usable scores first, best first, then declaration order (deterministic)."""
-    value = getattr(result, metric)
-    usable = result.status == "ok" and not math.isnan(value)
-    sign = 1.0 if METRICS[metric] == "max" else -1.0
-    return (0 if usable else 1, -sign * value if usable else 0.0, order)
-
-
-def rank_trials(results: list[TrialResult], metric: str) -> list[TrialResult]:
-    """Results best first by the validation ``metric``; failed and NaN-scored trials last.
-
-    Ties keep declaration order (head, then trial), so the ranking is deterministic.
-    """
-    ranked = [r for _, r in sorted(enumerate(results),
-                                   key=lambda item: _rank_key(item[1], item[0], metric))]
-    for position, result in enumerate(ranked, start=1):
-        result.rank = position
-    return ranked
-
-
-def write_leaderboard(ranked: list[TrialResult], folder: Path) -> tuple[Path, Path]:
-    """``leaderboard.csv`` (one row per trial) and ``leaderboard.json`` in ``folder``."""
-    rows = [_row(r) for r in ranked]
-    csv_path, json_path = folder / "leaderboard.csv", folder / "leaderboard.json"
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LEADERBOARD_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "params": json.dumps(row["params"], sort_keys=True)})
-    json_path.write_text(json.dumps(rows, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return csv_path, json_path
-
-
-def _row(result: TrialResult) -> dict[str, Any]:
-    row = asdict(result)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in ((c, row[c]) for c in LEADERBOARD_COLUMNS)}
-
-
-def format_leaderboard(ranked: list[TrialResult], limit: int = 10) -> str:
-    """The top ``limit`` trials as a text table."""
-    lines = [f"{'rank':>4}  {'head':<16} {'trial':>5}  {'val_acc':>7}  {'val_f1':>6}  "
-             f"{'fit_s':>6}  params"]
-    for r in ranked[:limit]:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in r.params.items())
-        if r.status != "ok":
-            params = f"FAILED {r.error[:60]}"
-        lines.append(f"{r.rank:>4}  {r.head[:16]:<16} {r.trial:>5}  {_fmt(r.val_accuracy):>7}  "
-                     f"{_fmt(r.val_f1_macro):>6}  {_fmt(r.fit_seconds, 2):>6}  {params}")
-    if len(ranked) > limit:
-        lines.append(f"      ... {len(ranked) - limit} more in leaderboard.csv")
-    return "\n".join(lines)
-
-
-def _fmt(value: float, digits: int = 4) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
 

@@ -93,11 +93,14 @@ def cached_document(heads: dict, scheduler: str = "synchronous") -> dict:
     }
 
 
-def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0) -> None:
+def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0,
+                         classes: tuple[str, ...] = CACHED_CLASSES,
+                         drop: frozenset[tuple[str, str]] = frozenset()) -> None:
     """Synthetic features of ``per_split`` images per class and split, and their dataset view.
 
     Each class has its own mean feature tensor, so heads can learn them; rows are
     (2, 2, 512) float32, stored under the fingerprint the project's stages.yaml implies.
+    ``drop`` lists (split, class) pairs left empty.
     """
     from cache import FeatureStore
     from pipeline.config import load_config
@@ -108,17 +111,17 @@ def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0
     fingerprint, description = backbone_fingerprint(backbone_spec(config))
     store = FeatureStore(config.cache.dir, fingerprint)
     rng = np.random.default_rng(seed)
-    means = rng.normal(0, 1, (len(CACHED_CLASSES), 2, 2, 512)).astype(np.float32)
+    means = rng.normal(0, 1, (len(classes), 2, 2, 512)).astype(np.float32)
     images, rows = [], []
     for split, count in per_split.items():
-        for label, name in enumerate(CACHED_CLASSES):
-            for i in range(count):
+        for label, name in enumerate(classes):
+            for i in range(0 if (split, name) in drop else count):
                 sha = f"{split[:2]}{label:02d}{i:060x}"
                 images.append(ViewImage(f"{name}/{split}_{i}.png", name, split, sha))
                 rows.append(means[label] + rng.normal(0, 6.0, (2, 2, 512)).astype(np.float32))
     with store.open_writer(description, shard_rows=64) as writer:
         writer.add([i.sha256 for i in images], np.stack(rows))
-    view = DatasetView(root=str(config.data.root), classes=list(CACHED_CLASSES),
+    view = DatasetView(root=str(config.data.root), classes=list(classes),
                        fingerprint=fingerprint, images=images)
     write_view(view, view_path(config, store))
 
@@ -129,9 +132,10 @@ def cached_project(tmp_path: Path):
     (tmp_path / "data").mkdir()
 
     def make(heads: dict, scheduler: str = "synchronous",
-             per_split: dict[str, int] | None = None) -> Path:
+             per_split: dict[str, int] | None = None, **dataset) -> Path:
         write_config(tmp_path, cached_document(heads, scheduler))
-        write_cached_dataset(tmp_path, per_split or {"train": 12, "validation": 6, "test": 6})
+        write_cached_dataset(tmp_path, per_split or {"train": 12, "validation": 6, "test": 6},
+                             **dataset)
         return tmp_path
 
     return make

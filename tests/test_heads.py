@@ -67,10 +67,19 @@ def test_dense_head_is_the_source_architecture_with_sigmoid_for_two_classes():
     assert set(head.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
-def test_dense_early_stopping_stops_before_the_last_epoch():
+def test_dense_early_stopping_stops_before_the_last_epoch_and_restores_the_best():
     train, validation = _splits()
     head = fit_head(_spec("dense", params={"epochs": 200, "patience": 2}), train, validation, 3)
-    assert len(head.history["val_accuracy"]) < 200
+    accuracies = head.history["val_accuracy"]
+    assert len(accuracies) < 200
+    # restore_best: the model returned scores the best epoch's validation accuracy
+    assert np.mean(head.predict(validation.x) == validation.y) == pytest.approx(max(accuracies))
+
+
+def test_dense_without_patience_runs_every_epoch():
+    train, validation = _splits()
+    head = fit_head(_spec("dense", params={"epochs": 4, "patience": None}), train, validation, 3)
+    assert len(head.history["loss"]) == 4
 
 
 @pytest.mark.parametrize("view, width", [("flatten", 32), ("gap", 8), ("gmp", 8)])
@@ -146,6 +155,8 @@ def _heads(models: dict) -> HeadsConfig:
     ({"a": {"kind": "dense", "sweep": {"params": {"unit": [4]}}}},
      "the dense head has no parameter 'unit'"),
     ({"a": {"kind": "svm_rbf"}}, None),
+    ({"a": {"kind": "knn", "sweep": {"params": {"pca": [0.5, 1.5]}}}},
+     "sweep.params.pca: 1.5 is not a valid pca value"),
 ])
 def test_bad_head_parameters_are_named_before_any_work(models: dict, message):
     if message is None:  # structural errors are caught when the file is read
@@ -166,6 +177,12 @@ def test_bad_head_parameters_are_named_before_any_work(models: dict, message):
      "loguniform needs low > 0"),
     ({"kind": "sgd", "sweep": {"params": {}}}, "list at least one parameter"),
     ({"kind": "sgd", "pca": 1.5}, "variance fraction"),
+    ({"kind": "sgd", "incremental": {}, "sweep": {"params": {"pca": [2, 4]}}},
+     "pca cannot be fitted incrementally"),
+    ({"kind": "sgd", "params": {"alpha": float("nan")}}, "params.alpha: nan is not a finite"),
+    ({"kind": "sgd", "sweep": {"params": {"alpha": [0.1, float("inf")]}}}, "inf is not a finite"),
+    ({"kind": "sgd", "sweep": {"method": "random", "params": {"pca": {"uniform": [0.1, 0.9]}}}},
+     "pca: give a list of values"),
 ])
 def test_head_structure_errors_name_the_key(head: dict, message: str):
     with pytest.raises(ConfigError, match=f"stages.heads.models.a.*{message}"):

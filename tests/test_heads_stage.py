@@ -17,9 +17,11 @@ from pipeline.config_heads import HeadConfig
 from pipeline.features import MissingViewError
 from pipeline.head_io import load_head
 from pipeline.head_models import TrialSpec
+from pipeline.heads import NoTestImagesWarning
 from pipeline.incremental import LazySplit, fit_incremental
+from pipeline.leaderboard import TrialResult, rank_trials
 from pipeline.stages import run_stages
-from pipeline.sweep import TrialResult, expand_trials, rank_trials
+from pipeline.sweep import expand_trials
 from pipeline.views import read_view, view_path, write_view
 
 from .conftest import make_image_folder, tiny_document, write_config
@@ -61,17 +63,25 @@ def test_sweep_writes_an_ordered_leaderboard_and_tested_heads(cached_project):
     assert metrics["heads.best.name"] == rows[0]["head"]
     assert metrics["heads.best.val_accuracy"] == pytest.approx(accuracies[0])
     assert 0 <= metrics["heads.best.test_accuracy"] <= 1
+    best = rows[0]["head"]
     for head in ("logreg", "knn"):
         folder = run.path / "heads" / head
         scores = json.loads((folder / "evaluation.json").read_text())
-        for split in ("validation", "test"):
+        # Only the overall best is ever evaluated on test.
+        splits = ("validation", "test") if head == best else ("validation",)
+        assert tuple(scores) == splits
+        for split in splits:
             assert scores[split]["images"] == 18
             assert set(scores[split]["per_class"]) == {"cats", "dogs", "owls"}
             assert set(scores[split]["per_class"]["cats"]) == {"precision", "recall", "f1",
                                                                "support"}
             assert np.sum(scores[split]["confusion_matrix"]) == 18
             assert (folder / f"confusion_{split}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert scores["test"]["log_loss"] is not None
+            assert scores[split]["log_loss"] is not None
+        assert not (folder / "confusion_test.png").exists() or head == best
+        selected = json.loads((folder / "head.json").read_text())["selected_by"]
+        assert selected["metric"] == "val_accuracy"
+    assert f"heads.{best}.test_accuracy" not in metrics
     assert "no image decoded, no extraction" in report
 
 
@@ -128,7 +138,8 @@ def test_sweep_on_a_two_worker_local_cluster_equals_the_serial_one(cached_projec
     assert "dask local" in report
     # The models that came back from the workers are the ones that were scored there.
     for row in _leaderboard(parallel):
-        scores = json.loads((parallel.path / "heads" / row["head"] / "evaluation.json").read_text())
+        scores = json.loads((parallel.path / "heads" / row["head"] / "evaluation.json")
+                            .read_text())
         best = min((r for r in _leaderboard(parallel) if r["head"] == row["head"]),
                    key=lambda r: int(r["rank"]))
         assert scores["validation"]["accuracy"] == pytest.approx(float(best["val_accuracy"]))
@@ -235,9 +246,9 @@ def _store_with(tmp_path: Path, n: int, shape=(4, 4, 64)):
     return shas, y
 
 
-def test_incremental_sgd_learns_from_the_cache_in_bounded_memory(tmp_path: Path):
-    shas, y = _store_with(tmp_path, 3000)  # 3000 x 4 KiB = 12 MiB of features
-    split = LazySplit("train", tmp_path, "fp", tuple(shas), y, chunk_rows=100)
+def _peak_while_fitting(folder: Path, rows: int):
+    shas, y = _store_with(folder, rows)
+    split = LazySplit("train", folder, "fp", tuple(shas), y)
     spec = TrialSpec("sgd", 0, HeadConfig(kind="sgd", scale=True,
                                           incremental={"chunk_rows": 100, "epochs": 2}))
     tracemalloc.start()
@@ -246,8 +257,18 @@ def test_incremental_sgd_learns_from_the_cache_in_bounded_memory(tmp_path: Path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < 4 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB while training"
-    x = FeatureStore(tmp_path, "fp").get(shas[:200])
+    return peak, head, shas, y
+
+
+def test_incremental_sgd_learns_from_the_cache_in_bounded_memory(tmp_path: Path):
+    # 1,500 and 3,000 rows of 4 KiB (6 and 12 MiB). Features are held a chunk at a time; only
+    # the index (manifest entries, sha256, labels: well under 1 KiB a row) grows with the cache.
+    small, _, _, _ = _peak_while_fitting(tmp_path / "small", 1500)
+    peak, head, shas, y = _peak_while_fitting(tmp_path / "large", 3000)
+    assert peak < 6 * 2 ** 20, f"peak {peak / 2 ** 20:.1f} MiB while training on 12 MiB"
+    per_extra_row = (peak - small) / 1500
+    assert per_extra_row < 1024, f"{per_extra_row:.0f} bytes more per row of 4,096 bytes"
+    x = FeatureStore(tmp_path / "large", "fp").get(shas[:200])
     assert np.mean(head.predict(x) == y[:200]) > 0.95
 
 
@@ -257,3 +278,55 @@ def test_incremental_head_in_the_stage(cached_project):
     run, _ = _run(project)
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert metrics["heads.best.name"] == "sgd" and metrics["heads.best.val_accuracy"] > 0.5
+
+
+def test_two_classes_an_empty_test_split_and_log_loss_selection(cached_project):
+    project = cached_project({"lr": {"kind": "logistic_regression", "features": "gap",
+                                     "sweep": {"params": {"C": [0.001, 1.0]}}},
+                              "svm": {"kind": "linear_svm", "features": "gap"}},
+                             per_split={"train": 10, "validation": 5, "test": 0},
+                             classes=("cats", "dogs"))
+    with pytest.warns(NoTestImagesWarning):
+        run, report = _run(project, "stages.heads.metric=val_log_loss")
+    rows = _leaderboard(run)
+    losses = [float(r["val_log_loss"]) for r in rows if r["val_log_loss"]]
+    assert losses == sorted(losses) and rows[-1]["head"] == "svm"  # no probabilities: last
+    assert "test accuracy - (0 test images" in report
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert "heads.best.test_accuracy" not in metrics and metrics["heads.best.name"] == "lr"
+
+
+def test_a_class_missing_from_training_gets_zero_probability(cached_project):
+    project = cached_project({"lr": {"kind": "logistic_regression", "features": "gap"}},
+                             per_split={"train": 8, "validation": 4, "test": 4},
+                             drop={("train", "owls")})
+    run, _ = _run(project)
+    head, metadata = load_head(run.path / "heads" / "lr")
+    config = load_config(project / "stages.yaml")
+    store = FeatureStore(config.cache.dir, metadata["fingerprint"])
+    x = store.get([i.sha256 for i in read_view(view_path(config, store)).select("test")])
+    proba = head.predict_proba(x)
+    assert proba.shape == (len(x), 3) and np.all(proba[:, 2] == 0)
+
+
+def test_a_diverging_trial_keeps_its_accuracy_and_the_sweep_goes_on(cached_project, monkeypatch):
+    from pipeline.head_models import FittedHead
+
+    project = cached_project({"lr": {"kind": "logistic_regression", "features": "gap",
+                                     "sweep": {"params": {"C": [0.1, 1.0]}}}})
+    real = FittedHead.predict_proba
+    monkeypatch.setattr(FittedHead, "predict_proba",
+                        lambda self, x: np.full_like(real(self, x), np.nan))
+    run, _ = _run(project)
+    rows = _leaderboard(run)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert all(r["val_log_loss"] == "" and float(r["val_accuracy"]) > 0 for r in rows)
+
+
+def test_every_trial_failing_is_one_clear_error(cached_project):
+    from pipeline.errors import PipelineError
+
+    project = cached_project({"lr": {"kind": "logistic_regression", "params": {"solver": "lbfgs",
+                                                                            "l1_ratio": 1.0}}})
+    with pytest.raises(PipelineError, match="every trial of every head failed"):
+        _run(project)
