@@ -67,9 +67,12 @@ def test_dense_head_is_the_source_architecture_with_sigmoid_for_two_classes():
     assert set(head.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
 
 
-def test_dense_early_stopping_stops_before_the_last_epoch_and_restores_the_best():
-    train, validation = _splits()
-    head = fit_head(_spec("dense", params={"epochs": 200, "patience": 2}), train, validation, 3)
+@pytest.mark.parametrize("classes", [2, 3])
+def test_dense_early_stopping_stops_before_the_last_epoch_and_restores_the_best(classes: int):
+    # Training runs on logits; the accuracy early stopping saw must be the returned model's.
+    train, validation = _splits(classes)
+    head = fit_head(_spec("dense", params={"epochs": 200, "patience": 2}), train, validation,
+                    classes)
     accuracies = head.history["val_accuracy"]
     assert len(accuracies) < 200
     # restore_best: the model returned scores the best epoch's validation accuracy
@@ -229,3 +232,17 @@ def test_a_fitted_dense_head_pickles_and_predicts_the_same():
     assert again.history == head.history
     np.testing.assert_allclose(again.predict_proba(validation.x),
                                head.predict_proba(validation.x), rtol=1e-6)
+
+
+def test_the_training_model_scores_logits_as_the_probability_model_would():
+    from pipeline.head_models import build_dense_head
+
+    spec = _spec("dense", params={"units": 4})
+    model = build_dense_head(spec, (2, 2, 8), n_classes=2, for_training=True)
+    weights = model.get_weights()
+    weights[-2][:] = 0.0
+    weights[-1][:] = 0.3  # every logit 0.3: probability 0.574, so class 1
+    model.set_weights(weights)
+    x = np.zeros((6, 2, 2, 8), np.float32)
+    scores = model.evaluate(x, np.ones(6), verbose=0, return_dict=True)
+    assert scores["accuracy"] == 1.0
