@@ -54,16 +54,18 @@ def evaluate(y_true: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None
 
 def write_evaluation(scores: dict[str, dict], path: Path) -> None:
     """``{split: evaluate(...)}`` as JSON (NaN written as null)."""
-    path.write_text(json.dumps(_nan_to_none(scores), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(scores), indent=2) + "\n", encoding="utf-8")
 
 
-def _nan_to_none(value):
+def json_safe(value):
+    """``value`` with every NaN float, however deep in dicts and lists, replaced by None
+    (JSON has no NaN; a missing score reads as null)."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

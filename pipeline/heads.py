@@ -26,7 +26,7 @@ from cache import FeatureStore
 
 from .config import PipelineConfig
 from .errors import PipelineError, PipelineWarning
-from .evaluation import evaluate, plot_confusion_matrix, write_evaluation
+from .evaluation import evaluate, json_safe, plot_confusion_matrix, write_evaluation
 from .features import LabelledSplit, find_view, load_split, split_shas_and_labels
 from .fingerprint import backbone_fingerprint, backbone_spec
 from .head_io import save_head
@@ -60,6 +60,11 @@ class HeadOutcome:
     spec: TrialSpec = field(repr=False)
 
 
+def best_outcome(outcomes: list[HeadOutcome]) -> HeadOutcome:
+    """The head whose best trial ranks first on the validation metric."""
+    return min(outcomes, key=lambda o: o.trial.rank)
+
+
 @dataclass
 class HeadsResult:
     """What the heads stage did, for the summary and metrics.json."""
@@ -77,8 +82,7 @@ class HeadsResult:
     @property
     def best(self) -> HeadOutcome:
         """The head whose best trial ranks first on validation."""
-        order = {r.head: r.rank for r in self.ranked if r.status == "ok"}
-        return min(self.outcomes, key=lambda o: order[o.name])
+        return best_outcome(self.outcomes)
 
     def summary(self) -> str:
         """Printable report: what was read, the leaderboard's top, the best head's scores."""
@@ -159,7 +163,7 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
     if not outcomes:
         raise PipelineError(f"every trial of every head failed (first error: "
                             f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
-    winner = min(outcomes, key=lambda o: o.trial.rank)
+    winner = best_outcome(outcomes)
     # Every choice is made; only now does the test split come off the disk, for one model.
     if not view.select("test"):
         warnings.warn("the test split has no images: heads are selected on validation but not "
@@ -224,9 +228,8 @@ def _save_outcome(outcome: HeadOutcome, view: DatasetView, fingerprint: str,
         "name": outcome.name, "trial": best.trial, "classes": view.classes,
         "fingerprint": fingerprint, "feature_shape": list(feature_shape),
         "params": outcome.spec.describe(),
-        "selected_by": {"metric": metric, "rank": best.rank,
-                        "value": None if math.isnan(getattr(best, metric)) else
-                        getattr(best, metric)}})
+        "selected_by": json_safe({"metric": metric, "rank": best.rank,
+                                  "value": getattr(best, metric)})})
     write_evaluation(outcome.scores, folder / "evaluation.json")
     for split, split_scores in outcome.scores.items():
         if split_scores["images"]:

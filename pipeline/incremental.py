@@ -62,6 +62,8 @@ class LazySplit:
 
 def fit_incremental(spec: TrialSpec, train: LazySplit, n_classes: int) -> FittedHead:
     """Fit an ``sgd`` head with partial_fit over ``train``'s chunks (bounded memory)."""
+    if not len(train):
+        raise ValueError("an incremental head needs at least one training row")
     started = time.perf_counter()
     train = replace(train, chunk_rows=spec.config.incremental.chunk_rows)
     rng = np.random.default_rng(spec.seed)
@@ -79,16 +81,13 @@ def fit_incremental(spec: TrialSpec, train: LazySplit, n_classes: int) -> Fitted
                 rows = scaler.transform(rows)
             shuffle = rng.permutation(len(rows))
             model.partial_fit(rows[shuffle], y[shuffle], classes=classes)
-    steps = [("features", view.fit(np.zeros((1, *_shape_of(train)), np.float32)))]
+    # FeatureView learns nothing; fitting it on a row of the last chunk records the input width.
+    steps = [("features", view.fit(x[:1]))]
     if scaler is not None:
         steps.append(("scale", scaler))
     steps.append(("model", model))
     return FittedHead(spec.config.kind, Pipeline(steps), n_classes,
                       time.perf_counter() - started)
-
-
-def _shape_of(split: LazySplit) -> tuple[int, ...]:
-    return FeatureStore(split.cache_dir, split.fingerprint).feature_shape
 
 
 def predict_lazy(head: FittedHead, split: LazySplit, spec: TrialSpec | None = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config_heads import METRICS
+from .evaluation import json_safe
 
 LEADERBOARD_COLUMNS = ("rank", "head", "trial", "kind", "status", "val_accuracy", "val_f1_macro",
                        "val_log_loss", "train_accuracy", "fit_seconds", "params", "error",
@@ -75,8 +76,7 @@ def write_leaderboard(ranked: list[TrialResult], folder: Path) -> tuple[Path, Pa
 
 def _row(result: TrialResult) -> dict[str, Any]:
     row = asdict(result)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-            for k, v in ((c, row[c]) for c in LEADERBOARD_COLUMNS)}
+    return json_safe({c: row[c] for c in LEADERBOARD_COLUMNS})
 
 
 def format_leaderboard(ranked: list[TrialResult], limit: int = 10) -> str:
