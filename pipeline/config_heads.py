@@ -64,10 +64,6 @@ class DenseParams(_Section):
     # Early stopping on validation accuracy; null turns it off.
     patience: Optional[Int] = Field(5, ge=0)
     restore_best: Bool = True
-    # Batches per compiled call (fewer Python round trips over 3,000 small steps) and XLA,
-    # which measured slower here; see docs/benchmarks.md.
-    steps_per_execution: Int = Field(100, ge=1, le=100_000)
-    jit_compile: Bool = False
 
 
 class SweepConfig(_Section):

@@ -160,13 +160,14 @@ def build_sklearn_head(spec: TrialSpec) -> Pipeline:
 
 
 def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes: int,
-                     for_training: bool = False):
-    """The source material's dense head on (h, w, c) features, compiled; needs Keras.
+                     logits: bool = False):
+    """The source material's dense head on (h, w, c) features; needs Keras.
 
-    The last layer outputs probabilities (sigmoid for two classes, softmax for more). With
-    ``for_training`` it outputs logits instead, with the matching from-logits loss and
-    accuracy, and RMSprop is :class:`FusedRMSprop`: the same gradients and updates, computed
-    faster; :func:`finish_dense_head` turns the trained model back into the probability model.
+    The last layer outputs probabilities (sigmoid for two classes, softmax for more) and the
+    model is compiled with the optimizer, loss and accuracy of ``spec``. With ``logits`` the
+    last layer has no activation and the model is not compiled: that is the model
+    :func:`~pipeline.dense_training.train_dense_head` trains, and :func:`finish_dense_head`
+    turns it back into the probability model.
     """
     from ._tf import keras
 
@@ -175,7 +176,7 @@ def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes:
     pool = {"flatten": keras.layers.Flatten, "gap": keras.layers.GlobalAveragePooling2D,
             "gmp": keras.layers.GlobalMaxPooling2D}[spec.setting("features")]
     binary = n_classes == 2
-    output = None if for_training else ("sigmoid" if binary else "softmax")
+    output = None if logits else ("sigmoid" if binary else "softmax")
     model = keras.Sequential([
         keras.Input(shape=feature_shape, name="features"),
         pool(name="feature_view"),
@@ -183,7 +184,8 @@ def build_dense_head(spec: TrialSpec, feature_shape: tuple[int, ...], n_classes:
         keras.layers.Dropout(params.dropout, name="dropout"),
         keras.layers.Dense(1 if binary else n_classes, activation=output, name="classes"),
     ], name=f"dense_head_{spec.head}")
-    compile_dense_head(model, params, n_classes, for_training=for_training)
+    if not logits:
+        compile_dense_head(model, params, n_classes)
     return model
 
 
@@ -197,32 +199,23 @@ def finish_dense_head(model, params: DenseParams, n_classes: int) -> None:
     compile_dense_head(model, params, n_classes)
 
 
-def compile_dense_head(model, params: DenseParams, n_classes: int,
-                       for_training: bool = False) -> None:
-    """Compile ``model`` with the optimizer, loss and accuracy metric of ``params``.
-
-    ``for_training``: the model outputs logits (measured 17% faster per epoch than Keras'
-    softmax-then-loss on the flowers features) and RMSprop is the fused kernel.
-    """
+def dense_optimizer(params: DenseParams, fused: bool = False):
+    """A new Keras optimizer of ``params``; ``fused``: RMSprop is :class:`FusedRMSprop` (the
+    same updates in one kernel, for training; it is not a Keras class a saved model may name)."""
     from ._tf import keras
 
+    if fused and params.optimizer == "rmsprop":
+        from .fused_rmsprop import FusedRMSprop
+        return FusedRMSprop(learning_rate=params.learning_rate)
     optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
                   "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}
-    binary = n_classes == 2
-    if for_training:
-        from .fused_rmsprop import FusedRMSprop
-        optimizers["rmsprop"] = FusedRMSprop
-        loss = (keras.losses.BinaryCrossentropy(from_logits=True) if binary else
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        # named "accuracy" so that early stopping watches val_accuracy either way
-        accuracy = (keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0) if binary else
-                    keras.metrics.SparseCategoricalAccuracy(name="accuracy"))
-    else:
-        loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
-        accuracy = "accuracy"
-    model.compile(optimizer=optimizers[params.optimizer](learning_rate=params.learning_rate),
-                  loss=loss, metrics=[accuracy], jit_compile=params.jit_compile,
-                  steps_per_execution=params.steps_per_execution)
+    return optimizers[params.optimizer](learning_rate=params.learning_rate)
+
+
+def compile_dense_head(model, params: DenseParams, n_classes: int) -> None:
+    """Compile the probability model with the optimizer, loss and accuracy of ``params``."""
+    loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=dense_optimizer(params), loss=loss, metrics=["accuracy"])
 
 
 def fit_head(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
@@ -238,20 +231,12 @@ def fit_head(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
 
 def _fit_dense(spec: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
                n_classes: int):
-    from ._tf import keras
+    from .dense_training import train_dense_head
 
     params = spec.config.dense_params(spec.estimator_params())
-    model = build_dense_head(spec, train.x.shape[1:], n_classes, for_training=True)
-    callbacks = []
-    if params.patience is not None and len(validation):
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=params.patience,
-            restore_best_weights=params.restore_best))
-    fitted = model.fit(train.x, train.y, epochs=params.epochs, batch_size=params.batch_size,
-                       validation_data=(validation.x, validation.y) if len(validation) else None,
-                       validation_batch_size=256, callbacks=callbacks, verbose=0,
-                       shuffle=True)
-    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    model = build_dense_head(spec, train.x.shape[1:], n_classes, logits=True)
+    history = train_dense_head(model, dense_optimizer(params, fused=True), params, train,
+                               validation, n_classes, seed=spec.seed)
     finish_dense_head(model, params, n_classes)
     return model, history
 

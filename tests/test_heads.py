@@ -85,6 +85,37 @@ def test_dense_without_patience_runs_every_epoch():
     assert len(head.history["loss"]) == 4
 
 
+def test_dense_training_is_reproducible_for_a_seed_and_moves_with_it():
+    train, validation = _splits()
+
+    def probabilities(seed: int) -> np.ndarray:
+        spec = TrialSpec("h", 0, HeadConfig(kind="dense", params=FAST_DENSE), seed=seed)
+        return fit_head(spec, train, validation, 3).predict_proba(validation.x)
+
+    np.testing.assert_array_equal(probabilities(3), probabilities(3))
+    assert not np.allclose(probabilities(3), probabilities(4))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nadam", "sgd"])
+def test_dense_trains_with_every_optimizer_and_a_short_last_batch(optimizer: str):
+    # 30 rows in batches of 8: the fourth batch has 6 rows and must still train
+    train, validation = _splits()
+    params = {"optimizer": optimizer, "patience": None,
+              "learning_rate": 0.05 if optimizer == "sgd" else 0.01}
+    head = fit_head(_spec("dense", params=params), train, validation, 3)
+    assert len(head.history["loss"]) == FAST_DENSE["epochs"]
+    assert head.history["loss"][-1] < head.history["loss"][0]
+    assert type(head.model.optimizer).__name__.lower() == optimizer
+
+
+def test_dense_without_validation_rows_trains_every_epoch_and_records_no_validation():
+    train, validation = _splits()
+    empty = LabelledSplit("validation", validation.x[:0], validation.y[:0], ())
+    head = fit_head(_spec("dense", params={"patience": 1}), train, empty, 3)
+    assert set(head.history) == {"loss", "accuracy"}
+    assert len(head.history["loss"]) == FAST_DENSE["epochs"]
+
+
 @pytest.mark.parametrize("view, width", [("flatten", 32), ("gap", 8), ("gmp", 8)])
 def test_feature_views(view: str, width: int):
     x, _ = _blobs(2)
@@ -235,14 +266,21 @@ def test_a_fitted_dense_head_pickles_and_predicts_the_same():
 
 
 def test_the_training_model_scores_logits_as_the_probability_model_would():
-    from pipeline.head_models import build_dense_head
+    from pipeline.dense_training import logits_loss_and_accuracy
+    from pipeline.head_models import build_dense_head, finish_dense_head
 
     spec = _spec("dense", params={"units": 4})
-    model = build_dense_head(spec, (2, 2, 8), n_classes=2, for_training=True)
+    model = build_dense_head(spec, (2, 2, 8), n_classes=2, logits=True)
     weights = model.get_weights()
     weights[-2][:] = 0.0
     weights[-1][:] = 0.3  # every logit 0.3: probability 0.574, so class 1
     model.set_weights(weights)
     x = np.zeros((6, 2, 2, 8), np.float32)
-    scores = model.evaluate(x, np.ones(6), verbose=0, return_dict=True)
-    assert scores["accuracy"] == 1.0
+    y = np.array([1, 1, 1, 1, 0, 0], np.int32)
+    loss, correct = logits_loss_and_accuracy(2)
+    logits = model(x)
+    finish_dense_head(model, spec.config.dense_params({"units": 4}), 2)
+    probability_scores = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert float(np.mean(correct(y, logits))) == pytest.approx(4 / 6)
+    assert probability_scores["accuracy"] == pytest.approx(4 / 6)
+    assert float(loss(y, logits)) == pytest.approx(probability_scores["loss"], rel=1e-5)
