@@ -17,7 +17,7 @@ from cache import CacheError
 from .config import PipelineConfig, load_cache_config, load_config
 from .errors import PipelineError
 
-STAGES = ("extract", "heads")
+STAGES = ("extract", "heads", "finetune", "scratch")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -64,7 +64,8 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
         scheduler: str | None, progress: bool) -> None:
-    """Run STAGES (extract, heads) in that order, writing a run folder under runs.dir.
+    """Run STAGES (extract, heads, finetune, scratch) in that order, writing a run folder
+    under runs.dir.
 
     \b
     extract  runs VGG16 once over every image whose features are not cached yet for
@@ -73,6 +74,11 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
     heads    trains the heads of stages.heads on the cached features (sweeps run in
              parallel on dask), ranks every trial on the validation split, then
              tests each head's best trial once. It never decodes an image.
+    finetune trains end to end through the frozen VGG16 base with augmentation,
+             starting from the newest dense head of `heads`, then opens block5
+             at a lower learning rate; tests the final model (slow on a CPU).
+    scratch  trains the source material's small CNN from scratch on the same
+             splits, as a baseline.
     """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from .config_endtoend import AugmentedViewsConfig, FinetuneConfig, ScratchConfig
 from .config_heads import ClusterConfig, HeadsConfig
 from .errors import ConfigError
 
@@ -159,6 +160,7 @@ class ExtractConfig(_Section):
     # Decoding threads. One decodes and resizes about 400 photos/s to 150x150 here, far more
     # than VGG16 consumes on a CPU; raise it for a fast GPU.
     decode_workers: Int = Field(2, ge=1, le=64)
+    augmented_views: AugmentedViewsConfig = _section_default()
 
 
 class StagesConfig(_Section):
@@ -166,6 +168,8 @@ class StagesConfig(_Section):
 
     extract: ExtractConfig = _section_default()
     heads: HeadsConfig = _section_default()
+    finetune: FinetuneConfig = _section_default()
+    scratch: ScratchConfig = _section_default()
 
 
 class RunsConfig(_Section):

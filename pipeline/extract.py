@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from cache import FeatureStore
 
+from .augmented_views import AugmentedViewsResult, extract_views, pending_views
 from .batches import BatchReader
 from .config import PipelineConfig
 from .dataset import DatasetScan, scan_dataset, warn_about
@@ -40,6 +42,7 @@ class ExtractResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0       # whole stage, wall clock
     inference_seconds: float = 0.0  # decode + infer + write loop, wall clock
+    augmented: AugmentedViewsResult = field(default_factory=AugmentedViewsResult)
 
     @property
     def images_per_second(self) -> float:
@@ -56,7 +59,10 @@ class ExtractResult:
                                               if g["kind"] == "leakage"),
                 "extract.seconds": round(self.seconds, 3),
                 "extract.inference_seconds": round(self.inference_seconds, 3),
-                "extract.images_per_second": round(self.images_per_second, 3)}
+                "extract.images_per_second": round(self.images_per_second, 3),
+                "extract.augmented_views_new": self.augmented.new,
+                "extract.augmented_views_cached": self.augmented.cached,
+                "extract.augmented_views_seconds": round(self.augmented.seconds, 3)}
 
     def summary(self) -> str:
         """A short human summary: new, cached, skipped, seconds, img/s."""
@@ -64,6 +70,10 @@ class ExtractResult:
         lines = [f"extract: {self.new} new, {self.cached} cached, {len(self.skipped)} skipped "
                  f"in {self.seconds:.1f} s ({rate})",
                  f"  fingerprint {self.fingerprint}, cache {self.store_path}"]
+        if self.view.augmented:
+            lines.append(f"  augmented views: {self.augmented.new} new, {self.augmented.cached} "
+                         f"cached ({self.view.augmented['count']} per training image) in "
+                         f"{self.augmented.seconds:.1f} s")
         for item in self.skipped:
             lines.append(f"  skipped {item.path}: {item.reason}")
         return "\n".join(lines)
@@ -101,12 +111,18 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
     extracted: list[str] = []
     failures: dict[str, str] = dict(rejected)
     loop_seconds = 0.0
+    infer = _LazyInference(spec)
     if missing:
         extracted, new_failures, loop_seconds = _extract_missing(
-            config, spec, store, description, missing, first_path, context, progress)
+            config, spec, store, description, missing, first_path, context, progress, infer)
         failures.update(new_failures)
 
     view = _build_view(scan, fingerprint, failures)
+    augmented = AugmentedViewsResult()
+    views = config.stages.extract.augmented_views
+    if views.count:
+        view.augmented = {"id": views.augmentation_id(), "count": views.count}
+        augmented = _extract_augmented(config, spec, store, description, view, infer, progress)
     for item in view.skipped:
         warnings.warn(f"skipped {item.path}: {item.reason}", SkippedImageWarning, stacklevel=2)
     _warn_about_empty_classes(view, scan)
@@ -116,12 +132,53 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
                          view=view, images=len(view.images), new=len(extracted),
                          cached=len(first_path) - len(extracted) - len(failures),
                          skipped=view.skipped, seconds=time.perf_counter() - started,
-                         inference_seconds=loop_seconds)
+                         inference_seconds=loop_seconds, augmented=augmented)
+
+
+class _LazyInference:
+    """The compiled feature extractor, built on first call: TensorFlow is imported only by a
+    run that has something to compute. (B, h, w, 3) float32 pixels -> numpy features."""
+
+    def __init__(self, spec: BackboneSpec):
+        self.spec = spec
+        self._function = None
+
+    def build(self) -> None:
+        """Import TensorFlow and build the model now (so that timed loops exclude it)."""
+        if self._function is None:
+            from .backbone import build_feature_extractor, compiled_inference
+            self._function = compiled_inference(build_feature_extractor(self.spec))
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        self.build()
+        return self._function(pixels).numpy()
+
+
+def _extract_augmented(config: PipelineConfig, spec: BackboneSpec, store: FeatureStore,
+                       description: dict, view: DatasetView, infer: _LazyInference,
+                       progress: bool) -> AugmentedViewsResult:
+    """Cache the augmented views of the view's training images that the cache lacks."""
+    total = len(view.augmented_views("train"))
+    pending = pending_views(view, store.missing)
+    result = AugmentedViewsResult()
+    if pending:
+        params = config.stages.extract
+        with store.open_writer(description, shard_rows=params.shard_size,
+                               flush_seconds=params.flush_seconds,
+                               lock_timeout=config.cache.lock_timeout) as writer:
+            pending = pending_views(view, store.missing)  # another run may have added some
+            images = {image.sha256: image for image in view.select("train")}
+            infer.build()
+            result = extract_views(pending, images, Path(view.root), params.augmented_views,
+                                   spec.decode, infer, writer, params.batch_size, progress)
+    result.cached = total - len(store.missing(key for key, _, _ in view.augmented_views()))
+    result.cached -= result.new
+    return result
 
 
 def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureStore,
                      description: dict, missing: list[str], first_path: dict[str, Path],
-                     context: str, progress: bool
+                     context: str, progress: bool, infer: _LazyInference
                      ) -> tuple[list[str], dict[str, str], float]:
     """Decode, infer and commit ``missing`` images.
 
@@ -138,11 +195,7 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
         todo = store.missing(missing)
         if not todo:
             return extracted, failures, time.perf_counter() - started
-        # Imported here, not at the top: TensorFlow takes seconds to import, and a run with
-        # nothing to extract must not pay for it.
-        from .backbone import build_feature_extractor, compiled_inference
-
-        infer = compiled_inference(build_feature_extractor(spec))
+        infer.build()
         reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
                              options=spec.decode, batch_size=params.batch_size,
                              workers=params.decode_workers)
@@ -151,7 +204,7 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
                   disable=None if progress else True, dynamic_ncols=True) as bar:
             for batch in reader:
                 if batch.ok.any():
-                    features = infer(batch.pixels).numpy()
+                    features = infer(batch.pixels)
                     good = [todo[i] for i in batch.positions[batch.ok]]
                     writer.add(good, features[batch.ok])
                     extracted += good

@@ -77,7 +77,8 @@ def find_view(store: FeatureStore, view_file: Path) -> DatasetView:
         raise MissingViewError(f"no dataset view for this data and backbone in {store.path}: "
                                f"run `pipeline run extract` first")
     view = read_view(view_file)
-    missing = store.missing(image.sha256 for image in view.images)
+    missing = store.missing([image.sha256 for image in view.images] +
+                            [key for key, _, _ in view.augmented_views()])
     if missing:
         raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the dataset view "
                                f"have no cached features in {store.path}: run "
@@ -85,15 +86,24 @@ def find_view(store: FeatureStore, view_file: Path) -> DatasetView:
     return view
 
 
-def split_shas_and_labels(view: DatasetView, split: str) -> tuple[list[str], np.ndarray]:
-    """sha256 and class indices (N,) int64 of one split, in view order."""
+def split_shas_and_labels(view: DatasetView, split: str, augmented: bool = False
+                          ) -> tuple[list[str], np.ndarray]:
+    """Cache keys and class indices (N,) int64 of one split, in view order; with
+    ``augmented``, followed by the cached augmented views of the split's images (train only)."""
     images = view.select(split)
-    labels = np.array([view.label_index(i.label) for i in images], dtype=np.int64)
-    return [i.sha256 for i in images], labels
+    keys = [i.sha256 for i in images]
+    labels = [view.label_index(i.label) for i in images]
+    if augmented:
+        for key, image, _ in view.augmented_views(split):
+            keys.append(key)
+            labels.append(view.label_index(image.label))
+    return keys, np.array(labels, dtype=np.int64)
 
 
-def load_split(store: FeatureStore, view: DatasetView, split: str) -> LabelledSplit:
-    """All features of ``split`` in memory, as a :class:`LabelledSplit`."""
-    shas, labels = split_shas_and_labels(view, split)
+def load_split(store: FeatureStore, view: DatasetView, split: str,
+               augmented: bool = False) -> LabelledSplit:
+    """All features of ``split`` in memory, as a :class:`LabelledSplit` (with ``augmented``,
+    the cached augmented views too)."""
+    shas, labels = split_shas_and_labels(view, split, augmented)
     x = store.get(shas) if shas else np.empty((0, *store.feature_shape), np.float32)
     return LabelledSplit(split, x, labels, tuple(shas))

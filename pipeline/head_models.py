@@ -199,17 +199,22 @@ def finish_dense_head(model, params: DenseParams, n_classes: int) -> None:
     compile_dense_head(model, params, n_classes)
 
 
+def keras_optimizer(name: str, learning_rate: float):
+    """A new Keras optimizer by name: rmsprop, adam, nadam or sgd."""
+    from ._tf import keras
+
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
+                  "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}
+    return optimizers[name](learning_rate=learning_rate)
+
+
 def dense_optimizer(params: DenseParams, fused: bool = False):
     """A new Keras optimizer of ``params``; ``fused``: RMSprop is :class:`FusedRMSprop` (the
     same updates in one kernel, for training; it is not a Keras class a saved model may name)."""
-    from ._tf import keras
-
     if fused and params.optimizer == "rmsprop":
         from .fused_rmsprop import FusedRMSprop
         return FusedRMSprop(learning_rate=params.learning_rate)
-    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam,
-                  "nadam": keras.optimizers.Nadam, "sgd": keras.optimizers.SGD}
-    return optimizers[params.optimizer](learning_rate=params.learning_rate)
+    return keras_optimizer(params.optimizer, params.learning_rate)
 
 
 def compile_dense_head(model, params: DenseParams, n_classes: int) -> None:

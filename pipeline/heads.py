@@ -91,7 +91,9 @@ class HeadsResult:
         lines = [
             f"heads: {len(self.ranked)} trials of {len(self.outcomes) + len(self.failed_heads)} "
             f"heads in {self.sweep_seconds:.1f} s ({self.scheduler}), on "
-            f"{sizes['train']} train / {sizes['validation']} validation images",
+            f"{sizes['train']} train / {sizes['validation']} validation images"
+            + (f" + {sizes['augmented']} augmented views of the train images"
+               if sizes.get("augmented") else ""),
             f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
             format_leaderboard(self.ranked),
             f"best: {best.name} (trial {best.trial.trial}), selected by {self.metric}: "
@@ -112,6 +114,8 @@ class HeadsResult:
         best = self.best
         values: dict[str, float | int | str] = {
             "heads.trials": len(self.ranked),
+            "heads.train_images": self.split_sizes["train"],
+            "heads.train_augmented_views": self.split_sizes.get("augmented", 0),
             "heads.failed_trials": sum(r.status != "ok" for r in self.ranked),
             "heads.sweep_seconds": round(self.sweep_seconds, 3),
             "heads.seconds": round(self.seconds, 3),
@@ -174,6 +178,7 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
     for outcome in outcomes:
         _save_outcome(outcome, view, fingerprint, store.feature_shape, heads.metric)
     sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
+    sizes["augmented"] = len(view.augmented_views()) if heads.augmented_views else 0
     scheduler = config.cluster.scheduler
     return HeadsResult(fingerprint, sizes, ranked, outcomes,
                        "one after another" if scheduler == "synchronous" else
@@ -196,15 +201,16 @@ def _training_data(store: FeatureStore, view: DatasetView, heads) -> TrainingDat
     lazy = any(h.incremental is not None for h in heads.models.values())
     return TrainingData(
         n_classes=n_classes,
-        train=load_split(store, view, "train") if in_memory else None,
+        train=load_split(store, view, "train", heads.augmented_views) if in_memory else None,
         validation=load_split(store, view, "validation") if in_memory else None,
-        lazy_train=_lazy(store, view, "train") if lazy else None,
+        lazy_train=_lazy(store, view, "train", heads.augmented_views) if lazy else None,
         lazy_validation=_lazy(store, view, "validation") if lazy else None)
 
 
-def _lazy(store: FeatureStore, view: DatasetView, split: str) -> LazySplit:
+def _lazy(store: FeatureStore, view: DatasetView, split: str,
+          augmented: bool = False) -> LazySplit:
     # chunk_rows is each incremental head's own, applied per trial
-    shas, labels = split_shas_and_labels(view, split)
+    shas, labels = split_shas_and_labels(view, split, augmented)
     return LazySplit(split, store.cache_dir, store.fingerprint, tuple(shas), labels)
 
 

@@ -9,7 +9,8 @@ from .views import write_duplicates_csv, write_skipped_csv, write_view_csv
 
 def run_stages(config: PipelineConfig, stages: list[str],
                progress: bool = True) -> tuple[RunFolder, str]:
-    """Run ``stages`` (extract, heads) in that order; returns the run folder and a report."""
+    """Run ``stages`` (extract, heads, finetune, scratch) in that order; returns the run
+    folder and a report."""
     if "heads" in stages and "extract" in stages:
         # Parameter names and values of every head, checked before an hour of extraction
         # (run_heads checks them again, first thing, when it runs alone).
@@ -21,7 +22,14 @@ def run_stages(config: PipelineConfig, stages: list[str],
         if "extract" in stages:
             reports.append(_extract_into(run, config, progress))
         if "heads" in stages:
-            reports.append(_heads_into(run, config, progress))
+            from .heads import run_heads
+            reports.append(_record_stage(run, run_heads(config, run.path, progress=progress)))
+        if "finetune" in stages:
+            from .finetune import run_finetune
+            reports.append(_record_stage(run, run_finetune(config, run.path, progress)))
+        if "scratch" in stages:
+            from .scratch import run_scratch
+            reports.append(_record_stage(run, run_scratch(config, run.path, progress)))
     except BaseException as exc:
         # The run folder says what happened, so a failed run is not mistaken for a finished one.
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
@@ -45,10 +53,8 @@ def _extract_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str
     return summary
 
 
-def _heads_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str:
-    """Run the heads stage into the run folder and record its metrics."""
-    from .heads import run_heads
-    result = run_heads(config, run.path, progress=progress)
+def _record_stage(run: RunFolder, result) -> str:
+    """Record a stage result's ``metrics()`` and ``summary()`` in the run folder."""
     run.record(result.metrics())
     summary = result.summary()
     with open(run.path / "summary.txt", "a", encoding="utf-8") as fh:

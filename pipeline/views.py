@@ -55,12 +55,22 @@ class DatasetView:
     duplicates: list[dict] = field(default_factory=list)
     split_folders: bool = False
     created: str = ""
+    # {"id": augmentation id, "count": K}: K cached augmented views of every training image
+    augmented: dict = field(default_factory=dict)
 
     def select(self, split: str) -> list[ViewImage]:
         """Images of one split, in view order."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return [image for image in self.images if image.split == split]
+
+    def augmented_views(self, split: str = "train") -> list[tuple[str, ViewImage, int]]:
+        """``(cache key, image, view number)`` of every augmented view of ``split``'s images
+        that extract cached (none unless ``stages.extract.augmented_views.count`` > 0)."""
+        if not self.augmented or split != "train":
+            return []
+        return [(augmented_key(image.sha256, self.augmented["id"], k), image, k)
+                for image in self.select(split) for k in range(self.augmented["count"])]
 
     def label_index(self, label: str) -> int:
         """Position of ``label`` in ``classes`` (the class index heads predict)."""
@@ -88,7 +98,15 @@ class DatasetView:
                    skipped=[SkippedFile(**s) for s in payload.get("skipped", [])],
                    duplicates=list(payload.get("duplicates", [])),
                    split_folders=bool(payload.get("split_folders", False)),
-                   created=payload.get("created", ""))
+                   created=payload.get("created", ""),
+                   augmented=dict(payload.get("augmented", {})))
+
+
+def augmented_key(image_sha256: str, augmentation_id: str, view: int) -> str:
+    """The cache key of augmented view ``view`` of an image: 64 hex digits like a content
+    hash, derived from the image's hash, the transforms and seed, and the view number."""
+    text = f"augmented|{augmentation_id}|{image_sha256}|{view}"
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def view_id(config: PipelineConfig) -> str:

@@ -1,0 +1,186 @@
+"""The end-to-end sections of stages.yaml: augmentation, ``stages.finetune`` and ``stages.scratch``.
+
+::
+
+    stages:
+      finetune:
+        augmentation: {horizontal_flip: true, rotation: 40, width_shift: 0.2,
+                       height_shift: 0.2, shear: 0.2, zoom: 0.2, fill_mode: constant}
+        head_from: auto            # the newest dense head trained on this cache, or a path, or null
+        frozen_epochs: 30          # phase 1: base frozen, head trained through augmentation
+        finetune_epochs: 100       # phase 2: ``unfreeze`` opened, lower learning rate
+        unfreeze: [block5]         # block or layer names, or the index of the first base layer
+      scratch: {epochs: 5}         # the from-scratch CNN baseline on the same splits
+
+Checked when the file is read, like every other section; nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+
+# keras.applications.VGG16(include_top=False) layers in order; index 0 is the input layer.
+VGG16_LAYERS = (
+    "input_layer",
+    "block1_conv1", "block1_conv2", "block1_pool",
+    "block2_conv1", "block2_conv2", "block2_pool",
+    "block3_conv1", "block3_conv2", "block3_conv3", "block3_pool",
+    "block4_conv1", "block4_conv2", "block4_conv3", "block4_pool",
+    "block5_conv1", "block5_conv2", "block5_conv3", "block5_pool",
+)
+VGG16_BLOCKS = tuple(f"block{b}" for b in range(1, 6))
+OPTIMIZERS = ("rmsprop", "adam", "nadam", "sgd")
+AUGMENTED_VIEW_FORMAT = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+
+class AugmentConfig(_Section):
+    """Random image transforms, each off at 0 / false. Defaults are the source material's.
+
+    ``rotation`` is in degrees (up to +-40); shifts and zoom are fractions of the image side;
+    ``shear`` is the horizontal shear as a fraction of the width (Keras' ``RandomShear``; the
+    old ``ImageDataGenerator`` read the same number as an angle in degrees). Areas the transform
+    uncovers are filled by ``fill_mode`` (``constant`` fills ``fill_value``, 0 = black).
+    """
+
+    horizontal_flip: Bool = True
+    rotation: Float = Field(40.0, ge=0, le=180)
+    width_shift: Float = Field(0.2, ge=0, lt=1)
+    height_shift: Float = Field(0.2, ge=0, lt=1)
+    shear: Float = Field(0.2, ge=0, le=1)
+    zoom: Float = Field(0.2, ge=0, lt=1)
+    fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = "constant"
+    fill_value: Float = Field(0.0, ge=0, le=255)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any transform is on."""
+        return self.horizontal_flip or any(
+            v > 0 for v in (self.rotation, self.width_shift, self.height_shift, self.shear,
+                            self.zoom))
+
+
+def _no_augmentation() -> AugmentConfig:
+    return AugmentConfig(horizontal_flip=False, rotation=0.0, width_shift=0.0,
+                         height_shift=0.0, shear=0.0, zoom=0.0)
+
+
+class FinetuneConfig(_Section):
+    """The end-to-end stage: augmentation through the frozen base, then block5 fine-tuning."""
+
+    augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
+    # auto: the newest dense head that the heads stage trained on this backbone's cache for
+    # the same classes; a path: that head's folder (runs/<run>/heads/<name>); null: a new head.
+    head_from: Optional[Union[Literal["auto"], Path]] = "auto"
+    units: Int = Field(256, ge=1, le=65_536)      # a new head's hidden layer
+    dropout: Float = Field(0.5, ge=0, lt=1)
+    batch_size: Int = Field(20, ge=1, le=4096)
+    frozen_epochs: Int = Field(30, ge=0, le=100_000)
+    frozen_optimizer: Literal[OPTIMIZERS] = "rmsprop"  # type: ignore[valid-type]
+    frozen_learning_rate: Float = Field(2e-5, gt=0, le=10)
+    finetune_epochs: Int = Field(100, ge=0, le=100_000)
+    finetune_optimizer: Literal[OPTIMIZERS] = "rmsprop"  # type: ignore[valid-type]
+    finetune_learning_rate: Float = Field(1e-5, gt=0, le=10)
+    # Base layers phase 2 trains: names of blocks (block5) or layers (block4_conv3), or the
+    # index of the first trainable base layer (15 = block5_conv1, as "from layer 15 on").
+    unfreeze: Union[Int, list[str]] = Field(default_factory=lambda: ["block5"])
+    patience: Optional[Int] = Field(10, ge=0)    # early stopping on val_accuracy; null: off
+    restore_best: Bool = True
+    seed: Int = 0
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _known_layers(cls, value: int | list[str]) -> int | list[str]:
+        if isinstance(value, int):
+            if not 1 <= value < len(VGG16_LAYERS):
+                raise ValueError(f"a base layer index must be 1..{len(VGG16_LAYERS) - 1}")
+            return value
+        unknown = [name for name in value if name not in VGG16_LAYERS[1:] + VGG16_BLOCKS]
+        if unknown:
+            raise ValueError(f"unknown VGG16 layer or block {', '.join(unknown)} (blocks: "
+                             f"block1..block5; layers such as block5_conv1)")
+        return value
+
+    @field_validator("head_from", mode="before")
+    @classmethod
+    def _path_or_auto(cls, value, info: ValidationInfo):
+        if value is None or value == "auto":
+            return value
+        if not isinstance(value, (str, Path)):
+            raise ValueError("must be auto, a head folder, or null")
+        path = Path(value).expanduser()
+        base = Path((info.context or {}).get("base_dir", Path.cwd()))
+        path = path if path.is_absolute() else (base / path).resolve()
+        if not (path / "head.json").is_file():
+            raise ValueError(f"no head.json in {path} (expected a runs/<run>/heads/<name> "
+                             f"folder)")
+        return path
+
+    def unfrozen_layers(self) -> list[str]:
+        """Base layer names phase 2 trains, in model order (pooling layers have no weights)."""
+        if isinstance(self.unfreeze, int):
+            return [n for n in VGG16_LAYERS[self.unfreeze:] if "_conv" in n]
+        wanted = set(self.unfreeze)
+        return [n for n in VGG16_LAYERS if "_conv" in n and (n in wanted or n[:6] in wanted)]
+
+
+class ScratchConfig(_Section):
+    """The from-scratch CNN baseline: rescale 1/255, conv + max-pool blocks, two dense layers."""
+
+    filters: list[Int] = Field(default_factory=lambda: [16, 32, 64], min_length=1, max_length=6)
+    units: Int = Field(128, ge=1, le=65_536)
+    augmentation: AugmentConfig = Field(default_factory=_no_augmentation)
+    epochs: Int = Field(5, ge=1, le=100_000)
+    batch_size: Int = Field(32, ge=1, le=4096)
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    learning_rate: Float = Field(1e-3, gt=0, le=10)
+    patience: Optional[Int] = Field(5, ge=0)
+    restore_best: Bool = True
+    seed: Int = 0
+
+    @model_validator(mode="after")
+    def _positive_filters(self) -> ScratchConfig:
+        if any(f < 1 for f in self.filters):
+            raise ValueError("filters must be positive")
+        return self
+
+
+class AugmentedViewsConfig(_Section):
+    """``stages.extract.augmented_views``: K augmented copies of each training image, cached.
+
+    Each copy is seeded by the image's content and its view number, so the same image always
+    gets the same K views, and the cache key includes the transforms: change them and new
+    views are extracted, the old ones stay cached.
+    """
+
+    count: Int = Field(0, ge=0, le=1000)
+    augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
+    seed: Int = 0
+
+    def augmentation_id(self) -> str:
+        """Identifies the transforms, the seed and Keras' release (whose random streams the
+        transforms draw from): part of every augmented view's cache key."""
+        payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": self.augmentation.model_dump(),
+                   "seed": self.seed, "keras": metadata.version("keras")}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

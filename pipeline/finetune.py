@@ -1,0 +1,230 @@
+"""The finetune stage: augmentation through the frozen VGG16 base, then block5 fine-tuned.
+
+The model is ``pixels -> augmentation -> VGG16 preprocessing -> VGG16 base -> dense head``,
+built from the same :class:`BackboneSpec` and preprocessing layer as extraction, so the base
+inside it computes for an unaugmented image exactly the features the cache holds. The head
+starts from the dense head the heads stage trained on the cache when there is one (the source
+material's advice: train the top first, then open the base), else from a new dense head.
+
+Phase 1 trains the head through augmentation with the base frozen. Phase 2 opens the layers
+``unfreeze`` names (block5_conv1..3 by default), recompiles with a lower learning rate and
+trains on. Before each phase the layer table with trainable and frozen counts is written.
+Outputs in ``<run>/finetune/``: layer tables, best checkpoint and history per phase,
+TensorBoard logs, the final ``model.keras``, evaluation.json and confusion matrices.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._tf import keras
+from .augment import build_augmentation
+from .backbone import VGG16Preprocess, build_vgg16_base, format_layer_table, layer_table
+from .config import PipelineConfig
+from .config_endtoend import FinetuneConfig
+from .config_heads import HeadConfig
+from .endtoend import (
+    PhaseResult,
+    dataset_view,
+    loss_for,
+    score_and_save,
+    split_batches,
+    train_phase,
+)
+from .errors import PipelineError
+from .fingerprint import backbone_spec
+from .head_io import load_head
+from .head_models import TrialSpec, build_dense_head, keras_optimizer
+
+
+class WarmStartError(PipelineError):
+    """The head named by ``finetune.head_from`` does not fit this backbone or these classes."""
+
+
+@dataclass
+class FinetuneResult:
+    """What one finetune run did."""
+
+    warm_start: Path | None
+    phases: list[PhaseResult]
+    scores: dict[str, dict]
+    base_trainable: dict[str, tuple[int, int]]   # phase -> (trainable, all) base parameters
+    seconds: float
+    folder: Path
+    tables: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Flat ``finetune.*`` metrics for metrics.json."""
+        out: dict[str, float | int | str] = {
+            "finetune.val_accuracy": self.scores["validation"]["accuracy"],
+            "finetune.test_accuracy": self.scores["test"]["accuracy"],
+            "finetune.seconds": round(self.seconds, 3),
+            "finetune.warm_start": str(self.warm_start or "")}
+        for phase in self.phases:
+            out.update(phase.metrics(f"finetune.{phase.name}"))
+            trainable, total = self.base_trainable[phase.name]
+            out[f"finetune.{phase.name}.base_trainable_params"] = trainable
+        return out
+
+    def summary(self) -> str:
+        """One line per phase and the final scores (the layer tables are in files)."""
+        lines = []
+        start = f"the dense head in {self.warm_start}" if self.warm_start else "a new dense head"
+        lines.append(f"finetune: started from {start}")
+        for phase in self.phases:
+            trainable, total = self.base_trainable[phase.name]
+            lines.append(f"  {phase.name}: {phase.epochs} epochs in {phase.seconds:.1f} s "
+                         f"({phase.seconds_per_image:.3f} s/image/epoch), best validation "
+                         f"accuracy {phase.best_val_accuracy:.4f}; base {trainable:,} trainable "
+                         f"of {total:,} parameters")
+        lines.append(f"  final model: validation accuracy "
+                     f"{self.scores['validation']['accuracy']:.4f}, test accuracy "
+                     f"{self.scores['test']['accuracy']:.4f} "
+                     f"({self.scores['test']['images']} test images); saved in {self.folder}")
+        return "\n".join(lines)
+
+
+def find_warm_start(params: FinetuneConfig, runs_dir: Path, fingerprint: str,
+                    classes: list[str]) -> Path | None:
+    """The head folder phase 1 starts from, or None for a new head.
+
+    ``head_from: auto``: of the dense heads the heads stage saved under ``runs_dir`` for this
+    backbone fingerprint and these classes, the newest run's, and within a run the one ranked
+    best. A path: that head, which must match (:class:`WarmStartError` otherwise).
+    """
+    if params.head_from is None:
+        return None
+    if params.head_from != "auto":
+        metadata = json.loads((params.head_from / "head.json").read_text(encoding="utf-8"))
+        problem = _mismatch(metadata, fingerprint, classes)
+        if problem:
+            raise WarmStartError(f"finetune.head_from {params.head_from}: {problem}")
+        return params.head_from
+    candidates = []
+    for head_json in runs_dir.glob("*/heads/*/head.json"):
+        try:
+            metadata = json.loads(head_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if _mismatch(metadata, fingerprint, classes) is None:
+            rank = (metadata.get("selected_by") or {}).get("rank") or 0
+            candidates.append((head_json.parent.parent.parent.name, -rank, head_json.parent))
+    return max(candidates)[2] if candidates else None
+
+
+def _mismatch(metadata: dict, fingerprint: str, classes: list[str]) -> str | None:
+    if metadata.get("kind") != "dense":
+        return f"a {metadata.get('kind')} head; only a dense head can sit on the base"
+    if metadata.get("fingerprint") != fingerprint:
+        return (f"trained on features of backbone {metadata.get('fingerprint')}, not "
+                f"{fingerprint}")
+    if metadata.get("classes") != classes:
+        return f"trained for classes {metadata.get('classes')}, not {classes}"
+    return None
+
+
+def build_finetune_model(config: PipelineConfig, n_classes: int,
+                         warm_start: Path | None) -> keras.Model:
+    """Raw RGB pixels (N, h, w, 3) 0..255 -> class probabilities, base frozen.
+
+    Layers: ``augmentation`` (when any transform is on; identity at inference),
+    ``vgg16_preprocess``, the base (named ``vgg16``), the head (the warm-start head, or a new
+    dense head of ``units`` and ``dropout`` on the flattened features).
+    """
+    params = config.stages.finetune
+    spec = backbone_spec(config)
+    keras.utils.set_random_seed(params.seed)
+    base = build_vgg16_base(spec)
+    if warm_start is not None:
+        head = load_head(warm_start)[0].model
+    else:
+        head_config = HeadConfig(kind="dense", features="flatten",
+                                 params={"units": params.units, "dropout": params.dropout})
+        head = build_dense_head(TrialSpec("finetune", 0, head_config, seed=params.seed),
+                                spec.output_shape, n_classes)
+    if tuple(head.input_shape[1:]) != tuple(base.output_shape[1:]):
+        raise WarmStartError(f"the head takes {head.input_shape[1:]}, the base gives "
+                             f"{base.output_shape[1:]}")
+    pixels = keras.Input(shape=spec.input_shape, name="rgb_pixels")
+    x = pixels
+    augmentation = build_augmentation(params.augmentation, params.seed)
+    if augmentation is not None:
+        x = augmentation(x)
+    x = VGG16Preprocess(name="vgg16_preprocess")(x)
+    outputs = head(base(x))
+    return keras.Model(pixels, outputs, name="finetune")
+
+
+def open_layers(base: keras.Model, names: list[str]) -> None:
+    """Make exactly the base layers in ``names`` trainable (the rest stay frozen)."""
+    present = {layer.name for layer in base.layers}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise PipelineError(f"finetune.unfreeze: the base has no layer {', '.join(missing)} "
+                            f"(it ends at {base.layers[-1].name})")
+    base.trainable = True
+    for layer in base.layers:
+        layer.trainable = layer.name in names
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    """The VGG16 base inside a model from :func:`build_finetune_model`."""
+    return next(layer for layer in model.layers
+                if isinstance(layer, keras.Model) and layer.name.startswith("vgg16"))
+
+
+def base_parameter_counts(base: keras.Model) -> tuple[int, int]:
+    """(trainable, all) parameters of the base, as Keras counts them."""
+    trainable = sum(int(np.prod(w.shape)) for w in base.trainable_weights)
+    return trainable, base.count_params()
+
+
+def run_finetune(config: PipelineConfig, output: Path, progress: bool = True) -> FinetuneResult:
+    """Train the end-to-end model in two phases on the dataset view's images; save and score.
+
+    Needs ``pipeline run extract`` first (for the view: the same images and splits as the
+    heads). ``output`` is the run folder; results go to ``output/finetune``.
+    """
+    started = time.perf_counter()
+    params = config.stages.finetune
+    spec, fingerprint, view = dataset_view(config)
+    warm_start = find_warm_start(params, config.runs.dir, fingerprint, view.classes)
+    folder = output / "finetune"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    batches = split_batches(view, spec.decode, params.batch_size, params.seed)
+    model = build_finetune_model(config, len(view.classes), warm_start)
+    base = base_of(model)
+    binary = model.output_shape[-1] == 1
+    verbose = 2 if progress else 0
+
+    phases, counts, tables = [], {}, {}
+    for name, epochs, optimizer, rate in (
+            ("phase1", params.frozen_epochs, params.frozen_optimizer,
+             params.frozen_learning_rate),
+            ("phase2", params.finetune_epochs, params.finetune_optimizer,
+             params.finetune_learning_rate)):
+        if name == "phase2":
+            open_layers(base, params.unfrozen_layers())
+        # Keras takes trainable changes into account only at compile time
+        model.compile(optimizer=keras_optimizer(optimizer, rate),
+                      loss=loss_for(len(view.classes), binary), metrics=["accuracy"])
+        tables[name] = format_layer_table(layer_table(model))
+        (folder / f"layers_{name}.txt").write_text(tables[name] + "\n", encoding="utf-8")
+        if progress:  # shown before the phase starts, as the source material does
+            print(f"finetune {name}: layers before training\n{tables[name]}", flush=True)
+        counts[name] = base_parameter_counts(base)
+        phases.append(train_phase(model, name, batches["train"], batches["validation"],
+                                  epochs, folder, params.patience, params.restore_best,
+                                  verbose=verbose))
+
+    scores = score_and_save(model, {"validation": batches["validation"],
+                                    "test": batches["test"]}, view.classes, folder, "finetune")
+    return FinetuneResult(warm_start, phases, scores, counts, time.perf_counter() - started,
+                          folder, tables)
+

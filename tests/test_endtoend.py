@@ -1,0 +1,268 @@
+"""The end-to-end stages (finetune, scratch) and cached augmented views, at 32x32 with random
+weights and one epoch per phase: the numbers are meaningless, the mechanics exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+from .conftest import make_image_folder, tiny_document, write_config
+
+CLASSES = {"cats": 4, "dogs": 4}
+
+
+def _split_project(root: Path, **stages) -> Path:
+    """Split folders (train 4, validation 2, test 2 per class) and a stages.yaml."""
+    for seed, (split, per_class) in enumerate((("train", 4), ("validation", 2), ("test", 2))):
+        make_image_folder(root / "data" / split, {c: per_class for c in CLASSES},
+                          start_seed=100 * seed)
+    document = tiny_document()
+    document["stages"].update({
+        "heads": {"models": {"dense": {"kind": "dense", "params": {"epochs": 2}}}},
+        "finetune": {"frozen_epochs": 1, "finetune_epochs": 1, "batch_size": 4},
+        "scratch": {"epochs": 1, "batch_size": 4},
+        **stages})
+    document["cluster"] = {"scheduler": "synchronous"}
+    write_config(root, document)
+    return root
+
+
+def _run(project: Path, *stages: str, overrides: tuple[str, ...] = ()):
+    from pipeline.stages import run_stages
+    config = load_config(project / "stages.yaml", overrides)
+    return run_stages(config, list(stages), progress=False)[0]
+
+
+def _conv_weights(model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: [np.array(w) for w in layer.get_weights()]
+            for layer in model.layers if "_conv" in layer.name}
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """extract + heads, then finetune: the project, both run folders and the start weights."""
+    from pipeline.backbone import build_vgg16_base
+    from pipeline.fingerprint import backbone_spec
+
+    project = _split_project(tmp_path_factory.mktemp("finetune"))
+    heads_run = _run(project, "extract", "heads")
+    config = load_config(project / "stages.yaml")
+    start = _conv_weights(build_vgg16_base(backbone_spec(config)))
+    finetune_run = _run(project, "finetune")
+    return project, heads_run, finetune_run, start
+
+
+def test_phase1_changes_no_base_weight_and_phase2_only_block5(finetuned):
+    from pipeline._tf import keras
+    from pipeline.finetune import base_of
+
+    _, _, run, start = finetuned
+    folder = run.path / "finetune"
+    after_phase1 = keras.saving.load_model(folder / "best_phase1.keras", safe_mode=True)
+    final = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+    for name, weights in _conv_weights(base_of(after_phase1)).items():
+        for now, before in zip(weights, start[name]):
+            np.testing.assert_array_equal(now, before, err_msg=f"{name} moved in phase 1")
+    for name, weights in _conv_weights(base_of(final)).items():
+        moved = any(not np.array_equal(now, before) for now, before in zip(weights, start[name]))
+        assert moved == name.startswith("block5"), name
+
+
+def test_finetune_reports_the_layer_counts_and_scores_on_test(finetuned):
+    _, _, run, _ = finetuned
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["finetune.phase1.base_trainable_params"] == 0
+    # block5_conv1..3 of VGG16: 3 x (3*3*512*512 + 512), whatever the input size
+    assert metrics["finetune.phase2.base_trainable_params"] == 7_079_424
+    assert metrics["finetune.phase1.epochs"] == metrics["finetune.phase2.epochs"] == 1
+    assert 0 <= metrics["finetune.test_accuracy"] <= 1
+    folder = run.path / "finetune"
+    for name in ("model.keras", "evaluation.json", "confusion_test.png", "layers_phase1.txt",
+                 "layers_phase2.txt", "history_phase1.csv", "history_phase2.json"):
+        assert (folder / name).is_file(), name
+    assert any((folder / "logs" / "phase1").rglob("*tfevents*"))  # TensorBoard
+    table = (folder / "layers_phase2.txt").read_text()
+    assert "block5_conv1" in table and "trainable" in table
+    scores = json.loads((folder / "evaluation.json").read_text())
+    assert scores["test"]["images"] == 4
+
+
+def test_the_head_starts_from_the_cached_dense_head(finetuned):
+    from pipeline.finetune import build_finetune_model, find_warm_start
+    from pipeline.head_io import load_head
+
+    project, heads_run, _, _ = finetuned
+    config = load_config(project / "stages.yaml")
+    from pipeline.endtoend import dataset_view
+    _, fingerprint, view = dataset_view(config)
+    # the finetune run saved no head, so the heads run's dense head is still the newest
+    found = find_warm_start(config.stages.finetune, config.runs.dir, fingerprint, view.classes)
+    assert found == heads_run.path / "heads" / "dense"
+    model = build_finetune_model(config, 2, found)
+    cached = load_head(found)[0].model.get_weights()
+    head = model.layers[-1]
+    assert len(head.get_weights()) == len(cached)
+    for ours, theirs in zip(head.get_weights(), cached):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_base_in_the_model_computes_the_cached_features(finetuned):
+    from cache import FeatureStore
+    from pipeline.endtoend import dataset_view
+    from pipeline.finetune import base_of, build_finetune_model
+    from pipeline.images import decode_file
+
+    project, _, _, _ = finetuned
+    config = load_config(project / "stages.yaml")
+    spec, fingerprint, view = dataset_view(config)
+    model = build_finetune_model(config, 2, None)
+    image = view.select("validation")[0]
+    pixels = decode_file(Path(view.root) / image.path, spec.decode)[None].astype(np.float32)
+    # the model's own path: augmentation (identity at inference), preprocessing, base
+    x = model.get_layer("augmentation")(pixels, training=False)
+    x = model.get_layer("vgg16_preprocess")(x)
+    features = np.asarray(base_of(model)(x, training=False))
+    cached = FeatureStore(config.cache.dir, fingerprint).get([image.sha256])
+    np.testing.assert_allclose(features, cached, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["finetune", "scratch"])
+def test_end_to_end_stages_without_extract_say_to_extract(tmp_path: Path, capsys, stage: str):
+    from pipeline.cli import main
+
+    project = _split_project(tmp_path)
+    code = main(["run", stage, "-c", str(project / "stages.yaml"), "--no-progress"])
+    assert code == 1
+    assert "run `pipeline run extract` first" in capsys.readouterr().err
+
+
+def test_a_head_for_other_classes_or_features_is_refused(finetuned):
+    from pipeline.endtoend import dataset_view
+    from pipeline.finetune import WarmStartError, find_warm_start
+
+    project, heads_run, _, _ = finetuned
+    config = load_config(project / "stages.yaml", [
+        f"stages.finetune.head_from={heads_run.path / 'heads' / 'dense'}"])
+    _, fingerprint, view = dataset_view(config)
+    assert find_warm_start(config.stages.finetune, config.runs.dir, fingerprint,
+                           view.classes) == heads_run.path / "heads" / "dense"
+    with pytest.raises(WarmStartError, match="classes"):
+        find_warm_start(config.stages.finetune, config.runs.dir, fingerprint, ["a", "b"])
+    with pytest.raises(WarmStartError, match="backbone"):
+        find_warm_start(config.stages.finetune, config.runs.dir, "vgg16-other", view.classes)
+    none = load_config(project / "stages.yaml", ["stages.finetune.head_from=null"])
+    assert find_warm_start(none.stages.finetune, none.runs.dir, "fp", ["a", "b"]) is None
+
+
+@pytest.mark.parametrize("unfreeze, layers", [
+    ("[block5]", ["block5_conv1", "block5_conv2", "block5_conv3"]),
+    ("15", ["block5_conv1", "block5_conv2", "block5_conv3"]),
+    ("13", ["block4_conv3", "block5_conv1", "block5_conv2", "block5_conv3"]),
+    ("[block4_conv3, block5_conv3]", ["block4_conv3", "block5_conv3"]),
+])
+def test_unfreeze_by_block_name_layer_name_or_index(tmp_path: Path, unfreeze: str, layers):
+    project = _split_project(tmp_path)
+    config = load_config(project / "stages.yaml", [f"stages.finetune.unfreeze={unfreeze}"])
+    assert config.stages.finetune.unfrozen_layers() == layers
+
+
+@pytest.mark.parametrize("override, message", [
+    ("stages.finetune.unfreeze=[block6]", "unknown VGG16 layer or block block6"),
+    ("stages.finetune.unfreeze=0", "index must be 1..18"),
+    ("stages.finetune.head_from=nowhere", "no head.json"),
+    ("stages.finetune.augmentation.rotation=400", "rotation"),
+    ("stages.scratch.filters=[]", "filters"),
+])
+def test_bad_end_to_end_settings_name_the_key(tmp_path: Path, override: str, message: str):
+    project = _split_project(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        load_config(project / "stages.yaml", [override])
+
+
+def test_scratch_trains_the_source_cnn_and_saves_a_model_that_reloads(tmp_path: Path):
+    from pipeline._tf import keras
+    from pipeline.endtoend import ImageBatches, dataset_view, image_split, predict_split
+
+    project = _split_project(tmp_path)
+    _run(project, "extract")
+    run = _run(project, "scratch")
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["scratch.train.epochs"] == 1
+    assert 0 <= metrics["scratch.test_accuracy"] <= 1
+    model = keras.saving.load_model(run.path / "scratch" / "model.keras", safe_mode=True)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Conv2D") == kinds.count("MaxPooling2D") == 3
+    assert kinds[1] == "Rescaling" and kinds.count("Dense") == 2
+    assert model.layers[-1].activation.__name__ == "softmax"
+    config = load_config(project / "stages.yaml")
+    spec, _, view = dataset_view(config)
+    proba, labels = predict_split(model, ImageBatches(image_split(view, "test"), spec.decode, 4))
+    scores = json.loads((run.path / "scratch" / "evaluation.json").read_text())
+    assert np.mean(proba.argmax(axis=1) == labels) == pytest.approx(scores["test"]["accuracy"])
+
+
+def test_augmented_views_are_deterministic_for_a_seed_and_differ_across_views():
+    from pipeline.augment import augment_image, build_augmentation
+    from pipeline.config_endtoend import AugmentConfig
+
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.float32)
+    augmentation = build_augmentation(AugmentConfig())
+    first = augment_image(augmentation, image, seed=11)
+    np.testing.assert_array_equal(first, augment_image(build_augmentation(AugmentConfig()),
+                                                       image, seed=11))
+    assert not np.allclose(first, augment_image(augmentation, image, seed=12))
+    assert not np.allclose(first, image)
+    assert first.shape == image.shape and first.min() >= 0 and first.max() <= 255
+    assert build_augmentation(AugmentConfig(horizontal_flip=False, rotation=0, width_shift=0,
+                                            height_shift=0, shear=0, zoom=0)) is None
+
+
+def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
+    from cache import FeatureStore
+    from pipeline.endtoend import dataset_view
+
+    views = "stages.extract.augmented_views.count=2"
+    one = _split_project(tmp_path / "one")
+    run = _run(one, "extract", "heads", overrides=(views,))
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["extract.augmented_views_new"] == 16  # 8 training images x 2
+    assert metrics["heads.train_augmented_views"] == 16
+    assert metrics["heads.train_images"] == 8
+    again = json.loads((_run(one, "extract", overrides=(views,)).path /
+                        "metrics.json").read_text())
+    assert again["extract.augmented_views_new"] == 0
+    assert again["extract.augmented_views_cached"] == 16
+
+    config = load_config(one / "stages.yaml", [views])
+    _, fingerprint, view = dataset_view(config)
+    keys = [key for key, _, _ in view.augmented_views()]
+    assert len(set(keys)) == 16 and not set(keys) & {i.sha256 for i in view.images}
+    features = FeatureStore(config.cache.dir, fingerprint).get(keys)
+    image_zero = [k for k, image, _ in view.augmented_views()
+                  if image == view.select("train")[0]]
+    first, second = FeatureStore(config.cache.dir, fingerprint).get(image_zero)
+    assert not np.allclose(first, second)  # two views of one image differ
+
+    # the same views computed from scratch elsewhere are the same numbers
+    two = _split_project(tmp_path / "two")
+    _run(two, "extract", overrides=(views,))
+    config_two = load_config(two / "stages.yaml", [views])
+    _, _, view_two = dataset_view(config_two)
+    assert [k for k, _, _ in view_two.augmented_views()] == keys
+    np.testing.assert_allclose(FeatureStore(config_two.cache.dir, fingerprint).get(keys),
+                               features, rtol=1e-5, atol=1e-5)
+
+    # other transforms are other views; heads can leave the views out
+    shifted = load_config(one / "stages.yaml", [
+        views, "stages.extract.augmented_views.augmentation.zoom=0.1"])
+    assert shifted.stages.extract.augmented_views.augmentation_id() != \
+        config.stages.extract.augmented_views.augmentation_id()
+    plain = _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
+    assert json.loads((plain.path / "metrics.json").read_text())[
+        "heads.train_augmented_views"] == 0
