@@ -73,11 +73,13 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
               "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 
 
-def pipeline_run(config: Path, *stages: str, env: dict | None = None) -> tuple[float, dict]:
+def pipeline_run(config: Path, *stages: str, env: dict | None = None,
+                 overrides: tuple[str, ...] = ()) -> tuple[float, dict]:
     """Wall seconds of ``pipeline run STAGES`` in a fresh process, and its metrics.json."""
     started = time.perf_counter()
+    sets = [arg for setting in overrides for arg in ("--set", setting)]
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *stages, "-c",
-                          str(config), "--no-progress"], check=True, capture_output=True,
+                          str(config), "--no-progress", *sets], check=True, capture_output=True,
                          text=True, env={**os.environ, **(env or {})}).stdout
     seconds = time.perf_counter() - started
     run_folder = Path(out.strip().splitlines()[-1].removeprefix("run folder: "))

@@ -71,18 +71,24 @@ class LabelledSplit:
         return len(self.y)
 
 
-def find_view(store: FeatureStore, view_file: Path) -> DatasetView:
-    """The dataset view at ``view_file``, after checking the cache holds all its features."""
+def find_view(store: FeatureStore, view_file: Path, augmented: bool = False) -> DatasetView:
+    """The dataset view at ``view_file``, after checking the cache holds all its images'
+    features (and, with ``augmented``, its augmented views')."""
     if not view_file.is_file():
         raise MissingViewError(f"no dataset view for this data and backbone in {store.path}: "
                                f"run `pipeline run extract` first")
     view = read_view(view_file)
-    missing = store.missing([image.sha256 for image in view.images] +
-                            [key for key, _, _ in view.augmented_views()])
+    missing = store.missing(image.sha256 for image in view.images)
     if missing:
         raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the dataset view "
                                f"have no cached features in {store.path}: run "
                                f"`pipeline run extract` again")
+    views = [key for key, _, _ in view.augmented_views()] if augmented else []
+    missing = store.missing(views)
+    if missing:
+        raise MissingViewError(f"{len(missing)} of {len(views)} augmented views of the dataset "
+                               f"view are not cached in {store.path}: run `pipeline run "
+                               f"extract` again, or set stages.heads.augmented_views: false")
     return view
 
 

@@ -142,7 +142,7 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
     spec = backbone_spec(config)
     fingerprint, _ = backbone_fingerprint(spec)
     store = FeatureStore(config.cache.dir, fingerprint)
-    view = find_view(store, view_path(config, store))
+    view = find_view(store, view_path(config, store), augmented=heads.augmented_views)
     data = _training_data(store, view, heads)
     trials = expand_trials(heads)
 

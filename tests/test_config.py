@@ -46,7 +46,8 @@ def test_default_cache_and_runs_folders_sit_beside_the_yaml(tiny_project: Path, 
     ({"data": {"root": "data", "image_size": 150}}, "data.image_size", "tuple"),
     ({"backbone": {"weights": "no/such/file.h5"}}, "backbone.weights", "no such weights file"),
     ({"backbone": {"weights": None, "output_layer": "fc1"}}, "backbone.output_layer", "block5"),
-    ({"stages": {"report": {}}}, "stages.report", "unknown key (known here: extract, heads, finetune, scratch)"),
+    ({"stages": {"report": {}}}, "stages.report",
+     "unknown key (known here: extract, heads, finetune, scratch)"),
     ({"cache": {"lock_timeout": "soon"}}, "cache.lock_timeout", "number"),
 ])
 def test_bad_values_fail_naming_file_and_key(tiny_project: Path, change, key, words):

@@ -266,3 +266,14 @@ def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
     plain = _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
     assert json.loads((plain.path / "metrics.json").read_text())[
         "heads.train_augmented_views"] == 0
+
+    # a view that names views the cache lacks is refused with the way out
+    from pipeline.errors import PipelineError
+    from pipeline.views import read_view, view_path, write_view
+    store = FeatureStore(config.cache.dir, fingerprint)
+    damaged = read_view(view_path(config, store))
+    damaged.augmented["count"] = 3
+    write_view(damaged, view_path(config, store))
+    with pytest.raises(PipelineError, match="8 of 24 augmented views"):
+        _run(one, "heads", overrides=(views,))
+    _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
