@@ -153,10 +153,12 @@ class PhaseResult:
         return self.seconds / (self.epochs * self.images) if self.epochs else math.nan
 
     def metrics(self, prefix: str) -> dict[str, float | int]:
-        """Flat ``prefix.*`` metrics."""
-        return {f"{prefix}.epochs": self.epochs, f"{prefix}.seconds": round(self.seconds, 3),
-                f"{prefix}.seconds_per_image": round(self.seconds_per_image, 5),
-                f"{prefix}.best_val_accuracy": self.best_val_accuracy}
+        """Flat ``prefix.*`` metrics (a phase of 0 epochs has no rates or accuracy: JSON has
+        no NaN, so they are left out)."""
+        values = {f"{prefix}.epochs": self.epochs, f"{prefix}.seconds": round(self.seconds, 3),
+                  f"{prefix}.seconds_per_image": round(self.seconds_per_image, 5),
+                  f"{prefix}.best_val_accuracy": self.best_val_accuracy}
+        return {k: v for k, v in values.items() if not math.isnan(v)}
 
 
 def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches, epochs: int,

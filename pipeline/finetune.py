@@ -78,6 +78,9 @@ class FinetuneResult:
         lines.append(f"finetune: started from {start}")
         for phase in self.phases:
             trainable, total = self.base_trainable[phase.name]
+            if not phase.epochs:
+                lines.append(f"  {phase.name}: skipped (0 epochs)")
+                continue
             lines.append(f"  {phase.name}: {phase.epochs} epochs in {phase.seconds:.1f} s "
                          f"({phase.seconds_per_image:.3f} s/image/epoch), best validation "
                          f"accuracy {phase.best_val_accuracy:.4f}; base {trainable:,} trainable "

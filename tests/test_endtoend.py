@@ -132,6 +132,19 @@ def test_the_base_in_the_model_computes_the_cached_features(finetuned):
     np.testing.assert_allclose(features, cached, rtol=1e-5, atol=1e-5)
 
 
+def test_a_phase_of_zero_epochs_is_skipped_and_the_other_still_trains(tmp_path: Path):
+    project = _split_project(tmp_path)
+    _run(project, "extract")
+    run = _run(project, "finetune", overrides=("stages.finetune.frozen_epochs=0",
+                                               "stages.finetune.head_from=null"))
+    metrics = json.loads((run.path / "metrics.json").read_text())  # valid JSON: no NaN
+    assert metrics["finetune.phase1.epochs"] == 0
+    assert "finetune.phase1.best_val_accuracy" not in metrics
+    assert metrics["finetune.phase2.epochs"] == 1
+    assert metrics["finetune.warm_start"] == ""
+    assert "phase1: skipped (0 epochs)" in (run.path / "summary.txt").read_text()
+
+
 @pytest.mark.parametrize("stage", ["finetune", "scratch"])
 def test_end_to_end_stages_without_extract_say_to_extract(tmp_path: Path, capsys, stage: str):
     from pipeline.cli import main
