@@ -105,7 +105,8 @@ def build_feature_extractor(spec: BackboneSpec) -> keras.Model:
 
 
 def compiled_inference(model: keras.Model):
-    """``model`` as one traced TensorFlow function for any batch size: (N, h, w, 3) -> features.
+    """``model`` as one traced TensorFlow function for any batch size: (N, h, w, 3) pixels ->
+    its outputs (features for the extractor, class probabilities for an end-to-end model).
 
     ``predict_on_batch`` retraces for every new batch shape; the last, shorter batch of a run
     then costs seconds of tracing (as much as 30 images of inference on 2 CPU cores). A fixed

@@ -197,10 +197,13 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
 
 def predict_split(model, batches: ImageBatches) -> tuple[np.ndarray, np.ndarray]:
     """(N, n_classes) probabilities and (N,) true labels of an unshuffled pass over a split."""
+    from .backbone import compiled_inference
+
+    infer = compiled_inference(model)  # one trace for every batch size, the last one included
     rows, labels = [], []
     for index in range(len(batches)):
         pixels, y = batches[index]
-        rows.append(np.asarray(model.predict_on_batch(pixels), np.float64))
+        rows.append(np.asarray(infer(pixels), np.float64))
         labels.append(y)
     proba = np.concatenate(rows)
     if proba.shape[1] == 1:  # one sigmoid unit: probability of class 1
