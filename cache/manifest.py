@@ -25,6 +25,9 @@ from .faults import fault_point
 from .shards import WrittenShard
 
 MANIFEST_NAME = "manifest.jsonl"
+# Entries the last ``verify`` found damaged; readers treat them as missing, the next writer
+# rewrites their shards without them (cache.maintenance).
+DAMAGED_NAME = "damaged.json"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,27 @@ class ShardRecord:
         return len(self.sha256)
 
 
+@dataclass(frozen=True)
+class DamagedEntry:
+    """A manifest row whose features cannot be trusted, and why."""
+
+    sha256: str
+    shard: str
+    row: int
+    reason: str
+
+
+def read_damaged(folder: Path) -> list[DamagedEntry]:
+    """The entries the last verify found damaged under ``folder`` ([] when none recorded)."""
+    try:
+        items = json.loads((folder / DAMAGED_NAME).read_text(encoding="utf-8"))["damaged"]
+        return [DamagedEntry(i["sha256"], i["shard"], int(i["row"]), i["reason"]) for i in items]
+    except FileNotFoundError:
+        return []
+    except (ValueError, KeyError, TypeError):
+        return []  # a torn record; the next verify writes it again
+
+
 @dataclass
 class Manifest:
     """Parsed manifest: shard records in commit order and the sha256 -> (shard, row) map.
@@ -53,6 +77,20 @@ class Manifest:
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     entries: dict[str, tuple[str, int]] = field(default_factory=dict)
     damaged_lines: int = 0   # lines that could not be parsed (a torn write), skipped
+
+    def remove(self, name: str) -> None:
+        """Forget the shard ``name``; its entries map to another shard's copy, if any."""
+        self.shards.pop(name, None)
+        self.entries = {}
+        for record in self.shards.values():
+            for row, sha in enumerate(record.sha256):
+                self.entries.setdefault(sha, (record.name, row))
+
+    def forget_damaged(self, damaged: list[DamagedEntry]) -> None:
+        """Drop the entries that point at a damaged (shard, row)."""
+        for entry in damaged:
+            if self.entries.get(entry.sha256) == (entry.shard, entry.row):
+                del self.entries[entry.sha256]
 
     def add(self, record: ShardRecord) -> None:
         """Register ``record`` (ignored when a shard of that name is already known)."""

@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .writer import ShardWriter
 
-from .manifest import Manifest, ShardRecord, load_manifest
+from .manifest import Manifest, ShardRecord, load_manifest, read_damaged
 from .shards import (
     SHARD_SUFFIX,
     TEMP_SUFFIX,
@@ -129,6 +129,7 @@ class FeatureStore:
                 except (OSError, KeyError):
                     continue
                 manifest.add(ShardRecord(name=name, sha256=tuple(shas), checksums=(), bytes=0))
+            manifest.forget_damaged(read_damaged(self.path))  # extract computes them again
             self._manifest = manifest
         return self._manifest
 

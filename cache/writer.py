@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +20,15 @@ import filelock
 import h5py
 import numpy as np
 
-from .manifest import Manifest, append_shard, load_manifest, rewrite_manifest
+from .manifest import (
+    DAMAGED_NAME,
+    DamagedEntry,
+    Manifest,
+    append_shard,
+    load_manifest,
+    read_damaged,
+    rewrite_manifest,
+)
 from .shards import TEMP_SUFFIX, WrittenShard, new_shard_name, row_checksums, write_shard
 from .store import (
     DESCRIPTION_NAME,
@@ -51,6 +59,8 @@ class ShardWriter:
         self.rows_written = 0
         self.shards_written = 0
         self.adopted_shards = 0
+        self.repaired_shards = 0
+        self._bytes_written = 0
         self._buffer_sha: list[str] = []
         self._buffer_rows: list[np.ndarray] = []
         self._last_commit = time.monotonic()
@@ -101,6 +111,67 @@ class ShardWriter:
         self.store._manifest = manifest
         self.store._unlisted = []
         self._sequence = len(manifest.shards)
+        damaged = read_damaged(path)
+        if damaged:
+            self._repair(damaged)
+
+    def _repair(self, damaged: list[DamagedEntry]) -> None:
+        """Rewrite each shard that verify found damaged without its damaged rows; the damaged
+        file is moved aside (``.<name>.damaged``) and its entries become missing."""
+        by_shard: dict[str, set[int]] = {}
+        for entry in damaged:
+            by_shard.setdefault(entry.shard, set()).add(entry.row)
+        for name, rows in by_shard.items():
+            if name in self._manifest.shards:
+                self._drop_rows(name, rows, keep_file_as=".damaged")
+        (self.store.path / DAMAGED_NAME).unlink(missing_ok=True)
+        self.repaired_shards += len(by_shard)
+
+    def remove_entries(self, sha256: Iterable[str]) -> int:
+        """Remove the entries ``sha256`` from the store (garbage collection); returns the bytes
+        of shard files deleted or shrunk. Shards left with no entry are deleted; the others
+        are rewritten with the rows they keep."""
+        drop = set(sha256)
+        freed = 0
+        for name, record in list(self._manifest.shards.items()):
+            rows = {i for i, sha in enumerate(record.sha256) if sha in drop}
+            if rows:
+                freed += self._drop_rows(name, rows, keep_file_as=None)
+        return freed
+
+    def _drop_rows(self, name: str, rows: set[int], keep_file_as: str | None) -> int:
+        """Replace shard ``name`` by a new shard of its other rows; returns bytes freed.
+
+        Order matters for crashes: the kept rows are committed to a new shard first, then the
+        manifest is rewritten without the old shard, then the old file goes. A crash between
+        any two steps leaves every kept row readable (from the old or the new shard), and the
+        next writer finishes the job.
+        """
+        record = self._manifest.shards[name]
+        path = self.store.path / name
+        keep = [i for i in range(record.rows) if i not in rows]
+        kept_rows = np.empty((0,))
+        if keep and path.exists():
+            try:
+                with h5py.File(path, "r") as f:
+                    kept_rows = f["features"][np.asarray(keep)]
+            except (OSError, KeyError, ValueError):
+                keep = []  # unreadable as a whole: every row is recomputed
+        before = path.stat().st_size if path.exists() else 0
+        written_before = self._bytes_written
+        self._manifest.remove(name)
+        if keep:
+            self.add([record.sha256[i] for i in keep], kept_rows)
+            self.flush()
+        rewrite_manifest(self.store.path, self._manifest)
+        if path.exists():
+            if keep_file_as:
+                path.rename(path.with_name(f".{name}{keep_file_as}"))
+            else:
+                path.unlink()
+        self.store.refresh()
+        self.store._manifest = self._manifest
+        return before - (self._bytes_written - written_before)
 
     def _adopt(self, manifest: Manifest, shard: Path) -> None:
         """List a complete shard that a crash kept out of the manifest."""
@@ -173,6 +244,7 @@ class ShardWriter:
         self.shards_written += 1
         self._last_commit = time.monotonic()
         append_shard(self.store.path, self._manifest, written)
+        self._bytes_written += written.bytes
 
     @property
     def buffered(self) -> int:

@@ -152,6 +152,49 @@ def cache_info(fingerprint: str | None, config_path: str, overrides: tuple[str, 
     click.echo(format_store_info(_cache_dir(config_path, overrides, cache_dir), fingerprint))
 
 
+@cache.command("verify")
+@click.argument("fingerprint", required=False)
+@config_option
+@set_option
+@cache_dir_option
+def cache_verify(fingerprint: str | None, config_path: str, overrides: tuple[str, ...],
+                 cache_dir: str | None) -> None:
+    """Check every cached entry against the checksum recorded when it was written.
+
+    Lists damaged entries (missing or unreadable shard, truncated shard, wrong row, flipped
+    bytes) and exits with 1 when there are any; the next `pipeline run extract` computes
+    them again. Safe while an extraction runs: committed shards never change.
+    """
+    from .cache_maintenance import format_verify, raise_if_damaged, verify_cache
+    folder = _cache_dir(config_path, overrides, cache_dir)
+    reports = verify_cache(folder, fingerprint)
+    click.echo(format_verify(reports, folder))
+    raise_if_damaged(reports)
+
+
+@cache.command("gc")
+@click.option("--apply", is_flag=True,
+              help="Remove the entries (without it: a dry run that only reports).")
+@click.argument("fingerprint", required=False)
+@config_option
+@set_option
+@cache_dir_option
+def cache_gc(apply: bool, fingerprint: str | None, config_path: str,
+             overrides: tuple[str, ...], cache_dir: str | None) -> None:
+    """Remove cache entries that no dataset view references (dry run by default).
+
+    Shows entries and bytes per fingerprint. With --apply, takes each fingerprint's write
+    lock (waiting cache.lock_timeout seconds for a running extraction), deletes shards
+    left with no entry and rewrites the others with the rows they keep.
+    """
+    from .cache_maintenance import collect_garbage, format_garbage
+    folder = _cache_dir(config_path, overrides, cache_dir)
+    lock_timeout = 0.0 if cache_dir else \
+        load_cache_config(Path(config_path), overrides).lock_timeout
+    click.echo(format_garbage(collect_garbage(folder, apply, lock_timeout, fingerprint),
+                              folder))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     shown_before = warnings.showwarning

@@ -254,6 +254,8 @@ def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
 
     config = load_config(one / "stages.yaml", [views])
     _, fingerprint, view = dataset_view(config)
+    from pipeline.cache_maintenance import collect_garbage
+    assert collect_garbage(config.cache.dir)[0].unreferenced == []  # gc keeps the views
     keys = [key for key, _, _ in view.augmented_views()]
     assert len(set(keys)) == 16 and not set(keys) & {i.sha256 for i in view.images}
     features = FeatureStore(config.cache.dir, fingerprint).get(keys)

@@ -1,0 +1,113 @@
+"""``pipeline cache verify`` and ``pipeline cache gc``: the cache's checks and clean-up, as text.
+
+The mechanics live in :mod:`cache.maintenance` and the shard writer; this module knows what
+the pipeline knows and the cache does not: which entries the dataset views reference (images
+and their augmented views), and how to say what happened. No TensorFlow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cache import CacheError, FeatureStore, list_stores
+from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
+
+from .cache_listing import _size
+from .errors import PipelineError
+from .views import read_view
+
+
+class DamagedCacheError(PipelineError):
+    """verify found damaged entries (listed; the next extract recomputes them)."""
+
+
+def _stores(cache_dir: Path, fingerprint: str | None) -> list[FeatureStore]:
+    stores = list_stores(cache_dir)
+    if fingerprint is not None:
+        stores = [s for s in stores if s.fingerprint.startswith(fingerprint)]
+        if not stores:
+            raise CacheError(f"no fingerprint {fingerprint!r} in {cache_dir}; "
+                             f"see `pipeline cache ls`")
+    return stores
+
+
+def verify_cache(cache_dir: Path, fingerprint: str | None = None) -> list[VerifyReport]:
+    """Verify every store (or those whose fingerprint starts with ``fingerprint``) and record
+    the damaged entries so that the next extract recomputes them."""
+    return [verify_store(store) for store in _stores(cache_dir, fingerprint)]
+
+
+def format_verify(reports: list[VerifyReport], cache_dir: Path) -> str:
+    """One line per store, then every damaged entry with its shard, row and reason."""
+    if not reports:
+        return f"{cache_dir}: empty (nothing to verify)"
+    lines = []
+    for report in reports:
+        state = "ok" if report.ok else f"{len(report.damaged)} damaged"
+        lines.append(f"{report.fingerprint}: {report.shards} shards, {report.rows} entries "
+                     f"checked: {state}")
+        for entry in report.damaged:
+            lines.append(f"  damaged {entry.sha256[:16]}  {entry.shard} row {entry.row}: "
+                         f"{entry.reason}")
+    return "\n".join(lines)
+
+
+def raise_if_damaged(reports: list[VerifyReport]) -> None:
+    """:class:`DamagedCacheError` (exit code 1) when any report found damage."""
+    damaged = sum(len(r.damaged) for r in reports)
+    if damaged:
+        raise DamagedCacheError(f"{damaged} damaged cache entries (listed above); the next "
+                                f"`pipeline run extract` recomputes them")
+
+
+def referenced_keys(store: FeatureStore) -> set[str]:
+    """Every cache key a dataset view of ``store`` names: its images and augmented views."""
+    keys: set[str] = set()
+    folder = store.views_dir()
+    for view_file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            view = read_view(view_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Keeping what an unreadable view may reference is the only safe choice.
+            raise PipelineError(f"{view_file}: unreadable dataset view ({exc}); gc stops "
+                                f"rather than guess what it references") from None
+        keys.update(image.sha256 for image in view.images)
+        keys.update(key for key, _, _ in view.augmented_views())
+    return keys
+
+
+def collect_garbage(cache_dir: Path, apply: bool = False, lock_timeout: float = 0.0,
+                    fingerprint: str | None = None) -> list[GarbageReport]:
+    """Entries no dataset view references, per store; with ``apply``, remove them.
+
+    Removing takes each store's write lock (waiting ``lock_timeout`` seconds for a running
+    extraction, see ``cache.lock_timeout``), so it never touches a shard being written.
+    """
+    reports = []
+    for store in _stores(cache_dir, fingerprint):
+        report = plan_garbage(store, referenced_keys(store))
+        if apply and report.unreferenced:
+            with store.open_writer(store.description, lock_timeout=lock_timeout) as writer:
+                # recomputed under the lock: an extraction may have finished meanwhile
+                report = plan_garbage(store, referenced_keys(store))
+                report.bytes_freed = writer.remove_entries(report.unreferenced)
+            report.applied = True
+        reports.append(report)
+    return reports
+
+
+def format_garbage(reports: list[GarbageReport], cache_dir: Path) -> str:
+    """What gc found (dry run) or did, per store, with sizes."""
+    if not reports:
+        return f"{cache_dir}: empty (nothing to collect)"
+    lines = []
+    for report in reports:
+        verb = "removed" if report.applied else "would remove"
+        lines.append(f"{report.fingerprint}: {report.entries} entries, {report.referenced} "
+                     f"referenced by dataset views; {verb} {len(report.unreferenced)} "
+                     f"({'freed' if report.applied else 'about'} "
+                     f"{_size(report.bytes_freed)}: {len(report.shards_deleted)} shards "
+                     f"deleted, {len(report.shards_rewritten)} rewritten)")
+    if not any(r.applied for r in reports) and any(r.unreferenced for r in reports):
+        lines.append("dry run: nothing was changed; run `pipeline cache gc --apply` to remove")
+    return "\n".join(lines)

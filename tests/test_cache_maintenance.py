@@ -1,0 +1,159 @@
+"""``pipeline cache verify`` and ``pipeline cache gc`` on a real extracted cache (32x32, random
+weights): damage is found, named and repaired by the next extract; gc dry runs change nothing
+and real ones free what they said."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cache import CacheLockedError, FeatureStore
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.extract import run_extract
+
+from .conftest import make_image_folder, tiny_document, write_config
+
+
+@pytest.fixture
+def extracted(tmp_path: Path):
+    """12 images extracted into 3 shards of 4; returns (project, store, features by sha)."""
+    make_image_folder(tmp_path / "data", {"cats": 6, "dogs": 6})
+    write_config(tmp_path, tiny_document())
+    config = load_config(tmp_path / "stages.yaml")
+    result = run_extract(config, progress=False)
+    store = FeatureStore(config.cache.dir, result.fingerprint)
+    shas = store.sha256s()
+    return tmp_path, store, dict(zip(shas, store.get(shas)))
+
+
+def _cli(capsys, project: Path, *args: str) -> tuple[int, str, str]:
+    code = main([*args, "-c", str(project / "stages.yaml")])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _flip_byte(shard: Path, row: int) -> None:
+    with h5py.File(shard, "r") as f:
+        dataset = f["features"]
+        offset = dataset.id.get_offset() + row * int(np.prod(dataset.shape[1:])) * 4 + 10
+    with open(shard, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _extract_again(project: Path):
+    return run_extract(load_config(project / "stages.yaml"), progress=False)
+
+
+def _assert_cache_exact(store: FeatureStore, original: dict) -> None:
+    store.refresh()
+    assert sorted(store.sha256s()) == sorted(original)
+    np.testing.assert_allclose(store.get(list(original)), np.stack(list(original.values())),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_verify_names_a_flipped_byte_and_the_next_extract_recomputes_it(extracted, capsys):
+    project, store, original = extracted
+    shard = store.path / store.shards()[1].name
+    victim = store.shards()[1].sha256[2]
+    _flip_byte(shard, row=2)
+
+    code, out, err = _cli(capsys, project, "cache", "verify")
+    assert code == 1
+    assert f"damaged {victim[:16]}  {shard.name} row 2: checksum mismatch" in out
+    assert "1 damaged cache entries" in err and "recomputes" in err
+    assert victim not in FeatureStore(store.cache_dir, store.fingerprint)  # now missing
+
+    result = _extract_again(project)
+    assert result.new == 1
+    assert (store.path / f".{shard.name}.damaged").exists()  # kept aside for a person
+    assert _cli(capsys, project, "cache", "verify")[0] == 0
+    _assert_cache_exact(store, original)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncate", "shard unreadable"),
+    ("delete", "shard file missing"),
+])
+def test_verify_names_truncated_and_deleted_shards_and_extract_repairs_them(
+        extracted, capsys, damage: str, reason: str):
+    project, store, original = extracted
+    record = store.shards()[0]
+    shard = store.path / record.name
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:2000])
+    else:
+        shard.unlink()
+    code, out, _ = _cli(capsys, project, "cache", "verify")
+    assert code == 1
+    assert out.count(reason) == record.rows == 4
+    assert _extract_again(project).new == 4
+    assert _cli(capsys, project, "cache", "verify")[0] == 0
+    _assert_cache_exact(store, original)
+
+
+def test_verify_is_read_only_and_works_while_an_extraction_holds_the_lock(extracted, capsys):
+    project, store, _ = extracted
+    before = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
+    with store.open_writer(store.description):
+        code, out, _ = _cli(capsys, project, "cache", "verify")
+    assert code == 0 and "12 entries checked: ok" in out
+    after = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()
+             if p.name not in (".write.lock", ".write.holder")}
+    assert after == {k: v for k, v in before.items() if k in after}
+
+
+def test_gc_dry_run_changes_nothing_and_a_real_one_frees_what_it_said(extracted, capsys):
+    project, store, original = extracted
+    # five dog photos leave the data set: the view no longer references them
+    gone = sorted((project / "data" / "dogs").iterdir())[:5]
+    for path in gone:
+        path.unlink()
+    in_view = {image.sha256 for image in _extract_again(project).view.images}
+    assert len(in_view) == 7
+
+    files = {p.name: p.read_bytes() for p in store.path.rglob("*") if p.is_file()}
+    code, out, _ = _cli(capsys, project, "cache", "gc")
+    assert code == 0
+    assert "12 entries, 7 referenced by dataset views; would remove 5" in out
+    assert "dry run" in out
+    assert {p.name: p.read_bytes() for p in store.path.rglob("*") if p.is_file()} == files
+
+    size_before = sum(p.stat().st_size for p in store.path.glob("*.h5"))
+    code, out, _ = _cli(capsys, project, "cache", "gc", "--apply")
+    assert code == 0 and "removed 5" in out
+    size_after = sum(p.stat().st_size for p in store.path.glob("*.h5"))
+    store.refresh()
+    assert len(store) == 7
+    freed = size_before - size_after
+    assert freed > 0 and f"freed {_size(freed)}" in out
+    assert set(store.sha256s()) == in_view
+    _assert_cache_exact(store, {k: v for k, v in original.items() if k in in_view})
+    assert "would remove 0" in _cli(capsys, project, "cache", "gc")[1]
+    assert _extract_again(project).new == 0  # nothing the view needs was removed
+
+
+def test_gc_never_touches_a_cache_an_extraction_is_writing(extracted):
+    from pipeline.cache_maintenance import collect_garbage
+
+    project, store, _ = extracted
+    shutil.rmtree(project / "data" / "dogs")
+    _extract_again(project)
+    with store.open_writer(store.description):
+        with pytest.raises(CacheLockedError):
+            collect_garbage(store.cache_dir, apply=True)
+    store.refresh()
+    assert len(store) == 12  # nothing removed
+    assert collect_garbage(store.cache_dir, apply=True)[0].applied
+
+
+def _size(n: int) -> str:
+    from pipeline.cache_listing import _size as size
+    return size(n)
