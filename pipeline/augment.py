@@ -69,8 +69,11 @@ def augment_image(augmentation: keras.Sequential, image: np.ndarray, seed: int) 
     seed derived from ``seed``: the same seed gives the same pixels."""
     batch = keras.ops.convert_to_tensor(image[None].astype(np.float32))
     for position, layer in enumerate(augmentation.layers):
-        layer_seed = (seed + 7919 * position) % 2**31
-        transform = layer.get_random_transformation(batch, training=True, seed=layer_seed)
+        # A generator, not the int: Keras reuses an int seed for every draw inside a layer,
+        # which would tie a view's horizontal shift to its vertical one and fix the shear's
+        # sign; a generator seeded by the int advances between draws, deterministically.
+        generator = keras.random.SeedGenerator((seed + 7919 * position) % 2**31)
+        transform = layer.get_random_transformation(batch, training=True, seed=generator)
         batch = layer.transform_images(batch, transform, training=True)
     return keras.ops.convert_to_numpy(batch)[0]
 

@@ -45,7 +45,8 @@ def pending_views(view: DatasetView, present: Callable[[list[str]], list[str]]
     missing = set(present([key for key, _, _ in rows]))
     pending: dict[str, list[tuple[str, int]]] = {}
     for key, image, k in rows:
-        if key in missing:
+        if key in missing:  # a file copied twice into train has its views once
+            missing.discard(key)
             pending.setdefault(image.sha256, []).append((key, k))
     return pending
 

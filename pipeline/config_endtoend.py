@@ -48,7 +48,7 @@ VGG16_LAYERS = (
 )
 VGG16_BLOCKS = tuple(f"block{b}" for b in range(1, 6))
 OPTIMIZERS = ("rmsprop", "adam", "nadam", "sgd")
-AUGMENTED_VIEW_FORMAT = 1
+AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
 
 
 class _Section(BaseModel):
@@ -178,9 +178,17 @@ class AugmentedViewsConfig(_Section):
     augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: Int = 0
 
+    @model_validator(mode="after")
+    def _transforms_on(self) -> AugmentedViewsConfig:
+        if self.count and not self.augmentation.enabled:
+            raise ValueError("augmented views need at least one transform on in "
+                             "augmentation (K copies of the unchanged image would add nothing)")
+        return self
+
     def augmentation_id(self) -> str:
-        """Identifies the transforms, the seed and Keras' release (whose random streams the
-        transforms draw from): part of every augmented view's cache key."""
+        """Identifies the transforms, the seed and the Keras and TensorFlow releases (whose
+        random streams the transforms draw from): part of every augmented view's cache key."""
         payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": self.augmentation.model_dump(),
-                   "seed": self.seed, "keras": metadata.version("keras")}
+                   "seed": self.seed, "keras": metadata.version("keras"),
+                   "tensorflow": metadata.version("tensorflow")}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
