@@ -137,6 +137,18 @@ class FinetuneConfig(_Section):
                              f"folder)")
         return path
 
+    def unfreeze_problem(self, output_layer: str) -> str | None:
+        """Why ``unfreeze`` cannot work on a base cut at ``output_layer``, or None."""
+        present = VGG16_LAYERS[:VGG16_LAYERS.index(output_layer) + 1]
+        layers = self.unfrozen_layers()
+        if not layers:
+            return f"unfreeze {self.unfreeze} selects no convolution layer"
+        beyond = [name for name in layers if name not in present]
+        if beyond:
+            return (f"unfreeze names {', '.join(beyond)}, but the base ends at {output_layer} "
+                    f"(backbone.output_layer)")
+        return None
+
     def unfrozen_layers(self) -> list[str]:
         """Base layer names phase 2 trains, in model order (pooling layers have no weights)."""
         if isinstance(self.unfreeze, int):

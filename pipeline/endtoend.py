@@ -20,9 +20,9 @@ import numpy as np
 
 from cache import FeatureStore
 
-from ._tf import keras
+from ._tf import keras, tf
 from .config import PipelineConfig
-from .errors import PipelineError, SkippedImageWarning
+from .errors import NoTestImagesWarning, PipelineError, SkippedImageWarning
 from .evaluation import evaluate, plot_confusion_matrix, write_evaluation
 from .features import find_view
 from .fingerprint import BackboneSpec, backbone_fingerprint, backbone_spec
@@ -49,7 +49,16 @@ def dataset_view(config: PipelineConfig) -> tuple[BackboneSpec, str, DatasetView
     spec = backbone_spec(config)
     fingerprint, _ = backbone_fingerprint(spec)
     store = FeatureStore(config.cache.dir, fingerprint)
-    return spec, fingerprint, find_view(store, view_path(config, store))
+    view = find_view(store, view_path(config, store))
+    if len(view.classes) < 2:
+        raise PipelineError(f"the dataset view has {len(view.classes)} class(es); a "
+                            f"classifier needs at least 2 class folders")
+    for split in ("train", "validation"):
+        if not view.select(split):
+            raise PipelineError(f"the {split} split has no images; end-to-end models train on "
+                                f"train and keep their best epoch by validation (check "
+                                f"data.split or the split folders)")
+    return spec, fingerprint, view
 
 
 def image_split(view: DatasetView, split: str) -> ImageSplit:
@@ -115,10 +124,15 @@ class ImageBatches(keras.utils.PyDataset):
 
 def split_batches(view: DatasetView, decode: DecodeOptions, batch_size: int,
                   seed: int) -> dict[str, ImageBatches]:
-    """Shuffled training batches; validation and test batches in view order."""
+    """Shuffled training batches; validation and test batches in view order (test is None,
+    with a :class:`NoTestImagesWarning`, when the test split is empty)."""
+    test = image_split(view, "test")
+    if not len(test):
+        warnings.warn("the test split has no images: the model is trained and selected on "
+                      "validation but not tested", NoTestImagesWarning, stacklevel=3)
     return {"train": ImageBatches(image_split(view, "train"), decode, batch_size, True, seed),
             "validation": ImageBatches(image_split(view, "validation"), decode, batch_size),
-            "test": ImageBatches(image_split(view, "test"), decode, batch_size)}
+            "test": ImageBatches(test, decode, batch_size) if len(test) else None}
 
 
 def loss_for(n_classes: int, binary_output: bool) -> str:
@@ -186,8 +200,14 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
     started = time.perf_counter()
     history: dict[str, list[float]] = {}
     if epochs > 0:
-        fitted = model.fit(train, validation_data=validation, epochs=epochs,
-                           callbacks=callbacks, verbose=verbose)
+        try:
+            fitted = model.fit(train, validation_data=validation, epochs=epochs,
+                               callbacks=callbacks, verbose=verbose)
+        except tf.errors.OpError as exc:
+            # An error inside the batches (a file gone since extraction) reaches here wrapped
+            # by TensorFlow; the user needs its message, not the wrapper's traceback.
+            message = " ".join((exc.message or str(exc)).split())[:300]
+            raise PipelineError(f"{name} stopped: {message}") from None
         history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     result = PhaseResult(name, history, time.perf_counter() - started, len(train.split))
     (folder / f"history_{name}.json").write_text(json.dumps(history, indent=2) + "\n",
@@ -211,12 +231,15 @@ def predict_split(model, batches: ImageBatches) -> tuple[np.ndarray, np.ndarray]
     return proba, np.concatenate(labels)
 
 
-def score_and_save(model, splits: dict[str, ImageBatches], classes: list[str], folder: Path,
-                   title: str) -> dict[str, dict]:
+def score_and_save(model, splits: dict[str, ImageBatches | None], classes: list[str],
+                   folder: Path, title: str) -> dict[str, dict]:
     """Scores of ``model`` on each split (evaluation.json, a confusion PNG per split) and the
-    model itself as ``model.keras``."""
+    model itself as ``model.keras``. A split given as None (empty) scores NaN, no figure."""
     scores = {}
     for split, batches in splits.items():
+        if batches is None:
+            scores[split] = evaluate(np.empty(0, np.int64), np.empty(0, np.int64), None, classes)
+            continue
         proba, y = predict_split(model, batches)
         scores[split] = evaluate(y, proba.argmax(axis=1), proba, classes)
         plot_confusion_matrix(scores[split], folder / f"confusion_{split}.png",

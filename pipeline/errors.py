@@ -41,3 +41,7 @@ class LeakageWarning(PipelineWarning):
 
 class EmptyClassWarning(PipelineWarning):
     """A class folder has no usable image, or a split has no image of some class."""
+
+
+class NoTestImagesWarning(PipelineWarning):
+    """The test split is empty, so models are trained and selected but not tested."""

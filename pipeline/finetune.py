@@ -16,6 +16,7 @@ TensorBoard logs, the final ``model.keras``, evaluation.json and confusion matri
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,12 @@ from .endtoend import (
     split_batches,
     train_phase,
 )
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 from .fingerprint import backbone_spec
-from .head_io import load_head
+from .head_io import HeadLoadError, load_head
 from .head_models import TrialSpec, build_dense_head, keras_optimizer
+from .leaderboard import format_score
+from .views import view_id
 
 
 class WarmStartError(PipelineError):
@@ -87,24 +90,34 @@ class FinetuneResult:
                          f"of {total:,} parameters")
         lines.append(f"  final model: validation accuracy "
                      f"{self.scores['validation']['accuracy']:.4f}, test accuracy "
-                     f"{self.scores['test']['accuracy']:.4f} "
+                     f"{format_score(self.scores['test']['accuracy'])} "
                      f"({self.scores['test']['images']} test images); saved in {self.folder}")
         return "\n".join(lines)
 
 
+def check_finetune(config: PipelineConfig) -> None:
+    """Settings of the finetune stage that only make sense with the rest of the config:
+    :class:`ConfigError` before any work starts."""
+    problem = config.stages.finetune.unfreeze_problem(config.backbone.output_layer)
+    if problem:
+        source = config.source.name if config.source else "stages.yaml"
+        raise ConfigError(f"{source}: stages.finetune.unfreeze: {problem}")
+
+
 def find_warm_start(params: FinetuneConfig, runs_dir: Path, fingerprint: str,
-                    classes: list[str]) -> Path | None:
+                    classes: list[str], view_key: str) -> Path | None:
     """The head folder phase 1 starts from, or None for a new head.
 
-    ``head_from: auto``: of the dense heads the heads stage saved under ``runs_dir`` for this
-    backbone fingerprint and these classes, the newest run's, and within a run the one ranked
-    best. A path: that head, which must match (:class:`WarmStartError` otherwise).
+    A head fits when it is a dense head trained on this backbone's features of this dataset
+    view (same data and split settings: a head trained on another split may have seen this
+    split's validation or test images) for the same classes, and it loads.
+    ``head_from: auto``: of the fitting heads under ``runs_dir``, the newest run's, and within
+    a run the best ranked. A path: that head, which must fit (:class:`WarmStartError`).
     """
     if params.head_from is None:
         return None
     if params.head_from != "auto":
-        metadata = json.loads((params.head_from / "head.json").read_text(encoding="utf-8"))
-        problem = _mismatch(metadata, fingerprint, classes)
+        problem = _unfit(params.head_from, fingerprint, classes, view_key)
         if problem:
             raise WarmStartError(f"finetune.head_from {params.head_from}: {problem}")
         return params.head_from
@@ -112,22 +125,37 @@ def find_warm_start(params: FinetuneConfig, runs_dir: Path, fingerprint: str,
     for head_json in runs_dir.glob("*/heads/*/head.json"):
         try:
             metadata = json.loads(head_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            rank = (metadata.get("selected_by") or {}).get("rank")
+            rank = float(rank) if rank is not None else math.inf
+        except (OSError, ValueError, TypeError, AttributeError):
             continue
-        if _mismatch(metadata, fingerprint, classes) is None:
-            rank = (metadata.get("selected_by") or {}).get("rank") or 0
-            candidates.append((head_json.parent.parent.parent.name, -rank, head_json.parent))
-    return max(candidates)[2] if candidates else None
+        candidates.append((head_json.parent.parent.parent.name, -rank, head_json.parent))
+    for _, _, folder in sorted(candidates, reverse=True):
+        if _unfit(folder, fingerprint, classes, view_key) is None:
+            return folder
+    return None
 
 
-def _mismatch(metadata: dict, fingerprint: str, classes: list[str]) -> str | None:
+def _unfit(folder: Path, fingerprint: str, classes: list[str], view_key: str) -> str | None:
+    """Why the head in ``folder`` cannot start this model, or None when it can."""
+    try:
+        metadata = json.loads((folder / "head.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"unreadable head.json ({exc})"
     if metadata.get("kind") != "dense":
         return f"a {metadata.get('kind')} head; only a dense head can sit on the base"
     if metadata.get("fingerprint") != fingerprint:
         return (f"trained on features of backbone {metadata.get('fingerprint')}, not "
                 f"{fingerprint}")
+    if metadata.get("dataset_view") != view_key:
+        return (f"trained on another dataset view ({metadata.get('dataset_view')}, not "
+                f"{view_key}: other data or split settings)")
     if metadata.get("classes") != classes:
         return f"trained for classes {metadata.get('classes')}, not {classes}"
+    try:
+        load_head(folder)
+    except (HeadLoadError, OSError, ValueError) as exc:
+        return f"does not load: {' '.join(str(exc).split())[:200]}"
     return None
 
 
@@ -136,8 +164,8 @@ def build_finetune_model(config: PipelineConfig, n_classes: int,
     """Raw RGB pixels (N, h, w, 3) 0..255 -> class probabilities, base frozen.
 
     Layers: ``augmentation`` (when any transform is on; identity at inference),
-    ``vgg16_preprocess``, the base (named ``vgg16``), the head (the warm-start head, or a new
-    dense head of ``units`` and ``dropout`` on the flattened features).
+    ``vgg16_preprocess``, the base (named ``vgg16``), ``base_features`` (identity), the head
+    (the warm-start head, or a new dense head of ``units`` and ``dropout``).
     """
     params = config.stages.finetune
     spec = backbone_spec(config)
@@ -159,8 +187,16 @@ def build_finetune_model(config: PipelineConfig, n_classes: int,
     if augmentation is not None:
         x = augmentation(x)
     x = VGG16Preprocess(name="vgg16_preprocess")(x)
-    outputs = head(base(x))
-    return keras.Model(pixels, outputs, name="finetune")
+    # A named tap on the base's output, so feature_model can reach it from outside
+    features = keras.layers.Identity(name="base_features")(base(x))
+    return keras.Model(pixels, head(features), name="finetune")
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """Pixels -> the base's features, through ``model``'s own layers (augmentation included;
+    call it with ``training=False`` to leave images unaugmented)."""
+    return keras.Model(model.input, model.get_layer("base_features").output,
+                       name="finetune_features")
 
 
 def open_layers(base: keras.Model, names: list[str]) -> None:
@@ -195,8 +231,10 @@ def run_finetune(config: PipelineConfig, output: Path, progress: bool = True) ->
     """
     started = time.perf_counter()
     params = config.stages.finetune
+    check_finetune(config)
     spec, fingerprint, view = dataset_view(config)
-    warm_start = find_warm_start(params, config.runs.dir, fingerprint, view.classes)
+    warm_start = find_warm_start(params, config.runs.dir, fingerprint, view.classes,
+                                 view_id(config))
     folder = output / "finetune"
     folder.mkdir(parents=True, exist_ok=True)
 

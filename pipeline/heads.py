@@ -25,7 +25,7 @@ from pathlib import Path
 from cache import FeatureStore
 
 from .config import PipelineConfig
-from .errors import PipelineError, PipelineWarning
+from .errors import NoTestImagesWarning, PipelineError
 from .evaluation import evaluate, json_safe, plot_confusion_matrix, write_evaluation
 from .features import LabelledSplit, find_view, load_split, split_shas_and_labels
 from .fingerprint import backbone_fingerprint, backbone_spec
@@ -40,11 +40,7 @@ from .leaderboard import (
     write_leaderboard,
 )
 from .sweep import TrainingData, expand_trials, run_trials
-from .views import DatasetView, view_path
-
-
-class NoTestImagesWarning(PipelineWarning):
-    """The test split is empty, so heads are trained and selected but not tested."""
+from .views import DatasetView, view_id, view_path
 
 
 @dataclass
@@ -176,7 +172,8 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
         load_split(store, view, "test")
     winner.scores["test"] = _score(winner.model, winner.spec, test, view)
     for outcome in outcomes:
-        _save_outcome(outcome, view, fingerprint, store.feature_shape, heads.metric)
+        _save_outcome(outcome, view, view_id(config), fingerprint, store.feature_shape,
+                      heads.metric)
     sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
     sizes["augmented"] = len(view.augmented_views()) if heads.augmented_views else 0
     scheduler = config.cluster.scheduler
@@ -226,12 +223,13 @@ def _score(model: FittedHead, spec: TrialSpec, split: LabelledSplit | LazySplit,
     return evaluate(split.y, predicted, proba, view.classes)
 
 
-def _save_outcome(outcome: HeadOutcome, view: DatasetView, fingerprint: str,
-                  feature_shape: tuple[int, ...], metric: str) -> None:
+def _save_outcome(outcome: HeadOutcome, view: DatasetView, dataset_view_id: str,
+                  fingerprint: str, feature_shape: tuple[int, ...], metric: str) -> None:
     """The head's model, metadata, scores, confusion matrices and (dense) history."""
     folder, best = outcome.folder, outcome.trial
     save_head(outcome.model, folder, {
         "name": outcome.name, "trial": best.trial, "classes": view.classes,
+        "dataset_view": dataset_view_id,
         "fingerprint": fingerprint, "feature_shape": list(feature_shape),
         "params": outcome.spec.describe(),
         "selected_by": json_safe({"metric": metric, "rank": best.rank,

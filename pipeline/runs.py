@@ -8,6 +8,7 @@ each stage adds (``dataset.csv``, ``skipped.csv``, ``summary.txt``, ...).
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -41,8 +42,10 @@ class RunFolder:
         return run
 
     def record(self, metrics: dict[str, float | int | str]) -> None:
-        """Add flat metrics (``stage.name`` keys) and rewrite ``metrics.json``."""
-        self.metrics.update(metrics)
+        """Add flat metrics (``stage.name`` keys) and rewrite ``metrics.json``; NaN values (a
+        score with nothing to score) are left out, as JSON has no NaN."""
+        self.metrics.update({k: v for k, v in metrics.items()
+                             if not (isinstance(v, float) and math.isnan(v))})
         temp = self.path / ".metrics.json.tmp"
         temp.write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n",
                         encoding="utf-8")

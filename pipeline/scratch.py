@@ -25,6 +25,7 @@ from .endtoend import (
     train_phase,
 )
 from .head_models import keras_optimizer
+from .leaderboard import format_score
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ScratchResult:
         return (f"scratch: {self.parameters:,} parameters, {self.phase.epochs} epochs in "
                 f"{self.phase.seconds:.1f} s ({self.phase.seconds_per_image:.3f} s/image/epoch)\n"
                 f"  validation accuracy {self.scores['validation']['accuracy']:.4f}, test "
-                f"accuracy {self.scores['test']['accuracy']:.4f} "
+                f"accuracy {format_score(self.scores['test']['accuracy'])} "
                 f"({self.scores['test']['images']} test images); saved in {self.folder}")
 
 

@@ -16,6 +16,9 @@ def run_stages(config: PipelineConfig, stages: list[str],
         # (run_heads checks them again, first thing, when it runs alone).
         from .head_models import check_heads
         check_heads(config.stages.heads, config.source.name if config.source else "stages.yaml")
+    if "finetune" in stages:
+        from .finetune import check_finetune
+        check_finetune(config)  # before an hour of extraction or sweeps, not after
     run = RunFolder.create(config, stages)
     reports = []
     try:

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
+from pipeline.views import view_id
 
 from .conftest import make_image_folder, tiny_document, write_config
 
@@ -75,8 +76,9 @@ def test_phase1_changes_no_base_weight_and_phase2_only_block5(finetuned):
 
 
 def test_finetune_reports_the_layer_counts_and_scores_on_test(finetuned):
-    _, _, run, _ = finetuned
+    _, heads_run, run, _ = finetuned
     metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["finetune.warm_start"] == str(heads_run.path / "heads" / "dense")
     assert metrics["finetune.phase1.base_trainable_params"] == 0
     # block5_conv1..3 of VGG16: 3 x (3*3*512*512 + 512), whatever the input size
     assert metrics["finetune.phase2.base_trainable_params"] == 7_079_424
@@ -102,7 +104,8 @@ def test_the_head_starts_from_the_cached_dense_head(finetuned):
     from pipeline.endtoend import dataset_view
     _, fingerprint, view = dataset_view(config)
     # the finetune run saved no head, so the heads run's dense head is still the newest
-    found = find_warm_start(config.stages.finetune, config.runs.dir, fingerprint, view.classes)
+    found = find_warm_start(config.stages.finetune, config.runs.dir, fingerprint, view.classes,
+                            view_id(config))
     assert found == heads_run.path / "heads" / "dense"
     model = build_finetune_model(config, 2, found)
     cached = load_head(found)[0].model.get_weights()
@@ -115,7 +118,7 @@ def test_the_head_starts_from_the_cached_dense_head(finetuned):
 def test_the_base_in_the_model_computes_the_cached_features(finetuned):
     from cache import FeatureStore
     from pipeline.endtoend import dataset_view
-    from pipeline.finetune import base_of, build_finetune_model
+    from pipeline.finetune import build_finetune_model, feature_model
     from pipeline.images import decode_file
 
     project, _, _, _ = finetuned
@@ -124,10 +127,8 @@ def test_the_base_in_the_model_computes_the_cached_features(finetuned):
     model = build_finetune_model(config, 2, None)
     image = view.select("validation")[0]
     pixels = decode_file(Path(view.root) / image.path, spec.decode)[None].astype(np.float32)
-    # the model's own path: augmentation (identity at inference), preprocessing, base
-    x = model.get_layer("augmentation")(pixels, training=False)
-    x = model.get_layer("vgg16_preprocess")(x)
-    features = np.asarray(base_of(model)(x, training=False))
+    # through the model's own graph: augmentation (identity at inference), preprocessing, base
+    features = np.asarray(feature_model(model)(pixels, training=False))
     cached = FeatureStore(config.cache.dir, fingerprint).get([image.sha256])
     np.testing.assert_allclose(features, cached, rtol=1e-5, atol=1e-5)
 
@@ -143,6 +144,51 @@ def test_a_phase_of_zero_epochs_is_skipped_and_the_other_still_trains(tmp_path: 
     assert metrics["finetune.phase2.epochs"] == 1
     assert metrics["finetune.warm_start"] == ""
     assert "phase1: skipped (0 epochs)" in (run.path / "summary.txt").read_text()
+
+
+def test_unfreezing_past_the_cut_is_refused_before_any_work(tmp_path: Path):
+    from pipeline.stages import run_stages
+
+    project = _split_project(tmp_path)
+    config = load_config(project / "stages.yaml", ["backbone.output_layer=block4_pool"])
+    with pytest.raises(ConfigError, match="base ends at block4_pool"):
+        run_stages(config, ["extract", "finetune"], progress=False)
+    assert not (project / "runs").exists() and not (project / "cache").exists()
+    no_conv = load_config(project / "stages.yaml", ["stages.finetune.unfreeze=[block5_pool]"])
+    with pytest.raises(ConfigError, match="selects no convolution layer"):
+        run_stages(no_conv, ["finetune"], progress=False)
+
+
+def test_a_head_of_another_split_is_never_the_warm_start(finetuned):
+    from pipeline.endtoend import dataset_view
+    from pipeline.finetune import WarmStartError, find_warm_start
+
+    project, heads_run, _, _ = finetuned
+    config = load_config(project / "stages.yaml")
+    _, fingerprint, view = dataset_view(config)
+    params = config.stages.finetune
+    # auto passes over it; named explicitly it is refused with the reason
+    assert find_warm_start(params, config.runs.dir, fingerprint, view.classes, "other") is None
+    explicit = load_config(project / "stages.yaml", [
+        f"stages.finetune.head_from={heads_run.path / 'heads' / 'dense'}"])
+    with pytest.raises(WarmStartError, match="another dataset view"):
+        find_warm_start(explicit.stages.finetune, config.runs.dir, fingerprint, view.classes,
+                        "other")
+
+
+def test_an_empty_test_split_trains_warns_and_reports_no_test_score(tmp_path: Path):
+    import shutil
+
+    from pipeline.errors import NoTestImagesWarning
+
+    project = _split_project(tmp_path)
+    shutil.rmtree(project / "data" / "test")
+    _run(project, "extract")
+    with pytest.warns(NoTestImagesWarning):
+        run = _run(project, "scratch")
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert "scratch.test_accuracy" not in metrics and "scratch.val_accuracy" in metrics
+    assert "test accuracy - (0 test images)" in (run.path / "summary.txt").read_text()
 
 
 @pytest.mark.parametrize("stage", ["finetune", "scratch"])
@@ -164,13 +210,15 @@ def test_a_head_for_other_classes_or_features_is_refused(finetuned):
         f"stages.finetune.head_from={heads_run.path / 'heads' / 'dense'}"])
     _, fingerprint, view = dataset_view(config)
     assert find_warm_start(config.stages.finetune, config.runs.dir, fingerprint,
-                           view.classes) == heads_run.path / "heads" / "dense"
+                           view.classes, view_id(config)) == heads_run.path / "heads" / "dense"
     with pytest.raises(WarmStartError, match="classes"):
-        find_warm_start(config.stages.finetune, config.runs.dir, fingerprint, ["a", "b"])
+        find_warm_start(config.stages.finetune, config.runs.dir, fingerprint, ["a", "b"],
+                        view_id(config))
     with pytest.raises(WarmStartError, match="backbone"):
-        find_warm_start(config.stages.finetune, config.runs.dir, "vgg16-other", view.classes)
+        find_warm_start(config.stages.finetune, config.runs.dir, "vgg16-other", view.classes,
+                        view_id(config))
     none = load_config(project / "stages.yaml", ["stages.finetune.head_from=null"])
-    assert find_warm_start(none.stages.finetune, none.runs.dir, "fp", ["a", "b"]) is None
+    assert find_warm_start(none.stages.finetune, none.runs.dir, "fp", ["a", "b"], "v") is None
 
 
 @pytest.mark.parametrize("unfreeze, layers", [
@@ -191,6 +239,9 @@ def test_unfreeze_by_block_name_layer_name_or_index(tmp_path: Path, unfreeze: st
     ("stages.finetune.head_from=nowhere", "no head.json"),
     ("stages.finetune.augmentation.rotation=400", "rotation"),
     ("stages.scratch.filters=[]", "filters"),
+    ("stages.extract.augmented_views={count: 2, augmentation: {horizontal_flip: false, "
+     "rotation: 0, width_shift: 0, height_shift: 0, shear: 0, zoom: 0}}",
+     "at least one transform"),
 ])
 def test_bad_end_to_end_settings_name_the_key(tmp_path: Path, override: str, message: str):
     project = _split_project(tmp_path)
@@ -218,6 +269,36 @@ def test_scratch_trains_the_source_cnn_and_saves_a_model_that_reloads(tmp_path: 
     proba, labels = predict_split(model, ImageBatches(image_split(view, "test"), spec.decode, 4))
     scores = json.loads((run.path / "scratch" / "evaluation.json").read_text())
     assert np.mean(proba.argmax(axis=1) == labels) == pytest.approx(scores["test"]["accuracy"])
+
+
+def _centre(image: np.ndarray) -> tuple[float, float]:
+    weights = image.sum(axis=2)
+    rows, cols = np.indices(weights.shape)
+    return (rows * weights).sum() / weights.sum(), (cols * weights).sum() / weights.sum()
+
+
+def test_each_transform_of_a_view_draws_its_own_numbers():
+    from pipeline.augment import augment_image, build_augmentation
+    from pipeline.config_endtoend import AugmentConfig
+
+    off = {"horizontal_flip": False, "rotation": 0, "width_shift": 0, "height_shift": 0,
+           "shear": 0, "zoom": 0}
+    dot = np.zeros((41, 41, 3), np.float32)
+    dot[20, 20] = 255.0
+    shift = build_augmentation(AugmentConfig(**{**off, "width_shift": 0.2,
+                                                "height_shift": 0.2}))
+    moves = [np.subtract(_centre(augment_image(shift, dot, seed)), (20, 20))
+             for seed in range(8)]
+    # one draw reused for both axes would move the dot along the diagonal only
+    assert any(abs(abs(dy) - abs(dx)) > 1 for dy, dx in moves)
+    line = np.zeros((41, 41, 3), np.float32)
+    line[:, 20] = 255.0
+    shear = build_augmentation(AugmentConfig(**{**off, "shear": 0.5}))
+    tilts = []
+    for seed in range(12):
+        sheared = augment_image(shear, line, seed)
+        tilts.append(_centre(sheared[:10])[1] - _centre(sheared[-10:])[1])
+    assert min(tilts) < -1 and max(tilts) > 1  # sheared both ways
 
 
 def test_augmented_views_are_deterministic_for_a_seed_and_differ_across_views():
@@ -292,3 +373,37 @@ def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
     with pytest.raises(PipelineError, match="8 of 24 augmented views"):
         _run(one, "heads", overrides=(views,))
     _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
+
+
+def test_auto_passes_over_a_newer_head_that_does_not_load(finetuned, tmp_path: Path):
+    import shutil
+
+    from pipeline.endtoend import dataset_view
+    from pipeline.finetune import find_warm_start
+
+    project, heads_run, _, _ = finetuned
+    config = load_config(project / "stages.yaml")
+    _, fingerprint, view = dataset_view(config)
+    good = tmp_path / "runs" / "20200101-000000-heads-aaaa" / "heads" / "dense"
+    broken = tmp_path / "runs" / "20990101-000000-heads-bbbb" / "heads" / "dense"
+    for folder in (good, broken):
+        shutil.copytree(heads_run.path / "heads" / "dense", folder)
+    (broken / "model.keras").unlink()
+    assert find_warm_start(config.stages.finetune, tmp_path / "runs", fingerprint,
+                           view.classes, view_id(config)) == good
+
+
+def test_training_images_gone_since_extract_end_the_run_with_one_error_line(tmp_path: Path,
+                                                                             capsys):
+    import shutil
+
+    from pipeline.cli import main
+
+    project = _split_project(tmp_path)
+    _run(project, "extract")
+    shutil.rmtree(project / "data" / "train")
+    code = main(["run", "scratch", "-c", str(project / "stages.yaml"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "\nerror: " in err and "decodes any more" in err
+    assert "Traceback" not in err
