@@ -93,6 +93,21 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
     click.echo(f"run folder: {run_folder.path}")
 
 
+@cli.command("runs")
+@config_option
+@set_option
+def runs_command(config_path: str, overrides: tuple[str, ...]) -> None:
+    """List the run folders under runs.dir, oldest first, with status and headline metrics.
+
+    A run is ok, failed, interrupted or unfinished (still running, or killed); the columns
+    are images extracted and new, the best head with its validation and test accuracy, and
+    the finetune and scratch test accuracy, each from the run's metrics.json.
+    """
+    from .runs import format_runs, list_runs
+    config = _load(config_path, overrides)
+    click.echo(format_runs(list_runs(config.runs.dir), config.runs.dir))
+
+
 @cli.group()
 def info() -> None:
     """Describe parts of the pipeline."""

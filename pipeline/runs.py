@@ -50,3 +50,66 @@ class RunFolder:
         temp.write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n",
                         encoding="utf-8")
         os.replace(temp, self.path / "metrics.json")
+
+
+# Headline metrics shown by `pipeline runs`, in column order: (metrics.json key, column title)
+HEADLINE_METRICS = (
+    ("extract.images", "images"),
+    ("extract.images_new", "new"),
+    ("heads.best.name", "best head"),
+    ("heads.best.val_accuracy", "head val"),
+    ("heads.best.test_accuracy", "head test"),
+    ("finetune.test_accuracy", "finetune test"),
+    ("scratch.test_accuracy", "scratch test"),
+)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run folder as ``pipeline runs`` lists it."""
+
+    name: str
+    status: str                       # ok, failed, interrupted, or running/unknown
+    metrics: dict[str, float | int | str]
+
+
+def list_runs(runs_dir: Path) -> list[RunSummary]:
+    """Every run folder under ``runs_dir`` (oldest first), with its status and metrics."""
+    if not runs_dir.is_dir():
+        return []
+    runs = []
+    folders = [p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()]
+    # by creation (two runs can start within the same second), then by name
+    folders.sort(key=lambda p: ((p / "config.yaml").stat().st_mtime_ns, p.name))
+    for folder in folders:
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = {}
+        try:
+            last = (folder / "summary.txt").read_text(encoding="utf-8").strip().splitlines()[-1]
+        except (OSError, IndexError):
+            last = ""
+        status = "interrupted" if last == "interrupted" else \
+            "failed" if last.startswith("failed:") else "ok" if last else "unfinished"
+        runs.append(RunSummary(folder.name, status, metrics))
+    return runs
+
+
+def format_runs(runs: list[RunSummary], runs_dir: Path) -> str:
+    """A table of runs with their headline metrics (``-`` where a run has none)."""
+    if not runs:
+        return f"{runs_dir}: no runs yet (`pipeline run extract` makes the first)"
+
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    titles = ["run", "status", *(title for _, title in HEADLINE_METRICS)]
+    rows = [[run.name, run.status, *(cell(run.metrics.get(key)) for key, _ in HEADLINE_METRICS)]
+            for run in runs]
+    widths = [max(len(row[i]) for row in [titles, *rows]) for i in range(len(titles))]
+    lines = ["  ".join(t.ljust(w) for t, w in zip(titles, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)

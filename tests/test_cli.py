@@ -111,6 +111,21 @@ def test_a_failed_run_says_so_in_its_folder(tiny_project: Path, capsys):
     assert "failed:" in (run / "summary.txt").read_text()
 
 
+def test_runs_lists_every_run_with_status_and_headline_metrics(tiny_project: Path, capsys):
+    config = str(tiny_project / "stages.yaml")
+    assert "no runs yet" in _run(capsys, "runs", "-c", config)[1]
+    assert _run(capsys, "run", "extract", "-c", config, "--no-progress")[0] == 0
+    (tiny_project / "cache").rename(tiny_project / "cache-moved")
+    (tiny_project / "cache").write_text("a file where the cache folder should be")
+    assert _run(capsys, "run", "extract", "-c", config, "--no-progress")[0] == 1
+    code, out, _ = _run(capsys, "runs", "-c", config)
+    assert code == 0
+    header, first, second = out.strip().splitlines()
+    assert header.split()[:4] == ["run", "status", "images", "new"]
+    assert first.split()[1:4] == ["ok", "12", "12"] and "-extract-" in first
+    assert second.split()[1] == "failed" and second.split()[2] == "-"
+
+
 def test_cache_commands_need_only_the_cache_section(tiny_project: Path, capsys):
     config = str(tiny_project / "stages.yaml")
     assert _run(capsys, "run", "extract", "-c", config, "--no-progress")[0] == 0
