@@ -93,6 +93,47 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
     click.echo(f"run folder: {run_folder.path}")
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--head", "head_folder", type=click.Path(file_okay=False, path_type=Path),
+              help="A trained head: runs/<run>/heads/<name> (default: the best head of the "
+                   "newest heads run).")
+@click.option("--model", "model_folder", type=click.Path(file_okay=False, path_type=Path),
+              help="An end-to-end model instead: runs/<run>/finetune or runs/<run>/scratch.")
+@click.option("-k", "--top-k", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@config_option
+@set_option
+def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Path | None,
+            top_k: int, as_json: bool, config_path: str, overrides: tuple[str, ...]) -> None:
+    """Classify image files (or every image under folders) with a trained head or model.
+
+    \b
+    Each line: the file, its top classes with probabilities, and where its features came
+    from: `cache` (already extracted: no decoding, no convnet), `backbone` (computed now;
+    nothing is written to the cache) or `model` (an end-to-end model). Files that cannot be
+    read or decoded get an error line and the others are still classified.
+    """
+    from .predict import (
+        format_predictions,
+        image_files,
+        newest_best_head,
+        predict_with_head,
+        predict_with_model,
+    )
+    if head_folder and model_folder:
+        raise click.UsageError("give --head or --model, not both")
+    config = _load(config_path, overrides)
+    files = image_files(list(paths))
+    if model_folder:
+        results = predict_with_model(config, model_folder, files, top_k)
+    else:
+        results = predict_with_head(config, head_folder or newest_best_head(config.runs.dir),
+                                    files, top_k)
+    click.echo(format_predictions(results, as_json))
+
+
 @cli.command("runs")
 @config_option
 @set_option

@@ -246,4 +246,8 @@ def score_and_save(model, splits: dict[str, ImageBatches | None], classes: list[
                               f"{title} on {split}")
     write_evaluation(scores, folder / "evaluation.json")
     model.save(folder / "model.keras")
+    # what `pipeline predict --model` needs besides the model: the class names, in order
+    (folder / "model.json").write_text(json.dumps({
+        "kind": title, "classes": classes, "model_file": "model.keras",
+        "input_shape": list(model.input_shape[1:])}, indent=2) + "\n", encoding="utf-8")
     return scores

@@ -158,7 +158,7 @@ def _extract_augmented(config: PipelineConfig, spec: BackboneSpec, store: Featur
                        description: dict, view: DatasetView, infer: _LazyInference,
                        progress: bool) -> AugmentedViewsResult:
     """Cache the augmented views of the view's training images that the cache lacks."""
-    total = len(view.augmented_views("train"))
+    keys = {key for key, _, _ in view.augmented_views("train")}  # a file twice: views once
     pending = pending_views(view, store.missing)
     result = AugmentedViewsResult()
     if pending:
@@ -171,8 +171,7 @@ def _extract_augmented(config: PipelineConfig, spec: BackboneSpec, store: Featur
             infer.build()
             result = extract_views(pending, images, Path(view.root), params.augmented_views,
                                    spec.decode, infer, writer, params.batch_size, progress)
-    result.cached = total - len(store.missing(key for key, _, _ in view.augmented_views()))
-    result.cached -= result.new
+    result.cached = len(keys) - len(store.missing(keys)) - result.new
     return result
 
 

@@ -139,3 +139,19 @@ def cached_project(tmp_path: Path):
         return tmp_path
 
     return make
+
+
+def split_project(root: Path, **stages) -> Path:
+    """Split folders (train 4, validation 2, test 2 per class) and a stages.yaml."""
+    for seed, (split, per_class) in enumerate((("train", 4), ("validation", 2), ("test", 2))):
+        make_image_folder(root / "data" / split, {c: per_class for c in ("cats", "dogs")},
+                          start_seed=100 * seed)
+    document = tiny_document()
+    document["stages"].update({
+        "heads": {"models": {"dense": {"kind": "dense", "params": {"epochs": 2}}}},
+        "finetune": {"frozen_epochs": 1, "finetune_epochs": 1, "batch_size": 4},
+        "scratch": {"epochs": 1, "batch_size": 4},
+        **stages})
+    document["cluster"] = {"scheduler": "synchronous"}
+    write_config(root, document)
+    return root

@@ -13,25 +13,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.views import view_id
 
-from .conftest import make_image_folder, tiny_document, write_config
-
-CLASSES = {"cats": 4, "dogs": 4}
-
-
-def _split_project(root: Path, **stages) -> Path:
-    """Split folders (train 4, validation 2, test 2 per class) and a stages.yaml."""
-    for seed, (split, per_class) in enumerate((("train", 4), ("validation", 2), ("test", 2))):
-        make_image_folder(root / "data" / split, {c: per_class for c in CLASSES},
-                          start_seed=100 * seed)
-    document = tiny_document()
-    document["stages"].update({
-        "heads": {"models": {"dense": {"kind": "dense", "params": {"epochs": 2}}}},
-        "finetune": {"frozen_epochs": 1, "finetune_epochs": 1, "batch_size": 4},
-        "scratch": {"epochs": 1, "batch_size": 4},
-        **stages})
-    document["cluster"] = {"scheduler": "synchronous"}
-    write_config(root, document)
-    return root
+from .conftest import split_project as _split_project
 
 
 def _run(project: Path, *stages: str, overrides: tuple[str, ...] = ()):

@@ -1,0 +1,185 @@
+"""``pipeline predict``: top-k classes for image files, from a trained head or an end-to-end model.
+
+With a head (``runs/<run>/heads/<name>``) an image whose content is already cached for the
+head's backbone fingerprint is classified from its cached features: no decoding, no convnet,
+not even a TensorFlow import for a scikit-learn head. Only the other images are decoded and
+sent through the backbone (which must be the one of stages.yaml, with the head's fingerprint).
+With an end-to-end model (``runs/<run>/finetune`` or ``.../scratch``) every image is decoded
+and classified by the model. Nothing is written to the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cache import FeatureStore
+
+from .config import PipelineConfig
+from .dataset import IMAGE_EXTENSIONS
+from .errors import PipelineError
+from .fingerprint import backbone_fingerprint, backbone_spec
+from .head_io import load_head
+from .images import DecodeOptions, ImageDecodeError, decode_file
+
+
+@dataclass
+class Prediction:
+    """Top-k classes of one file, where its features came from, or why it failed."""
+
+    path: str
+    top: list[tuple[str, float | None]] = field(default_factory=list)  # (class, probability)
+    source: str = ""        # cache | backbone | model
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        """Plain data for JSON output."""
+        return {"path": self.path, "source": self.source, "error": self.error,
+                "predictions": [{"class": c, "probability": p} for c, p in self.top]}
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The files among ``paths``, and the image files under the folders among them, sorted."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not p.name.startswith("."))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise PipelineError(f"{path}: no such file or folder")
+    return found
+
+
+def newest_best_head(runs_dir: Path) -> Path:
+    """The best head of the newest run that trained heads (from its metrics.json)."""
+    from .runs import list_runs
+
+    for run in reversed(list_runs(runs_dir)):
+        name = run.metrics.get("heads.best.name")
+        if name and (runs_dir / run.name / "heads" / str(name) / "head.json").is_file():
+            return runs_dir / run.name / "heads" / str(name)
+    raise PipelineError(f"no trained head under {runs_dir}: run `pipeline run heads`, or name "
+                        f"one with --head (a runs/<run>/heads/<name> folder) or --model")
+
+
+def _top(proba: np.ndarray | None, predicted: int, classes: list[str],
+         k: int) -> list[tuple[str, float | None]]:
+    if proba is None:  # a model without probabilities (linear SVM): its class only
+        return [(classes[predicted], None)]
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [(classes[i], float(proba[i])) for i in order]
+
+
+def _file_sha256(path: Path) -> tuple[str | None, str | None]:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest(), None
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or type(exc).__name__}"
+
+
+def _decoded_chunks(files: list[Path], indices: list[int], options: DecodeOptions,
+                    results: list[Prediction], chunk: int):
+    """``(indices, (B, h, w, 3) float32 pixels)`` for the files at ``indices`` that decode,
+    ``chunk`` at a time (memory stays bounded); failures are written into ``results``."""
+    for start in range(0, len(indices), chunk):
+        done, pixels = [], []
+        for i in indices[start:start + chunk]:
+            try:
+                pixels.append(decode_file(files[i], options).astype(np.float32))
+                done.append(i)
+            except ImageDecodeError as exc:
+                results[i].error = str(exc)
+        if done:
+            yield done, np.stack(pixels)
+
+
+def predict_with_head(config: PipelineConfig, head_folder: Path, files: list[Path],
+                      top_k: int = 3) -> list[Prediction]:
+    """Classify ``files`` with the saved head in ``head_folder`` (cached features first)."""
+    head, metadata = load_head(head_folder)
+    classes, fingerprint = metadata["classes"], metadata["fingerprint"]
+    store = FeatureStore(config.cache.dir, fingerprint)
+    results = [Prediction(str(path)) for path in files]
+    shas: dict[int, str] = {}
+    for i, path in enumerate(files):
+        sha, results[i].error = _file_sha256(path)
+        if sha:
+            shas[i] = sha
+    missing = set(store.missing(shas.values()))
+    batches: list[tuple[list[int], np.ndarray]] = []
+    hits = [i for i, sha in shas.items() if sha not in missing]
+    if hits:
+        batches.append((hits, store.get([shas[i] for i in hits])))
+        for i in hits:
+            results[i].source = "cache"
+    misses = [i for i, sha in shas.items() if sha in missing]
+    if misses:
+        spec = backbone_spec(config)
+        if backbone_fingerprint(spec)[0] != fingerprint:
+            raise PipelineError(
+                f"{len(misses)} image(s) are not cached for the head's backbone "
+                f"{fingerprint}, and stages.yaml describes another backbone, so their features "
+                f"cannot be computed; use the stages.yaml the head was trained with")
+        from .backbone import build_feature_extractor, compiled_inference
+        infer = compiled_inference(build_feature_extractor(spec))
+        for done, pixels in _decoded_chunks(files, misses, spec.decode, results,
+                                            config.stages.extract.batch_size):
+            batches.append((done, infer(pixels).numpy()))
+            for i in done:
+                results[i].source = "backbone"
+    for indices, x in batches:
+        proba, predicted = head.predict_proba(x), head.predict(x)
+        for j, i in enumerate(indices):
+            results[i].top = _top(None if proba is None else proba[j], int(predicted[j]),
+                                  classes, top_k)
+    return results
+
+
+def predict_with_model(config: PipelineConfig, model_folder: Path, files: list[Path],
+                       top_k: int = 3) -> list[Prediction]:
+    """Classify ``files`` with the end-to-end model saved in ``model_folder`` (finetune or
+    scratch), decoding each image as extraction does at the model's input size."""
+    try:
+        info = json.loads((model_folder / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{model_folder}: not a saved end-to-end model ({exc})") from None
+    from ._tf import keras
+    from .backbone import compiled_inference
+
+    model = keras.saving.load_model(model_folder / "model.keras", compile=False, safe_mode=True)
+    infer = compiled_inference(model)
+    decode = backbone_spec(config).decode
+    options = DecodeOptions(size=tuple(model.input_shape[1:3]),
+                            interpolation=decode.interpolation,
+                            exif_transpose=decode.exif_transpose, max_pixels=decode.max_pixels)
+    results = [Prediction(str(path), source="model") for path in files]
+    for done, pixels in _decoded_chunks(files, list(range(len(files))), options, results,
+                                        config.stages.extract.batch_size):
+        proba = np.asarray(infer(pixels))
+        if proba.shape[1] == 1:  # one sigmoid unit: probability of class 1
+            proba = np.hstack([1 - proba, proba])
+        for j, i in enumerate(done):
+            results[i].top = _top(proba[j], int(proba[j].argmax()), info["classes"], top_k)
+    return results
+
+
+def format_predictions(results: list[Prediction], as_json: bool = False) -> str:
+    """A table (one line per file: top classes with probabilities, and the source) or JSON."""
+    if as_json:
+        return json.dumps([r.to_json() for r in results], indent=2)
+    lines = []
+    width = max((len(r.path) for r in results), default=0)
+    for r in results:
+        if r.error:
+            lines.append(f"{r.path:<{width}}  error: {r.error}")
+            continue
+        top = "  ".join(f"{c} {'-' if p is None else f'{p:.3f}'}" for c, p in r.top)
+        lines.append(f"{r.path:<{width}}  {top}  ({r.source})")
+    return "\n".join(lines)

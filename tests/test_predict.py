@@ -1,0 +1,119 @@
+"""``pipeline predict``: cached images use their cached features, new ones go through the
+backbone, and every answer is the head's (or the end-to-end model's) own prediction."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import FeatureStore
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.stages import run_stages
+
+from .conftest import split_project, write_image
+
+HEADS = {"logreg": {"kind": "logistic_regression", "features": "gap", "scale": True},
+         "svm": {"kind": "linear_svm", "features": "gap", "scale": True}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """extract + heads + scratch on split folders; returns (project, run folder)."""
+    project = split_project(tmp_path_factory.mktemp("predict"), heads={"models": HEADS})
+    run, _ = run_stages(load_config(project / "stages.yaml"), ["extract", "heads", "scratch"],
+                        progress=False)
+    return project, run.path
+
+
+def _predict(capsys, project: Path, *args: str) -> tuple[int, list[dict], str]:
+    code = main(["predict", *args, "--json", "-c", str(project / "stages.yaml")])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if code == 0 else [], err
+
+
+def test_cached_images_are_classified_from_the_cache_as_the_head_would(trained, capsys):
+    from pipeline.head_io import load_head
+
+    project, run = trained
+    head, metadata = load_head(run / "heads" / "logreg")
+    code, results, _ = _predict(capsys, project, str(project / "data"), "--head",
+                                str(run / "heads" / "logreg"), "-k", "2")
+    assert code == 0 and len(results) == 16
+    store = FeatureStore(project / "cache", metadata["fingerprint"])
+    import hashlib
+    shas = [hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() for r in results]
+    expected_proba = head.predict_proba(store.get(shas))
+    for result, proba in zip(results, expected_proba):
+        assert result["source"] == "cache" and result["error"] is None
+        top = result["predictions"]
+        assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
+        assert top[0]["class"] == metadata["classes"][int(proba.argmax())]
+        assert top[0]["probability"] == pytest.approx(proba.max())
+
+
+def test_a_new_image_goes_through_the_backbone_and_a_bad_file_gets_an_error(trained, capsys,
+                                                                             tmp_path: Path):
+    from pipeline.backbone import build_feature_extractor
+    from pipeline.fingerprint import backbone_spec
+    from pipeline.head_io import load_head
+    from pipeline.images import decode_file
+
+    project, run = trained
+    new = write_image(tmp_path / "new.png", seed=999)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    code, results, _ = _predict(capsys, project, str(new), str(bad), "--head",
+                                str(run / "heads" / "logreg"))
+    assert code == 0
+    fresh, broken = results
+    assert fresh["source"] == "backbone"
+    spec = backbone_spec(load_config(project / "stages.yaml"))
+    pixels = decode_file(new, spec.decode)[None].astype(np.float32)
+    head, metadata = load_head(run / "heads" / "logreg")
+    proba = head.predict_proba(np.asarray(build_feature_extractor(spec)(pixels)))[0]
+    assert fresh["predictions"][0]["class"] == metadata["classes"][int(proba.argmax())]
+    assert fresh["predictions"][0]["probability"] == pytest.approx(proba.max(), rel=1e-4)
+    assert broken["error"] and "not an image" in broken["error"]
+    # nothing was written to the cache
+    assert new.read_bytes() and len(FeatureStore(project / "cache",
+                                                 metadata["fingerprint"])) == 16
+
+
+def test_default_head_is_the_newest_runs_best_and_svm_has_no_probabilities(trained, capsys):
+    project, run = trained
+    metrics = json.loads((run / "metrics.json").read_text())
+    code = main(["predict", str(project / "data" / "test"), "-c", str(project / "stages.yaml")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("(cache)") == 4
+    assert metrics["heads.best.name"] in ("logreg", "svm")
+    code, results, _ = _predict(capsys, project, str(project / "data" / "test"), "--head",
+                                str(run / "heads" / "svm"))
+    assert all(r["predictions"][0]["probability"] is None for r in results)
+
+
+def test_an_end_to_end_model_predicts_what_it_scored(trained, capsys):
+    project, run = trained
+    code, results, _ = _predict(capsys, project, str(project / "data" / "test"), "--model",
+                                str(run / "scratch"))
+    assert code == 0 and {r["source"] for r in results} == {"model"}
+    scores = json.loads((run / "scratch" / "evaluation.json").read_text())["test"]
+    truth = [Path(r["path"]).parent.name for r in results]
+    accuracy = np.mean([r["predictions"][0]["class"] == t for r, t in zip(results, truth)])
+    assert accuracy == pytest.approx(scores["accuracy"])
+
+
+def test_predict_errors_are_one_line(trained, capsys, tmp_path: Path):
+    project, run = trained
+    code = main(["predict", str(tmp_path / "nothing.jpg"), "-c", str(project / "stages.yaml")])
+    assert code == 1 and "no such file or folder" in capsys.readouterr().err
+    code = main(["predict", str(project / "data"), "--model", str(tmp_path), "-c",
+                 str(project / "stages.yaml")])
+    assert code == 1 and "not a saved end-to-end model" in capsys.readouterr().err
+    empty = tmp_path / "runs-empty"
+    code = main(["predict", str(project / "data"), "-c", str(project / "stages.yaml"),
+                 "--set", f"runs.dir={empty}"])
+    assert code == 1 and "no trained head" in capsys.readouterr().err
