@@ -61,11 +61,18 @@ def cli() -> None:
 @click.option("--scheduler", metavar="ADDRESS",
               help="Where sweeps run: local, synchronous, or a dask scheduler address such as "
                    "tcp://host:8786 (default: cluster.scheduler of stages.yaml).")
+@click.option("--force", is_flag=True,
+              help="Run the named stages even when they are up to date.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
-        scheduler: str | None, progress: bool) -> None:
-    """Run STAGES (extract, heads, finetune, scratch) in that order, writing a run folder
-    under runs.dir.
+        scheduler: str | None, force: bool, progress: bool) -> None:
+    """Run STAGES (extract, heads, finetune, scratch, or all) and the stages they depend on,
+    in that order, writing a run folder under runs.dir.
+
+    A stage whose inputs and parameters are unchanged since it last succeeded (as recorded
+    in pipeline.lock beside stages.yaml) and whose outputs exist is skipped and reported as
+    up to date; --force runs the named stages anyway. `pipeline status` says which stages
+    are stale and why.
 
     \b
     extract  runs VGG16 once over every image whose features are not cached yet for
@@ -80,15 +87,20 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
     scratch  trains the source material's small CNN from scratch on the same
              splits, as a baseline.
     """
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in (*STAGES, "all")]
     if unknown:
         raise click.UsageError(f"unknown stage {', '.join(unknown)}; stages: "
-                               f"{', '.join(STAGES)}")
+                               f"{', '.join(STAGES)}, or all")
     if scheduler is not None:
         overrides = (*overrides, f"cluster.scheduler={scheduler}")
     config = _load(config_path, overrides)
+    from .runner import plan
     from .stages import run_stages
-    run_folder, report = run_stages(config, list(dict.fromkeys(stages)), progress=progress)
+    targets = list(dict.fromkeys(stages))
+    order = plan(config, targets)
+    run_folder, report = run_stages(
+        config, order, progress=progress, use_lock=True,
+        force=frozenset(order if "all" in targets else targets) if force else frozenset())
     click.echo(report)
     click.echo(f"run folder: {run_folder.path}")
 
@@ -132,6 +144,20 @@ def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Pat
         results = predict_with_head(config, head_folder or newest_best_head(config.runs.dir),
                                     files, top_k)
     click.echo(format_predictions(results, as_json))
+
+
+@cli.command()
+@config_option
+@set_option
+def status(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Say, per stage, whether it is up to date or stale, and why.
+
+    Compares each stage's inputs (data folder, backbone, dataset view, warm-start head),
+    parameters and outputs with what pipeline.lock recorded when it last succeeded, and
+    names what changed (for parameters: the key, old and new value).
+    """
+    from .runner import format_status
+    click.echo(format_status(_load(config_path, overrides)))
 
 
 @cli.command("runs")

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from .config import PipelineConfig
+from .runner import STAGE_ORDER, read_lock, record_stage, stage_state
 from .runs import RunFolder
 from .views import write_duplicates_csv, write_skipped_csv, write_view_csv
 
 
-def run_stages(config: PipelineConfig, stages: list[str],
-               progress: bool = True) -> tuple[RunFolder, str]:
+def run_stages(config: PipelineConfig, stages: list[str], progress: bool = True,
+               use_lock: bool = False, force: frozenset[str] = frozenset()
+               ) -> tuple[RunFolder, str]:
     """Run ``stages`` (extract, heads, finetune, scratch) in that order; returns the run
-    folder and a report."""
+    folder and a report.
+
+    With ``use_lock`` (``pipeline run``), each stage is first compared with ``pipeline.lock``:
+    one whose inputs, parameters and outputs are unchanged is skipped and reported as up to
+    date, unless it is in ``force``; each stage that runs is recorded in the lock when it
+    succeeds. Without it every stage runs and the lock is neither read nor written.
+    """
     if "heads" in stages and "extract" in stages:
         # Parameter names and values of every head, checked before an hour of extraction
         # (run_heads checks them again, first thing, when it runs alone).
@@ -20,19 +28,19 @@ def run_stages(config: PipelineConfig, stages: list[str],
         from .finetune import check_finetune
         check_finetune(config)  # before an hour of extraction or sweeps, not after
     run = RunFolder.create(config, stages)
-    reports = []
+    reports: list[str] = []
     try:
-        if "extract" in stages:
-            reports.append(_extract_into(run, config, progress))
-        if "heads" in stages:
-            from .heads import run_heads
-            reports.append(_record_stage(run, run_heads(config, run.path, progress=progress)))
-        if "finetune" in stages:
-            from .finetune import run_finetune
-            reports.append(_record_stage(run, run_finetune(config, run.path, progress)))
-        if "scratch" in stages:
-            from .scratch import run_scratch
-            reports.append(_record_stage(run, run_scratch(config, run.path, progress)))
+        for stage in (s for s in STAGE_ORDER if s in stages):
+            if use_lock and stage not in force:
+                state = stage_state(config, stage, read_lock(config))
+                if state.up_to_date:
+                    reports.append(f"{stage}: up to date, skipped (inputs and parameters "
+                                   f"unchanged; outputs in {state.run}; --force reruns it)")
+                    run.record({f"{stage}.up_to_date_in": state.run})
+                    continue
+            reports.append(_STAGES[stage](run, config, progress))
+            if use_lock:
+                record_stage(config, stage, run.path)
     except BaseException as exc:
         # The run folder says what happened, so a failed run is not mistaken for a finished one.
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
@@ -40,6 +48,7 @@ def run_stages(config: PipelineConfig, stages: list[str],
         (run.path / "summary.txt").write_text("\n".join([*reports, reason]) + "\n",
                                               encoding="utf-8")
         raise
+    (run.path / "summary.txt").write_text("\n".join(reports) + "\n", encoding="utf-8")
     return run, "\n".join(reports)
 
 
@@ -56,6 +65,21 @@ def _extract_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str
     return summary
 
 
+def _heads_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str:
+    from .heads import run_heads
+    return _record_stage(run, run_heads(config, run.path, progress=progress))
+
+
+def _finetune_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str:
+    from .finetune import run_finetune
+    return _record_stage(run, run_finetune(config, run.path, progress))
+
+
+def _scratch_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str:
+    from .scratch import run_scratch
+    return _record_stage(run, run_scratch(config, run.path, progress))
+
+
 def _record_stage(run: RunFolder, result) -> str:
     """Record a stage result's ``metrics()`` and ``summary()`` in the run folder."""
     run.record(result.metrics())
@@ -63,3 +87,7 @@ def _record_stage(run: RunFolder, result) -> str:
     with open(run.path / "summary.txt", "a", encoding="utf-8") as fh:
         fh.write(summary + "\n")
     return summary
+
+
+_STAGES = {"extract": _extract_into, "heads": _heads_into, "finetune": _finetune_into,
+           "scratch": _scratch_into}

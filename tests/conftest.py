@@ -136,6 +136,10 @@ def cached_project(tmp_path: Path):
         write_config(tmp_path, cached_document(heads, scheduler))
         write_cached_dataset(tmp_path, per_split or {"train": 12, "validation": 6, "test": 6},
                              **dataset)
+        # as if extract had run: `pipeline run heads` finds it up to date
+        from pipeline.config import load_config
+        from pipeline.runner import record_stage
+        record_stage(load_config(tmp_path / "stages.yaml"), "extract", None)
         return tmp_path
 
     return make

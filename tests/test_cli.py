@@ -32,8 +32,10 @@ def test_run_extract_then_inspect_the_cache(tiny_project: Path, capsys):
     assert code == 0
     assert "extract: 12 new, 0 cached, 0 skipped" in out and "run folder:" in out
     code, out, _ = _run(capsys, "run", "extract", "-c", config, "--no-progress")
+    assert code == 0 and "extract: up to date, skipped" in out
+    code, out, _ = _run(capsys, "run", "extract", "-c", config, "--no-progress", "--force")
     assert code == 0 and "extract: 0 new, 12 cached" in out
-    assert len(list((tiny_project / "runs").iterdir())) == 2  # one folder per run
+    assert len(list((tiny_project / "runs").iterdir())) == 3  # one folder per run
     code, out, _ = _run(capsys, "cache", "ls", "-c", config)
     assert code == 0
     assert "random(seed=1)" in out and "32x32" in out and "1x1x512" in out

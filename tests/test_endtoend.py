@@ -174,13 +174,12 @@ def test_an_empty_test_split_trains_warns_and_reports_no_test_score(tmp_path: Pa
 
 
 @pytest.mark.parametrize("stage", ["finetune", "scratch"])
-def test_end_to_end_stages_without_extract_say_to_extract(tmp_path: Path, capsys, stage: str):
-    from pipeline.cli import main
+def test_end_to_end_stages_without_extract_say_to_extract(tmp_path: Path, stage: str):
+    from pipeline.features import MissingViewError
 
     project = _split_project(tmp_path)
-    code = main(["run", stage, "-c", str(project / "stages.yaml"), "--no-progress"])
-    assert code == 1
-    assert "run `pipeline run extract` first" in capsys.readouterr().err
+    with pytest.raises(MissingViewError, match="run `pipeline run extract` first"):
+        _run(project, stage)
 
 
 def test_a_head_for_other_classes_or_features_is_refused(finetuned):
@@ -375,17 +374,13 @@ def test_auto_passes_over_a_newer_head_that_does_not_load(finetuned, tmp_path: P
                            view.classes, view_id(config)) == good
 
 
-def test_training_images_gone_since_extract_end_the_run_with_one_error_line(tmp_path: Path,
-                                                                             capsys):
+def test_training_images_gone_since_extract_stop_the_run_with_a_clear_error(tmp_path: Path):
     import shutil
 
-    from pipeline.cli import main
+    from pipeline.errors import PipelineError
 
     project = _split_project(tmp_path)
     _run(project, "extract")
     shutil.rmtree(project / "data" / "train")
-    code = main(["run", "scratch", "-c", str(project / "stages.yaml"), "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "\nerror: " in err and "decodes any more" in err
-    assert "Traceback" not in err
+    with pytest.raises(PipelineError, match="decodes any more"):
+        _run(project, "scratch")
