@@ -160,6 +160,23 @@ def status(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(format_status(_load(config_path, overrides)))
 
 
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write (default: report.html in runs.dir).")
+@config_option
+@set_option
+def report(output: Path | None, config_path: str, overrides: tuple[str, ...]) -> None:
+    """Write one self-contained HTML report of the latest results (figures inlined).
+
+    Sections: data (images per split and class, skipped files, duplicates and leakage),
+    extraction, the heads leaderboard, training curves raw and smoothed, confusion
+    matrices, and the recipes compared. Opens nothing by itself.
+    """
+    from .report import write_report
+    config = _load(config_path, overrides)
+    click.echo(write_report(config, output or config.runs.dir / "report.html").summary())
+
+
 @cli.command("runs")
 @config_option
 @set_option

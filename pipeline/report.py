@@ -1,0 +1,294 @@
+"""``pipeline report``: one self-contained HTML page of the pipeline's latest results.
+
+It reads what the stages left (the dataset view, run folders' metrics, leaderboards, histories
+and confusion matrices; the newest run of each stage, or the one pipeline.lock names) and
+writes a single file with every figure inlined as a base64 PNG: no network, no side files, and
+it opens nowhere by itself. Sections: data, extraction, leaderboard, training curves (raw and
+smoothed with an exponential moving average, as the source material plots them), confusion
+matrices, and the recipes compared by accuracy and time.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache import FeatureStore
+
+from .config import PipelineConfig
+from .fingerprint import backbone_fingerprint, backbone_spec
+from .runs import list_runs
+from .views import DatasetView, read_view, view_path
+
+SECTIONS = ("data", "extraction", "leaderboard", "curves", "confusion", "recipes")
+SMOOTHING = 0.8  # weight of the previous smoothed point
+
+
+def smooth(values: list[float], factor: float = SMOOTHING) -> list[float]:
+    """Exponential moving average: each point is ``factor`` x previous + (1 - factor) x raw."""
+    out: list[float] = []
+    for value in values:
+        out.append(value if not out else out[-1] * factor + value * (1 - factor))
+    return out
+
+
+@dataclass
+class ReportResult:
+    """Where the report went and what it holds."""
+
+    path: Path
+    sections: tuple[str, ...]
+    figures: int
+
+    def summary(self) -> str:
+        """One line: the file and its contents."""
+        return f"report: {self.path} ({len(self.sections)} sections, {self.figures} figures)"
+
+
+def _latest(config: PipelineConfig, key: str) -> tuple[Path | None, dict]:
+    """The newest run folder whose metrics.json has ``key``, and its metrics."""
+    for run in reversed(list_runs(config.runs.dir)):
+        if key in run.metrics:
+            return config.runs.dir / run.name, run.metrics
+    return None, {}
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, str) and "." in value:  # numbers read back from CSV
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _view(config: PipelineConfig) -> DatasetView | None:
+    fingerprint, _ = backbone_fingerprint(backbone_spec(config))
+    path = view_path(config, FeatureStore(config.cache.dir, fingerprint))
+    return read_view(path) if path.is_file() else None
+
+
+def _data_section(view: DatasetView | None) -> str:
+    if view is None:
+        return "<p>No dataset view yet: run <code>pipeline run extract</code>.</p>"
+    counts = view.counts()
+    rows = [[label, *(counts[s][label] for s in ("train", "validation", "test")),
+             sum(counts[s][label] for s in counts)] for label in view.classes]
+    rows.append(["all", *(sum(counts[s].values()) for s in ("train", "validation", "test")),
+                 len(view.images)])
+    parts = [_table(["class", "train", "validation", "test", "all"], rows)]
+    parts.append(f"<h3>Skipped files ({len(view.skipped)})</h3>")
+    if view.skipped:
+        parts.append(_table(["file", "reason"], [[s.path, s.reason] for s in view.skipped]))
+    leakage = [g for g in view.duplicates if g["kind"] == "leakage"]
+    parts.append(f"<h3>Duplicates ({len(view.duplicates)} groups, {len(leakage)} across "
+                 f"splits: leakage)</h3>")
+    if view.duplicates:
+        parts.append(_table(["kind", "files", "classes", "splits"],
+                            [[g["kind"], ", ".join(g["paths"]), ", ".join(g["classes"]),
+                              ", ".join(g["splits"])] for g in view.duplicates]))
+    return "".join(parts)
+
+
+def _extraction_section(config: PipelineConfig) -> str:
+    run, metrics = _latest(config, "extract.images")
+    if run is None:
+        return "<p>No extraction yet.</p>"
+    keys = [("images in the view", "extract.images"), ("new", "extract.images_new"),
+            ("cached before", "extract.images_cached"), ("skipped", "extract.images_skipped"),
+            ("extraction loop, s", "extract.inference_seconds"),
+            ("images per second", "extract.images_per_second"),
+            ("whole stage, s", "extract.seconds"),
+            ("augmented views new", "extract.augmented_views_new"),
+            ("augmented views cached", "extract.augmented_views_cached"),
+            ("backbone fingerprint", "extract.fingerprint")]
+    return (f"<p>From run <code>{html.escape(run.name)}</code>.</p>" +
+            _table(["measure", "value"], [[name, metrics.get(key)] for name, key in keys]))
+
+
+def _leaderboard_section(config: PipelineConfig) -> str:
+    run, metrics = _latest(config, "heads.trials")
+    if run is None or not (run / "leaderboard.csv").is_file():
+        return "<p>No heads trained yet: run <code>pipeline run heads</code>.</p>"
+    with open(run / "leaderboard.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = ["rank", "head", "kind", "status", "val_accuracy", "val_f1_macro", "fit_seconds",
+               "params"]
+    return (f"<p>Run <code>{html.escape(run.name)}</code>: {metrics['heads.trials']} trials; "
+            f"best <b>{html.escape(str(metrics.get('heads.best.name')))}</b>, test accuracy "
+            f"{_cell(metrics.get('heads.best.test_accuracy'))} (the only model tested).</p>" +
+            _table(columns, [[r.get(c, "") for c in columns] for r in rows[:20]]))
+
+
+def _histories(config: PipelineConfig) -> list[tuple[str, dict]]:
+    found = []
+    run, metrics = _latest(config, "heads.trials")
+    if run is not None:
+        for history in sorted((run / "heads").glob("*/history.json")):
+            found.append((f"dense head {history.parent.name}", history))
+    for stage, files in (("finetune", ("history_phase1.json", "history_phase2.json")),
+                         ("scratch", ("history_train.json",))):
+        run, _ = _latest(config, f"{stage}.test_accuracy")
+        if run is None:
+            run, _ = _latest(config, f"{stage}.val_accuracy")
+        for name in files:
+            if run is not None and (run / stage / name).is_file():
+                found.append((f"{stage} {name.removeprefix('history_').removesuffix('.json')}",
+                              run / stage / name))
+    loaded = []
+    for title, path in found:
+        try:
+            history = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if history.get("loss"):
+            loaded.append((title, history))
+    return loaded
+
+
+def _curves_section(config: PipelineConfig, figures: list[int]) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = []
+    for title, history in _histories(config):
+        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        try:
+            for ax, metric in zip(axes, ("accuracy", "loss")):
+                for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                    values = history.get(key)
+                    if not values:
+                        continue
+                    epochs = range(1, len(values) + 1)
+                    ax.plot(epochs, values, style, alpha=0.35, label=f"{key} (raw)")
+                    ax.plot(epochs, smooth(values), style, label=f"{key} (smoothed)")
+                ax.set_xlabel("epoch")
+                ax.set_title(f"{title}: {metric}")
+                ax.legend(fontsize=7)
+            figure.tight_layout()
+            parts.append(_img(_png(figure), f"{title} curves"))
+            figures[0] += 1
+        finally:
+            plt.close(figure)
+    if not parts:
+        return "<p>No training history yet.</p>"
+    return (f"<p>Faint lines: per epoch; solid: exponential moving average "
+            f"(factor {SMOOTHING}).</p>" + "".join(parts))
+
+
+def _confusion_section(config: PipelineConfig, figures: list[int]) -> str:
+    parts = []
+    run, metrics = _latest(config, "heads.trials")
+    candidates = []
+    if run is not None and metrics.get("heads.best.name"):
+        candidates.append((f"best head {metrics['heads.best.name']}",
+                           run / "heads" / str(metrics["heads.best.name"])))
+    for stage in ("finetune", "scratch"):
+        stage_run, _ = _latest(config, f"{stage}.val_accuracy")
+        if stage_run is not None:
+            candidates.append((stage, stage_run / stage))
+    for title, folder in candidates:
+        for split in ("test", "validation"):
+            png = folder / f"confusion_{split}.png"
+            if png.is_file():
+                data = base64.b64encode(png.read_bytes()).decode("ascii")
+                parts.append(f"<figure>{_img(data, f'{title} on {split}')}"
+                             f"<figcaption>{html.escape(title)}, {split}</figcaption></figure>")
+                figures[0] += 1
+                break
+    return "".join(parts) or "<p>No confusion matrix yet.</p>"
+
+
+def _recipes_section(config: PipelineConfig) -> str:
+    rows = []
+    _, scratch = _latest(config, "scratch.val_accuracy")
+    if scratch:
+        rows.append(["CNN from scratch", scratch.get("scratch.val_accuracy"),
+                     scratch.get("scratch.test_accuracy"), scratch.get("scratch.seconds")])
+    _, extract = _latest(config, "extract.images")
+    run = next((r for r in reversed(list_runs(config.runs.dir))
+                if "heads.trials" in r.metrics
+                and not r.metrics.get("heads.train_augmented_views")), None)
+    if run:
+        rows.append([f"cached features + {run.metrics.get('heads.best.name')} head",
+                     run.metrics.get("heads.best.val_accuracy"),
+                     run.metrics.get("heads.best.test_accuracy"), run.metrics.get("heads.seconds")])
+    run = next((r for r in reversed(list_runs(config.runs.dir))
+                if r.metrics.get("heads.train_augmented_views")), None)
+    if run:
+        rows.append([f"cached augmented views ({run.metrics['heads.train_augmented_views']}) + "
+                     f"{run.metrics.get('heads.best.name')} head",
+                     run.metrics.get("heads.best.val_accuracy"),
+                     run.metrics.get("heads.best.test_accuracy"), run.metrics.get("heads.seconds")])
+    _, finetune = _latest(config, "finetune.val_accuracy")
+    if finetune:
+        rows.append(["frozen base + augmentation (finetune phase 1)",
+                     finetune.get("finetune.phase1.best_val_accuracy"), None,
+                     finetune.get("finetune.phase1.seconds")])
+        rows.append(["block5 fine-tuned (finetune phase 2, final model)",
+                     finetune.get("finetune.val_accuracy"), finetune.get("finetune.test_accuracy"),
+                     finetune.get("finetune.seconds")])
+    if not rows:
+        return "<p>No recipe has run yet.</p>"
+    note = ""
+    if extract:
+        note = (f"<p>Cached features cost one pass of the backbone per image, once: "
+                f"{_cell(extract.get('extract.images_per_second'))} images per second in the "
+                f"latest extraction. Times are each stage's training time in seconds.</p>")
+    return note + _table(["recipe", "validation accuracy", "test accuracy", "seconds"], rows)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%}
+figure{display:inline-block;margin:.5em}h2{border-bottom:2px solid #ddd}"""
+
+
+def write_report(config: PipelineConfig, path: Path) -> ReportResult:
+    """Write the report of ``config``'s pipeline to ``path`` (one HTML file)."""
+    figures = [0]
+    view = _view(config)
+    bodies = {
+        "data": ("Data", _data_section(view)),
+        "extraction": ("Extraction", _extraction_section(config)),
+        "leaderboard": ("Heads leaderboard", _leaderboard_section(config)),
+        "curves": ("Training curves", _curves_section(config, figures)),
+        "confusion": ("Confusion matrices", _confusion_section(config, figures)),
+        "recipes": ("Recipes compared", _recipes_section(config)),
+    }
+    sections = "".join(f'<section id="{key}"><h2>{title}</h2>{body}</section>'
+                       for key, (title, body) in bodies.items())
+    source = html.escape(str(config.source or "stages.yaml"))
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>Pipeline report</title><style>{STYLE}</style></head><body>"
+            f"<h1>Pipeline report</h1><p>{source}</p>{sections}</body></html>\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(page, encoding="utf-8")
+    temp.replace(path)
+    return ReportResult(path, SECTIONS, figures[0])
