@@ -89,7 +89,11 @@ def verify_store(store: FeatureStore, record: bool = True) -> VerifyReport:
     for shard in manifest.shards.values():
         report.shards += 1
         report.rows += shard.rows
-        report.damaged += _check_shard(store, shard.name, shard.sha256, shard.checksums)
+        damaged = _check_shard(store, shard.name, shard.sha256, shard.checksums)
+        if damaged and not (store.path / shard.name).exists() and \
+                shard.name not in load_manifest(store.path).shards:
+            continue  # retired by a repair or gc that ran meanwhile, not lost
+        report.damaged += damaged
     if record:
         path = store.path / DAMAGED_NAME
         if report.damaged:
@@ -112,6 +116,7 @@ class GarbageReport:
     shards_rewritten: list[str] = field(default_factory=list)  # shards keeping some rows
     bytes_freed: int = 0      # estimated before, measured after a real run
     applied: bool = False
+    recent: int = 0           # unreferenced but newer than every view: kept (see gc)
 
 
 def plan_garbage(store: FeatureStore, keep: Iterable[str]) -> GarbageReport:

@@ -35,6 +35,7 @@ from .store import (
     HOLDER_NAME,
     LOCK_NAME,
     REJECTS_NAME,
+    CacheError,
     CacheLockedError,
     FeatureStore,
     _write_json_atomic,
@@ -101,7 +102,12 @@ class ShardWriter:
         for temp in path.glob(f".*{TEMP_SUFFIX}"):
             temp.unlink(missing_ok=True)  # a write that never got its final name
         manifest = load_manifest(path)
-        if manifest.damaged_lines:
+        # A listed shard whose file is gone (a rewrite that crashed after removing the old
+        # file, or a file deleted by hand): its entries become missing and are recomputed.
+        gone = [name for name in manifest.shards if not (path / name).exists()]
+        for name in gone:
+            manifest.remove(name)
+        if manifest.damaged_lines or gone:
             rewrite_manifest(path, manifest)
         for shard in self.store._shard_files():
             if shard.name in manifest.shards:
@@ -142,33 +148,42 @@ class ShardWriter:
     def _drop_rows(self, name: str, rows: set[int], keep_file_as: str | None) -> int:
         """Replace shard ``name`` by a new shard of its other rows; returns bytes freed.
 
-        Order matters for crashes: the kept rows are committed to a new shard first, then the
-        manifest is rewritten without the old shard, then the old file goes. A crash between
-        any two steps leaves every kept row readable (from the old or the new shard), and the
-        next writer finishes the job.
+        Kept rows are checked against their write-time checksums first; one that fails is
+        dropped too (its entry becomes missing and is recomputed), never copied with a fresh
+        checksum. Order matters for crashes: the kept rows are committed to a new shard, then
+        the old file goes (aside as ``.<name><keep_file_as>``, or deleted), then the manifest is
+        rewritten. A crash between steps leaves every kept row readable, and the next writer's
+        recovery drops the record of a shard whose file is gone.
         """
         record = self._manifest.shards[name]
         path = self.store.path / name
-        keep = [i for i in range(record.rows) if i not in rows]
+        keep = [i for i in range(record.rows) if i not in rows] if path.exists() else []
         kept_rows = np.empty((0,))
-        if keep and path.exists():
+        if keep:
             try:
                 with h5py.File(path, "r") as f:
                     kept_rows = f["features"][np.asarray(keep)]
-            except (OSError, KeyError, ValueError):
-                keep = []  # unreadable as a whole: every row is recomputed
+            except (OSError, KeyError, ValueError) as exc:
+                if keep_file_as is None:  # gc: leave a shard it cannot read as it is
+                    raise CacheError(f"{path}: cannot read to rewrite it ({exc}); run "
+                                     f"`pipeline cache verify`") from None
+                keep = []  # repair: the file goes aside, every row is recomputed
+            if keep and record.checksums:
+                good = [j for j, crc in enumerate(row_checksums(kept_rows))
+                        if crc == record.checksums[keep[j]]]
+                keep, kept_rows = [keep[j] for j in good], kept_rows[good]
         before = path.stat().st_size if path.exists() else 0
         written_before = self._bytes_written
         self._manifest.remove(name)
         if keep:
             self.add([record.sha256[i] for i in keep], kept_rows)
             self.flush()
-        rewrite_manifest(self.store.path, self._manifest)
         if path.exists():
             if keep_file_as:
                 path.rename(path.with_name(f".{name}{keep_file_as}"))
             else:
                 path.unlink()
+        rewrite_manifest(self.store.path, self._manifest)
         self.store.refresh()
         self.store._manifest = self._manifest
         return before - (self._bytes_written - written_before)

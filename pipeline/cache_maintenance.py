@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cache import CacheError, FeatureStore, list_stores
 from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
+from cache.manifest import load_manifest
 
 from .cache_listing import _size
 from .errors import PipelineError
@@ -85,15 +86,33 @@ def collect_garbage(cache_dir: Path, apply: bool = False, lock_timeout: float = 
     """
     reports = []
     for store in _stores(cache_dir, fingerprint):
-        report = plan_garbage(store, referenced_keys(store))
+        report = _plan(store)
         if apply and report.unreferenced:
             with store.open_writer(store.description, lock_timeout=lock_timeout) as writer:
-                # recomputed under the lock: an extraction may have finished meanwhile
-                report = plan_garbage(store, referenced_keys(store))
+                # planned again under the lock: an extraction may have finished meanwhile
+                report = _plan(store)
                 report.bytes_freed = writer.remove_entries(report.unreferenced)
             report.applied = True
         reports.append(report)
     return reports
+
+
+def _plan(store: FeatureStore) -> GarbageReport:
+    """plan_garbage, keeping what the views reference and every entry of a shard written after
+    the newest view: an extraction writes its view only after its last shard, so such rows
+    may belong to a view that does not exist yet."""
+    keep = referenced_keys(store)
+    views = list(store.views_dir().glob("*.json")) if store.views_dir().is_dir() else []
+    newest = max((v.stat().st_mtime_ns for v in views), default=0)
+    recent = set()
+    for shard in load_manifest(store.path).shards.values():
+        path = store.path / shard.name
+        if path.exists() and path.stat().st_mtime_ns > newest:
+            recent.update(shard.sha256)
+    report = plan_garbage(store, keep | recent)
+    report.recent = len(recent - keep)
+    report.referenced -= report.recent
+    return report
 
 
 def format_garbage(reports: list[GarbageReport], cache_dir: Path) -> str:
@@ -107,7 +126,9 @@ def format_garbage(reports: list[GarbageReport], cache_dir: Path) -> str:
                      f"referenced by dataset views; {verb} {len(report.unreferenced)} "
                      f"({'freed' if report.applied else 'about'} "
                      f"{_size(report.bytes_freed)}: {len(report.shards_deleted)} shards "
-                     f"deleted, {len(report.shards_rewritten)} rewritten)")
+                     f"deleted, {len(report.shards_rewritten)} rewritten)"
+                     + (f"; kept {report.recent} newer than every dataset view (an "
+                        f"extraction may still be writing its view)" if report.recent else ""))
     if not any(r.applied for r in reports) and any(r.unreferenced for r in reports):
         lines.append("dry run: nothing was changed; run `pipeline cache gc --apply` to remove")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ from cache import FeatureStore
 
 from .config import PipelineConfig
 from .fingerprint import backbone_fingerprint, backbone_spec
-from .views import view_path
+from .views import read_view, view_path
 
 STAGE_ORDER = ("extract", "heads", "finetune", "scratch")
 LOCK_NAME = "pipeline.lock"
@@ -122,13 +122,25 @@ def stage_deps(config: PipelineConfig, stage: str, lock: dict) -> dict:
     return deps
 
 
-def _outputs_exist(stage: str, entry: dict, config: PipelineConfig) -> bool:
+def _missing_outputs(stage: str, entry: dict, config: PipelineConfig) -> str | None:
+    """Why ``stage``'s recorded outputs are not all there any more, or None."""
     if stage == "extract":
-        return _view_hash(config) == entry.get("outs", {}).get("dataset_view")
+        if _view_hash(config) != entry.get("outs", {}).get("dataset_view"):
+            return "outputs missing (the dataset view changed or is gone)"
+        fingerprint, _ = backbone_fingerprint(backbone_spec(config))
+        store = FeatureStore(config.cache.dir, fingerprint)
+        view = read_view(view_path(config, store))
+        keys = [image.sha256 for image in view.images]
+        keys += [key for key, _, _ in view.augmented_views()]
+        missing = store.missing(keys)
+        if missing:
+            return (f"outputs missing ({len(missing)} cached entries of the dataset view are "
+                    f"missing or damaged)")
+        return None
     run = Path(entry.get("run", ""))
     wanted = {"heads": run / "leaderboard.csv", "finetune": run / "finetune" / "model.keras",
               "scratch": run / "scratch" / "model.keras"}[stage]
-    return wanted.is_file()
+    return None if wanted.is_file() else f"outputs missing (expected {wanted})"
 
 
 @dataclass(frozen=True)
@@ -183,8 +195,10 @@ def stage_state(config: PipelineConfig, stage: str, lock: dict) -> StageState:
                             "dataset_view": "dataset view changed (extract found other images)",
                             "warm_start_head": "warm-start head changed (heads ran again)",
                             }.get(name, f"{name} changed"))
-    if not reasons and not _outputs_exist(stage, entry, config):
-        reasons.append(f"outputs missing (expected in {entry.get('run') or 'the cache'})")
+    if not reasons:
+        missing = _missing_outputs(stage, entry, config)
+        if missing:
+            reasons.append(missing)
     return StageState(stage, not reasons, tuple(reasons), "" if reasons else entry.get("run", ""))
 
 
@@ -206,12 +220,17 @@ def record_stage(config: PipelineConfig, stage: str, run: Path | None) -> None:
 def format_status(config: PipelineConfig) -> str:
     """One line per stage: up to date (and where its outputs are) or stale, and why."""
     lock = read_lock(config)
-    lines = []
+    lines, stale = [], set()
     for stage in STAGE_ORDER:
         state = stage_state(config, stage, lock)
-        if state.up_to_date:
+        upstream = [d for d in dependencies(config, stage) if d in stale]
+        reasons = list(state.reasons)
+        if upstream:  # it runs after them, and their new outputs may change its inputs
+            reasons.append(f"depends on stale {', '.join(upstream)}")
+        if reasons:
+            stale.add(stage)
+            lines.append(f"{stage}: stale: {'; '.join(reasons)}")
+        else:
             where = f" (outputs in {state.run})" if state.run else ""
             lines.append(f"{stage}: up to date{where}")
-        else:
-            lines.append(f"{stage}: stale: {'; '.join(state.reasons)}")
     return "\n".join(lines)

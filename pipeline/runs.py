@@ -69,7 +69,7 @@ class RunSummary:
     """One run folder as ``pipeline runs`` lists it."""
 
     name: str
-    status: str                       # ok, failed, interrupted, or running/unknown
+    status: str                       # ok, failed, interrupted, unfinished (running or killed)
     metrics: dict[str, float | int | str]
 
 
@@ -91,7 +91,8 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
         except (OSError, IndexError):
             last = ""
         status = "interrupted" if last == "interrupted" else \
-            "failed" if last.startswith("failed:") else "ok" if last else "unfinished"
+            "failed" if last.startswith("failed:") else \
+            "ok" if "run.finished" in metrics else "unfinished"
         runs.append(RunSummary(folder.name, status, metrics))
     return runs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from .config import PipelineConfig
 from .runner import STAGE_ORDER, read_lock, record_stage, stage_state
 from .runs import RunFolder
@@ -49,6 +51,8 @@ def run_stages(config: PipelineConfig, stages: list[str], progress: bool = True,
                                               encoding="utf-8")
         raise
     (run.path / "summary.txt").write_text("\n".join(reports) + "\n", encoding="utf-8")
+    # the mark of a run that finished: `pipeline runs` calls a folder without it unfinished
+    run.record({"run.finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return run, "\n".join(reports)
 
 

@@ -105,9 +105,10 @@ def test_verify_is_read_only_and_works_while_an_extraction_holds_the_lock(extrac
     with store.open_writer(store.description):
         code, out, _ = _cli(capsys, project, "cache", "verify")
     assert code == 0 and "12 entries checked: ok" in out
-    after = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()
-             if p.name not in (".write.lock", ".write.holder")}
-    assert after == {k: v for k, v in before.items() if k in after}
+    after = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
+    locks = {".write.lock", ".write.holder"}
+    assert set(after) - locks == set(before) - locks
+    assert all(after[name] == before[name] for name in set(before) - locks)
 
 
 def test_gc_dry_run_changes_nothing_and_a_real_one_frees_what_it_said(extracted, capsys):
@@ -126,6 +127,8 @@ def test_gc_dry_run_changes_nothing_and_a_real_one_frees_what_it_said(extracted,
     assert "dry run" in out
     assert {p.name: p.read_bytes() for p in store.path.rglob("*") if p.is_file()} == files
 
+    from pipeline.cache_maintenance import collect_garbage
+    (planned,) = collect_garbage(store.cache_dir)
     size_before = sum(p.stat().st_size for p in store.path.glob("*.h5"))
     code, out, _ = _cli(capsys, project, "cache", "gc", "--apply")
     assert code == 0 and "removed 5" in out
@@ -134,6 +137,12 @@ def test_gc_dry_run_changes_nothing_and_a_real_one_frees_what_it_said(extracted,
     assert len(store) == 7
     freed = size_before - size_after
     assert freed > 0 and f"freed {_size(freed)}" in out
+    # what the dry run said: the same entries, the same shards deleted and rewritten
+    shard_counts = f"{len(planned.shards_deleted)} shards deleted, " \
+        f"{len(planned.shards_rewritten)} rewritten"
+    assert f"removed {len(planned.unreferenced)} " in out and shard_counts in out
+    replaced = set(planned.shards_deleted) | set(planned.shards_rewritten)
+    assert replaced and not replaced & {p.name for p in store.path.glob("*.h5")}
     assert set(store.sha256s()) == in_view
     _assert_cache_exact(store, {k: v for k, v in original.items() if k in in_view})
     assert "would remove 0" in _cli(capsys, project, "cache", "gc")[1]
@@ -157,3 +166,40 @@ def test_gc_never_touches_a_cache_an_extraction_is_writing(extracted):
 def _size(n: int) -> str:
     from pipeline.cache_listing import _size as size
     return size(n)
+
+
+def test_gc_keeps_shards_newer_than_every_view(extracted, capsys):
+    import os
+
+    project, store, _ = extracted
+    shutil.rmtree(project / "data" / "dogs")
+    _extract_again(project)  # six dog entries are now unreferenced
+    newest_view = max(p.stat().st_mtime for p in store.views_dir().glob("*.json"))
+    for shard in store.path.glob("*.h5"):  # as if an extraction had just written them
+        os.utime(shard, (newest_view + 60, newest_view + 60))
+    code, out, _ = _cli(capsys, project, "cache", "gc", "--apply")
+    assert code == 0 and "6 referenced by dataset views; would remove 0" in out
+    assert "kept 6 newer than every dataset view" in out
+    store.refresh()
+    assert len(store) == 12
+
+
+def test_a_damaged_row_is_not_copied_when_gc_rewrites_its_shard(extracted, capsys):
+    project, store, original = extracted
+    record = store.shards()[1]
+    _flip_byte(store.path / record.name, row=0)  # damaged, not yet found by verify
+    gone = [p for p in (project / "data").rglob("*.png")
+            if hashlib_sha(p) == record.sha256[1]]
+    gone[0].unlink()  # row 1 of the same shard becomes unreferenced
+    _extract_again(project)
+    code, out, _ = _cli(capsys, project, "cache", "gc", "--apply")
+    assert code == 0 and "removed 1" in out
+    store.refresh()
+    assert record.sha256[0] not in store  # dropped, to be recomputed, not copied as good
+    assert _cli(capsys, project, "cache", "verify")[0] == 0
+    assert _extract_again(project).new == 1
+
+
+def hashlib_sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -46,12 +46,12 @@ def test_cached_images_are_classified_from_the_cache_as_the_head_would(trained, 
     store = FeatureStore(project / "cache", metadata["fingerprint"])
     import hashlib
     shas = [hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() for r in results]
-    expected_proba = head.predict_proba(store.get(shas))
-    for result, proba in zip(results, expected_proba):
+    x = store.get(shas)
+    for result, proba, predicted in zip(results, head.predict_proba(x), head.predict(x)):
         assert result["source"] == "cache" and result["error"] is None
         top = result["predictions"]
         assert len(top) == 2 and top[0]["probability"] >= top[1]["probability"]
-        assert top[0]["class"] == metadata["classes"][int(proba.argmax())]
+        assert top[0]["class"] == metadata["classes"][int(predicted)]  # the head's own answer
         assert top[0]["probability"] == pytest.approx(proba.max())
 
 
@@ -93,6 +93,14 @@ def test_default_head_is_the_newest_runs_best_and_svm_has_no_probabilities(train
     code, results, _ = _predict(capsys, project, str(project / "data" / "test"), "--head",
                                 str(run / "heads" / "svm"))
     assert all(r["predictions"][0]["probability"] is None for r in results)
+    import hashlib
+
+    from pipeline.head_io import load_head
+    svm, metadata = load_head(run / "heads" / "svm")
+    store = FeatureStore(project / "cache", metadata["fingerprint"])
+    x = store.get([hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() for r in results])
+    assert [r["predictions"][0]["class"] for r in results] == \
+        [metadata["classes"][i] for i in svm.predict(x)]
 
 
 def test_an_end_to_end_model_predicts_what_it_scored(trained, capsys):
@@ -104,6 +112,16 @@ def test_an_end_to_end_model_predicts_what_it_scored(trained, capsys):
     truth = [Path(r["path"]).parent.name for r in results]
     accuracy = np.mean([r["predictions"][0]["class"] == t for r, t in zip(results, truth)])
     assert accuracy == pytest.approx(scores["accuracy"])
+    # image by image, the model's own answer
+    from pipeline._tf import keras
+    from pipeline.fingerprint import backbone_spec
+    from pipeline.images import decode_file
+    model = keras.saving.load_model(run / "scratch" / "model.keras", safe_mode=True)
+    decode = backbone_spec(load_config(project / "stages.yaml")).decode
+    pixels = np.stack([decode_file(Path(r["path"]), decode) for r in results]).astype("float32")
+    classes = json.loads((run / "scratch" / "model.json").read_text())["classes"]
+    assert [r["predictions"][0]["class"] for r in results] == \
+        [classes[i] for i in np.asarray(model(pixels)).argmax(axis=1)]
 
 
 def test_predict_errors_are_one_line(trained, capsys, tmp_path: Path):

@@ -43,8 +43,8 @@ def test_plan_adds_dependencies_in_pipeline_order(project: Path):
 
 def test_unchanged_stages_are_skipped_and_a_changed_parameter_reruns_only_its_stage(
         project: Path, capsys):
-    assert set(_status(capsys, project).values()) == {
-        "stale: never run (no entry in pipeline.lock)"}
+    assert all(v.startswith("stale: never run (no entry in pipeline.lock)")
+               for v in _status(capsys, project).values())
     out = _run(capsys, project, "run", "heads", "--no-progress")
     assert "extract: 16 new" in out and "heads: 1 trials" in out  # extract ran first
     status = _status(capsys, project)
@@ -71,6 +71,7 @@ def test_a_changed_input_reruns_the_stage_and_what_depends_on_it(project: Path, 
     status = _status(capsys, project)
     assert status["extract"] == ("stale: data folder changed (files added, removed or "
                                  "modified)")
+    assert status["heads"] == "stale: depends on stale extract"  # it will run after it
     out = _run(capsys, project, "run", "heads", "--no-progress")
     assert "extract: 1 new, 16 cached" in out
     assert "heads: 1 trials" in out and "on 9 train" in out  # the view changed: heads reran
@@ -95,3 +96,20 @@ def test_a_view_that_extract_rewrites_identically_keeps_heads_up_to_date(project
     _run(capsys, project, "run", "heads", "--no-progress")
     _run(capsys, project, "run", "extract", "--no-progress", "--force")  # same images
     assert _status(capsys, project)["heads"].startswith("up to date")
+
+
+def test_entries_verify_found_damaged_make_extract_run_again(project: Path, capsys):
+    from cache import FeatureStore
+
+    _run(capsys, project, "run", "extract", "--no-progress")
+    config = load_config(project / "stages.yaml")
+    from pipeline.fingerprint import backbone_fingerprint, backbone_spec
+    store = FeatureStore(config.cache.dir, backbone_fingerprint(backbone_spec(config))[0])
+    (store.path / store.shards()[0].name).unlink()
+    assert main(["cache", "verify", "-c", str(project / "stages.yaml")]) == 1
+    capsys.readouterr()
+    assert _status(capsys, project)["extract"] == (
+        "stale: outputs missing (4 cached entries of the dataset view are missing or damaged)")
+    out = _run(capsys, project, "run", "extract", "--no-progress")
+    assert "extract: 4 new, 12 cached" in out
+    assert main(["cache", "verify", "-c", str(project / "stages.yaml")]) == 0
