@@ -48,14 +48,21 @@ def format_store_list(cache_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def format_store_info(cache_dir: Path, fingerprint: str | None = None) -> str:
-    """What a fingerprint is made of, its counts, and the dataset views that use it."""
+def select_stores(cache_dir: Path, fingerprint: str | None) -> list[FeatureStore]:
+    """Every store under ``cache_dir``, or those whose fingerprint starts with ``fingerprint``
+    (:class:`CacheError` when none does)."""
     stores = list_stores(cache_dir)
     if fingerprint is not None:
         stores = [s for s in stores if s.fingerprint.startswith(fingerprint)]
         if not stores:
             raise CacheError(f"no fingerprint {fingerprint!r} in {cache_dir}; "
                              f"see `pipeline cache ls`")
+    return stores
+
+
+def format_store_info(cache_dir: Path, fingerprint: str | None = None) -> str:
+    """What a fingerprint is made of, its counts, and the dataset views that use it."""
+    stores = select_stores(cache_dir, fingerprint)
     if not stores:
         return f"{cache_dir}: empty"
     blocks = [_store_info(store) for store in stores]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cache import CacheError, FeatureStore, list_stores
+from cache import FeatureStore
 from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
 from cache.manifest import load_manifest
 
-from .cache_listing import _size
+from .cache_listing import _size, select_stores
 from .errors import PipelineError
 from .views import read_view
 
@@ -22,20 +22,10 @@ class DamagedCacheError(PipelineError):
     """verify found damaged entries (listed; the next extract recomputes them)."""
 
 
-def _stores(cache_dir: Path, fingerprint: str | None) -> list[FeatureStore]:
-    stores = list_stores(cache_dir)
-    if fingerprint is not None:
-        stores = [s for s in stores if s.fingerprint.startswith(fingerprint)]
-        if not stores:
-            raise CacheError(f"no fingerprint {fingerprint!r} in {cache_dir}; "
-                             f"see `pipeline cache ls`")
-    return stores
-
-
 def verify_cache(cache_dir: Path, fingerprint: str | None = None) -> list[VerifyReport]:
     """Verify every store (or those whose fingerprint starts with ``fingerprint``) and record
     the damaged entries so that the next extract recomputes them."""
-    return [verify_store(store) for store in _stores(cache_dir, fingerprint)]
+    return [verify_store(store) for store in select_stores(cache_dir, fingerprint)]
 
 
 def format_verify(reports: list[VerifyReport], cache_dir: Path) -> str:
@@ -85,7 +75,7 @@ def collect_garbage(cache_dir: Path, apply: bool = False, lock_timeout: float = 
     extraction, see ``cache.lock_timeout``), so it never touches a shard being written.
     """
     reports = []
-    for store in _stores(cache_dir, fingerprint):
+    for store in select_stores(cache_dir, fingerprint):
         report = _plan(store)
         if apply and report.unreferenced:
             with store.open_writer(store.description, lock_timeout=lock_timeout) as writer:

@@ -24,7 +24,7 @@ from ._tf import keras, tf
 from .config import PipelineConfig
 from .errors import NoTestImagesWarning, PipelineError, SkippedImageWarning
 from .evaluation import evaluate, plot_confusion_matrix, write_evaluation
-from .features import find_view
+from .features import check_trainable, find_view
 from .fingerprint import BackboneSpec, backbone_fingerprint, backbone_spec
 from .images import DecodeOptions, ImageDecodeError, decode_file
 from .views import DatasetView, view_path
@@ -50,14 +50,8 @@ def dataset_view(config: PipelineConfig) -> tuple[BackboneSpec, str, DatasetView
     fingerprint, _ = backbone_fingerprint(spec)
     store = FeatureStore(config.cache.dir, fingerprint)
     view = find_view(store, view_path(config, store))
-    if len(view.classes) < 2:
-        raise PipelineError(f"the dataset view has {len(view.classes)} class(es); a "
-                            f"classifier needs at least 2 class folders")
-    for split in ("train", "validation"):
-        if not view.select(split):
-            raise PipelineError(f"the {split} split has no images; end-to-end models train on "
-                                f"train and keep their best epoch by validation (check "
-                                f"data.split or the split folders)")
+    check_trainable(view, "end-to-end models train on train and keep their best epoch by "
+                          "validation")
     return spec, fingerprint, view
 
 

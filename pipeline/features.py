@@ -113,3 +113,15 @@ def load_split(store: FeatureStore, view: DatasetView, split: str,
     shas, labels = split_shas_and_labels(view, split, augmented)
     x = store.get(shas) if shas else np.empty((0, *store.feature_shape), np.float32)
     return LabelledSplit(split, x, labels, tuple(shas))
+
+
+def check_trainable(view: DatasetView, selected_on: str) -> None:
+    """:class:`PipelineError` unless ``view`` has 2+ classes and non-empty train and validation
+    splits; ``selected_on`` says what validation is for, in the message."""
+    if len(view.classes) < 2:
+        raise PipelineError(f"the dataset view has {len(view.classes)} class(es); a classifier "
+                            f"needs at least 2 class folders")
+    for split in ("train", "validation"):
+        if not view.select(split):
+            raise PipelineError(f"the {split} split has no images; {selected_on} (check "
+                                f"data.split or the split folders)")

@@ -27,7 +27,13 @@ from cache import FeatureStore
 from .config import PipelineConfig
 from .errors import NoTestImagesWarning, PipelineError
 from .evaluation import evaluate, json_safe, plot_confusion_matrix, write_evaluation
-from .features import LabelledSplit, find_view, load_split, split_shas_and_labels
+from .features import (
+    LabelledSplit,
+    check_trainable,
+    find_view,
+    load_split,
+    split_shas_and_labels,
+)
 from .fingerprint import backbone_fingerprint, backbone_spec
 from .head_io import save_head
 from .head_models import FittedHead, TrialSpec, check_heads
@@ -184,15 +190,8 @@ def run_heads(config: PipelineConfig, output: Path, progress: bool = True) -> He
 
 
 def _training_data(store: FeatureStore, view: DatasetView, heads) -> TrainingData:
+    check_trainable(view, "heads are trained on train and selected on validation")
     n_classes = len(view.classes)
-    if n_classes < 2:
-        raise PipelineError(f"the dataset view has {n_classes} class(es); a classifier needs at "
-                            f"least 2 class folders")
-    for split in ("train", "validation"):
-        if not view.select(split):
-            raise PipelineError(f"the {split} split has no images; heads are trained on train "
-                                f"and selected on validation (check data.split or the split "
-                                f"folders)")
     # Incremental heads read the cache a chunk at a time; load it whole only for the others.
     in_memory = any(h.incremental is None for h in heads.models.values())
     lazy = any(h.incremental is not None for h in heads.models.values())
