@@ -28,6 +28,10 @@ POINTS = (
     "manifest.partial",      # half of the manifest line written, not yet flushed
     "manifest.appended",     # manifest line written and synced
 )
+#: Points the extract stage passes (pipeline/extract.py), between the writer's.
+EXTRACT_POINTS = (
+    "extract.batch",         # a batch's features handed to the writer, not yet committed
+)
 
 
 class InjectedFault(RuntimeError):

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cache import FeatureStore
+from cache.faults import fault_point
 
 from .augmented_views import AugmentedViewsResult, extract_views, pending_views
 from .batches import BatchReader
@@ -213,6 +214,7 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
                     if int(i) not in reader.transient:
                         writer.reject(sha, failures[sha], context)
                 bar.update(len(batch.positions))
+                fault_point("extract.batch")  # a batch handed to the writer, maybe uncommitted
     return extracted, failures, time.perf_counter() - started
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,36 +166,6 @@ def test_ctrl_c_keeps_finished_batches(tiny_project: Path, count_inference, caps
     assert "interrupted" in capsys.readouterr().err
     count_inference["fail_after"] = None
     assert _extract(tiny_project).new == 8
-
-
-def _features_by_sha(cache_dir: Path, fingerprint: str) -> dict[str, np.ndarray]:
-    store = FeatureStore(cache_dir, fingerprint)
-    shas = store.sha256s()
-    return dict(zip(shas, store.get(shas)))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fault", ["shard.written:2", "manifest.partial:2", "shard.renamed:1"])
-def test_killed_with_sigkill_and_rerun_loses_and_doubles_nothing(tiny_project: Path, fault,
-                                                                  tmp_path_factory):
-    reference_dir = tmp_path_factory.mktemp("reference")
-    reference = _extract(tiny_project, f"cache.dir={reference_dir}")
-    env = {**os.environ, "PIPELINE_FAULT": fault}
-    killed = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
-         "-c", str(tiny_project / "stages.yaml")], env=env, capture_output=True, text=True)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    cache_dir = load_config(tiny_project / "stages.yaml").cache.dir
-    resumed = _extract(tiny_project)
-    assert resumed.cached > 0 and resumed.new + resumed.cached == 12
-    store = FeatureStore(cache_dir, resumed.fingerprint)
-    assert sum(s.rows for s in store.shards()) == 12  # every image exactly once
-    assert not [p for p in store.path.iterdir() if p.name.endswith(".tmp")]
-    expected = _features_by_sha(reference_dir, reference.fingerprint)
-    got = _features_by_sha(cache_dir, resumed.fingerprint)
-    assert got.keys() == expected.keys()
-    for sha, row in expected.items():
-        np.testing.assert_allclose(got[sha], row, rtol=1e-5, atol=1e-5)
 
 
 def test_view_and_run_folder(tiny_project: Path):
