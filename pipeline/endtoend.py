@@ -111,9 +111,6 @@ class ImageBatches(keras.utils.PyDataset):
         if self.shuffle:
             self._order = self._rng.permutation(len(self.split))
 
-    def labels_in_order(self) -> np.ndarray:
-        """(N,) labels in batch order, for scoring predictions of an unshuffled pass."""
-        return self.split.labels[self._order]
 
 
 def split_batches(view: DatasetView, decode: DecodeOptions, batch_size: int,

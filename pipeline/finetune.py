@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,6 @@ class FinetuneResult:
     base_trainable: dict[str, tuple[int, int]]   # phase -> (trainable, all) base parameters
     seconds: float
     folder: Path
-    tables: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float | int | str]:
         """Flat ``finetune.*`` metrics for metrics.json."""
@@ -244,7 +243,7 @@ def run_finetune(config: PipelineConfig, output: Path, progress: bool = True) ->
     binary = model.output_shape[-1] == 1
     verbose = 2 if progress else 0
 
-    phases, counts, tables = [], {}, {}
+    phases, counts = [], {}
     for name, epochs, optimizer, rate in (
             ("phase1", params.frozen_epochs, params.frozen_optimizer,
              params.frozen_learning_rate),
@@ -255,10 +254,10 @@ def run_finetune(config: PipelineConfig, output: Path, progress: bool = True) ->
         # Keras takes trainable changes into account only at compile time
         model.compile(optimizer=keras_optimizer(optimizer, rate),
                       loss=loss_for(len(view.classes), binary), metrics=["accuracy"])
-        tables[name] = format_layer_table(layer_table(model))
-        (folder / f"layers_{name}.txt").write_text(tables[name] + "\n", encoding="utf-8")
+        table = format_layer_table(layer_table(model))
+        (folder / f"layers_{name}.txt").write_text(table + "\n", encoding="utf-8")
         if progress:  # shown before the phase starts, as the source material does
-            print(f"finetune {name}: layers before training\n{tables[name]}", flush=True)
+            print(f"finetune {name}: layers before training\n{table}", flush=True)
         counts[name] = base_parameter_counts(base)
         phases.append(train_phase(model, name, batches["train"], batches["validation"],
                                   epochs, folder, params.patience, params.restore_best,
@@ -267,5 +266,5 @@ def run_finetune(config: PipelineConfig, output: Path, progress: bool = True) ->
     scores = score_and_save(model, {"validation": batches["validation"],
                                     "test": batches["test"]}, view.classes, folder, "finetune")
     return FinetuneResult(warm_start, phases, scores, counts, time.perf_counter() - started,
-                          folder, tables)
+                          folder)
 

@@ -50,12 +50,23 @@ class ReportResult:
         return f"report: {self.path} ({len(self.sections)} sections, {self.figures} figures)"
 
 
-def _latest(config: PipelineConfig, key: str) -> tuple[Path | None, dict]:
-    """The newest run folder whose metrics.json has ``key``, and its metrics."""
-    for run in reversed(list_runs(config.runs.dir)):
-        if key in run.metrics:
-            return config.runs.dir / run.name, run.metrics
-    return None, {}
+class _RunIndex:
+    """The run folders, read once: the newest one that has a metric, or that matches."""
+
+    def __init__(self, runs_dir: Path):
+        self.runs_dir = runs_dir
+        self.runs = list_runs(runs_dir)
+
+    def latest(self, key: str) -> tuple[Path | None, dict]:
+        """The newest run folder whose metrics.json has ``key``, and its metrics."""
+        return self.newest(lambda metrics: key in metrics)
+
+    def newest(self, wanted) -> tuple[Path | None, dict]:
+        """The newest run folder whose metrics satisfy ``wanted(metrics)``, and its metrics."""
+        for run in reversed(self.runs):
+            if wanted(run.metrics):
+                return self.runs_dir / run.name, run.metrics
+        return None, {}
 
 
 def _png(figure) -> str:
@@ -114,8 +125,8 @@ def _data_section(view: DatasetView | None) -> str:
     return "".join(parts)
 
 
-def _extraction_section(config: PipelineConfig) -> str:
-    run, metrics = _latest(config, "extract.images")
+def _extraction_section(runs: _RunIndex) -> str:
+    run, metrics = runs.latest("extract.images")
     if run is None:
         return "<p>No extraction yet.</p>"
     keys = [("images in the view", "extract.images"), ("new", "extract.images_new"),
@@ -130,8 +141,8 @@ def _extraction_section(config: PipelineConfig) -> str:
             _table(["measure", "value"], [[name, metrics.get(key)] for name, key in keys]))
 
 
-def _leaderboard_section(config: PipelineConfig) -> str:
-    run, metrics = _latest(config, "heads.trials")
+def _leaderboard_section(runs: _RunIndex) -> str:
+    run, metrics = runs.latest("heads.trials")
     if run is None or not (run / "leaderboard.csv").is_file():
         return "<p>No heads trained yet: run <code>pipeline run heads</code>.</p>"
     with open(run / "leaderboard.csv", encoding="utf-8") as fh:
@@ -144,17 +155,17 @@ def _leaderboard_section(config: PipelineConfig) -> str:
             _table(columns, [[r.get(c, "") for c in columns] for r in rows[:20]]))
 
 
-def _histories(config: PipelineConfig) -> list[tuple[str, dict]]:
+def _histories(runs: _RunIndex) -> list[tuple[str, dict]]:
     found = []
-    run, metrics = _latest(config, "heads.trials")
+    run, metrics = runs.latest("heads.trials")
     if run is not None:
         for history in sorted((run / "heads").glob("*/history.json")):
             found.append((f"dense head {history.parent.name}", history))
     for stage, files in (("finetune", ("history_phase1.json", "history_phase2.json")),
                          ("scratch", ("history_train.json",))):
-        run, _ = _latest(config, f"{stage}.test_accuracy")
+        run, _ = runs.latest(f"{stage}.test_accuracy")
         if run is None:
-            run, _ = _latest(config, f"{stage}.val_accuracy")
+            run, _ = runs.latest(f"{stage}.val_accuracy")
         for name in files:
             if run is not None and (run / stage / name).is_file():
                 found.append((f"{stage} {name.removeprefix('history_').removesuffix('.json')}",
@@ -170,13 +181,13 @@ def _histories(config: PipelineConfig) -> list[tuple[str, dict]]:
     return loaded
 
 
-def _curves_section(config: PipelineConfig, figures: list[int]) -> str:
+def _curves_section(runs: _RunIndex, figures: list[int]) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     parts = []
-    for title, history in _histories(config):
+    for title, history in _histories(runs):
         figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         try:
             for ax, metric in zip(axes, ("accuracy", "loss")):
@@ -201,15 +212,15 @@ def _curves_section(config: PipelineConfig, figures: list[int]) -> str:
             f"(factor {SMOOTHING}).</p>" + "".join(parts))
 
 
-def _confusion_section(config: PipelineConfig, figures: list[int]) -> str:
+def _confusion_section(runs: _RunIndex, figures: list[int]) -> str:
     parts = []
-    run, metrics = _latest(config, "heads.trials")
+    run, metrics = runs.latest("heads.trials")
     candidates = []
     if run is not None and metrics.get("heads.best.name"):
         candidates.append((f"best head {metrics['heads.best.name']}",
                            run / "heads" / str(metrics["heads.best.name"])))
     for stage in ("finetune", "scratch"):
-        stage_run, _ = _latest(config, f"{stage}.val_accuracy")
+        stage_run, _ = runs.latest(f"{stage}.val_accuracy")
         if stage_run is not None:
             candidates.append((stage, stage_run / stage))
     for title, folder in candidates:
@@ -224,28 +235,24 @@ def _confusion_section(config: PipelineConfig, figures: list[int]) -> str:
     return "".join(parts) or "<p>No confusion matrix yet.</p>"
 
 
-def _recipes_section(config: PipelineConfig) -> str:
+def _recipes_section(runs: _RunIndex) -> str:
     rows = []
-    _, scratch = _latest(config, "scratch.val_accuracy")
+    _, scratch = runs.latest("scratch.val_accuracy")
     if scratch:
         rows.append(["CNN from scratch", scratch.get("scratch.val_accuracy"),
                      scratch.get("scratch.test_accuracy"), scratch.get("scratch.seconds")])
-    _, extract = _latest(config, "extract.images")
-    run = next((r for r in reversed(list_runs(config.runs.dir))
-                if "heads.trials" in r.metrics
-                and not r.metrics.get("heads.train_augmented_views")), None)
-    if run:
-        rows.append([f"cached features + {run.metrics.get('heads.best.name')} head",
-                     run.metrics.get("heads.best.val_accuracy"),
-                     run.metrics.get("heads.best.test_accuracy"), run.metrics.get("heads.seconds")])
-    run = next((r for r in reversed(list_runs(config.runs.dir))
-                if r.metrics.get("heads.train_augmented_views")), None)
-    if run:
-        rows.append([f"cached augmented views ({run.metrics['heads.train_augmented_views']}) + "
-                     f"{run.metrics.get('heads.best.name')} head",
-                     run.metrics.get("heads.best.val_accuracy"),
-                     run.metrics.get("heads.best.test_accuracy"), run.metrics.get("heads.seconds")])
-    _, finetune = _latest(config, "finetune.val_accuracy")
+    _, extract = runs.latest("extract.images")
+    _, plain = runs.newest(lambda m: "heads.trials" in m
+                           and not m.get("heads.train_augmented_views"))
+    _, views = runs.newest(lambda m: bool(m.get("heads.train_augmented_views")))
+    for metrics, label in ((plain, "cached features"),
+                           (views, f"cached augmented views "
+                                   f"({views.get('heads.train_augmented_views')})")):
+        if metrics:
+            rows.append([f"{label} + {metrics.get('heads.best.name')} head",
+                         metrics.get("heads.best.val_accuracy"),
+                         metrics.get("heads.best.test_accuracy"), metrics.get("heads.seconds")])
+    _, finetune = runs.latest("finetune.val_accuracy")
     if finetune:
         rows.append(["frozen base + augmentation (finetune phase 1)",
                      finetune.get("finetune.phase1.best_val_accuracy"), None,
@@ -273,13 +280,14 @@ def write_report(config: PipelineConfig, path: Path) -> ReportResult:
     """Write the report of ``config``'s pipeline to ``path`` (one HTML file)."""
     figures = [0]
     view = _view(config)
+    runs = _RunIndex(config.runs.dir)
     bodies = {
         "data": ("Data", _data_section(view)),
-        "extraction": ("Extraction", _extraction_section(config)),
-        "leaderboard": ("Heads leaderboard", _leaderboard_section(config)),
-        "curves": ("Training curves", _curves_section(config, figures)),
-        "confusion": ("Confusion matrices", _confusion_section(config, figures)),
-        "recipes": ("Recipes compared", _recipes_section(config)),
+        "extraction": ("Extraction", _extraction_section(runs)),
+        "leaderboard": ("Heads leaderboard", _leaderboard_section(runs)),
+        "curves": ("Training curves", _curves_section(runs, figures)),
+        "confusion": ("Confusion matrices", _confusion_section(runs, figures)),
+        "recipes": ("Recipes compared", _recipes_section(runs)),
     }
     sections = "".join(f'<section id="{key}"><h2>{title}</h2>{body}</section>'
                        for key, (title, body) in bodies.items())
