@@ -22,6 +22,7 @@ from tqdm import tqdm
 from cache import ShardWriter
 
 from .config_endtoend import AugmentedViewsConfig
+from .dataset import display_path
 from .errors import SkippedImageWarning
 from .images import DecodeOptions, ImageDecodeError, decode_file
 from .views import DatasetView, ViewImage
@@ -84,7 +85,7 @@ def extract_views(pending: dict[str, list[tuple[str, int]]], images: dict[str, V
             try:
                 image = decode_file(root / images[sha].path, decode, sha).astype(np.float32)
             except ImageDecodeError as exc:
-                warnings.warn(f"no augmented views of {images[sha].path}: {exc}",
+                warnings.warn(f"no augmented views of {display_path(images[sha].path)}: {exc}",
                               SkippedImageWarning, stacklevel=2)
                 result.failed_images += 1
                 bar.update(len(wanted))

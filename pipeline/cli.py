@@ -1,7 +1,9 @@
 """The ``pipeline`` command: parses arguments and calls functions that tests call too.
 
 Exit codes: 0 success; 1 a failure explained in one line on stderr (``error: ...``);
-2 wrong usage (unknown option or stage); 130 interrupted by Ctrl-C (finished work is kept).
+2 wrong usage (unknown option or stage); 3 (``pipeline run``) every stage finished, but the
+dataset view leaves out files that could not be used (named in the summary and skipped.csv);
+130 interrupted by Ctrl-C (finished work is kept).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .config import PipelineConfig, load_cache_config, load_config
 from .errors import PipelineError
 
 STAGES = ("extract", "heads", "finetune", "scratch")
+EXIT_FILES_SKIPPED = 3  # `pipeline run` finished, but some image files were left out
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -65,7 +68,7 @@ def cli() -> None:
               help="Run the named stages even when they are up to date.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
-        scheduler: str | None, force: bool, progress: bool) -> None:
+        scheduler: str | None, force: bool, progress: bool) -> int:
     """Run STAGES (extract, heads, finetune, scratch, or all) and the stages they depend on,
     in that order, writing a run folder under runs.dir.
 
@@ -103,6 +106,12 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
         force=frozenset(order if "all" in targets else targets) if force else frozenset())
     click.echo(report)
     click.echo(f"run folder: {run_folder.path}")
+    skipped = run_folder.metrics.get("extract.images_skipped", 0)
+    if skipped:
+        click.echo(f"finished, but {skipped} file(s) were left out of the dataset view "
+                   f"(exit code {EXIT_FILES_SKIPPED})", err=True)
+        return EXIT_FILES_SKIPPED
+    return 0
 
 
 @cli.command()
@@ -299,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     shown_before = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
+        # File names that are not valid UTF-8 must not crash a print at the end of an hour.
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(errors="backslashreplace")
+        code = cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         click.echo("interrupted: finished batches were saved to the cache; run again to resume",
                    err=True)
@@ -320,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown_before
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

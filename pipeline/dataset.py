@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -134,6 +135,17 @@ def _list_images(class_dir: Path, errors: list[OSError]) -> list[Path]:
     return sorted(found)
 
 
+def display_path(path: str) -> str:
+    """``path`` as one printable line: bytes that are not UTF-8 (kept by Python as surrogate
+    escapes) shown as ``\\xNN``, and newlines, tabs and other control characters escaped, so
+    that a summary line, warning or report cell names the file unambiguously."""
+    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
 def _relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -174,9 +186,13 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
     def identify(item: tuple[Path, str, str | None]):
         path = item[0]
         try:
-            return file_sha256(path), path.stat().st_size, None
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                # a named pipe or device would block the read forever or never end
+                return None, 0, "not a regular file"
+            return file_sha256(path), info.st_size, None
         except OSError as exc:
-            return None, 0, exc.strerror or type(exc).__name__
+            return None, 0, f"unreadable: {exc.strerror or type(exc).__name__}"
 
     with ThreadPoolExecutor(max_workers=hash_workers) as pool:
         hashed = list(pool.map(identify, candidates))
@@ -186,7 +202,7 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
     for (path, label, split), (sha, size, error) in zip(candidates, hashed):
         rel = _relpath(path, root)
         if sha is None:
-            unreadable.append(UnreadableFile(rel, f"unreadable: {error}"))
+            unreadable.append(UnreadableFile(rel, error))
             continue
         images.append(ImageRecord(path=path, relpath=rel, label=label,
                                   split=split or split_for(sha, fractions, data.split.seed),
@@ -202,25 +218,27 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
 
 
 def find_duplicates(images: list[ImageRecord]) -> list[DuplicateGroup]:
-    """Groups of files with identical bytes, in order of first appearance."""
+    """Groups of files with identical bytes, in order of first appearance (empty files are
+    not images, so they make no group)."""
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
     for image in images:
         groups[image.sha256].append(image)
     return [DuplicateGroup(sha256=sha, relpaths=tuple(i.relpath for i in group),
                            labels=tuple(i.label for i in group),
                            splits=tuple(i.split for i in group))
-            for sha, group in groups.items() if len(group) > 1]
+            for sha, group in groups.items() if len(group) > 1 and group[0].size > 0]
 
 
 def warn_about(scan: DatasetScan) -> None:
     """Emit the named warnings a user must see about this dataset."""
     for group in scan.duplicates:
+        files = ", ".join(map(display_path, group.relpaths))
         if group.kind == "leakage":
             warnings.warn(f"the same image is in splits {', '.join(sorted(set(group.splits)))}: "
-                          f"{', '.join(group.relpaths)}", LeakageWarning, stacklevel=2)
+                          f"{files}", LeakageWarning, stacklevel=2)
         elif group.kind == "conflicting-labels":
             warnings.warn(f"the same image is under classes "
-                          f"{', '.join(sorted(set(group.labels)))}: {', '.join(group.relpaths)}",
+                          f"{', '.join(sorted(set(group.labels)))}: {files}",
                           DuplicateImageWarning, stacklevel=2)
     present = {image.label for image in scan.images}
     for label in scan.classes:

@@ -16,6 +16,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from .dataset import display_path
+
 
 def evaluate(y_true: np.ndarray, predicted: np.ndarray, proba: np.ndarray | None,
              classes: list[str]) -> dict:
@@ -77,7 +79,8 @@ def plot_confusion_matrix(scores: dict, path: Path, title: str) -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
 
     matrix = np.asarray(scores["confusion_matrix"])
-    classes = scores["classes"]
+    # printable labels, and a '$' is text, not the start of matplotlib's mathtext
+    classes = [display_path(c).replace("$", r"\$") for c in scores["classes"]]
     side = max(4.0, 0.7 * len(classes) + 2.0)
     figure, axes = plt.subplots(figsize=(side, side))
     try:

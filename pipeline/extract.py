@@ -23,7 +23,7 @@ from cache.faults import fault_point
 from .augmented_views import AugmentedViewsResult, extract_views, pending_views
 from .batches import BatchReader
 from .config import PipelineConfig
-from .dataset import DatasetScan, scan_dataset, warn_about
+from .dataset import DatasetScan, display_path, scan_dataset, warn_about
 from .errors import EmptyClassWarning, SkippedImageWarning
 from .fingerprint import BackboneSpec, backbone_fingerprint, backbone_spec
 from .views import DatasetView, SkippedFile, ViewImage, view_path, write_view
@@ -76,7 +76,7 @@ class ExtractResult:
                          f"cached ({self.view.augmented['count']} per training image) in "
                          f"{self.augmented.seconds:.1f} s")
         for item in self.skipped:
-            lines.append(f"  skipped {item.path}: {item.reason}")
+            lines.append(f"  skipped {display_path(item.path)}: {item.reason}")
         return "\n".join(lines)
 
 
@@ -125,7 +125,8 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
         view.augmented = {"id": views.augmentation_id(), "count": views.count}
         augmented = _extract_augmented(config, spec, store, description, view, infer, progress)
     for item in view.skipped:
-        warnings.warn(f"skipped {item.path}: {item.reason}", SkippedImageWarning, stacklevel=2)
+        warnings.warn(f"skipped {display_path(item.path)}: {item.reason}", SkippedImageWarning,
+                      stacklevel=2)
     _warn_about_empty_classes(view, scan)
     view_file = view_path(config, store)
     write_view(view, view_file)
@@ -239,6 +240,7 @@ def _build_view(scan: DatasetScan, fingerprint: str, failures: dict[str, str]) -
     skipped = [SkippedFile(path=i.relpath, sha256=i.sha256, reason=failures[i.sha256])
                for i in scan.images if i.sha256 in failures]
     skipped += [SkippedFile(path=u.relpath, sha256="", reason=u.reason) for u in scan.unreadable]
+    skipped.sort(key=lambda s: s.path)  # one listing in folder order, whatever failed where
     duplicates = [{"kind": g.kind, "sha256": g.sha256, "paths": list(g.relpaths),
                    "classes": list(g.labels), "splits": list(g.splits)} for g in scan.duplicates]
     return DatasetView(root=str(scan.root), classes=scan.classes, fingerprint=fingerprint,

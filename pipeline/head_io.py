@@ -32,8 +32,24 @@ TRUSTED_SKOPS_TYPES = (
 _DISTANCE_METRIC = re.compile(r"^sklearn\.metrics\._dist_metrics\.[A-Za-z]+Distance(64|32)$")
 
 
-class HeadLoadError(PipelineError):
+class ModelLoadError(PipelineError):
+    """A saved model is missing, damaged, or asks to run code or build types not trusted."""
+
+
+class HeadLoadError(ModelLoadError):
     """A head folder is missing, damaged, or names types that are not trusted."""
+
+
+def load_keras_model(path: Path):
+    """A ``.keras`` file loaded uncompiled in Keras' safe mode, which refuses serialized Python
+    code (``Lambda`` layers, custom functions); raises :class:`ModelLoadError` with the reason
+    whatever went wrong, as the file may be damaged or hostile."""
+    from ._tf import keras
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 (a damaged or hostile archive raises many kinds)
+        raise ModelLoadError(f"{path}: cannot load: {' '.join(str(exc).split())[:500]}") \
+            from None
 
 
 def save_head(head: FittedHead, folder: Path, metadata: dict[str, Any]) -> Path:
@@ -65,9 +81,11 @@ def load_head(folder: Path) -> tuple[FittedHead, dict[str, Any]]:
     if Path(metadata["model_file"]).name != metadata["model_file"]:
         raise HeadLoadError(f"{folder}: model_file must name a file inside the head folder")
     if kind == "dense":
-        from ._tf import keras
-        # compile=False: prediction needs no optimizer, and its saved state is not kept
-        model = keras.saving.load_model(model_file, compile=False, safe_mode=True)
+        # uncompiled: prediction needs no optimizer, and its saved state is not kept
+        try:
+            model = load_keras_model(model_file)
+        except ModelLoadError as exc:
+            raise HeadLoadError(str(exc)) from None
     else:
         model = _load_skops(model_file)
     return FittedHead(kind, model, int(metadata["n_classes"])), metadata

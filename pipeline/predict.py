@@ -20,10 +20,10 @@ import numpy as np
 from cache import FeatureStore
 
 from .config import PipelineConfig
-from .dataset import IMAGE_EXTENSIONS
+from .dataset import IMAGE_EXTENSIONS, display_path
 from .errors import PipelineError
 from .fingerprint import backbone_fingerprint, backbone_spec
-from .head_io import load_head
+from .head_io import load_head, load_keras_model
 from .images import DecodeOptions, ImageDecodeError, decode_file
 
 
@@ -150,10 +150,9 @@ def predict_with_model(config: PipelineConfig, model_folder: Path, files: list[P
         info = json.loads((model_folder / "model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{model_folder}: not a saved end-to-end model ({exc})") from None
-    from ._tf import keras
     from .backbone import compiled_inference
 
-    model = keras.saving.load_model(model_folder / "model.keras", compile=False, safe_mode=True)
+    model = load_keras_model(model_folder / "model.keras")
     infer = compiled_inference(model)
     decode = backbone_spec(config).decode
     options = DecodeOptions(size=tuple(model.input_shape[1:3]),
@@ -175,11 +174,13 @@ def format_predictions(results: list[Prediction], as_json: bool = False) -> str:
     if as_json:
         return json.dumps([r.to_json() for r in results], indent=2)
     lines = []
-    width = max((len(r.path) for r in results), default=0)
-    for r in results:
+    shown = [display_path(r.path) for r in results]
+    width = max(map(len, shown), default=0)
+    for r, path in zip(results, shown):
         if r.error:
-            lines.append(f"{r.path:<{width}}  error: {r.error}")
+            lines.append(f"{path:<{width}}  error: {r.error}")
             continue
-        top = "  ".join(f"{c} {'-' if p is None else f'{p:.3f}'}" for c, p in r.top)
-        lines.append(f"{r.path:<{width}}  {top}  ({r.source})")
+        top = "  ".join(f"{display_path(c)} {'-' if p is None else f'{p:.3f}'}"
+                        for c, p in r.top)
+        lines.append(f"{path:<{width}}  {top}  ({r.source})")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from pathlib import Path
 from cache import FeatureStore
 
 from .config import PipelineConfig
+from .dataset import display_path
 from .fingerprint import backbone_fingerprint, backbone_spec
 from .runs import list_runs
 from .views import DatasetView, read_view, view_path
@@ -69,6 +70,11 @@ class _RunIndex:
         return None, {}
 
 
+def _escape(text) -> str:
+    """``text`` for HTML, on one printable line (file and class names may hold any byte)."""
+    return html.escape(display_path(str(text)))
+
+
 def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
@@ -76,12 +82,12 @@ def _png(figure) -> str:
 
 
 def _img(data: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{_escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(c))}</td>" for c in row) + "</tr>"
+    head = "".join(f"<th>{_escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_escape(_cell(c))}</td>" for c in row) + "</tr>"
                    for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -114,14 +120,16 @@ def _data_section(view: DatasetView | None) -> str:
     parts = [_table(["class", "train", "validation", "test", "all"], rows)]
     parts.append(f"<h3>Skipped files ({len(view.skipped)})</h3>")
     if view.skipped:
-        parts.append(_table(["file", "reason"], [[s.path, s.reason] for s in view.skipped]))
+        parts.append(_table(["file", "reason"],
+                            [[display_path(s.path), s.reason] for s in view.skipped]))
     leakage = [g for g in view.duplicates if g["kind"] == "leakage"]
     parts.append(f"<h3>Duplicates ({len(view.duplicates)} groups, {len(leakage)} across "
                  f"splits: leakage)</h3>")
     if view.duplicates:
         parts.append(_table(["kind", "files", "classes", "splits"],
-                            [[g["kind"], ", ".join(g["paths"]), ", ".join(g["classes"]),
-                              ", ".join(g["splits"])] for g in view.duplicates]))
+                            [[g["kind"], ", ".join(map(display_path, g["paths"])),
+                              ", ".join(g["classes"]), ", ".join(g["splits"])]
+                             for g in view.duplicates]))
     return "".join(parts)
 
 
@@ -137,7 +145,7 @@ def _extraction_section(runs: _RunIndex) -> str:
             ("augmented views new", "extract.augmented_views_new"),
             ("augmented views cached", "extract.augmented_views_cached"),
             ("backbone fingerprint", "extract.fingerprint")]
-    return (f"<p>From run <code>{html.escape(run.name)}</code>.</p>" +
+    return (f"<p>From run <code>{_escape(run.name)}</code>.</p>" +
             _table(["measure", "value"], [[name, metrics.get(key)] for name, key in keys]))
 
 
@@ -149,8 +157,8 @@ def _leaderboard_section(runs: _RunIndex) -> str:
         rows = list(csv.DictReader(fh))
     columns = ["rank", "head", "kind", "status", "val_accuracy", "val_f1_macro", "fit_seconds",
                "params"]
-    return (f"<p>Run <code>{html.escape(run.name)}</code>: {metrics['heads.trials']} trials; "
-            f"best <b>{html.escape(str(metrics.get('heads.best.name')))}</b>, test accuracy "
+    return (f"<p>Run <code>{_escape(run.name)}</code>: {metrics['heads.trials']} trials; "
+            f"best <b>{_escape(str(metrics.get('heads.best.name')))}</b>, test accuracy "
             f"{_cell(metrics.get('heads.best.test_accuracy'))} (the only model tested).</p>" +
             _table(columns, [[r.get(c, "") for c in columns] for r in rows[:20]]))
 
@@ -229,7 +237,7 @@ def _confusion_section(runs: _RunIndex, figures: list[int]) -> str:
             if png.is_file():
                 data = base64.b64encode(png.read_bytes()).decode("ascii")
                 parts.append(f"<figure>{_img(data, f'{title} on {split}')}"
-                             f"<figcaption>{html.escape(title)}, {split}</figcaption></figure>")
+                             f"<figcaption>{_escape(title)}, {split}</figcaption></figure>")
                 figures[0] += 1
                 break
     return "".join(parts) or "<p>No confusion matrix yet.</p>"
@@ -291,7 +299,7 @@ def write_report(config: PipelineConfig, path: Path) -> ReportResult:
     }
     sections = "".join(f'<section id="{key}"><h2>{title}</h2>{body}</section>'
                        for key, (title, body) in bodies.items())
-    source = html.escape(str(config.source or "stages.yaml"))
+    source = _escape(str(config.source or "stages.yaml"))
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>Pipeline report</title><style>{STYLE}</style></head><body>"
             f"<h1>Pipeline report</h1><p>{source}</p>{sections}</body></html>\n")

@@ -96,16 +96,27 @@ def _data_listing(root: Path) -> dict:
     return {"files": len(entries), "hash": _digest(entries)}
 
 
+def _view_file(config: PipelineConfig) -> Path:
+    fingerprint, _ = backbone_fingerprint(backbone_spec(config))
+    return view_path(config, FeatureStore(config.cache.dir, fingerprint))
+
+
 def _view_hash(config: PipelineConfig) -> str | None:
     """The content of the dataset view (its write time left out), or None when there is none."""
-    fingerprint, _ = backbone_fingerprint(backbone_spec(config))
-    path = view_path(config, FeatureStore(config.cache.dir, fingerprint))
     try:
-        view = json.loads(path.read_text(encoding="utf-8"))
+        view = json.loads(_view_file(config).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     view.pop("created", None)
     return _digest(view)
+
+
+def skipped_in_view(config: PipelineConfig) -> int:
+    """How many files the current dataset view leaves out (0 when there is no view)."""
+    try:
+        return len(read_view(_view_file(config)).skipped)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def stage_deps(config: PipelineConfig, stage: str, lock: dict) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from .config import PipelineConfig
-from .runner import STAGE_ORDER, read_lock, record_stage, stage_state
+from .runner import STAGE_ORDER, read_lock, record_stage, skipped_in_view, stage_state
 from .runs import RunFolder
 from .views import write_duplicates_csv, write_skipped_csv, write_view_csv
 
@@ -39,6 +39,8 @@ def run_stages(config: PipelineConfig, stages: list[str], progress: bool = True,
                     reports.append(f"{stage}: up to date, skipped (inputs and parameters "
                                    f"unchanged; outputs in {state.run}; --force reruns it)")
                     run.record({f"{stage}.up_to_date_in": state.run})
+                    if stage == "extract":
+                        _carry_skipped(run, config, reports)
                     continue
             reports.append(_STAGES[stage](run, config, progress))
             if use_lock:
@@ -48,12 +50,22 @@ def run_stages(config: PipelineConfig, stages: list[str], progress: bool = True,
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
             f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
         (run.path / "summary.txt").write_text("\n".join([*reports, reason]) + "\n",
-                                              encoding="utf-8")
+                                              encoding="utf-8", errors="backslashreplace")
         raise
     (run.path / "summary.txt").write_text("\n".join(reports) + "\n", encoding="utf-8")
     # the mark of a run that finished: `pipeline runs` calls a folder without it unfinished
     run.record({"run.finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return run, "\n".join(reports)
+
+
+def _carry_skipped(run: RunFolder, config: PipelineConfig, reports: list[str]) -> None:
+    """An up-to-date extract still leaves out the files its view skipped: say so, and record
+    the count, so that the exit code of this run says it too."""
+    skipped = skipped_in_view(config)
+    run.record({"extract.images_skipped": skipped})
+    if skipped:
+        reports.append(f"  {skipped} file(s) left out of the dataset view, as before "
+                       f"(listed in that run's skipped.csv)")
 
 
 def _extract_into(run: RunFolder, config: PipelineConfig, progress: bool) -> str:
