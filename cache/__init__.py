@@ -12,6 +12,8 @@ from .manifest import ShardRecord
 from .store import (
     CacheError,
     CacheLockedError,
+    CacheLockWaitWarning,
+    CacheWriteError,
     FeatureStore,
     MissingFeaturesError,
     StoreStats,
@@ -19,5 +21,6 @@ from .store import (
 )
 from .writer import ShardWriter
 
-__all__ = ["CacheError", "CacheLockedError", "FeatureStore", "MissingFeaturesError",
-           "ShardRecord", "ShardWriter", "StoreStats", "list_stores"]
+__all__ = ["CacheError", "CacheLockedError", "CacheLockWaitWarning", "CacheWriteError",
+           "FeatureStore", "MissingFeaturesError", "ShardRecord", "ShardWriter", "StoreStats",
+           "list_stores"]

@@ -9,16 +9,25 @@ nothing.
 A test sets ``PIPELINE_FAULT=<point>:<n>[:<action>]`` in the environment of the process it
 wants to crash: at the n-th time (1-based) the process passes ``<point>``, it either kills
 itself with SIGKILL (``kill``, the default: no cleanup code runs, as with ``kill -9``), raises
-``KeyboardInterrupt`` (``interrupt``, as Ctrl-C does), or raises :class:`InjectedFault`
-(``raise``).
+``KeyboardInterrupt`` (``interrupt``, as Ctrl-C does), raises :class:`InjectedFault`
+(``raise``), fails like a full disk (``enospc``: ``OSError(ENOSPC)`` at that pass and every
+later one, as a full disk stays full), or pauses (``wait``): it creates the file
+``$PIPELINE_FAULT_RELEASE.waiting`` and waits until the file ``$PIPELINE_FAULT_RELEASE``
+exists, so that a test can run other commands against the cache at that exact moment (two
+extractions at once, gc, verify).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import time
+from pathlib import Path
 
 ENV_VAR = "PIPELINE_FAULT"
+RELEASE_ENV_VAR = "PIPELINE_FAULT_RELEASE"
+WAIT_SECONDS = 300.0  # a test that never releases fails instead of hanging
 
 #: Every point the cache writer passes, in the order one shard goes through them.
 POINTS = (
@@ -41,6 +50,11 @@ class InjectedFault(RuntimeError):
 _hits: dict[str, int] = {}
 
 
+def reset() -> None:
+    """Forget how often each point was passed (for tests that inject in their own process)."""
+    _hits.clear()
+
+
 def fault_point(name: str) -> None:
     """Mark a moment at which a test may crash this process (see module docstring)."""
     spec = os.environ.get(ENV_VAR)
@@ -51,12 +65,26 @@ def fault_point(name: str) -> None:
         return
     _hits[name] = _hits.get(name, 0) + 1
     wanted = int(parts[1]) if len(parts) > 1 and parts[1] else 1
+    action = parts[2] if len(parts) > 2 else "kill"
+    if action == "enospc" and _hits[name] >= wanted:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if _hits[name] != wanted:
         return
-    action = parts[2] if len(parts) > 2 else "kill"
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "interrupt":
         raise KeyboardInterrupt(f"injected at {name}")
+    elif action == "wait":
+        _wait_for_release(name)
     else:
         raise InjectedFault(f"injected fault at {name} (hit {wanted})")
+
+
+def _wait_for_release(name: str) -> None:
+    release = Path(os.environ[RELEASE_ENV_VAR])
+    Path(f"{release}.waiting").touch()
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise InjectedFault(f"waited {WAIT_SECONDS:.0f} s at {name} for {release}")
+        time.sleep(0.05)

@@ -150,20 +150,32 @@ def rewrite_manifest(folder: Path, manifest: Manifest) -> None:
     manifest.damaged_lines = 0
 
 
+def _write_all(fh, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[fh.write(view):]
+
+
 def append_shard(folder: Path, manifest: Manifest, shard: WrittenShard) -> ShardRecord:
     """Commit ``shard`` to the journal (fsynced) and to the in-memory ``manifest``."""
     record = ShardRecord(name=shard.name, sha256=tuple(shard.sha256),
                          checksums=tuple(shard.checksums), bytes=shard.bytes,
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     line = _record_line(record)
-    with open(folder / MANIFEST_NAME, "ab") as fh:
-        half = len(line) // 2
-        fh.write(line[:half])
-        fh.flush()
-        fault_point("manifest.partial")
-        fh.write(line[half:])
-        fh.flush()
-        os.fsync(fh.fileno())
+    # unbuffered, so that nothing of a failed line is left in a buffer to be flushed later
+    with open(folder / MANIFEST_NAME, "ab", buffering=0) as fh:
+        start = os.fstat(fh.fileno()).st_size
+        try:
+            half = len(line) // 2
+            _write_all(fh, line[:half])
+            fault_point("manifest.partial")
+            _write_all(fh, line[half:])
+            os.fsync(fh.fileno())
+        except BaseException:
+            # A failed append (disk full, Ctrl-C) must not leave half a line for the next one
+            # to be glued to: cut the journal back to where it was (the shard is adopted later).
+            os.ftruncate(fh.fileno(), start)
+            raise
     manifest.add(record)
     fault_point("manifest.appended")
     return record

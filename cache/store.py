@@ -51,6 +51,15 @@ class CacheLockedError(CacheError):
     """Another process holds the write lock of this fingerprint's cache."""
 
 
+class CacheWriteError(CacheError):
+    """A shard or manifest write failed (disk full, no permission); what was committed before
+    it is intact."""
+
+
+class CacheLockWaitWarning(UserWarning):
+    """Another process holds the write lock, and this one waits for it (cache.lock_timeout)."""
+
+
 class MissingFeaturesError(CacheError, KeyError):
     """Features were asked for images that are not in the cache."""
 

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 
 from .manifest import (
     DAMAGED_NAME,
+    MANIFEST_NAME,
     DamagedEntry,
     Manifest,
     append_shard,
@@ -37,6 +39,8 @@ from .store import (
     REJECTS_NAME,
     CacheError,
     CacheLockedError,
+    CacheLockWaitWarning,
+    CacheWriteError,
     FeatureStore,
     _write_json_atomic,
 )
@@ -68,9 +72,17 @@ class ShardWriter:
         store.path.mkdir(parents=True, exist_ok=True)
         self._lock = filelock.FileLock(str(store.path / LOCK_NAME))
         try:
-            self._lock.acquire(timeout=lock_timeout)
+            self._lock.acquire(timeout=0)
         except filelock.Timeout:
-            raise CacheLockedError(self._locked_message(lock_timeout)) from None
+            if lock_timeout == 0:
+                raise CacheLockedError(self._locked_message(lock_timeout)) from None
+            patience = "until it finishes" if lock_timeout < 0 else f"up to {lock_timeout:g} s"
+            warnings.warn(f"cache {store.path} is being written by {self._holder()}; waiting "
+                          f"{patience} (cache.lock_timeout)", CacheLockWaitWarning, stacklevel=3)
+            try:
+                self._lock.acquire(timeout=lock_timeout)
+            except filelock.Timeout:
+                raise CacheLockedError(self._locked_message(lock_timeout)) from None
         try:
             self._write_holder()
             self._recover(description)
@@ -78,14 +90,17 @@ class ShardWriter:
             self._lock.release()
             raise
 
-    def _locked_message(self, lock_timeout: float) -> str:
+    def _holder(self) -> str:
         try:
             holder = json.loads((self.store.path / HOLDER_NAME).read_text())
-            who = f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+            return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
         except (OSError, ValueError, KeyError):
-            who = "another process"
+            return "another process"
+
+    def _locked_message(self, lock_timeout: float) -> str:
         waited = f" (waited {lock_timeout:g} s)" if lock_timeout > 0 else ""
-        return (f"cache {self.store.path} is being written by {who}{waited}; wait for it to "
+        return (f"cache {self.store.path} is being written by {self._holder()}{waited}; wait "
+                f"for it to "
                 f"finish, or set cache.lock_timeout (seconds, -1 = wait forever) to wait for it")
 
     def _write_holder(self) -> None:
@@ -247,19 +262,29 @@ class ShardWriter:
         try:
             written = write_shard(self.store.path, name, self.store.fingerprint, shas,
                                   np.stack(rows))
-        except BaseException:
+        except BaseException as exc:
             # Whatever stopped the write (disk full, Ctrl-C), the shard either has its final
             # name, and then its rows are durable and the next writer adopts it, or it does
             # not exist: only then do the rows go back into the buffer for a later commit.
             if not (self.store.path / name).exists():
                 self._buffer_sha[:0] = shas
                 self._buffer_rows[:0] = rows
+            if isinstance(exc, OSError):
+                raise CacheWriteError(self._write_failed(name, exc)) from exc
             raise
         self.rows_written += count
         self.shards_written += 1
         self._last_commit = time.monotonic()
-        append_shard(self.store.path, self._manifest, written)
+        try:
+            append_shard(self.store.path, self._manifest, written)
+        except OSError as exc:
+            raise CacheWriteError(self._write_failed(MANIFEST_NAME, exc)) from exc
         self._bytes_written += written.bytes
+
+    def _write_failed(self, name: str, exc: OSError) -> str:
+        return (f"cannot write {name} in cache {self.store.path}: "
+                f"{exc.strerror or exc}; every shard committed before it is kept, and the "
+                f"next run goes on from there")
 
     @property
     def buffered(self) -> int:

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import CacheLockedError, FeatureStore, MissingFeaturesError, list_stores
+from cache import (
+    CacheLockedError,
+    CacheLockWaitWarning,
+    FeatureStore,
+    MissingFeaturesError,
+    list_stores,
+)
 from cache.faults import InjectedFault
 from cache.manifest import MANIFEST_NAME
 
@@ -98,7 +104,8 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path):
     with store.open_writer(DESCRIPTION):
         with pytest.raises(CacheLockedError, match=r"pid \d+ .*cache.lock_timeout"):
             FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION, lock_timeout=0)
-        with pytest.raises(CacheLockedError, match="waited 0.2 s"):
+        with pytest.raises(CacheLockedError, match="waited 0.2 s"), \
+                pytest.warns(CacheLockWaitWarning, match=r"pid \d+ .*waiting up to 0.2 s"):
             FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION, lock_timeout=0.2)
     FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION).close()  # free again
 

@@ -99,6 +99,36 @@ def test_verify_names_truncated_and_deleted_shards_and_extract_repairs_them(
     _assert_cache_exact(store, original)
 
 
+def _rewrite_shard(shard: Path, rows: slice | list[int]) -> None:
+    """Write ``shard`` again with only (or in the order of) ``rows``, keeping its attributes:
+    its manifest record then points at rows that are gone or hold other images."""
+    with h5py.File(shard, "r") as f:
+        features, sha256 = f["features"][:][rows], f["sha256"][:][rows]
+        attrs = dict(f.attrs)
+    shard.unlink()
+    with h5py.File(shard, "w") as f:
+        f.create_dataset("features", data=features)
+        f.create_dataset("sha256", data=sha256)
+        f.attrs.update(attrs)
+
+
+@pytest.mark.parametrize("rows, reason, damaged", [
+    (slice(0, 3), "row missing (shard shorter than its manifest record)", 1),
+    ([1, 0, 2, 3], "not this image", 2),
+])
+def test_verify_names_manifest_rows_the_shard_does_not_hold_and_extract_repairs_them(
+        extracted, capsys, rows, reason: str, damaged: int):
+    project, store, original = extracted
+    record = store.shards()[2]
+    _rewrite_shard(store.path / record.name, rows)
+    code, out, _ = _cli(capsys, project, "cache", "verify")
+    assert code == 1 and out.count(reason) == damaged
+    assert f"{damaged} damaged" in out
+    assert _extract_again(project).new == damaged
+    assert _cli(capsys, project, "cache", "verify")[0] == 0
+    _assert_cache_exact(store, original)
+
+
 def test_verify_is_read_only_and_works_while_an_extraction_holds_the_lock(extracted, capsys):
     project, store, _ = extracted
     before = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}

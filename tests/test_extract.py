@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import FeatureStore
+from cache import CacheLockWaitWarning, FeatureStore
 from pipeline.config import load_config
 from pipeline.errors import SkippedImageWarning
 from pipeline.extract import run_extract
@@ -256,7 +256,8 @@ def test_a_run_that_waited_for_the_lock_uses_what_the_holder_cached(tiny_project
     thread.start()
     held.wait(timeout=30)
     monkeypatch.setattr(FeatureStore, "open_writer", open_writer_after_signalling)
-    result = _extract(tiny_project, "cache.lock_timeout=30")
+    with pytest.warns(CacheLockWaitWarning, match="waiting up to 30 s"):
+        result = _extract(tiny_project, "cache.lock_timeout=30")
     thread.join()
     assert (result.new, result.cached) == (0, 12)
     assert count_inference["images"] == 0

@@ -1,0 +1,146 @@
+"""Two processes on one cache: a second extraction, gc and verify while an extraction writes.
+
+The first extraction runs in a child process and pauses at a fault point (``wait``) right after
+handing its first batch to the writer: it holds the write lock and has uncommitted rows. Other
+commands then run against the cache at that exact moment; afterwards the first one is released
+and the cache must end complete, with every image exactly once and nothing damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cache import FeatureStore
+from cache.faults import ENV_VAR, RELEASE_ENV_VAR
+from cache.manifest import load_manifest
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.dataset import scan_dataset
+from pipeline.fingerprint import backbone_fingerprint, backbone_spec
+
+from .conftest import REPO, make_image_folder
+
+IMAGES = 12
+
+
+class PausedExtraction:
+    """``pipeline run extract`` in a child process, paused after its first batch."""
+
+    def __init__(self, project: Path, *overrides: str):
+        self.release = project / "release"
+        env = {**os.environ, ENV_VAR: "extract.batch:1:wait",
+               RELEASE_ENV_VAR: str(self.release), "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
+             "-c", str(project / "stages.yaml"), *[a for o in overrides for a in ("--set", o)]],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = Path(f"{self.release}.waiting")
+        deadline = time.monotonic() + 120
+        while not waiting.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"the extraction did not reach its pause: "
+                            f"{self.process.communicate()}")
+            time.sleep(0.05)
+
+    def finish(self) -> tuple[int, str, str]:
+        """Let it go on; its exit code, stdout and stderr."""
+        self.release.touch()
+        out, err = self.process.communicate(timeout=300)
+        return self.process.returncode, out, err
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _assert_complete_and_once(project: Path, unreferenced: int = 0) -> None:
+    """Every image of the data folder cached exactly once, plus ``unreferenced`` older
+    entries; nothing missing, no temporary file left."""
+    config = load_config(project / "stages.yaml")
+    fingerprint, _ = backbone_fingerprint(backbone_spec(config))
+    store = FeatureStore(config.cache.dir, fingerprint)
+    wanted = {image.sha256 for image in scan_dataset(config.data).images}
+    rows = [sha for record in load_manifest(store.path).shards.values()
+            for sha in record.sha256]
+    assert len(rows) == len(set(rows)) == len(wanted) + unreferenced
+    assert wanted <= set(rows) and store.missing(sorted(wanted)) == []
+    assert not [p for p in store.path.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture
+def project(tiny_project: Path) -> Path:
+    return tiny_project
+
+
+def test_a_second_extraction_refuses_with_a_clear_message(project: Path, capsys):
+    first = PausedExtraction(project)
+    config_file = str(project / "stages.yaml")
+    code, _, err = _run(capsys, "run", "extract", "-c", config_file, "--no-progress",
+                        "--set", "cache.lock_timeout=0")
+    assert code == 1
+    assert err.startswith("error: cache ") and f"pid {first.process.pid}" in err
+    assert "cache.lock_timeout" in err and err.count("\n") == 1
+    code, out, err = first.finish()
+    assert code == 0, err
+    assert f"{IMAGES} new, 0 cached" in out
+    _assert_complete_and_once(project)
+
+
+def test_a_second_extraction_waits_and_then_finds_everything_cached(project: Path):
+    first = PausedExtraction(project)
+    second = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress", "-c",
+         str(project / "stages.yaml"), "--set", "cache.lock_timeout=120"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    # the second says it waits, and for whom, before the first is let go
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "CacheLockWaitWarning" not in seen:
+        assert second.poll() is None and time.monotonic() < deadline, second.communicate()
+        seen += second.stderr.readline()
+    assert f"pid {first.process.pid}" in seen and "waiting up to 120 s" in seen
+    code, out, err = first.finish()
+    assert code == 0, err
+    out2, err2 = second.communicate(timeout=300)
+    assert second.returncode == 0, err2
+    assert f"0 new, {IMAGES} cached" in out2     # it used what the first one wrote
+    _assert_complete_and_once(project)
+
+
+def test_verify_and_gc_are_safe_against_a_running_extraction(project: Path, capsys):
+    config_file = str(project / "stages.yaml")
+    # finished runs leave committed shards, a view, and one entry no view references
+    assert _run(capsys, "run", "extract", "-c", config_file, "--no-progress")[0] == 0
+    (project / "data" / "cats" / "img_00.png").unlink()
+    assert _run(capsys, "run", "extract", "-c", config_file, "--no-progress")[0] == 0
+    make_image_folder(project / "data", {"newts": 4}, start_seed=500)  # four to extract
+    first = PausedExtraction(project)
+    code, out, _ = _run(capsys, "cache", "verify", "-c", config_file)
+    assert code == 0 and "checked: ok" in out
+    # dry run, no lock needed: the running extraction's committed shard is newer than every
+    # view, so it is kept whatever the views say
+    code, out, _ = _run(capsys, "cache", "gc", "-c", config_file)
+    assert code == 0 and "would remove 1 " in out and "kept 4 newer than every dataset view" \
+        in out
+    code, _, err = _run(capsys, "cache", "gc", "--apply", "-c", config_file)
+    assert code == 1 and "is being written by" in err and f"pid {first.process.pid}" in err
+    code, out, err = first.finish()
+    assert code == 0, err
+    assert "4 new, 11 cached" in out
+    code, out, _ = _run(capsys, "cache", "verify", "-c", config_file)
+    assert code == 0 and "16 entries checked: ok" in out
+    _assert_complete_and_once(project, unreferenced=1)
+    # with the extraction finished, gc takes the deleted image's entry and nothing else
+    code, out, _ = _run(capsys, "cache", "gc", "--apply", "-c", config_file)
+    assert code == 0 and "removed 1 " in out
+    _assert_complete_and_once(project)
