@@ -8,12 +8,17 @@ numbers are meaningless but exact and every test is fast and deterministic.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from cache.faults import ENV_VAR, RELEASE_ENV_VAR
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -159,3 +164,30 @@ def split_project(root: Path, **stages) -> Path:
     document["cluster"] = {"scheduler": "synchronous"}
     write_config(root, document)
     return root
+
+
+class PausedExtraction:
+    """``pipeline run extract`` in a child process, paused after its first batch."""
+
+    def __init__(self, project: Path, *overrides: str):
+        self.release = project / "release"
+        env = {**os.environ, ENV_VAR: "extract.batch:1:wait",
+               RELEASE_ENV_VAR: str(self.release), "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
+             "-c", str(project / "stages.yaml"), *[a for o in overrides for a in ("--set", o)]],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = Path(f"{self.release}.waiting")
+        deadline = time.monotonic() + 120
+        while not waiting.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"the extraction did not reach its pause: "
+                            f"{self.process.communicate()}")
+            time.sleep(0.05)
+
+    def finish(self) -> tuple[int, str, str]:
+        """Let it go on; its exit code, stdout and stderr."""
+        self.release.touch()
+        out, err = self.process.communicate(timeout=300)
+        return self.process.returncode, out, err

@@ -17,43 +17,15 @@ from pathlib import Path
 import pytest
 
 from cache import FeatureStore
-from cache.faults import ENV_VAR, RELEASE_ENV_VAR
 from cache.manifest import load_manifest
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.dataset import scan_dataset
 from pipeline.fingerprint import backbone_fingerprint, backbone_spec
 
-from .conftest import REPO, make_image_folder
+from .conftest import REPO, PausedExtraction, make_image_folder
 
 IMAGES = 12
-
-
-class PausedExtraction:
-    """``pipeline run extract`` in a child process, paused after its first batch."""
-
-    def __init__(self, project: Path, *overrides: str):
-        self.release = project / "release"
-        env = {**os.environ, ENV_VAR: "extract.batch:1:wait",
-               RELEASE_ENV_VAR: str(self.release), "PYTHONPATH": str(REPO)}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
-             "-c", str(project / "stages.yaml"), *[a for o in overrides for a in ("--set", o)]],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        waiting = Path(f"{self.release}.waiting")
-        deadline = time.monotonic() + 120
-        while not waiting.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                pytest.fail(f"the extraction did not reach its pause: "
-                            f"{self.process.communicate()}")
-            time.sleep(0.05)
-
-    def finish(self) -> tuple[int, str, str]:
-        """Let it go on; its exit code, stdout and stderr."""
-        self.release.touch()
-        out, err = self.process.communicate(timeout=300)
-        return self.process.returncode, out, err
 
 
 def _run(capsys, *args: str) -> tuple[int, str, str]:

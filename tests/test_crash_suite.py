@@ -24,7 +24,7 @@ from cache.faults import EXTRACT_POINTS, POINTS
 from pipeline.config import load_config
 from pipeline.extract import run_extract
 
-from .conftest import make_image_folder, tiny_document, write_config
+from .conftest import PausedExtraction, make_image_folder, tiny_document, write_config
 
 IMAGES = 12  # in batches of 2 and shards of 2 rows: every point is passed 6 times a run
 
@@ -100,3 +100,16 @@ def test_ctrl_c_at_a_moment_stops_cleanly_and_keeps_finished_work(project, fault
         "interrupted: finished batches were saved to the cache; run again to resume")
     assert "Traceback" not in stopped.stderr
     _assert_exact(root, cache_dir, reference)
+
+
+@pytest.mark.slow
+def test_a_real_sigint_between_batches_stops_cleanly(project):
+    root, reference = project
+    paused = PausedExtraction(root, "cache.dir=cache-sigint")  # after its first batch
+    paused.process.send_signal(signal.SIGINT)                   # what Ctrl-C sends
+    _, err = paused.process.communicate(timeout=300)
+    assert paused.process.returncode == 130
+    assert err.strip().endswith(
+        "interrupted: finished batches were saved to the cache; run again to resume")
+    assert "Traceback" not in err
+    _assert_exact(root, "cache-sigint", reference)
