@@ -8,6 +8,7 @@ numbers are meaningless but exact and every test is fast and deterministic.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -176,7 +177,10 @@ class PausedExtraction:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
              "-c", str(project / "stages.yaml"), *[a for o in overrides for a in ("--set", o)]],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # a shell running tests in the background ignores SIGINT, and its children inherit
+            # that: give this one Python's Ctrl-C handling back
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         waiting = Path(f"{self.release}.waiting")
         deadline = time.monotonic() + 120
         while not waiting.exists():
