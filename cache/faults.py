@@ -15,6 +15,10 @@ later one, as a full disk stays full), or pauses (``wait``): it creates the file
 ``$PIPELINE_FAULT_RELEASE.waiting`` and waits until the file ``$PIPELINE_FAULT_RELEASE``
 exists, so that a test can run other commands against the cache at that exact moment (two
 extractions at once, gc, verify).
+
+With ``PIPELINE_FAULT_ONCE=<file>`` as well, the fault fires only in the first process to
+create that file: of the workers of a cluster, which all inherit the environment, exactly one
+dies (and the partition it ran is run again elsewhere).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 ENV_VAR = "PIPELINE_FAULT"
 RELEASE_ENV_VAR = "PIPELINE_FAULT_RELEASE"
+ONCE_ENV_VAR = "PIPELINE_FAULT_ONCE"
 WAIT_SECONDS = 300.0  # a test that never releases fails instead of hanging
 
 #: Every point the cache writer passes, in the order one shard goes through them.
@@ -55,6 +60,17 @@ def reset() -> None:
     _hits.clear()
 
 
+def inject(spec: str | None, once: str | None = None) -> None:
+    """Set (or with None, clear) this process's fault and once-token, and forget earlier
+    passes: what a test runs on the workers of a cluster (``client.run(inject, ...)``)."""
+    for name, value in ((ENV_VAR, spec), (ONCE_ENV_VAR, once)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    reset()
+
+
 def fault_point(name: str) -> None:
     """Mark a moment at which a test may crash this process (see module docstring)."""
     spec = os.environ.get(ENV_VAR)
@@ -68,7 +84,7 @@ def fault_point(name: str) -> None:
     action = parts[2] if len(parts) > 2 else "kill"
     if action == "enospc" and _hits[name] >= wanted:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if _hits[name] != wanted:
+    if _hits[name] != wanted or not _first_to_claim():
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -78,6 +94,17 @@ def fault_point(name: str) -> None:
         _wait_for_release(name)
     else:
         raise InjectedFault(f"injected fault at {name} (hit {wanted})")
+
+
+def _first_to_claim() -> bool:
+    token = os.environ.get(ONCE_ENV_VAR)
+    if not token:
+        return True
+    try:
+        os.close(os.open(token, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _wait_for_release(name: str) -> None:

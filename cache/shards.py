@@ -7,8 +7,9 @@ Layout of a shard file (``shard-<seq>-<id>.h5``):
 - attributes: ``fingerprint`` (the backbone fingerprint id), ``format`` (shard format version),
   ``created`` (UTC ISO time)
 
-A shard is written to ``.<name>.tmp``, flushed and fsynced, then renamed to its final name, so a
-file ending in ``.h5`` is always complete. The temporary name ends in ``.tmp``: only shards end in
+A shard is written to ``.<name>.<random>.tmp`` (a name no other process uses, even one writing
+the same shard), flushed and fsynced, then renamed to its final name, so a file ending in
+``.h5`` is always complete. The temporary name ends in ``.tmp``: only shards end in
 ``.h5`` under the cache folder.
 """
 
@@ -52,6 +53,13 @@ def new_shard_name(sequence: int) -> str:
     return f"shard-{sequence:06d}-{uuid.uuid4().hex[:8]}{SHARD_SUFFIX}"
 
 
+def partition_shard_name(partition: str, part: int) -> str:
+    """The name of shard ``part`` of a partition of a distributed extraction: the same every
+    time the partition runs, so a partition run again after its worker died replaces its own
+    shard (same rows, same features) instead of adding a copy."""
+    return f"shard-p{partition[:16]}-{part:03d}{SHARD_SUFFIX}"
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
     try:
@@ -78,7 +86,7 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
     features = np.ascontiguousarray(features, dtype=np.float32)
     checksums = row_checksums(features)  # before the rename: nothing may fail after it
     final = folder / name
-    temp = folder / f".{name}{TEMP_SUFFIX}"
+    temp = folder / f".{name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
     fault_point("shard.begin")
     try:
         with h5py.File(temp, "w") as f:

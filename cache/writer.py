@@ -108,14 +108,23 @@ class ShardWriter:
             "pid": os.getpid(), "host": socket.gethostname(),
             "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
+    def remove_temporary_files(self) -> int:
+        """Delete shard writes that never got their final name (a crash, or a worker of a
+        distributed extraction that died); only the lock holder may, as no writer is then
+        left to finish them. Returns how many were removed."""
+        removed = 0
+        for temp in self.store.path.glob(f".*{TEMP_SUFFIX}"):
+            temp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def _recover(self, description: dict) -> None:
         """Bring the folder to a clean state left by any earlier crash (we hold the lock)."""
         path = self.store.path
         info = path / DESCRIPTION_NAME
         if not info.exists():
             _write_json_atomic(info, description)
-        for temp in path.glob(f".*{TEMP_SUFFIX}"):
-            temp.unlink(missing_ok=True)  # a write that never got its final name
+        self.remove_temporary_files()
         manifest = load_manifest(path)
         # A listed shard whose file is gone (a rewrite that crashed after removing the old
         # file, or a file deleted by hand): its entries become missing and are recomputed.
@@ -272,13 +281,26 @@ class ShardWriter:
             if isinstance(exc, OSError):
                 raise CacheWriteError(self._write_failed(name, exc)) from exc
             raise
-        self.rows_written += count
-        self.shards_written += 1
         self._last_commit = time.monotonic()
+        self._record(written)
+
+    def commit_written(self, written: WrittenShard) -> None:
+        """Record in the manifest a complete shard that another process wrote into this
+        store's folder under its final name (a worker of a distributed extraction): workers
+        write shards, only the lock holder writes the manifest."""
+        if not (self.store.path / written.name).is_file():
+            raise CacheError(f"{self.store.path / written.name}: a worker reported this shard, "
+                             f"but it is not there (is the cache folder on a filesystem every "
+                             f"worker and this machine share?)")
+        self._record(written)
+
+    def _record(self, written: WrittenShard) -> None:
         try:
             append_shard(self.store.path, self._manifest, written)
         except OSError as exc:
             raise CacheWriteError(self._write_failed(MANIFEST_NAME, exc)) from exc
+        self.rows_written += len(written.sha256)
+        self.shards_written += 1
         self._bytes_written += written.bytes
 
     def _write_failed(self, name: str, exc: OSError) -> str:

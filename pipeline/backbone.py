@@ -73,14 +73,34 @@ def load_conv_arrays(base: keras.Model, arrays: dict[str, list[np.ndarray]], sou
         layer.set_weights(arrays[layer.name])
 
 
+def seed_conv_weights(model: keras.Model, seed: int) -> None:
+    """Give every layer with weights Glorot-uniform kernels and zero biases drawn from ``seed``
+    and the layer's position, in numpy: the same values in any process and any thread. (Keras'
+    own initializers take their seeds from Python's global random state, which the other
+    threads of a dask worker draw from too, so the same seed gave other weights there.)"""
+    for index, layer in enumerate(layer for layer in model.layers if layer.weights):
+        rng = np.random.default_rng([seed, index])
+        for variable in layer.weights:
+            shape = tuple(variable.shape)
+            if len(shape) == 1:
+                value = np.zeros(shape, np.float32)
+            else:
+                receptive = int(np.prod(shape[:-2]))
+                limit = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+                value = rng.uniform(-limit, limit, shape).astype(np.float32)
+            variable.assign(value)
+
+
 def build_vgg16_base(spec: BackboneSpec) -> keras.Model:
     """VGG16 ``include_top=False`` at ``spec.input_shape`` with its weights loaded, frozen."""
     weights = spec.weights
     if weights.kind == "random":
-        keras.utils.set_random_seed(weights.seed)  # same seed, same random weights
+        keras.utils.set_random_seed(weights.seed)  # what runs after the build is seeded too
     base = keras.applications.VGG16(include_top=False, weights=None,
                                     input_shape=spec.input_shape)
-    if weights.kind == "hed-bsds500":
+    if weights.kind == "random":
+        seed_conv_weights(base, weights.seed)
+    elif weights.kind == "hed-bsds500":
         load_conv_arrays(base, _hed_conv_arrays(weights.path), weights.path)
     elif weights.kind in ("imagenet", "file"):
         try:

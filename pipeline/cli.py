@@ -62,8 +62,9 @@ def cli() -> None:
 @config_option
 @set_option
 @click.option("--scheduler", metavar="ADDRESS",
-              help="Where sweeps run: local, synchronous, or a dask scheduler address such as "
-                   "tcp://host:8786 (default: cluster.scheduler of stages.yaml).")
+              help="Where sweeps and extraction run: local, synchronous, or a dask scheduler "
+                   "address such as tcp://host:8786, whose workers then extract and fit "
+                   "(default: cluster.scheduler of stages.yaml).")
 @click.option("--force", is_flag=True,
               help="Run the named stages even when they are up to date.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")

@@ -1,8 +1,10 @@
-"""Where sweeps run: a dask client on a LocalCluster, or on a running scheduler.
+"""Where sweeps and extraction run: a dask client on a LocalCluster, or on a running scheduler.
 
-``local`` starts one single-threaded worker process per core (or ``cluster.workers``), with an
-environment that keeps every library to one thread; an address connects to a running
-scheduler whose workers can import this package.
+For sweeps, ``local`` starts one single-threaded worker process per core (or
+``cluster.workers``), with an environment that keeps every library to one thread; an address
+connects to a running scheduler whose workers can import this package. Extraction runs in the
+pipeline's own process unless ``cluster.scheduler`` is an address (a LocalCluster on the same
+cores would only add copies of the model).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import warnings
 
 from .config_heads import ClusterConfig
-from .errors import PipelineWarning
+from .errors import PipelineError, PipelineWarning
 
 # The environment of LocalCluster workers, replacing dask's default. One core per worker:
 # TensorFlow, BLAS and OpenMP must not each start a thread per core in every worker. And no
@@ -30,13 +32,38 @@ class MultiThreadedWorkersWarning(PipelineWarning):
     capture and compete for cores; start them with ``--nthreads 1``."""
 
 
+class SchedulerUnreachableError(PipelineError):
+    """The dask scheduler of cluster.scheduler did not answer."""
+
+
+def on_cluster(cluster: ClusterConfig) -> bool:
+    """Whether ``cluster.scheduler`` names a running scheduler (not local or synchronous)."""
+    return cluster.scheduler not in ("local", "synchronous")
+
+
+@contextlib.contextmanager
+def scheduler_client(address: str, timeout: str = "30s"):
+    """A dask client connected to the scheduler at ``address``; a clear error if it does not
+    answer within ``timeout``."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachableError(
+            f"cluster.scheduler {address}: no dask scheduler answered ({exc}); start one with "
+            f"`dask scheduler` and workers with `dask worker {address}`") from None
+    with client:
+        yield client
+
+
 @contextlib.contextmanager
 def sweep_client(cluster: ClusterConfig):
     import dask
     from distributed import Client, LocalCluster
 
     if cluster.scheduler != "local":
-        with Client(cluster.scheduler, timeout="30s") as client:
+        with scheduler_client(cluster.scheduler) as client:
             threads = client.nthreads()
             if any(n > 1 for n in threads.values()):
                 warnings.warn(f"{sum(n > 1 for n in threads.values())} of {len(threads)} workers "

@@ -225,12 +225,25 @@ class HeadsConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    """Where sweeps run (dask.distributed)."""
+    """Where sweeps and extraction run (dask.distributed)."""
 
-    # local: a LocalCluster on this machine; synchronous: in this process, one trial after
-    # another; or the address of a running scheduler, e.g. tcp://10.0.0.5:8786
+    # local: a LocalCluster on this machine for sweeps, extraction in this process;
+    # synchronous: both in this process, one trial after another; or the address of a running
+    # scheduler, e.g. tcp://10.0.0.5:8786, whose workers run sweeps and extraction
     scheduler: str = "local"
     workers: Optional[Int] = Field(None, ge=1, le=1024)  # LocalCluster processes; null: cores
+    # dask worker resources each extraction partition needs on a scheduler, e.g. {GPU: 1}
+    # with one worker per GPU started as `dask worker --resources GPU=1 --nthreads 1`
+    worker_resources: dict[str, Float] = Field(default_factory=dict)
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not name or not amount > 0 or math.isinf(amount):
+                raise ValueError(f"{name!r}: {amount}; resources are names with positive "
+                                 f"amounts, such as GPU: 1")
+        return value
 
     @field_validator("scheduler")
     @classmethod

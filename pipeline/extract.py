@@ -22,6 +22,7 @@ from cache.faults import fault_point
 
 from .augmented_views import AugmentedViewsResult, extract_views, pending_views
 from .batches import BatchReader
+from .cluster import on_cluster
 from .config import PipelineConfig
 from .dataset import DatasetScan, display_path, scan_dataset, warn_about
 from .errors import EmptyClassWarning, SkippedImageWarning
@@ -196,6 +197,15 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
         todo = store.missing(missing)
         if not todo:
             return extracted, failures, time.perf_counter() - started
+        if on_cluster(config.cluster):
+            started = time.perf_counter()
+            extracted, outcome = _extract_on_cluster(config, spec, store, writer, todo,
+                                                     first_path, progress)
+            for sha, (reason, permanent) in outcome.items():
+                failures[sha] = reason
+                if permanent:
+                    writer.reject(sha, reason, context)
+            return extracted, failures, time.perf_counter() - started
         infer.build()
         reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
                              options=spec.decode, batch_size=params.batch_size,
@@ -217,6 +227,21 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
                 bar.update(len(batch.positions))
                 fault_point("extract.batch")  # a batch handed to the writer, maybe uncommitted
     return extracted, failures, time.perf_counter() - started
+
+
+def _extract_on_cluster(config: PipelineConfig, spec: BackboneSpec, store: FeatureStore,
+                        writer, todo: list[str], first_path: dict[str, Path], progress: bool
+                        ) -> tuple[list[str], dict[str, tuple[str, bool]]]:
+    """Extract ``todo`` on the dask scheduler of ``cluster.scheduler``, one partition of
+    ``shard_size`` images per task (see :mod:`pipeline.distributed_extract`)."""
+    from .cluster import scheduler_client
+    from .distributed_extract import extract_on_cluster, plan_partitions
+    params = config.stages.extract
+    partitions = plan_partitions(todo, first_path, params.shard_size)
+    with scheduler_client(config.cluster.scheduler) as client:
+        return extract_on_cluster(client, partitions, spec, store.fingerprint, writer,
+                                  params.batch_size, params.decode_workers,
+                                  config.cluster.worker_resources, progress)
 
 
 def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:

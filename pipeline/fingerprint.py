@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from .config import PipelineConfig
@@ -45,7 +44,7 @@ class WeightsSource:
         """The part of the fingerprint that identifies the weights' values."""
         if self.kind == "random":
             return {"source": "random", "seed": self.seed,
-                    "keras": metadata.version("keras")}
+                    "init": "numpy glorot-uniform per layer (backbone.seed_conv_weights)"}
         assert self.path is not None
         part = {"source": self.kind, "sha256": _file_sha256(self.path)}
         if self.kind == "hed-bsds500":

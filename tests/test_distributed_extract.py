@@ -1,0 +1,135 @@
+"""Extraction and sweeps on a dask.distributed cluster: two worker processes on loopback.
+
+The cluster's workers each have one ``GPU`` resource (dask counts it; no GPU is used), so the
+tests also exercise ``cluster.worker_resources``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+
+from cache import FeatureStore, faults
+from cache.manifest import load_manifest
+from pipeline.cluster import WORKER_ENVIRONMENT, SchedulerUnreachableError, scheduler_client
+from pipeline.config import load_config
+from pipeline.extract import run_extract
+
+from .conftest import make_image_folder, tiny_document, write_config
+
+IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}):
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          resources={"GPU": 1}, dashboard_address=None,
+                          silence_logs=logging.ERROR) as local:
+            with Client(local) as client:
+                yield local, client
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    make_image_folder(tmp_path / "data", {"cats": 4, "dogs": 4, "owls": 4})
+    (tmp_path / "data" / "owls" / "broken.jpg").write_bytes(b"not a picture")
+    write_config(tmp_path, tiny_document(batch_size=2, shard_size=4))
+    return tmp_path
+
+
+def _on(cluster, project: Path, *overrides: str):
+    local, _ = cluster
+    return run_extract(load_config(project / "stages.yaml", [
+        f"cluster.scheduler={local.scheduler_address}",
+        "cluster.worker_resources={GPU: 1}", *overrides]), progress=False)
+
+
+def _reference(project: Path) -> dict[str, np.ndarray]:
+    result = run_extract(load_config(project / "stages.yaml", ["cache.dir=single"]),
+                         progress=False)
+    store = FeatureStore(project / "single", result.fingerprint)
+    shas = store.sha256s()
+    return dict(zip(shas, store.get(shas)))
+
+
+def _assert_exact(store: FeatureStore, reference: dict[str, np.ndarray]) -> None:
+    store.refresh()
+    rows = [sha for record in load_manifest(store.path).shards.values() for sha in record.sha256]
+    assert sorted(rows) == sorted(reference)                   # every image exactly once
+    np.testing.assert_allclose(store.get(list(reference)), np.stack(list(reference.values())),
+                               rtol=1e-5, atol=1e-6)
+    assert not [p.name for p in store.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_distributed_extraction_equals_the_single_process_one(cluster, project: Path):
+    result = _on(cluster, project)
+    assert (result.new, result.cached) == (IMAGES, 0)
+    assert [(s.path, s.reason) for s in result.skipped] == \
+        [("owls/broken.jpg", "not an image (unknown format)")]
+    store = FeatureStore(result.store_path.parent, result.fingerprint)
+    assert all(s.name.startswith("shard-p") for s in store.shards())   # written by workers
+    assert sorted(s.rows for s in store.shards()) == [1, 3, 4, 4]  # 13 files, one bad
+    _assert_exact(store, _reference(project))
+    rejects = (store.path / "rejects.jsonl").read_text()
+    assert "not an image" in rejects                     # the client recorded the bad file
+    again = _on(cluster, project)                       # nothing missing: no task at all
+    assert (again.new, again.cached) == (0, IMAGES)
+
+
+def test_a_worker_killed_mid_partition_and_the_run_still_exact(cluster, project: Path):
+    local, client = cluster
+    once = project / "one-worker-dies"
+    # every worker gets the fault; the first to reach it claims the token and dies right
+    # after writing its shard's temporary file, before the rename
+    client.run(faults.inject, "shard.written:1:kill", str(once))
+    try:
+        result = _on(cluster, project)
+    finally:
+        client.run(faults.inject, None)
+    assert once.exists()                                 # a worker did die mid-partition
+    assert result.new == IMAGES
+    _assert_exact(FeatureStore(result.store_path.parent, result.fingerprint),
+                  _reference(project))
+    client.wait_for_workers(2, timeout=120)              # the nanny restarted it
+
+
+def test_sweep_on_the_scheduler_equals_the_serial_one_in_order(cluster, cached_project):
+    local, _ = cluster
+    heads = {"knn": {"kind": "knn", "features": "gap",
+                     "sweep": {"params": {"n_neighbors": [1, 3, 5]}}},
+             "logreg": {"kind": "logistic_regression", "features": "gap",
+                        "sweep": {"params": {"C": [0.1, 1.0]}}}}
+    project = cached_project(heads)
+    from pipeline.stages import run_stages
+
+    def leaderboard(*overrides: str) -> list[dict]:
+        config = load_config(project / "stages.yaml", overrides)
+        run, _ = run_stages(config, ["heads"], progress=False)
+        rows = json.loads((run.path / "leaderboard.json").read_text())
+        return [{k: v for k, v in row.items() if k != "fit_seconds"} for row in rows]
+
+    assert leaderboard(f"cluster.scheduler={local.scheduler_address}") == \
+        leaderboard("cluster.scheduler=synchronous")
+
+
+def test_an_unreachable_scheduler_is_one_clear_error():
+    with pytest.raises(SchedulerUnreachableError, match="no dask scheduler answered"):
+        with scheduler_client("tcp://127.0.0.1:9", timeout="2s"):
+            pass
+
+
+def test_a_worker_with_another_backbone_refuses(project: Path):
+    from pipeline.distributed_extract import WorkerMismatchError, _worker_inference
+    from pipeline.fingerprint import backbone_spec
+    spec = backbone_spec(load_config(project / "stages.yaml"))
+    with pytest.raises(WorkerMismatchError, match="computes backbone vgg16-.*the client "
+                                                  "vgg16-0000000000000000"):
+        _worker_inference(spec, "vgg16-0000000000000000")
