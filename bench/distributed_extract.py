@@ -80,7 +80,7 @@ def main() -> None:
     import dask
     from distributed import LocalCluster
 
-    from pipeline.cluster import WORKER_ENVIRONMENT
+    from pipeline.cluster import WORKER_ENVIRONMENT, environment_kept
 
     with tempfile.TemporaryDirectory() as folder:
         project = Path(folder)
@@ -97,7 +97,10 @@ def main() -> None:
         for round_ in range(args.rounds):
             metrics = run_extract(project, f"single-{round_}")
             rows.append(("in-process", round_, metrics))
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}):
+            # environment_kept: the nannies would leave the workers' one-thread settings in
+            # this process's environment, and the next in-process run would inherit them
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}), \
+                    environment_kept():
                 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None, silence_logs=logging.ERROR) as local:
                     for mode in ("cluster (cold)", "cluster (warm)"):

@@ -73,10 +73,32 @@ def sweep_client(cluster: ClusterConfig):
             yield client
         return
     workers = cluster.workers or os.cpu_count() or 1
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}):
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}), \
+            environment_kept() as restore:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=logging.ERROR) as local:
+            restore()  # the workers have their environment; this process gets its own back
             with Client(local) as client:
                 yield client
+
+
+@contextlib.contextmanager
+def environment_kept():
+    """Give this process its own environment back (on exit, and whenever the yielded function
+    is called). A LocalCluster's nannies live in this process and write the workers'
+    pre-spawn environment into ``os.environ`` before each spawn (distributed 2026.8), so
+    without this every later stage of the run, and every process it starts, would run with
+    one thread per library: finetune after a sweep at half speed."""
+    saved = dict(os.environ)
+
+    def restore() -> None:
+        if dict(os.environ) != saved:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    try:
+        yield restore
+    finally:
+        restore()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,9 +130,10 @@ def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
     """
     from distributed import as_completed
 
+    run = uuid.uuid4().hex[:8]  # task keys are global on a scheduler shared by several runs
     futures = [client.submit(extract_partition, partition, spec, fingerprint,
                              str(writer.store.path), batch_size, decode_workers,
-                             key=f"extract-{partition.key[:16]}", pure=False,
+                             key=f"extract-{run}-{partition.key[:16]}", pure=False,
                              resources=resources or None)
                for partition in partitions]
     extracted: list[str] = []

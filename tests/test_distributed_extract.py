@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import dask
@@ -133,3 +134,17 @@ def test_a_worker_with_another_backbone_refuses(project: Path):
     with pytest.raises(WorkerMismatchError, match="computes backbone vgg16-.*the client "
                                                   "vgg16-0000000000000000"):
         _worker_inference(spec, "vgg16-0000000000000000")
+
+
+def test_a_local_sweep_cluster_leaves_this_process_environment_alone():
+    # distributed's nannies write the workers' one-thread settings into os.environ of the
+    # process that starts them; the pipeline's later stages must not inherit them
+    from pipeline.cluster import sweep_client
+    from pipeline.config_heads import ClusterConfig
+    before = dict(os.environ)
+    with sweep_client(ClusterConfig(scheduler="local", workers=1)) as client:
+        assert dict(os.environ) == before
+        # (a lambda runs on the worker; os.environ.get would travel with this process's copy)
+        assert client.run(lambda: os.environ.get("TF_NUM_INTRAOP_THREADS")) == \
+            {address: "1" for address in client.scheduler_info()["workers"]}
+    assert dict(os.environ) == before
