@@ -39,7 +39,7 @@ POINTS = (
     "shard.begin",           # about to create the temporary shard file
     "shard.written",         # data written to the temporary file, not yet renamed
     "shard.renamed",         # shard has its final name, manifest not yet updated
-    "manifest.partial",      # half of the manifest line written, not yet flushed
+    "manifest.partial",      # half of the manifest line written, the rest not yet
     "manifest.appended",     # manifest line written and synced
 )
 #: Points the extract stage passes (pipeline/extract.py), between the writer's.
@@ -82,8 +82,10 @@ def fault_point(name: str) -> None:
     _hits[name] = _hits.get(name, 0) + 1
     wanted = int(parts[1]) if len(parts) > 1 and parts[1] else 1
     action = parts[2] if len(parts) > 2 else "kill"
-    if action == "enospc" and _hits[name] >= wanted:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "enospc":
+        if _hits[name] >= wanted and (_hits[name] > wanted or _first_to_claim()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return
     if _hits[name] != wanted or not _first_to_claim():
         return
     if action == "kill":

@@ -133,14 +133,19 @@ class ShardWriter:
             manifest.remove(name)
         if manifest.damaged_lines or gone:
             rewrite_manifest(path, manifest)
+        copies: dict[str, set[int]] = {}
         for shard in self.store._shard_files():
             if shard.name in manifest.shards:
                 continue
-            self._adopt(manifest, shard)
+            rows = self._adopt(manifest, shard)
+            if rows:
+                copies[shard.name] = rows
         self._manifest = manifest
         self.store._manifest = manifest
         self.store._unlisted = []
         self._sequence = len(manifest.shards)
+        for name, rows in copies.items():  # rows another shard already holds go
+            self._drop_rows(name, rows, keep_file_as=None)
         damaged = read_damaged(path)
         if damaged:
             self._repair(damaged)
@@ -212,8 +217,10 @@ class ShardWriter:
         self.store._manifest = self._manifest
         return before - (self._bytes_written - written_before)
 
-    def _adopt(self, manifest: Manifest, shard: Path) -> None:
-        """List a complete shard that a crash kept out of the manifest."""
+    def _adopt(self, manifest: Manifest, shard: Path) -> set[int]:
+        """List a complete shard that a crash kept out of the manifest; returns the rows whose
+        images another listed shard already holds (to be dropped once the manifest is set).
+        A shard whose every row is such a copy is deleted instead: it holds nothing new."""
         try:
             with h5py.File(shard, "r") as f:
                 foreign = f.attrs.get("fingerprint") != self.store.fingerprint
@@ -223,15 +230,20 @@ class ShardWriter:
             # Unreadable under a final name should not happen (rename is atomic); move it
             # aside rather than delete it, so nothing is destroyed without a person looking.
             shard.rename(shard.with_name(f".{shard.name}.unreadable"))
-            return
+            return set()
         if foreign or len(shas) != len(features):
             # A shard of another fingerprint (copied in by hand) would serve wrong features.
             shard.rename(shard.with_name(f".{shard.name}.foreign"))
-            return
+            return set()
+        copies = _rows_held_elsewhere(shas, manifest, shard.name)
+        if len(copies) == len(shas):
+            shard.unlink()
+            return set()
         written = WrittenShard(name=shard.name, sha256=shas, checksums=row_checksums(features),
                                bytes=shard.stat().st_size)
         append_shard(self.store.path, manifest, written)
         self.adopted_shards += 1
+        return copies
 
     def add(self, sha256: Sequence[str], features: np.ndarray) -> None:
         """Buffer rows (N, h, w, c) float32 for ``sha256``; commit a shard when one is due."""
@@ -288,11 +300,20 @@ class ShardWriter:
         """Record in the manifest a complete shard that another process wrote into this
         store's folder under its final name (a worker of a distributed extraction): workers
         write shards, only the lock holder writes the manifest."""
-        if not (self.store.path / written.name).is_file():
-            raise CacheError(f"{self.store.path / written.name}: a worker reported this shard, "
-                             f"but it is not there (is the cache folder on a filesystem every "
-                             f"worker and this machine share?)")
+        path = self.store.path / written.name
+        if not path.is_file():
+            raise CacheError(f"{path}: a worker reported this shard, but it is not there (is "
+                             f"the cache folder on a filesystem every worker and this machine "
+                             f"share?)")
+        if written.name in self._manifest.shards:  # recorded already (the same file)
+            return
+        copies = _rows_held_elsewhere(written.sha256, self._manifest, written.name)
+        if len(copies) == len(written.sha256):  # a partition that ran twice: nothing new
+            path.unlink()
+            return
         self._record(written)
+        if copies:
+            self._drop_rows(written.name, copies, keep_file_as=None)
 
     def _record(self, written: WrittenShard) -> None:
         try:
@@ -334,3 +355,10 @@ class ShardWriter:
             self.close()
         except Exception:
             pass
+
+
+def _rows_held_elsewhere(sha256: Sequence[str], manifest: Manifest, name: str) -> set[int]:
+    """Rows of shard ``name`` whose image another shard in ``manifest`` already holds:
+    copies, never to be listed."""
+    return {row for row, sha in enumerate(sha256)
+            if sha in manifest.entries and manifest.entries[sha][0] != name}

@@ -84,21 +84,23 @@ def sweep_client(cluster: ClusterConfig):
 
 @contextlib.contextmanager
 def environment_kept():
-    """Give this process its own environment back (on exit, and whenever the yielded function
-    is called). A LocalCluster's nannies live in this process and write the workers'
-    pre-spawn environment into ``os.environ`` before each spawn (distributed 2026.8), so
-    without this every later stage of the run, and every process it starts, would run with
-    one thread per library: finetune after a sweep at half speed."""
-    saved = dict(os.environ)
+    """Give this process back the values it had for the workers' pre-spawn variables (on
+    exit, and whenever the yielded function is called). A LocalCluster's nannies live in this
+    process and write the workers' pre-spawn environment into ``os.environ`` before each spawn
+    (distributed 2026.8), so without this every later stage of the run, and every process it
+    starts, would run with one thread per library. Only those variables are touched, one at a
+    time: whatever else the run sets meanwhile stays."""
+    names = [*WORKER_ENVIRONMENT, "PYTHONHASHSEED"]
+    saved = {name: os.environ.get(name) for name in names}
 
     def restore() -> None:
-        if dict(os.environ) != saved:
-            os.environ.clear()
-            os.environ.update(saved)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            elif os.environ.get(name) != value:
+                os.environ[name] = value
 
     try:
         yield restore
     finally:
         restore()
-
-

@@ -136,14 +136,22 @@ def _list_images(class_dir: Path, errors: list[OSError]) -> list[Path]:
 
 
 def display_path(path: str) -> str:
-    """``path`` as one printable line: bytes that are not UTF-8 (kept by Python as surrogate
-    escapes) shown as ``\\xNN``, and newlines, tabs and other control characters escaped, so
-    that a summary line, warning or report cell names the file unambiguously."""
-    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    """``path`` as one printable line that names the file unambiguously: bytes that are not
+    UTF-8 (kept by Python as surrogate escapes) shown as ``\\xNN``, newlines, tabs and other
+    control characters escaped, and so a backslash shown doubled."""
+    if "\\" not in path and path.isprintable():
+        return path
+    shown = []
+    for char in path:
+        if char == "\\":
+            shown.append("\\\\")
+        elif "\udc80" <= char <= "\udcff":          # a byte that is not UTF-8
+            shown.append(f"\\x{ord(char) - 0xDC00:02x}")
+        elif not char.isprintable():
+            shown.append(char.encode("unicode_escape").decode("ascii"))
+        else:
+            shown.append(char)
+    return "".join(shown)
 
 
 def _relpath(path: Path, root: Path) -> str:

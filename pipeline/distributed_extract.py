@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,10 @@ from cache.shards import WrittenShard, partition_shard_name, write_shard
 from .batches import BatchReader
 from .errors import PipelineError
 from .fingerprint import BackboneSpec, backbone_fingerprint
+
+
+class NoSuitableWorkerError(PipelineError):
+    """The scheduler has no worker that can run an extraction partition."""
 
 
 class WorkerMismatchError(PipelineError):
@@ -72,11 +78,18 @@ def plan_partitions(todo: list[str], paths: dict[str, Path], size: int) -> list[
 
 
 # The backbone of this worker process, per fingerprint: built by its first partition and kept
-# for every later one (building VGG16 and tracing its call costs seconds).
+# for every later one (building VGG16 and tracing its call costs seconds). The lock keeps two
+# threads of one worker from building two copies at once.
 _WORKER_MODELS: dict[str, object] = {}
+_WORKER_MODELS_LOCK = threading.Lock()
 
 
 def _worker_inference(spec: BackboneSpec, fingerprint: str):
+    with _WORKER_MODELS_LOCK:
+        return _build_once(spec, fingerprint)
+
+
+def _build_once(spec: BackboneSpec, fingerprint: str):
     if fingerprint not in _WORKER_MODELS:
         computed, _ = backbone_fingerprint(spec)
         if computed != fingerprint:
@@ -121,37 +134,77 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
 
 def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
                        fingerprint: str, writer: ShardWriter, batch_size: int,
-                       decode_workers: int, resources: dict[str, float], progress: bool
-                       ) -> tuple[list[str], dict[str, tuple[str, bool]]]:
-    """Submit every partition to ``client``'s cluster and record each shard as it arrives.
+                       decode_workers: int, resources: dict[str, float], progress: bool,
+                       on_failure: Callable[[str, str, bool], None]) -> list[str]:
+    """Run every partition on ``client``'s cluster and record each shard as it arrives.
 
-    Returns (sha256 extracted, sha256 -> (failure reason, permanent)). On an error or Ctrl-C,
-    the shards already recorded stay in the cache; the tasks still running are cancelled.
+    At most a few tasks per worker are submitted at a time (each carries its paths and
+    hashes), and a task's result is released as soon as its shard is recorded, so the
+    scheduler never runs a recorded partition again. ``on_failure(sha256, reason,
+    permanent)`` is called for each image that failed, as results arrive. Returns the sha256
+    extracted. On an error or Ctrl-C, the shards already recorded stay in the cache; tasks
+    not started are cancelled (running ones finish, and the next writer adopts or drops
+    what they write).
     """
     from distributed import as_completed
 
+    workers = _check_workers(client, resources)
     run = uuid.uuid4().hex[:8]  # task keys are global on a scheduler shared by several runs
-    futures = [client.submit(extract_partition, partition, spec, fingerprint,
+    queue = list(reversed(partitions))
+
+    def submit_next():
+        partition = queue.pop()
+        return client.submit(extract_partition, partition, spec, fingerprint,
                              str(writer.store.path), batch_size, decode_workers,
                              key=f"extract-{run}-{partition.key[:16]}", pure=False,
                              resources=resources or None)
-               for partition in partitions]
+
+    window = [submit_next() for _ in range(min(len(queue), max(4 * workers, 8)))]
+    pending = as_completed(window)
+    del window
     extracted: list[str] = []
-    failures: dict[str, tuple[str, bool]] = {}
     total = sum(len(p.sha256) for p in partitions)
     try:
         with tqdm(total=total, unit="img", desc="extract (cluster)",
                   disable=None if progress else True, dynamic_ncols=True) as bar:
-            for future in as_completed(futures):
+            for future in pending:
                 result: PartitionResult = future.result()
+                future.release()
+                if queue:
+                    pending.add(submit_next())
                 if result.shard is not None:
                     writer.commit_written(result.shard)
                     extracted += result.shard.sha256
-                failures.update(result.failures)
+                for sha, (reason, permanent) in result.failures.items():
+                    on_failure(sha, reason, permanent)
                 bar.update(len(result.shard.sha256 if result.shard else ()) +
                            len(result.failures))
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        left = pending.futures if hasattr(pending, "futures") else []
+        client.cancel(list(left))
+        pending.clear()
     # every task has finished: a temporary file left now is a dead worker's half-written shard
     writer.remove_temporary_files()
-    return extracted, failures
+    return extracted
+
+
+def _check_workers(client, resources: dict[str, float], timeout: float = 60.0) -> int:
+    """How many workers can run a partition; an error instead of a silent wait when none can
+    (no worker joined within ``timeout`` seconds, or none offers ``resources``)."""
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise NoSuitableWorkerError(f"no dask worker joined the scheduler within "
+                                    f"{timeout:g} s; start workers with `dask worker "
+                                    f"{client.scheduler.address}`") from None
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    able = [w for w in workers
+            if all(w.get("resources", {}).get(name, 0) >= amount
+                   for name, amount in resources.items())]
+    if not able:
+        offered = sorted({name for w in workers for name in w.get("resources", {})})
+        raise NoSuitableWorkerError(
+            f"cluster.worker_resources {resources}: no worker offers them (resources offered: "
+            f"{', '.join(offered) or 'none'}); start workers with `dask worker ... "
+            f"--resources GPU=1` or change cluster.worker_resources")
+    return len(able)

@@ -198,13 +198,14 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
         if not todo:
             return extracted, failures, time.perf_counter() - started
         if on_cluster(config.cluster):
-            started = time.perf_counter()
-            extracted, outcome = _extract_on_cluster(config, spec, store, writer, todo,
-                                                     first_path, progress)
-            for sha, (reason, permanent) in outcome.items():
+            def failed(sha: str, reason: str, permanent: bool) -> None:
                 failures[sha] = reason
                 if permanent:
                     writer.reject(sha, reason, context)
+
+            started = time.perf_counter()
+            extracted = _extract_on_cluster(config, spec, writer, todo, first_path, progress,
+                                            failed)
             return extracted, failures, time.perf_counter() - started
         infer.build()
         reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
@@ -229,19 +230,19 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
     return extracted, failures, time.perf_counter() - started
 
 
-def _extract_on_cluster(config: PipelineConfig, spec: BackboneSpec, store: FeatureStore,
-                        writer, todo: list[str], first_path: dict[str, Path], progress: bool
-                        ) -> tuple[list[str], dict[str, tuple[str, bool]]]:
+def _extract_on_cluster(config: PipelineConfig, spec: BackboneSpec, writer, todo: list[str],
+                        first_path: dict[str, Path], progress: bool, failed) -> list[str]:
     """Extract ``todo`` on the dask scheduler of ``cluster.scheduler``, one partition of
-    ``shard_size`` images per task (see :mod:`pipeline.distributed_extract`)."""
+    ``shard_size`` images per task (see :mod:`pipeline.distributed_extract`); ``failed(sha256,
+    reason, permanent)`` is told of each image that could not be decoded."""
     from .cluster import scheduler_client
     from .distributed_extract import extract_on_cluster, plan_partitions
     params = config.stages.extract
     partitions = plan_partitions(todo, first_path, params.shard_size)
     with scheduler_client(config.cluster.scheduler) as client:
-        return extract_on_cluster(client, partitions, spec, store.fingerprint, writer,
+        return extract_on_cluster(client, partitions, spec, writer.store.fingerprint, writer,
                                   params.batch_size, params.decode_workers,
-                                  config.cluster.worker_resources, progress)
+                                  config.cluster.worker_resources, progress, failed)
 
 
 def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:

@@ -145,6 +145,7 @@ def test_exit_code_is_0_when_nothing_was_left_out(tmp_path: Path, capsys):
     ("a\nb\tc.jpg", "a\\nb\\tc.jpg"),
     (os.fsdecode(b"caf\xe9.jpg"), "caf\\xe9.jpg"),
     ("图像 ünï.png", "图像 ünï.png"),
+    ("a\\xffb.jpg", "a\\\\xffb.jpg"),     # the text \xff, not the byte: told apart
 ])
 def test_display_path_is_one_printable_line(path, shown):
     assert display_path(path) == shown

@@ -211,3 +211,39 @@ def test_a_shard_of_another_fingerprint_is_moved_aside(tmp_path: Path):
     store.open_writer(DESCRIPTION).close()
     assert not list(store.path.glob("*.h5"))
     assert (store.path / f".{shard.name}.foreign").exists()
+
+
+def test_shards_found_outside_the_manifest_never_list_an_image_twice(tmp_path: Path):
+    # A distributed run's straggler task (or a partition run twice) can leave a complete shard
+    # holding images another shard already has: recovery keeps only what is new.
+    from cache.manifest import load_manifest
+    from cache.shards import write_shard
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(6)
+    _fill(store, shas[:4], features[:4])
+    write_shard(store.path, "shard-pcopy-000.h5", "fp-a", shas[:2], features[:2])
+    write_shard(store.path, "shard-pmixed-000.h5", "fp-a", shas[2:6], features[2:6])
+    store.open_writer(DESCRIPTION).close()
+    store.refresh()
+    rows = [sha for r in load_manifest(store.path).shards.values() for sha in r.sha256]
+    assert sorted(rows) == sorted(shas)                    # each image once
+    assert not (store.path / "shard-pcopy-000.h5").exists()  # nothing new in it: deleted
+    np.testing.assert_array_equal(store.get(shas), features)
+
+
+def test_a_shard_reported_by_a_worker_is_recorded_without_copies(tmp_path: Path):
+    from cache.manifest import load_manifest
+    from cache.shards import write_shard
+    store = FeatureStore(tmp_path, "fp-a")
+    shas, features = _rows(6)
+    _fill(store, shas[:3], features[:3], shard_rows=3)
+    with store.open_writer(DESCRIPTION) as writer:
+        copy = write_shard(store.path, "shard-pa-000.h5", "fp-a", shas[:3], features[:3])
+        writer.commit_written(copy)          # the same images again: nothing new
+        mixed = write_shard(store.path, "shard-pb-000.h5", "fp-a", shas[2:], features[2:])
+        writer.commit_written(mixed)         # its first row is a copy: dropped
+    store.refresh()
+    rows = [sha for r in load_manifest(store.path).shards.values() for sha in r.sha256]
+    assert sorted(rows) == sorted(shas)
+    assert not (store.path / "shard-pa-000.h5").exists()
+    np.testing.assert_array_equal(store.get(shas), features)

@@ -148,3 +148,9 @@ def test_a_local_sweep_cluster_leaves_this_process_environment_alone():
         assert client.run(lambda: os.environ.get("TF_NUM_INTRAOP_THREADS")) == \
             {address: "1" for address in client.scheduler_info()["workers"]}
     assert dict(os.environ) == before
+
+
+def test_resources_no_worker_offers_are_an_error_not_a_silent_wait(cluster, project: Path):
+    from pipeline.distributed_extract import NoSuitableWorkerError
+    with pytest.raises(NoSuitableWorkerError, match="no worker offers them .*GPU"):
+        _on(cluster, project, "cluster.worker_resources={TPU: 1}")
