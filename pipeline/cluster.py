@@ -49,6 +49,10 @@ def scheduler_client(address: str, timeout: str = "30s"):
 
     try:
         client = Client(address, timeout=timeout)
+    except ValueError as exc:  # tcp://host:port with no port, a scheme dask does not know
+        raise SchedulerUnreachableError(
+            f"cluster.scheduler {address}: not a dask scheduler address ({exc}); expected "
+            f"tcp://host:8786") from None
     except (OSError, TimeoutError) as exc:
         raise SchedulerUnreachableError(
             f"cluster.scheduler {address}: no dask scheduler answered ({exc}); start one with "

@@ -159,9 +159,8 @@ def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
                              key=f"extract-{run}-{partition.key[:16]}", pure=False,
                              resources=resources or None)
 
-    window = [submit_next() for _ in range(min(len(queue), max(4 * workers, 8)))]
-    pending = as_completed(window)
-    del window
+    pending = as_completed([submit_next()
+                            for _ in range(min(len(queue), max(4 * workers, 8)))])
     extracted: list[str] = []
     total = sum(len(p.sha256) for p in partitions)
     try:
@@ -180,8 +179,7 @@ def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
                 bar.update(len(result.shard.sha256 if result.shard else ()) +
                            len(result.failures))
     finally:
-        left = pending.futures if hasattr(pending, "futures") else []
-        client.cancel(list(left))
+        client.cancel(list(pending.futures))  # not yet finished (a no-op after a full run)
         pending.clear()
     # every task has finished: a temporary file left now is a dead worker's half-written shard
     writer.remove_temporary_files()

@@ -10,6 +10,7 @@ extract finishes in seconds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -75,6 +76,15 @@ class BackboneSpec:
 
 
 def _file_sha256(path: Path) -> str:
+    # One `pipeline run` fingerprints the backbone once per stage it checks; within a process
+    # the weights file is hashed again whenever it may have changed: another inode, size,
+    # modification or status-change time (the last cannot be set back by copying tools).
+    info = Path(path).stat()
+    return _hash_file(str(path), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_file(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):

@@ -154,3 +154,17 @@ def test_fingerprint_needs_no_tensorflow(tiny_project: Path):
             "assert 'tensorflow' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == backbone_fingerprint(_spec(tiny_project))[0]
+
+
+def test_the_weights_hash_follows_the_file_not_a_memo(tmp_path: Path):
+    # the hash is remembered per (size, modification time): a rewritten file is hashed again
+    import hashlib
+    import os
+
+    from pipeline.fingerprint import _file_sha256
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"first")
+    assert _file_sha256(path) == hashlib.sha256(b"first").hexdigest()
+    path.write_bytes(b"second, longer")
+    os.utime(path, ns=(1, 1))
+    assert _file_sha256(path) == hashlib.sha256(b"second, longer").hexdigest()

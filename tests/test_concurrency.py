@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from cache import FeatureStore
 from cache.manifest import load_manifest
 from pipeline.cli import main
@@ -48,14 +46,9 @@ def _assert_complete_and_once(project: Path, unreferenced: int = 0) -> None:
     assert not [p for p in store.path.rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.fixture
-def project(tiny_project: Path) -> Path:
-    return tiny_project
-
-
-def test_a_second_extraction_refuses_with_a_clear_message(project: Path, capsys):
-    first = PausedExtraction(project)
-    config_file = str(project / "stages.yaml")
+def test_a_second_extraction_refuses_with_a_clear_message(tiny_project: Path, capsys):
+    first = PausedExtraction(tiny_project)
+    config_file = str(tiny_project / "stages.yaml")
     code, _, err = _run(capsys, "run", "extract", "-c", config_file, "--no-progress",
                         "--set", "cache.lock_timeout=0")
     assert code == 1
@@ -64,14 +57,14 @@ def test_a_second_extraction_refuses_with_a_clear_message(project: Path, capsys)
     code, out, err = first.finish()
     assert code == 0, err
     assert f"{IMAGES} new, 0 cached" in out
-    _assert_complete_and_once(project)
+    _assert_complete_and_once(tiny_project)
 
 
-def test_a_second_extraction_waits_and_then_finds_everything_cached(project: Path):
-    first = PausedExtraction(project)
+def test_a_second_extraction_waits_and_then_finds_everything_cached(tiny_project: Path):
+    first = PausedExtraction(tiny_project)
     second = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress", "-c",
-         str(project / "stages.yaml"), "--set", "cache.lock_timeout=120"],
+         str(tiny_project / "stages.yaml"), "--set", "cache.lock_timeout=120"],
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     # the second says it waits, and for whom, before the first is let go
@@ -86,17 +79,17 @@ def test_a_second_extraction_waits_and_then_finds_everything_cached(project: Pat
     out2, err2 = second.communicate(timeout=300)
     assert second.returncode == 0, err2
     assert f"0 new, {IMAGES} cached" in out2     # it used what the first one wrote
-    _assert_complete_and_once(project)
+    _assert_complete_and_once(tiny_project)
 
 
-def test_verify_and_gc_are_safe_against_a_running_extraction(project: Path, capsys):
-    config_file = str(project / "stages.yaml")
+def test_verify_and_gc_are_safe_against_a_running_extraction(tiny_project: Path, capsys):
+    config_file = str(tiny_project / "stages.yaml")
     # finished runs leave committed shards, a view, and one entry no view references
     assert _run(capsys, "run", "extract", "-c", config_file, "--no-progress")[0] == 0
-    (project / "data" / "cats" / "img_00.png").unlink()
+    (tiny_project / "data" / "cats" / "img_00.png").unlink()
     assert _run(capsys, "run", "extract", "-c", config_file, "--no-progress")[0] == 0
-    make_image_folder(project / "data", {"newts": 4}, start_seed=500)  # four to extract
-    first = PausedExtraction(project)
+    make_image_folder(tiny_project / "data", {"newts": 4}, start_seed=500)  # four to extract
+    first = PausedExtraction(tiny_project)
     code, out, _ = _run(capsys, "cache", "verify", "-c", config_file)
     assert code == 0 and "checked: ok" in out
     # dry run, no lock needed: the running extraction's committed shard is newer than every
@@ -111,8 +104,8 @@ def test_verify_and_gc_are_safe_against_a_running_extraction(project: Path, caps
     assert "4 new, 11 cached" in out
     code, out, _ = _run(capsys, "cache", "verify", "-c", config_file)
     assert code == 0 and "16 entries checked: ok" in out
-    _assert_complete_and_once(project, unreferenced=1)
+    _assert_complete_and_once(tiny_project, unreferenced=1)
     # with the extraction finished, gc takes the deleted image's entry and nothing else
     code, out, _ = _run(capsys, "cache", "gc", "--apply", "-c", config_file)
     assert code == 0 and "removed 1 " in out
-    _assert_complete_and_once(project)
+    _assert_complete_and_once(tiny_project)

@@ -121,9 +121,14 @@ def test_sweep_on_the_scheduler_equals_the_serial_one_in_order(cluster, cached_p
         leaderboard("cluster.scheduler=synchronous")
 
 
-def test_an_unreachable_scheduler_is_one_clear_error():
-    with pytest.raises(SchedulerUnreachableError, match="no dask scheduler answered"):
-        with scheduler_client("tcp://127.0.0.1:9", timeout="2s"):
+@pytest.mark.parametrize("address, words", [
+    ("tcp://127.0.0.1:9", "no dask scheduler answered"),
+    ("tcp://host:notaport", "not a dask scheduler address"),
+    ("foo://host:8786", "not a dask scheduler address"),
+])
+def test_an_unreachable_or_malformed_scheduler_is_one_clear_error(address, words):
+    with pytest.raises(SchedulerUnreachableError, match=words):
+        with scheduler_client(address, timeout="2s"):
             pass
 
 
