@@ -34,9 +34,10 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cache import FeatureStore  # noqa: E402
-from cache.faults import EXTRACT_POINTS, POINTS  # noqa: E402
+from cache.faults import POINTS  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.errors import EmptyClassWarning  # noqa: E402
+from pipeline.extract import FAULT_POINTS as EXTRACT_POINTS  # noqa: E402
 from pipeline.extract import run_extract  # noqa: E402
 from pipeline.views import read_view  # noqa: E402
 from tests.bad_inputs import write_corpus  # noqa: E402

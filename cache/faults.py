@@ -4,17 +4,18 @@ The cache promises that a crash at any moment loses no finished work. To test th
 at exact moments (half-way through a shard write, between the shard rename and the manifest
 append) instead of at whatever moment a timer happens to hit, the writer calls
 :func:`fault_point` at each such moment. In normal runs it is a dictionary lookup and does
-nothing.
+nothing. Code that uses the cache may declare points of its own and call :func:`fault_point`
+with their names; this module knows only the cache's.
 
 A test sets ``PIPELINE_FAULT=<point>:<n>[:<action>]`` in the environment of the process it
 wants to crash: at the n-th time (1-based) the process passes ``<point>``, it either kills
 itself with SIGKILL (``kill``, the default: no cleanup code runs, as with ``kill -9``), raises
-``KeyboardInterrupt`` (``interrupt``, as Ctrl-C does), raises :class:`InjectedFault`
-(``raise``), fails like a full disk (``enospc``: ``OSError(ENOSPC)`` at that pass and every
-later one, as a full disk stays full), or pauses (``wait``): it creates the file
-``$PIPELINE_FAULT_RELEASE.waiting`` and waits until the file ``$PIPELINE_FAULT_RELEASE``
-exists, so that a test can run other commands against the cache at that exact moment (two
-extractions at once, gc, verify).
+``KeyboardInterrupt`` (``interrupt``, as Ctrl-C does), raises
+:class:`~cache.errors.InjectedFault` (``raise``), fails like a full disk (``enospc``:
+``OSError(ENOSPC)`` at that pass and every later one, as a full disk stays full), or pauses
+(``wait``): it creates the file ``$PIPELINE_FAULT_RELEASE.waiting`` and waits until the file
+``$PIPELINE_FAULT_RELEASE`` exists, so that a test can run other commands against the cache
+at that exact moment (two extractions at once, gc, verify).
 
 With ``PIPELINE_FAULT_ONCE=<file>`` as well, the fault fires only in the first process to
 create that file: of the workers of a cluster, which all inherit the environment, exactly one
@@ -29,12 +30,14 @@ import signal
 import time
 from pathlib import Path
 
+from .errors import InjectedFault
+
 ENV_VAR = "PIPELINE_FAULT"
 RELEASE_ENV_VAR = "PIPELINE_FAULT_RELEASE"
 ONCE_ENV_VAR = "PIPELINE_FAULT_ONCE"
 WAIT_SECONDS = 300.0  # a test that never releases fails instead of hanging
 
-#: Every point the cache writer passes, in the order one shard goes through them.
+#: Every point the cache's writer passes, in the order one shard goes through them.
 POINTS = (
     "shard.begin",           # about to create the temporary shard file
     "shard.written",         # data written to the temporary file, not yet renamed
@@ -42,15 +45,6 @@ POINTS = (
     "manifest.partial",      # half of the manifest line written, the rest not yet
     "manifest.appended",     # manifest line written and synced
 )
-#: Points the extract stage passes (pipeline/extract.py), between the writer's.
-EXTRACT_POINTS = (
-    "extract.batch",         # a batch's features handed to the writer, not yet committed
-)
-
-
-class InjectedFault(RuntimeError):
-    """Raised at a fault point when the test asked for action ``raise``."""
-
 
 _hits: dict[str, int] = {}
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from .manifest import DAMAGED_NAME, DamagedEntry, load_manifest
-from .shards import row_checksums
-from .store import FeatureStore, _write_json_atomic
+from .manifest import DamagedEntry, load_manifest, write_damaged
+from .reader import FeatureStore
+from .shard import row_checksums
 
 VERIFY_CHUNK_ROWS = 256  # rows read at a time: memory stays bounded on big shards
 
@@ -95,11 +95,7 @@ def verify_store(store: FeatureStore, record: bool = True) -> VerifyReport:
             continue  # retired by a repair or gc that ran meanwhile, not lost
         report.damaged += damaged
     if record:
-        path = store.path / DAMAGED_NAME
-        if report.damaged:
-            _write_json_atomic(path, {"damaged": [e.__dict__ for e in report.damaged]})
-        else:
-            path.unlink(missing_ok=True)
+        write_damaged(store.path, report.damaged)
         store.refresh()
     return report
 

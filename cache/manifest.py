@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .faults import fault_point
-from .shards import WrittenShard
+from .files import write_atomic
+from .shard import WrittenShard
 
 MANIFEST_NAME = "manifest.jsonl"
 # Entries the last ``verify`` found damaged; readers treat them as missing, the next writer
@@ -64,6 +65,17 @@ def read_damaged(folder: Path) -> list[DamagedEntry]:
         return []
     except (ValueError, KeyError, TypeError):
         return []  # a torn record; the next verify writes it again
+
+
+def write_damaged(folder: Path, damaged: list[DamagedEntry]) -> None:
+    """Record ``damaged`` in ``folder/damaged.json`` (atomically), or remove the record when
+    the list is empty."""
+    path = folder / DAMAGED_NAME
+    if not damaged:
+        path.unlink(missing_ok=True)
+        return
+    payload = {"damaged": [entry.__dict__ for entry in damaged]}
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -139,14 +151,8 @@ def rewrite_manifest(folder: Path, manifest: Manifest) -> None:
 
     Call only while holding the write lock.
     """
-    path = folder / MANIFEST_NAME
-    temp = folder / f".{MANIFEST_NAME}.tmp"
-    with open(temp, "wb") as fh:
-        for record in manifest.shards.values():
-            fh.write(_record_line(record))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(temp, path)
+    write_atomic(folder / MANIFEST_NAME,
+                 b"".join(_record_line(record) for record in manifest.shards.values()))
     manifest.damaged_lines = 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cache import FeatureStore
+from cache import FeatureStore, open_writer
 from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
 from cache.manifest import load_manifest
 
@@ -78,7 +78,7 @@ def collect_garbage(cache_dir: Path, apply: bool = False, lock_timeout: float = 
     for store in select_stores(cache_dir, fingerprint):
         report = _plan(store)
         if apply and report.unreferenced:
-            with store.open_writer(store.description, lock_timeout=lock_timeout) as writer:
+            with open_writer(store, store.description, lock_timeout=lock_timeout) as writer:
                 # planned again under the lock: an extraction may have finished meanwhile
                 report = _plan(store)
                 report.bytes_freed = writer.remove_entries(report.unreferenced)

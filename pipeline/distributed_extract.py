@@ -30,8 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cache import ShardWriter
-from cache.faults import fault_point
-from cache.shards import WrittenShard, partition_shard_name, write_shard
+from cache.shard import WrittenShard, partition_shard_name, write_shard
 
 from .batches import BatchReader
 from .errors import PipelineError
@@ -123,7 +122,6 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
         for i in batch.positions[~batch.ok]:
             failures[partition.sha256[i]] = (reader.failures.get(int(i), "could not be decoded"),
                                              int(i) not in reader.transient)
-        fault_point("partition.batch")
     worker = f"{socket.gethostname()}:{os.getpid()}"
     if not shas:
         return PartitionResult(None, failures, worker)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cache import FeatureStore
+from cache import FeatureStore, open_writer
 from cache.faults import fault_point
 
 from .augmented_views import AugmentedViewsResult, extract_views, pending_views
@@ -28,6 +28,11 @@ from .dataset import DatasetScan, display_path, scan_dataset, warn_about
 from .errors import EmptyClassWarning, SkippedImageWarning
 from .fingerprint import BackboneSpec, backbone_fingerprint, backbone_spec
 from .views import DatasetView, SkippedFile, ViewImage, view_path, write_view
+
+#: Fault points the extract stage passes, between the cache writer's (cache.faults.POINTS).
+FAULT_POINTS = (
+    "extract.batch",         # a batch's features handed to the writer, not yet committed
+)
 
 
 @dataclass
@@ -166,7 +171,7 @@ def _extract_augmented(config: PipelineConfig, spec: BackboneSpec, store: Featur
     result = AugmentedViewsResult()
     if pending:
         params = config.stages.extract
-        with store.open_writer(description, shard_rows=params.shard_size,
+        with open_writer(store, description, shard_rows=params.shard_size,
                                flush_seconds=params.flush_seconds,
                                lock_timeout=config.cache.lock_timeout) as writer:
             pending = pending_views(view, store.missing)  # another run may have added some
@@ -190,7 +195,7 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
     extracted: list[str] = []
     failures: dict[str, str] = {}
     started = time.perf_counter()
-    with store.open_writer(description, shard_rows=params.shard_size,
+    with open_writer(store, description, shard_rows=params.shard_size,
                            flush_seconds=params.flush_seconds,
                            lock_timeout=config.cache.lock_timeout) as writer:
         # Another extraction may have held the lock until now and cached some of these.

@@ -108,7 +108,7 @@ def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0
     (2, 2, 512) float32, stored under the fingerprint the project's stages.yaml implies.
     ``drop`` lists (split, class) pairs left empty.
     """
-    from cache import FeatureStore
+    from cache import FeatureStore, open_writer
     from pipeline.config import load_config
     from pipeline.fingerprint import backbone_fingerprint, backbone_spec
     from pipeline.views import DatasetView, ViewImage, view_path, write_view
@@ -125,7 +125,7 @@ def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0
                 sha = f"{split[:2]}{label:02d}{i:060x}"
                 images.append(ViewImage(f"{name}/{split}_{i}.png", name, split, sha))
                 rows.append(means[label] + rng.normal(0, 6.0, (2, 2, 512)).astype(np.float32))
-    with store.open_writer(description, shard_rows=64) as writer:
+    with open_writer(store, description, shard_rows=64) as writer:
         writer.add([i.sha256 for i in images], np.stack(rows))
     view = DatasetView(root=str(config.data.root), classes=list(classes),
                        fingerprint=fingerprint, images=images)

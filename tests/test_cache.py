@@ -16,8 +16,9 @@ from cache import (
     FeatureStore,
     MissingFeaturesError,
     list_stores,
+    open_writer,
 )
-from cache.faults import InjectedFault
+from cache.errors import InjectedFault
 from cache.manifest import MANIFEST_NAME
 
 DESCRIPTION = {"architecture": "test", "output_shape": [2, 2, 3]}
@@ -30,7 +31,7 @@ def _rows(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
 
 
 def _fill(store: FeatureStore, shas, features, shard_rows=4):
-    with store.open_writer(DESCRIPTION, shard_rows=shard_rows) as writer:
+    with open_writer(store, DESCRIPTION, shard_rows=shard_rows) as writer:
         writer.add(shas, features)
     store.refresh()
 
@@ -92,7 +93,7 @@ def test_exception_inside_the_writer_keeps_buffered_rows(tmp_path: Path):
     store = FeatureStore(tmp_path, "fp-a")
     shas, features = _rows(3)
     with pytest.raises(RuntimeError, match="boom"):
-        with store.open_writer(DESCRIPTION, shard_rows=100) as writer:
+        with open_writer(store, DESCRIPTION, shard_rows=100) as writer:
             writer.add(shas, features)
             raise RuntimeError("boom")
     store.refresh()
@@ -101,13 +102,13 @@ def test_exception_inside_the_writer_keeps_buffered_rows(tmp_path: Path):
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path):
     store = FeatureStore(tmp_path, "fp-a")
-    with store.open_writer(DESCRIPTION):
+    with open_writer(store, DESCRIPTION):
         with pytest.raises(CacheLockedError, match=r"pid \d+ .*cache.lock_timeout"):
-            FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION, lock_timeout=0)
+            open_writer(FeatureStore(tmp_path, "fp-a"), DESCRIPTION, lock_timeout=0)
         with pytest.raises(CacheLockedError, match="waited 0.2 s"), \
                 pytest.warns(CacheLockWaitWarning, match=r"pid \d+ .*waiting up to 0.2 s"):
-            FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION, lock_timeout=0.2)
-    FeatureStore(tmp_path, "fp-a").open_writer(DESCRIPTION).close()  # free again
+            open_writer(FeatureStore(tmp_path, "fp-a"), DESCRIPTION, lock_timeout=0.2)
+    open_writer(FeatureStore(tmp_path, "fp-a"), DESCRIPTION).close()  # free again
 
 
 def test_torn_manifest_line_is_ignored_and_cut(tmp_path: Path):
@@ -120,7 +121,7 @@ def test_torn_manifest_line_is_ignored_and_cut(tmp_path: Path):
     reader = FeatureStore(tmp_path, "fp-a")
     np.testing.assert_array_equal(reader.get(shas), features)  # second shard found on disk
     assert reader.stats().unlisted_shards == 1
-    with reader.open_writer(DESCRIPTION) as writer:
+    with open_writer(reader, DESCRIPTION) as writer:
         assert writer.adopted_shards == 1
     text = manifest.read_text()
     assert text.endswith("\n") and len(text.splitlines()) == 2
@@ -136,7 +137,7 @@ def test_temporary_files_of_a_dead_writer_are_removed(tmp_path: Path):
     stale = store.path / ".shard-000009-deadbeef.h5.tmp"
     stale.write_bytes(b"half a shard")
     assert len(FeatureStore(tmp_path, "fp-a")) == 2  # readers never look at it
-    store.open_writer(DESCRIPTION).close()
+    open_writer(store, DESCRIPTION).close()
     assert not stale.exists()
 
 
@@ -192,7 +193,7 @@ def test_damaged_line_in_the_middle_of_the_manifest_is_skipped_and_repaired(tmp_
     manifest.write_bytes(lines[0] + lines[1][:40] + lines[2])  # torn line glued to the next
     reader = FeatureStore(tmp_path, "fp-a")
     np.testing.assert_array_equal(reader.get(shas), features)
-    with reader.open_writer(DESCRIPTION) as writer:
+    with open_writer(reader, DESCRIPTION) as writer:
         assert writer.adopted_shards == 2
     assert all(json.loads(line) for line in manifest.read_text().splitlines())
     final = FeatureStore(tmp_path, "fp-a")
@@ -204,11 +205,11 @@ def test_a_shard_of_another_fingerprint_is_moved_aside(tmp_path: Path):
     shas, features = _rows(3, seed=7)
     _fill(other, shas, features)
     store = FeatureStore(tmp_path, "fp-a")
-    store.open_writer(DESCRIPTION).close()
+    open_writer(store, DESCRIPTION).close()
     (shard,) = other.path.glob("*.h5")
     (store.path / shard.name).write_bytes(shard.read_bytes())
     assert len(FeatureStore(tmp_path, "fp-a")) == 0  # readers ignore it
-    store.open_writer(DESCRIPTION).close()
+    open_writer(store, DESCRIPTION).close()
     assert not list(store.path.glob("*.h5"))
     assert (store.path / f".{shard.name}.foreign").exists()
 
@@ -217,13 +218,13 @@ def test_shards_found_outside_the_manifest_never_list_an_image_twice(tmp_path: P
     # A distributed run's straggler task (or a partition run twice) can leave a complete shard
     # holding images another shard already has: recovery keeps only what is new.
     from cache.manifest import load_manifest
-    from cache.shards import write_shard
+    from cache.shard import write_shard
     store = FeatureStore(tmp_path, "fp-a")
     shas, features = _rows(6)
     _fill(store, shas[:4], features[:4])
     write_shard(store.path, "shard-pcopy-000.h5", "fp-a", shas[:2], features[:2])
     write_shard(store.path, "shard-pmixed-000.h5", "fp-a", shas[2:6], features[2:6])
-    store.open_writer(DESCRIPTION).close()
+    open_writer(store, DESCRIPTION).close()
     store.refresh()
     rows = [sha for r in load_manifest(store.path).shards.values() for sha in r.sha256]
     assert sorted(rows) == sorted(shas)                    # each image once
@@ -233,11 +234,11 @@ def test_shards_found_outside_the_manifest_never_list_an_image_twice(tmp_path: P
 
 def test_a_shard_reported_by_a_worker_is_recorded_without_copies(tmp_path: Path):
     from cache.manifest import load_manifest
-    from cache.shards import write_shard
+    from cache.shard import write_shard
     store = FeatureStore(tmp_path, "fp-a")
     shas, features = _rows(6)
     _fill(store, shas[:3], features[:3], shard_rows=3)
-    with store.open_writer(DESCRIPTION) as writer:
+    with open_writer(store, DESCRIPTION) as writer:
         copy = write_shard(store.path, "shard-pa-000.h5", "fp-a", shas[:3], features[:3])
         writer.commit_written(copy)          # the same images again: nothing new
         mixed = write_shard(store.path, "shard-pb-000.h5", "fp-a", shas[2:], features[2:])

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cache import CacheLockedError, FeatureStore
+from cache import CacheLockedError, FeatureStore, open_writer
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.extract import run_extract
@@ -132,7 +132,7 @@ def test_verify_names_manifest_rows_the_shard_does_not_hold_and_extract_repairs_
 def test_verify_is_read_only_and_works_while_an_extraction_holds_the_lock(extracted, capsys):
     project, store, _ = extracted
     before = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
-    with store.open_writer(store.description):
+    with open_writer(store, store.description):
         code, out, _ = _cli(capsys, project, "cache", "verify")
     assert code == 0 and "12 entries checked: ok" in out
     after = {p.name: p.read_bytes() for p in store.path.iterdir() if p.is_file()}
@@ -185,7 +185,7 @@ def test_gc_never_touches_a_cache_an_extraction_is_writing(extracted):
     project, store, _ = extracted
     shutil.rmtree(project / "data" / "dogs")
     _extract_again(project)
-    with store.open_writer(store.description):
+    with open_writer(store, store.description):
         with pytest.raises(CacheLockedError):
             collect_garbage(store.cache_dir, apply=True)
     store.refresh()

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from cache import FeatureStore
-from cache.faults import EXTRACT_POINTS, POINTS
+from cache.faults import POINTS
 from pipeline.config import load_config
+from pipeline.extract import FAULT_POINTS as EXTRACT_POINTS
 from pipeline.extract import run_extract
 
 from .conftest import PausedExtraction, make_image_folder, tiny_document, write_config

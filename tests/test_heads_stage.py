@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import FeatureStore
+from cache import FeatureStore, open_writer
 from pipeline.config import load_config
 from pipeline.config_heads import HeadConfig
 from pipeline.features import MissingViewError
@@ -110,7 +110,7 @@ def test_selection_never_sees_the_test_split(cached_project):
                                 "ff" + image.sha256[2:])
         scrambled.append(image)
     test_shas = [i.sha256 for i in scrambled if i.split == "test"]
-    with store.open_writer(store.description) as writer:
+    with open_writer(store, store.description) as writer:
         writer.add(test_shas, rng.normal(0, 50, (len(test_shas), 2, 2, 512)).astype(np.float32))
     view.images = scrambled
     write_view(view, view_file)
@@ -238,7 +238,7 @@ def _store_with(tmp_path: Path, n: int, shape=(4, 4, 64)):
     y = np.arange(n) % 2
     shas = [f"{i:064x}" for i in range(n)]
     store = FeatureStore(tmp_path, "fp")
-    with store.open_writer({"output_shape": list(shape)}, shard_rows=500) as writer:
+    with open_writer(store, {"output_shape": list(shape)}, shard_rows=500) as writer:
         for start in range(0, n, 500):
             rows = means[y[start:start + 500]] + rng.normal(
                 0, 1, (len(y[start:start + 500]), *shape)).astype(np.float32)

@@ -26,10 +26,10 @@ import h5py
 import numpy as np
 
 from .faults import fault_point
+from .files import fsync_dir, temporary_name
 
 SHARD_FORMAT = 1
 SHARD_SUFFIX = ".h5"
-TEMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class WrittenShard:
     sha256: list[str]
     checksums: list[int]
     bytes: int
+
+
+@dataclass(frozen=True)
+class ShardContents:
+    """Everything one shard file holds: its rows, their keys and its fingerprint attribute."""
+
+    fingerprint: str | None
+    sha256: list[str]
+    features: np.ndarray  # (N, h, w, c) float32
 
 
 def row_checksums(features: np.ndarray) -> list[int]:
@@ -60,18 +69,12 @@ def partition_shard_name(partition: str, part: int) -> str:
     return f"shard-p{partition[:16]}-{part:03d}{SHARD_SUFFIX}"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def list_shard_files(folder: Path) -> list[Path]:
+    """The complete shard files in ``folder`` (final names only), sorted by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name.endswith(SHARD_SUFFIX) and not p.name.startswith("."))
 
 
 def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
@@ -86,7 +89,7 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
     features = np.ascontiguousarray(features, dtype=np.float32)
     checksums = row_checksums(features)  # before the rename: nothing may fail after it
     final = folder / name
-    temp = folder / f".{name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+    temp = temporary_name(final)
     fault_point("shard.begin")
     try:
         with h5py.File(temp, "w") as f:
@@ -109,10 +112,18 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
     return WrittenShard(name=name, sha256=list(sha256), checksums=checksums, bytes=size)
 
 
-def read_shard_sha256(path: Path) -> list[str]:
-    """The sha256 column of a shard, in row order."""
+def read_shard_fingerprint_and_sha256(path: Path) -> tuple[str | None, list[str]]:
+    """The fingerprint attribute and the sha256 column of a shard, in row order."""
     with h5py.File(path, "r") as f:
-        return [s.decode("ascii") for s in f["sha256"][:]]
+        return f.attrs.get("fingerprint"), [s.decode("ascii") for s in f["sha256"][:]]
+
+
+def read_shard(path: Path) -> ShardContents:
+    """The whole shard at ``path`` (OSError or KeyError when it is not a readable shard)."""
+    with h5py.File(path, "r") as f:
+        return ShardContents(fingerprint=f.attrs.get("fingerprint"),
+                             sha256=[s.decode("ascii") for s in f["sha256"][:]],
+                             features=f["features"][:])
 
 
 def read_shard_rows(path: Path, rows: np.ndarray) -> np.ndarray:

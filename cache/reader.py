@@ -1,16 +1,16 @@
-"""FeatureStore: the features of one backbone fingerprint, content-addressed by image sha256.
+"""FeatureStore: read the features of one backbone fingerprint, content-addressed by sha256.
 
 On disk, under ``<cache dir>/<fingerprint>/``::
 
     fingerprint.json        what the fingerprint is made of (weights hash, input size, ...)
     manifest.jsonl          the journal of committed shards (see cache.manifest)
-    shard-*.h5              immutable HDF5 shards (see cache.shards)
+    shard-*.h5              immutable HDF5 shards (see cache.shard)
     views/<id>.json         dataset views that reference these entries (written by the pipeline)
-    .write.lock             held by the one process allowed to add shards
+    rejects.jsonl           images a writer could not extract, and why
+    .write.lock             held by the one process allowed to add shards (see cache.lock)
 
 Readers take no lock: a shard is immutable once it has its final name, and a torn manifest
-line is ignored. Writers hold ``.write.lock`` (an OS-level lock, released by the kernel when the
-holder dies, even by SIGKILL).
+line is ignored. Writing is :mod:`cache.writer`'s job; this module never imports it.
 """
 
 from __future__ import annotations
@@ -20,51 +20,17 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
-if TYPE_CHECKING:
-    from .writer import ShardWriter
-
+from .errors import CacheError, MissingFeaturesError
 from .manifest import Manifest, ShardRecord, load_manifest, read_damaged
-from .shards import (
-    SHARD_SUFFIX,
-    TEMP_SUFFIX,
-    fsync_dir,
-    read_shard_rows,
-)
+from .shard import list_shard_files, read_shard_fingerprint_and_sha256, read_shard_rows
 
 DESCRIPTION_NAME = "fingerprint.json"
-LOCK_NAME = ".write.lock"
-HOLDER_NAME = ".write.holder"
 REJECTS_NAME = "rejects.jsonl"
 VIEWS_DIR = "views"
-
-
-class CacheError(Exception):
-    """A cache operation cannot proceed; the message says why and what to do."""
-
-
-class CacheLockedError(CacheError):
-    """Another process holds the write lock of this fingerprint's cache."""
-
-
-class CacheWriteError(CacheError):
-    """A shard or manifest write failed (disk full, no permission); what was committed before
-    it is intact."""
-
-
-class CacheLockWaitWarning(UserWarning):
-    """Another process holds the write lock, and this one waits for it (cache.lock_timeout)."""
-
-
-class MissingFeaturesError(CacheError, KeyError):
-    """Features were asked for images that are not in the cache."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -79,22 +45,11 @@ class StoreStats:
     unlisted_shards: int  # complete shards the manifest does not list yet (after a crash)
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    temp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-    with open(temp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-
-
 class FeatureStore:
-    """Read and append the cached features of one backbone fingerprint.
+    """The cached features of one backbone fingerprint, read without any lock.
 
     ``FeatureStore(cache_dir, fingerprint)`` opens (lazily) ``cache_dir/fingerprint``; nothing is
-    created until a writer commits its first shard.
+    created until a writer (:func:`cache.open_writer`) commits its first shard.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, fingerprint: str):
@@ -108,8 +63,6 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.cache_dir)!r}, {self.fingerprint!r})"
-
-    # -- reading ---------------------------------------------------------------------------
 
     @property
     def description(self) -> dict:
@@ -128,27 +81,21 @@ class FeatureStore:
             manifest = load_manifest(self.path)
             # A shard renamed into place just before a crash is complete but not yet in the
             # manifest: read its sha256 column so its features count as cached.
-            self._unlisted = [p.name for p in self._shard_files() if p.name not in manifest.shards]
+            self._unlisted = [p.name for p in list_shard_files(self.path)
+                              if p.name not in manifest.shards]
             for name in self._unlisted:
                 try:
-                    with h5py.File(self.path / name, "r") as f:
-                        if f.attrs.get("fingerprint") != self.fingerprint:
-                            continue  # not ours; the next writer moves it aside
-                        shas = [s.decode("ascii") for s in f["sha256"][:]]
+                    fingerprint, shas = read_shard_fingerprint_and_sha256(self.path / name)
                 except (OSError, KeyError):
                     continue
+                if fingerprint != self.fingerprint:
+                    continue  # not ours; the next writer moves it aside
                 manifest.add(ShardRecord(name=name, sha256=tuple(shas), checksums=(), bytes=0))
             for name in [n for n in manifest.shards if not (self.path / n).exists()]:
                 manifest.remove(name)  # a shard file gone: its entries are missing, not broken
             manifest.forget_damaged(read_damaged(self.path))  # extract computes them again
             self._manifest = manifest
         return self._manifest
-
-    def _shard_files(self) -> list[Path]:
-        if not self.path.is_dir():
-            return []
-        return sorted(p for p in self.path.iterdir()
-                      if p.name.endswith(SHARD_SUFFIX) and not p.name.startswith("."))
 
     def __len__(self) -> int:
         return len(self._state().entries)
@@ -189,7 +136,7 @@ class FeatureStore:
         shape = self.description.get("output_shape")
         if shape:
             return tuple(int(d) for d in shape)
-        shards = self._shard_files()
+        shards = list_shard_files(self.path)
         if not shards:
             raise CacheError(f"{self.path} holds no features yet")
         with h5py.File(shards[0], "r") as f:
@@ -245,23 +192,11 @@ class FeatureStore:
         """Entry, shard and byte counts, read from disk now."""
         self.refresh()
         state = self._state()
-        files = self._shard_files()
+        files = list_shard_files(self.path)
         views = list(self.views_dir().glob("*.json")) if self.views_dir().is_dir() else []
         return StoreStats(fingerprint=self.fingerprint, entries=len(state.entries),
                           shards=len(files), bytes=sum(p.stat().st_size for p in files),
                           views=len(views), unlisted_shards=len(self._unlisted))
-
-    # -- writing ---------------------------------------------------------------------------
-
-    def open_writer(self, description: dict, shard_rows: int = 512,
-                    flush_seconds: float = 60.0, lock_timeout: float = 0.0) -> ShardWriter:
-        """Take the write lock and return a :class:`ShardWriter` (use it as a context manager).
-
-        ``lock_timeout`` is how many seconds to wait for another writer (0: refuse at once,
-        negative: wait forever). Raises :class:`CacheLockedError` naming the holder.
-        """
-        from .writer import ShardWriter  # the writer module builds on this one
-        return ShardWriter(self, description, shard_rows, flush_seconds, lock_timeout)
 
 
 def read_located(folder: Path, located: Sequence[tuple[str, int]],

@@ -1,0 +1,76 @@
+"""The file primitives every writer of the project uses: atomic writes and content hashes.
+
+:func:`write_atomic` is how a file that others read (a JSON record, a CSV, a run's summary, a
+manifest) is replaced: the bytes go to a temporary name of this call's own in the same folder,
+are fsynced, renamed over the target, and the folder is fsynced, so a reader sees the old file
+or the new one, never half of one, even across a crash. Temporary names start with ``.`` and
+end in ``.tmp``. :func:`sha256_file` is the one content hash: of image files (their cache key),
+of weights files (part of the backbone fingerprint), of anything else a record identifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+_CHUNK = 1 << 22
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temporary_name(path: Path) -> Path:
+    """A name beside ``path`` that no other writer uses: ``.<name>.<8 hex>.tmp``."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+
+
+def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8",
+                 errors: str = "strict") -> None:
+    """Replace ``path`` by ``data`` (text is encoded with ``encoding`` and ``errors``) so that
+    readers never see a partial file; on any error the temporary file is removed."""
+    path = Path(path)
+    payload = data.encode(encoding, errors) if isinstance(data, str) else data
+    temp = temporary_name(path)
+    try:
+        with open(temp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of ``text`` as UTF-8 (file names that are not UTF-8 keep their bytes)."""
+    return sha256_bytes(text.encode("utf-8", "surrogateescape"))
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the bytes of the file at ``path``, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
