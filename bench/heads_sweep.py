@@ -92,8 +92,7 @@ def dense_seconds(config: Path, rows: int = 2000, validation_rows: int = 1000) -
     import numpy as np
 
     from cache import FeatureStore
-    from pipeline.config import load_config
-    from pipeline.config_heads import HeadConfig
+    from pipeline.config import HeadConfig, load_config
     from pipeline.features import LabelledSplit, load_split
     from pipeline.fingerprint import backbone_fingerprint, backbone_spec
     from pipeline.head_models import TrialSpec, fit_head

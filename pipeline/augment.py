@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._tf import keras
-from .config_endtoend import AugmentConfig
+from .config import AugmentConfig
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

@@ -10,22 +10,36 @@ at the cost of K extra passes of the base, however many epochs and sweeps follow
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from cache import ShardWriter
+from cache.files import sha256_text
 
-from .config_endtoend import AugmentedViewsConfig
+from .config import AugmentedViewsConfig
 from .dataset import display_path
 from .errors import SkippedImageWarning
 from .images import DecodeOptions, ImageDecodeError, decode_file
 from .views import DatasetView, ViewImage
+
+AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
+
+
+def augmentation_id(params: AugmentedViewsConfig) -> str:
+    """Identifies the transforms, the seed and the Keras and TensorFlow releases (whose random
+    streams the transforms draw from): part of every augmented view's cache key."""
+    payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": params.augmentation.model_dump(),
+               "seed": params.seed, "keras": metadata.version("keras"),
+               "tensorflow": metadata.version("tensorflow")}
+    return sha256_text(json.dumps(payload, sort_keys=True))[:16]
 
 
 @dataclass

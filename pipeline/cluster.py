@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 
-from .config_heads import ClusterConfig
+from .config import ClusterConfig
 from .errors import PipelineError, PipelineWarning
 
 # The environment of LocalCluster workers, replacing dask's default. One core per worker:
@@ -34,11 +34,6 @@ class MultiThreadedWorkersWarning(PipelineWarning):
 
 class SchedulerUnreachableError(PipelineError):
     """The dask scheduler of cluster.scheduler did not answer."""
-
-
-def on_cluster(cluster: ClusterConfig) -> bool:
-    """Whether ``cluster.scheduler`` names a running scheduler (not local or synchronous)."""
-    return cluster.scheduler not in ("local", "synchronous")
 
 
 @contextlib.contextmanager

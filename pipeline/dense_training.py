@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._tf import keras, tf
-from .config_heads import DenseParams
+from .config import DenseParams
 from .features import LabelledSplit
 
 # Rows per forward pass when scoring the validation split (memory, not maths: any size gives

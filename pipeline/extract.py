@@ -20,9 +20,13 @@ from tqdm import tqdm
 from cache import FeatureStore, open_writer
 from cache.faults import fault_point
 
-from .augmented_views import AugmentedViewsResult, extract_views, pending_views
+from .augmented_views import (
+    AugmentedViewsResult,
+    augmentation_id,
+    extract_views,
+    pending_views,
+)
 from .batches import BatchReader
-from .cluster import on_cluster
 from .config import PipelineConfig
 from .dataset import DatasetScan, display_path, scan_dataset, warn_about
 from .errors import EmptyClassWarning, SkippedImageWarning
@@ -128,7 +132,7 @@ def run_extract(config: PipelineConfig, progress: bool = True) -> ExtractResult:
     augmented = AugmentedViewsResult()
     views = config.stages.extract.augmented_views
     if views.count:
-        view.augmented = {"id": views.augmentation_id(), "count": views.count}
+        view.augmented = {"id": augmentation_id(views), "count": views.count}
         augmented = _extract_augmented(config, spec, store, description, view, infer, progress)
     for item in view.skipped:
         warnings.warn(f"skipped {display_path(item.path)}: {item.reason}", SkippedImageWarning,
@@ -202,7 +206,7 @@ def _extract_missing(config: PipelineConfig, spec: BackboneSpec, store: FeatureS
         todo = store.missing(missing)
         if not todo:
             return extracted, failures, time.perf_counter() - started
-        if on_cluster(config.cluster):
+        if config.cluster.on_scheduler:
             def failed(sha: str, reason: str, permanent: bool) -> None:
                 failures[sha] = reason
                 if permanent:

@@ -26,9 +26,7 @@ import numpy as np
 from ._tf import keras
 from .augment import build_augmentation
 from .backbone import VGG16Preprocess, build_vgg16_base, format_layer_table, layer_table
-from .config import PipelineConfig
-from .config_endtoend import FinetuneConfig
-from .config_heads import HeadConfig
+from .config import FinetuneConfig, HeadConfig, PipelineConfig
 from .endtoend import (
     PhaseResult,
     dataset_view,

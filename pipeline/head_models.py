@@ -32,7 +32,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from .config_heads import PIPELINE_KEYS, DenseParams, HeadConfig, HeadsConfig
+from .config import DenseParams, HeadConfig, HeadsConfig
+from .config.heads import PIPELINE_KEYS
 from .errors import ConfigError
 from .features import FeatureView, LabelledSplit
 

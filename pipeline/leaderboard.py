@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config_heads import METRICS
+from .config.heads import METRICS
 from .evaluation import json_safe
 
 LEADERBOARD_COLUMNS = ("rank", "head", "trial", "kind", "status", "val_accuracy", "val_f1_macro",

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ._tf import keras
 from .augment import build_augmentation
-from .config import PipelineConfig
-from .config_endtoend import ScratchConfig
+from .config import PipelineConfig, ScratchConfig
 from .endtoend import (
     PhaseResult,
     dataset_view,

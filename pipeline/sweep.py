@@ -27,7 +27,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 from tqdm import tqdm
 
 from .cluster import sweep_client
-from .config_heads import ClusterConfig, HeadsConfig
+from .config import ClusterConfig, HeadsConfig
 from .evaluation import evaluate
 from .features import LabelledSplit
 from .head_models import FittedHead, TrialSpec, fit_head

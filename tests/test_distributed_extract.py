@@ -145,7 +145,7 @@ def test_a_local_sweep_cluster_leaves_this_process_environment_alone():
     # distributed's nannies write the workers' one-thread settings into os.environ of the
     # process that starts them; the pipeline's later stages must not inherit them
     from pipeline.cluster import sweep_client
-    from pipeline.config_heads import ClusterConfig
+    from pipeline.config import ClusterConfig
     before = dict(os.environ)
     with sweep_client(ClusterConfig(scheduler="local", workers=1)) as client:
         assert dict(os.environ) == before

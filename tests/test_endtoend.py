@@ -260,7 +260,7 @@ def _centre(image: np.ndarray) -> tuple[float, float]:
 
 def test_each_transform_of_a_view_draws_its_own_numbers():
     from pipeline.augment import augment_image, build_augmentation
-    from pipeline.config_endtoend import AugmentConfig
+    from pipeline.config import AugmentConfig
 
     off = {"horizontal_flip": False, "rotation": 0, "width_shift": 0, "height_shift": 0,
            "shear": 0, "zoom": 0}
@@ -284,7 +284,7 @@ def test_each_transform_of_a_view_draws_its_own_numbers():
 
 def test_augmented_views_are_deterministic_for_a_seed_and_differ_across_views():
     from pipeline.augment import augment_image, build_augmentation
-    from pipeline.config_endtoend import AugmentConfig
+    from pipeline.config import AugmentConfig
 
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3)).astype(np.float32)
     augmentation = build_augmentation(AugmentConfig())
@@ -338,8 +338,9 @@ def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
     # other transforms are other views; heads can leave the views out
     shifted = load_config(one / "stages.yaml", [
         views, "stages.extract.augmented_views.augmentation.zoom=0.1"])
-    assert shifted.stages.extract.augmented_views.augmentation_id() != \
-        config.stages.extract.augmented_views.augmentation_id()
+    from pipeline.augmented_views import augmentation_id
+    assert augmentation_id(shifted.stages.extract.augmented_views) != \
+        augmentation_id(config.stages.extract.augmented_views)
     plain = _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
     assert json.loads((plain.path / "metrics.json").read_text())[
         "heads.train_augmented_views"] == 0

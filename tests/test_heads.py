@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
 
-from pipeline.config import parse_config
-from pipeline.config_heads import HEAD_KINDS, HeadConfig, HeadsConfig
+from pipeline.config import HeadConfig, HeadsConfig, parse_config
+from pipeline.config.heads import HEAD_KINDS
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureView, LabelledSplit
 from pipeline.head_io import HeadLoadError, load_head, save_head

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from cache import FeatureStore, open_writer
-from pipeline.config import load_config
-from pipeline.config_heads import HeadConfig
+from pipeline.config import HeadConfig, load_config
 from pipeline.features import MissingViewError
 from pipeline.head_io import load_head
 from pipeline.head_models import TrialSpec

@@ -17,45 +17,16 @@ Checked when the file is read, like every other section; nothing here imports Te
 
 from __future__ import annotations
 
-import hashlib
-import json
-from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
-Bool = Annotated[bool, Strict()]
-
-# keras.applications.VGG16(include_top=False) layers in order; index 0 is the input layer.
-VGG16_LAYERS = (
-    "input_layer",
-    "block1_conv1", "block1_conv2", "block1_pool",
-    "block2_conv1", "block2_conv2", "block2_pool",
-    "block3_conv1", "block3_conv2", "block3_conv3", "block3_pool",
-    "block4_conv1", "block4_conv2", "block4_conv3", "block4_pool",
-    "block5_conv1", "block5_conv2", "block5_conv3", "block5_pool",
-)
-VGG16_BLOCKS = tuple(f"block{b}" for b in range(1, 6))
-OPTIMIZERS = ("rmsprop", "adam", "nadam", "sgd")
-AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
+from .. import vgg16
+from ._base import OPTIMIZERS, Bool, Float, Int, Section, resolve_path
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
-
-
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Random image transforms, each off at 0 / false. Defaults are the source material's.
 
     ``rotation`` is in degrees (up to +-40); shifts and zoom are fractions of the image side;
@@ -86,7 +57,7 @@ def _no_augmentation() -> AugmentConfig:
                          height_shift=0.0, shear=0.0, zoom=0.0)
 
 
-class FinetuneConfig(_Section):
+class FinetuneConfig(Section):
     """The end-to-end stage: augmentation through the frozen base, then block5 fine-tuning."""
 
     augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -113,10 +84,10 @@ class FinetuneConfig(_Section):
     @classmethod
     def _known_layers(cls, value: int | list[str]) -> int | list[str]:
         if isinstance(value, int):
-            if not 1 <= value < len(VGG16_LAYERS):
-                raise ValueError(f"a base layer index must be 1..{len(VGG16_LAYERS) - 1}")
+            if not 1 <= value < len(vgg16.LAYERS):
+                raise ValueError(f"a base layer index must be 1..{len(vgg16.LAYERS) - 1}")
             return value
-        unknown = [name for name in value if name not in VGG16_LAYERS[1:] + VGG16_BLOCKS]
+        unknown = [name for name in value if name not in vgg16.LAYERS[1:] + vgg16.BLOCKS]
         if unknown:
             raise ValueError(f"unknown VGG16 layer or block {', '.join(unknown)} (blocks: "
                              f"block1..block5; layers such as block5_conv1)")
@@ -129,9 +100,7 @@ class FinetuneConfig(_Section):
             return value
         if not isinstance(value, (str, Path)):
             raise ValueError("must be auto, a head folder, or null")
-        path = Path(value).expanduser()
-        base = Path((info.context or {}).get("base_dir", Path.cwd()))
-        path = path if path.is_absolute() else (base / path).resolve()
+        path = resolve_path(value, info)
         if not (path / "head.json").is_file():
             raise ValueError(f"no head.json in {path} (expected a runs/<run>/heads/<name> "
                              f"folder)")
@@ -139,7 +108,7 @@ class FinetuneConfig(_Section):
 
     def unfreeze_problem(self, output_layer: str) -> str | None:
         """Why ``unfreeze`` cannot work on a base cut at ``output_layer``, or None."""
-        present = VGG16_LAYERS[:VGG16_LAYERS.index(output_layer) + 1]
+        present = vgg16.layers_up_to(output_layer)
         layers = self.unfrozen_layers()
         if not layers:
             return f"unfreeze {self.unfreeze} selects no convolution layer"
@@ -152,12 +121,12 @@ class FinetuneConfig(_Section):
     def unfrozen_layers(self) -> list[str]:
         """Base layer names phase 2 trains, in model order (pooling layers have no weights)."""
         if isinstance(self.unfreeze, int):
-            return [n for n in VGG16_LAYERS[self.unfreeze:] if "_conv" in n]
+            return [n for n in vgg16.LAYERS[self.unfreeze:] if "_conv" in n]
         wanted = set(self.unfreeze)
-        return [n for n in VGG16_LAYERS if "_conv" in n and (n in wanted or n[:6] in wanted)]
+        return [n for n in vgg16.conv_layer_names() if n in wanted or n[:6] in wanted]
 
 
-class ScratchConfig(_Section):
+class ScratchConfig(Section):
     """The from-scratch CNN baseline: rescale 1/255, conv + max-pool blocks, two dense layers."""
 
     filters: list[Int] = Field(default_factory=lambda: [16, 32, 64], min_length=1, max_length=6)
@@ -178,7 +147,7 @@ class ScratchConfig(_Section):
         return self
 
 
-class AugmentedViewsConfig(_Section):
+class AugmentedViewsConfig(Section):
     """``stages.extract.augmented_views``: K augmented copies of each training image, cached.
 
     Each copy is seeded by the image's content and its view number, so the same image always
@@ -196,11 +165,3 @@ class AugmentedViewsConfig(_Section):
             raise ValueError("augmented views need at least one transform on in "
                              "augmentation (K copies of the unchanged image would add nothing)")
         return self
-
-    def augmentation_id(self) -> str:
-        """Identifies the transforms, the seed and the Keras and TensorFlow releases (whose
-        random streams the transforms draw from): part of every augmented view's cache key."""
-        payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": self.augmentation.model_dump(),
-                   "seed": self.seed, "keras": metadata.version("keras"),
-                   "tensorflow": metadata.version("tensorflow")}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,4 +1,4 @@
-"""The ``stages.heads`` and ``cluster`` sections of stages.yaml, as typed objects.
+"""The ``stages.heads`` section of stages.yaml, as typed objects.
 
 A head is named in ``stages.heads.models`` and says what it is (``kind``), which view of the
 (h, w, c) features it reads, and its parameters; an optional ``sweep`` lists values to search::
@@ -15,49 +15,38 @@ A head is named in ``stages.heads.models`` and says what it is (``kind``), which
             sweep: {method: grid, params: {C: [0.01, 0.1, 1]}}
 
 Structure and types are checked here, when the file is read. Whether ``params`` are
-parameters the chosen estimator accepts is checked by :func:`pipeline.head_models.check_heads`
+parameters the chosen estimator accepts is checked by each head kind (:mod:`pipeline.heads`)
 before a run that trains heads starts, because it needs scikit-learn imported.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
-Bool = Annotated[bool, Strict()]
+from ._base import OPTIMIZERS, Bool, Float, Int, Section, first_error, reject_non_finite
 
 FEATURE_VIEWS = ("flatten", "gap", "gmp")
+# The head kinds, as stages.yaml names them (pipeline.heads registers one implementation each).
+KERAS_KINDS = ("dense",)
 SKLEARN_KINDS = ("logistic_regression", "linear_svm", "sgd", "random_forest", "extra_trees",
                  "gradient_boosting", "knn", "mlp")
-HEAD_KINDS = ("dense", *SKLEARN_KINDS)
+HEAD_KINDS = (*KERAS_KINDS, *SKLEARN_KINDS)
+# Kinds that can learn from the cache a chunk at a time (scikit-learn's partial_fit).
+INCREMENTAL_KINDS = ("sgd",)
 # Sweep keys that change the preprocessing around the estimator, not the estimator itself.
 PIPELINE_KEYS = ("features", "scale", "pca")
 METRICS = {"val_accuracy": "max", "val_f1_macro": "max", "val_log_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
-
-
-class DenseParams(_Section):
+class DenseParams(Section):
     """The dense head of the source material and how it is trained."""
 
     units: Int = Field(256, ge=1, le=65_536)
     dropout: Float = Field(0.5, ge=0, lt=1)
-    optimizer: Literal["rmsprop", "adam", "nadam", "sgd"] = "rmsprop"
+    optimizer: Literal[OPTIMIZERS] = "rmsprop"  # type: ignore[valid-type]
     learning_rate: Float = Field(2e-5, gt=0, le=10)
     epochs: Int = Field(30, ge=1, le=100_000)
     batch_size: Int = Field(20, ge=1, le=1_000_000)
@@ -66,7 +55,7 @@ class DenseParams(_Section):
     restore_best: Bool = True
 
 
-class SweepConfig(_Section):
+class SweepConfig(Section):
     """Values to search for some of a head's parameters.
 
     ``params`` maps a parameter (an estimator parameter, a dense head parameter, or one of
@@ -97,7 +86,7 @@ class SweepConfig(_Section):
 
     @model_validator(mode="after")
     def _grid_has_lists(self) -> SweepConfig:
-        _reject_non_finite("params", self.params)
+        reject_non_finite("params", self.params)
         for key in ("features", "scale", "pca"):
             if isinstance(self.params.get(key), dict):
                 raise ValueError(f"{key}: give a list of values, not a distribution")
@@ -108,18 +97,6 @@ class SweepConfig(_Section):
                                  f"{'is a' if len(ranged) == 1 else 'are'} distribution "
                                  f"(use method: random)")
         return self
-
-
-def _reject_non_finite(where: str, value: Any) -> None:
-    """NaN and infinity are never a parameter value (and JSON cannot record them)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: {value} is not a finite number")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _reject_non_finite(f"{where}.{key}", item)
-    elif isinstance(value, list):
-        for item in value:
-            _reject_non_finite(where, item)
 
 
 def _check_distribution(name: str, spec: dict) -> None:
@@ -139,14 +116,14 @@ def _check_distribution(name: str, spec: dict) -> None:
         raise ValueError(f"{name}: randint needs whole numbers")
 
 
-class IncrementalConfig(_Section):
+class IncrementalConfig(Section):
     """Train from the lazy on-disk features a chunk at a time (``sgd`` only)."""
 
     chunk_rows: Int = Field(1024, ge=1, le=10_000_000)
     epochs: Int = Field(5, ge=1, le=100_000)
 
 
-class HeadConfig(_Section):
+class HeadConfig(Section):
     """One head trained on cached features."""
 
     kind: Literal[HEAD_KINDS]  # type: ignore[valid-type]
@@ -168,20 +145,20 @@ class HeadConfig(_Section):
     @field_validator("params")
     @classmethod
     def _finite(cls, params: dict[str, Any]) -> dict[str, Any]:
-        _reject_non_finite("params", params)
+        reject_non_finite("params", params)
         return params
 
     @model_validator(mode="after")
     def _fits_the_kind(self) -> HeadConfig:
-        if self.kind == "dense":
+        if self.kind in KERAS_KINDS:
             if self.scale or self.pca is not None:
-                raise ValueError("scale and pca apply to scikit-learn heads, not dense")
+                raise ValueError(f"scale and pca apply to scikit-learn heads, not {self.kind}")
             try:
                 DenseParams.model_validate(self.params)
             except ValidationError as exc:
-                raise ValueError(_first_error("params", exc)) from None
+                raise ValueError(first_error("params", exc)) from None
         if self.incremental is not None:
-            if self.kind != "sgd":
+            if self.kind not in INCREMENTAL_KINDS:
                 raise ValueError("incremental training needs kind: sgd (it uses partial_fit)")
             if self.pca is not None:
                 raise ValueError("pca cannot be fitted incrementally; leave it out")
@@ -194,14 +171,7 @@ class HeadConfig(_Section):
         return DenseParams.model_validate({**self.params, **(overrides or {})})
 
 
-def _first_error(prefix: str, exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join([prefix, *(str(p) for p in err["loc"])])
-    message = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
-    return f"{where}: {message.removeprefix('Value error, ')}"
-
-
-class HeadsConfig(_Section):
+class HeadsConfig(Section):
     """Parameters of the heads stage."""
 
     models: dict[str, HeadConfig] = Field(
@@ -222,33 +192,3 @@ class HeadsConfig(_Section):
                 raise ValueError(f"{name!r}: head names are letters, digits, '_' and '-' "
                                  f"(they name folders)")
         return models
-
-
-class ClusterConfig(_Section):
-    """Where sweeps and extraction run (dask.distributed)."""
-
-    # local: a LocalCluster on this machine for sweeps, extraction in this process;
-    # synchronous: both in this process, one trial after another; or the address of a running
-    # scheduler, e.g. tcp://10.0.0.5:8786, whose workers run sweeps and extraction
-    scheduler: str = "local"
-    workers: Optional[Int] = Field(None, ge=1, le=1024)  # LocalCluster processes; null: cores
-    # dask worker resources each extraction partition needs on a scheduler, e.g. {GPU: 1}
-    # with one worker per GPU started as `dask worker --resources GPU=1 --nthreads 1`
-    worker_resources: dict[str, Float] = Field(default_factory=dict)
-
-    @field_validator("worker_resources")
-    @classmethod
-    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, amount in value.items():
-            if not name or not amount > 0 or math.isinf(amount):
-                raise ValueError(f"{name!r}: {amount}; resources are names with positive "
-                                 f"amounts, such as GPU: 1")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value in ("local", "synchronous") or "://" in value:
-            return value
-        raise ValueError("local, synchronous, or a scheduler address such as "
-                         "tcp://host:8786")

@@ -1,0 +1,39 @@
+"""stages.yaml -> typed, frozen sections, validated once at the edge of the program.
+
+What it offers: :func:`load_config` (a file and ``--set`` overrides -> :class:`PipelineConfig`),
+:func:`parse_config` (a document already read), :func:`load_cache_config` (only the ``cache``
+section, for commands that must work while the data folder is missing), and the section
+classes. Every problem is a :class:`~pipeline.errors.ConfigError` naming the file and the key.
+Nothing here imports TensorFlow.
+
+Modules: ``document`` (the whole file, loading, error wording), ``sections`` (data, backbone,
+cache, extract, runs, cluster), ``heads`` (stages.heads), ``endtoend`` (augmentation,
+augmented views, finetune, scratch).
+"""
+
+from .document import (
+    PipelineConfig,
+    StagesConfig,
+    apply_override,
+    load_cache_config,
+    load_config,
+    parse_config,
+)
+from .endtoend import AugmentConfig, AugmentedViewsConfig, FinetuneConfig, ScratchConfig
+from .heads import DenseParams, HeadConfig, HeadsConfig, IncrementalConfig, SweepConfig
+from .sections import (
+    SPLITS,
+    BackboneConfig,
+    CacheConfig,
+    ClusterConfig,
+    DataConfig,
+    ExtractConfig,
+    RunsConfig,
+    SplitConfig,
+)
+
+__all__ = ["SPLITS", "AugmentConfig", "AugmentedViewsConfig", "BackboneConfig", "CacheConfig",
+           "ClusterConfig", "DataConfig", "DenseParams", "ExtractConfig", "FinetuneConfig",
+           "HeadConfig", "HeadsConfig", "IncrementalConfig", "PipelineConfig", "RunsConfig",
+           "ScratchConfig", "SplitConfig", "StagesConfig", "SweepConfig", "apply_override",
+           "load_cache_config", "load_config", "parse_config"]

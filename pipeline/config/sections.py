@@ -1,0 +1,145 @@
+"""The sections of stages.yaml that describe data, backbone, cache, extraction, runs, cluster."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from .. import vgg16
+from ._base import Bool, Float, Int, Section, YamlPath, resolve_path, section_default
+from .endtoend import AugmentedViewsConfig
+
+SPLITS = ("train", "validation", "test")
+WEIGHT_SOURCES = ("imagenet", "hed-bsds500")
+MAX_IMAGE_SIDE = 4096  # one 4096x4096 input is 200 MB of float32 pixels before any layer
+
+
+class SplitConfig(Section):
+    """Fractions used when the data root has no train/validation/test folders."""
+
+    train: Float = Field(0.7, ge=0, le=1)
+    validation: Float = Field(0.15, ge=0, le=1)
+    test: Float = Field(0.15, ge=0, le=1)
+    seed: Int = 0
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + validation + test must be 1, not {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    """Where the labelled images are and how they are read."""
+
+    root: YamlPath
+    split: SplitConfig = section_default()
+    image_size: tuple[Int, Int] = (150, 150)
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = \
+        "bilinear"
+    exif_transpose: Bool = True
+    # Images with more pixels are skipped before decoding (decompression bombs); Pillow itself
+    # refuses more than 178,956,970 whatever this says.
+    max_pixels: Int = Field(89_478_485, gt=0, le=178_956_970)
+
+    @field_validator("root")
+    @classmethod
+    def _root_exists(cls, path: Path) -> Path:
+        if not path.is_dir():
+            raise ValueError(f"folder does not exist: {path}")
+        return path
+
+    @field_validator("image_size")
+    @classmethod
+    def _big_enough(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < vgg16.MIN_INPUT_SIDE:
+            raise ValueError(f"each side must be at least {vgg16.MIN_INPUT_SIDE} pixels for "
+                             f"VGG16")
+        if max(value) > MAX_IMAGE_SIDE:
+            raise ValueError(f"each side must be at most {MAX_IMAGE_SIDE} pixels")
+        return value
+
+
+class BackboneConfig(Section):
+    """The frozen convolutional base."""
+
+    weights: Optional[str] = "imagenet"
+    output_layer: Literal[vgg16.CUT_LAYERS] = "block5_pool"  # type: ignore[valid-type]
+    seed: Int = 0  # initialises the random weights of ``weights: null``
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _known_or_file(cls, value: Any, info: ValidationInfo) -> Optional[str]:
+        if value is None or value in WEIGHT_SOURCES:
+            return value
+        if not isinstance(value, (str, Path)):
+            raise ValueError("must be imagenet, hed-bsds500, a weights file path, or null")
+        path = resolve_path(value, info)
+        if not path.is_file():
+            raise ValueError(f"not {' or '.join(WEIGHT_SOURCES)}, and no such weights file: "
+                             f"{path}")
+        return str(path)
+
+
+class CacheConfig(Section):
+    """The shared feature cache."""
+
+    dir: YamlPath = Field(Path(".pipeline/cache"), validate_default=True)
+    lock_timeout: Float = Field(0.0, ge=-1)  # seconds to wait for another writer; -1: forever
+
+
+class ExtractConfig(Section):
+    """Parameters of the extract stage."""
+
+    batch_size: Int = Field(32, ge=1, le=4096)
+    shard_size: Int = Field(512, ge=1, le=1_000_000)  # rows per HDF5 shard
+    flush_seconds: Float = Field(60.0, gt=0)   # commit a partial shard at least this often
+    # Decoding threads. One decodes and resizes about 400 photos/s to 150x150 here, far more
+    # than VGG16 consumes on a CPU; raise it for a fast GPU.
+    decode_workers: Int = Field(2, ge=1, le=64)
+    augmented_views: AugmentedViewsConfig = section_default()
+
+
+class RunsConfig(Section):
+    """Where run folders go."""
+
+    dir: YamlPath = Field(Path("runs"), validate_default=True)
+
+
+class ClusterConfig(Section):
+    """Where sweeps and extraction run (dask.distributed)."""
+
+    # local: a LocalCluster on this machine for sweeps, extraction in this process;
+    # synchronous: both in this process, one trial after another; or the address of a running
+    # scheduler, e.g. tcp://10.0.0.5:8786, whose workers run sweeps and extraction
+    scheduler: str = "local"
+    workers: Optional[Int] = Field(None, ge=1, le=1024)  # LocalCluster processes; null: cores
+    # dask worker resources each extraction partition needs on a scheduler, e.g. {GPU: 1}
+    # with one worker per GPU started as `dask worker --resources GPU=1 --nthreads 1`
+    worker_resources: dict[str, Float] = Field(default_factory=dict)
+
+    @field_validator("worker_resources")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not name or not amount > 0 or math.isinf(amount):
+                raise ValueError(f"{name!r}: {amount}; resources are names with positive "
+                                 f"amounts, such as GPU: 1")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value in ("local", "synchronous") or "://" in value:
+            return value
+        raise ValueError("local, synchronous, or a scheduler address such as "
+                         "tcp://host:8786")
+
+    @property
+    def on_scheduler(self) -> bool:
+        """Whether ``scheduler`` names a running scheduler (not local or synchronous)."""
+        return self.scheduler not in ("local", "synchronous")
