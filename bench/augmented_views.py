@@ -5,9 +5,10 @@ For each K in turn (a fresh process each time): ``pipeline run extract`` with
 whatever K is, so going from 2 to 5 computes 3 more per image), then ``pipeline run heads`` on
 the original training rows plus their K views, one trial after another. Reports the time the
 views took to extract, and the best head's validation and test accuracy. The flowers-1000
-features must be cached first (``bench/heads_sweep.py`` does it). Run from the repository root:
+features must be cached first (``python -m bench.heads_sweep`` does it). Run from the
+repository root:
 
-    python bench/augmented_views.py --data ../shared/data/flowers-1000 --work /tmp/heads-bench
+    python -m bench.augmented_views --data ../shared/data/flowers-1000 --work /tmp/heads-bench
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import argparse
 from pathlib import Path
 
 import yaml
-from heads_sweep import pipeline_run
+
+from bench.heads_sweep import pipeline_run
 
 HEADS = {
     "logreg": {"kind": "logistic_regression", "scale": True,

@@ -14,7 +14,7 @@ run's metrics.json), checks that the cluster's features equal the in-process one
 decoding alone on one thread (read + JPEG decode + resize), the figure the paper estimate in
 docs/benchmarks.md needs per CPU core.
 
-    python bench/distributed_extract.py --data ../shared/data/flowers-1000 --images 256
+    python -m bench.distributed_extract --data ../shared/data/flowers-1000 --images 256
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extract_throughput import pick_images  # noqa: E402
+from bench.extract_throughput import pick_images
 
 
 def run_extract(project: Path, cache: str, *options: str) -> dict:
@@ -58,7 +57,7 @@ def decode_rate(images: list[Path], size: int) -> float:
     """Images per second that one thread reads, decodes and resizes to ``size``."""
     import time
 
-    from pipeline.images import DecodeOptions, decode_file
+    from pipeline.data.decode import DecodeOptions, decode_file
     options = DecodeOptions(size=(size, size))
     started = time.perf_counter()
     for image in images:

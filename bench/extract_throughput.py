@@ -12,7 +12,7 @@ Takes the first N images (by name, round-robin over classes) of a labelled folde
 Both (1) and (2) include the model's first-call tracing; neither includes TensorFlow's import.
 Prints a table; run it from the repository root:
 
-    python bench/extract_throughput.py --images 1000 --data ../shared/data/flowers-1000
+    python -m bench.extract_throughput --images 1000 --data ../shared/data/flowers-1000
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ def bare_predict(config_path: Path, images: list[Path], batch_size: int) -> dict
     """
     import numpy as np
 
-    from pipeline.backbone import build_feature_extractor, compiled_inference
+    from pipeline.backbone import backbone_spec
+    from pipeline.backbone.model import build_feature_extractor
     from pipeline.config import load_config
-    from pipeline.fingerprint import backbone_spec
-    from pipeline.images import decode_file
+    from pipeline.data.decode import decode_file
+    from pipeline.nn.inference import compiled_inference
 
     spec = backbone_spec(load_config(config_path))
     pixels = np.stack([decode_file(p, spec.decode) for p in images]).astype(np.float32)
@@ -117,8 +118,9 @@ def main() -> None:
         predict_rates, direct_rates, loop_rates, walls = [], [], [], []
         for _ in range(args.rounds):
             child = subprocess.run(
-                [sys.executable, __file__, "--bare", str(config_path), "--batch-size",
-                 str(args.batch_size)], check=True, capture_output=True, text=True)
+                [sys.executable, "-m", "bench.extract_throughput", "--bare", str(config_path),
+                 "--batch-size", str(args.batch_size)], check=True, capture_output=True,
+                text=True)
             bare = json.loads(child.stdout.strip().splitlines()[-1])
             n = bare["images"]
             predict_rates.append(n / bare["predict"])

@@ -7,7 +7,7 @@ validation passes. The cache must hold the dataset view (run ``pipeline run extr
 Set against the extraction rate, this is what the augmentation-through-the-base recipes cost
 per epoch compared with cached features or cached augmented views. Run from the repository root:
 
-    python bench/finetune_epoch.py --config /tmp/heads-bench/stages-local.yaml --images 96
+    python -m bench.finetune_epoch --config /tmp/heads-bench/stages-local.yaml --images 96
 """
 
 from __future__ import annotations
@@ -26,21 +26,23 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.config import load_config
-    from pipeline.endtoend import ImageBatches, dataset_view, image_split
-    from pipeline.finetune import base_of, build_finetune_model, open_layers
-    from pipeline.head_models import keras_optimizer
+    from pipeline.context import RunContext
+    from pipeline.endtoend.finetune import base_of, build_finetune_model, open_layers
+    from pipeline.endtoend.training import ImageBatches, image_split, trainable_view
+    from pipeline.nn.optimizers import keras_optimizer
+    from pipeline.nn.outputs import ClassifierOutput
 
-    config = load_config(args.config, ["stages.finetune.head_from=null"])
-    params = config.stages.finetune
-    spec, _, view = dataset_view(config)
+    ctx = RunContext(load_config(args.config, ["stages.finetune.head_from=null"]))
+    params = ctx.config.stages.finetune
+    spec, view = ctx.spec, trainable_view(ctx)
     train = image_split(view, "train")
     n = min(args.images, len(train))
     subset = replace(train, paths=train.paths[:n], labels=train.labels[:n],
                      sha256=train.sha256[:n])
     batches = ImageBatches(subset, spec.decode, args.batch_size, shuffle=True)
-    model = build_finetune_model(config, len(view.classes), None)
+    model = build_finetune_model(ctx, len(view.classes), None)
     base = base_of(model)
-    loss = "sparse_categorical_crossentropy" if len(view.classes) > 2 else "binary_crossentropy"
+    loss = ClassifierOutput(len(view.classes)).loss
     rows = []
     for name, rate in (("phase 1 (base frozen)", params.frozen_learning_rate),
                        ("phase 2 (block5 open)", params.finetune_learning_rate)):
@@ -53,7 +55,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         rows.append((name, seconds, seconds / n))
     print(f"{n} images of {spec.input_shape[0]}x{spec.input_shape[1]}, batch {args.batch_size}, "
-          f"augmentation on, weights {config.backbone.weights}")
+          f"augmentation on, weights {ctx.config.backbone.weights}")
     print(f"{'epoch':<24} {'seconds':>8} {'s/image':>8} {'images/s':>9}")
     for name, seconds, per_image in rows:
         print(f"{name:<24} {seconds:>8.1f} {per_image:>8.3f} {1 / per_image:>9.1f}")

@@ -15,7 +15,7 @@
 The flowers-1000 features must be cached first (the script runs ``pipeline run extract`` if
 they are not: about 70 s). Run from the repository root:
 
-    python bench/heads_sweep.py --data ../shared/data/flowers-1000 --work /tmp/heads-bench
+    python -m bench.heads_sweep --data ../shared/data/flowers-1000 --work /tmp/heads-bench
 """
 
 from __future__ import annotations
@@ -91,17 +91,14 @@ def dense_seconds(config: Path, rows: int = 2000, validation_rows: int = 1000) -
     """Seconds to fit the dense head on ``rows`` cached feature rows (run in this process)."""
     import numpy as np
 
-    from cache import FeatureStore
     from pipeline.config import HeadConfig, load_config
-    from pipeline.features import LabelledSplit, load_split
-    from pipeline.fingerprint import backbone_fingerprint, backbone_spec
-    from pipeline.head_models import TrialSpec, fit_head
-    from pipeline.views import read_view, view_path
+    from pipeline.context import RunContext
+    from pipeline.heads.registry import fit_head
+    from pipeline.heads.splits import LabelledSplit, load_split
+    from pipeline.heads.trials import TrialSpec
 
-    cfg = load_config(config)
-    fingerprint, _ = backbone_fingerprint(backbone_spec(cfg))
-    store = FeatureStore(cfg.cache.dir, fingerprint)
-    view = read_view(view_path(cfg, store))
+    ctx = RunContext(load_config(config))
+    store, view = ctx.store, ctx.require_view()
     started = time.perf_counter()
     base = [load_split(store, view, s) for s in ("train", "validation", "test")]
     read_seconds = time.perf_counter() - started
@@ -115,7 +112,7 @@ def dense_seconds(config: Path, rows: int = 2000, validation_rows: int = 1000) -
     spec = TrialSpec("dense", 0, HeadConfig(kind="dense", params={"patience": None}))
     # TensorFlow's import is paid once per process (or dask worker), not per fit: timed apart
     started = time.perf_counter()
-    import pipeline._tf  # noqa: F401
+    import pipeline.nn.runtime  # noqa: F401
     import_seconds = time.perf_counter() - started
     fitted = fit_head(spec, train, validation, n_classes=len(view.classes))
     return {"fit_seconds": fitted.fit_seconds, "read_seconds": read_seconds,
@@ -141,7 +138,7 @@ def main() -> None:
     rows = [("pipeline run extract first", f"{extract_seconds:.1f} s", "a no-op when cached")]
     if not args.skip_dense:
         dense = subprocess.run(
-            [sys.executable, __file__, "--dense-only", str(local)], check=True,
+            [sys.executable, "-m", "bench.heads_sweep", "--dense-only", str(local)], check=True,
             capture_output=True, text=True).stdout
         d = json.loads(dense.strip().splitlines()[-1])
         rows.append(("dense head, 30 epochs, 2,000 rows", f"{d['fit_seconds']:.1f} s",

@@ -9,7 +9,7 @@ missing or its features different), entries duplicated (an image stored twice), 
 files left. The bad-input corpus of the tests (tests/bad_inputs.py) is run too. A crash is an
 exit code or a traceback that the fault does not explain.
 
-    python bench/reliability.py --work /tmp/reliability
+    python -m bench.reliability --work /tmp/reliability
 
 Takes about 10 minutes on 2 CPU cores (most of it is TensorFlow starting in each child).
 """
@@ -29,19 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cache import FeatureStore
+from cache.faults import POINTS
+from pipeline.data.view import read_view
+from pipeline.errors import EmptyClassWarning
+from pipeline.extract.loop import FAULT_POINTS as EXTRACT_POINTS
+from tests.support.bad_inputs import write_corpus
+from tests.support.projects import REPO, extract, make_image_folder, tiny_document, write_config
 
-from cache import FeatureStore  # noqa: E402
-from cache.faults import POINTS  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import EmptyClassWarning  # noqa: E402
-from pipeline.extract import FAULT_POINTS as EXTRACT_POINTS  # noqa: E402
-from pipeline.extract import run_extract  # noqa: E402
-from pipeline.views import read_view  # noqa: E402
-from tests.bad_inputs import write_corpus  # noqa: E402
-from tests.conftest import make_image_folder, tiny_document, write_config  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXPECTED_EXIT = {"kill": -signal.SIGKILL, "interrupt": 130, "enospc": 1}
 
@@ -63,8 +59,7 @@ def _extract_process(project: Path, cache_dir: str, fault: str | None, *override
 def _count(project: Path, cache_dir: str, reference: dict[str, np.ndarray]) -> dict:
     """Rerun cleanly in this process, then compare the cache with ``reference``."""
     try:
-        run_extract(load_config(project / "stages.yaml", [f"cache.dir={cache_dir}"]),
-                    progress=False)
+        extract(project, f"cache.dir={cache_dir}")
         completed = 1
     except Exception as exc:  # noqa: BLE001 (any failure of the rerun is what we count)
         print(f"  rerun failed: {type(exc).__name__}: {exc}")
@@ -109,8 +104,7 @@ def main() -> None:
     make_image_folder(project / "data", {"cats": per_class, "dogs": per_class,
                                          "owls": args.images - 2 * per_class})
     write_config(project, tiny_document(batch_size=2, shard_size=2))
-    clean = run_extract(load_config(project / "stages.yaml", ["cache.dir=reference"]),
-                        progress=False)
+    clean = extract(project, "cache.dir=reference")
     reference_store = FeatureStore(project / "reference", clean.fingerprint)
     shas = reference_store.sha256s()
     reference = dict(zip(shas, reference_store.get(shas)))

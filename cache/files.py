@@ -10,9 +10,11 @@ of weights files (part of the backbone fingerprint), of anything else a record i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
@@ -33,28 +35,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def temporary_name(path: Path) -> Path:
-    """A name beside ``path`` that no other writer uses: ``.<name>.<8 hex>.tmp``."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+def temporary_name(path: Path, keep_suffix: bool = False) -> Path:
+    """A name beside ``path`` that no other writer uses: ``.<name>.<8 hex>.tmp``, or with
+    ``keep_suffix`` ``.<stem>.<8 hex>.tmp<suffix>`` (Keras saves only to ``*.keras``)."""
+    tag = uuid.uuid4().hex[:8]
+    if keep_suffix:
+        return path.with_name(f".{path.stem}.{tag}{TEMP_SUFFIX}{path.suffix}")
+    return path.with_name(f".{path.name}.{tag}{TEMP_SUFFIX}")
 
 
-def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8",
-                 errors: str = "strict") -> None:
-    """Replace ``path`` by ``data`` (text is encoded with ``encoding`` and ``errors``) so that
-    readers never see a partial file; on any error the temporary file is removed."""
+@contextlib.contextmanager
+def replacing(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new contents to; when the block ends without
+    an error, the file is fsynced and renamed over ``path`` and the folder fsynced. On any error
+    the temporary file is removed and ``path`` is as it was."""
     path = Path(path)
-    payload = data.encode(encoding, errors) if isinstance(data, str) else data
-    temp = temporary_name(path)
+    temp = temporary_name(path, keep_suffix)
     try:
-        with open(temp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
+        yield temp
+        with open(temp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | str, encoding: str = "utf-8",
+                 errors: str = "strict") -> None:
+    """Replace ``path`` by ``data`` (text is encoded with ``encoding`` and ``errors``) so that
+    readers never see a partial file (see :func:`replacing`)."""
+    payload = data.encode(encoding, errors) if isinstance(data, str) else data
+    with replacing(path) as temp:
+        temp.write_bytes(payload)
 
 
 def sha256_bytes(data: bytes) -> str:

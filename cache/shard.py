@@ -15,7 +15,6 @@ the same shard), flushed and fsynced, then renamed to its final name, so a file 
 
 from __future__ import annotations
 
-import os
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 
 from .faults import fault_point
-from .files import fsync_dir, temporary_name
+from .files import replacing
 
 SHARD_FORMAT = 1
 SHARD_SUFFIX = ".h5"
@@ -89,9 +88,8 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
     features = np.ascontiguousarray(features, dtype=np.float32)
     checksums = row_checksums(features)  # before the rename: nothing may fail after it
     final = folder / name
-    temp = temporary_name(final)
     fault_point("shard.begin")
-    try:
+    with replacing(final) as temp:
         with h5py.File(temp, "w") as f:
             f.attrs["fingerprint"] = fingerprint
             f.attrs["format"] = SHARD_FORMAT
@@ -100,15 +98,8 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
             f.create_dataset("sha256", data=np.array(sha256, dtype="S64"))
             f.flush()
             fault_point("shard.written")
-        with open(temp, "rb+") as fh:
-            os.fsync(fh.fileno())
         size = temp.stat().st_size
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     fault_point("shard.renamed")
-    fsync_dir(folder)
     return WrittenShard(name=name, sha256=list(sha256), checksums=checksums, bytes=size)
 
 

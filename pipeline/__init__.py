@@ -1,6 +1,17 @@
 """A staged pipeline: frozen VGG16 features extracted once into a content-addressed cache.
 
-Importing ``pipeline`` does not import TensorFlow; only the stages that run the backbone do.
+One package per stage or layer (docs/architecture.md has a line per module and the layer
+order, which an import-linter contract in setup.cfg enforces):
+
+- ``cli`` (the ``pipeline`` command) -> ``runner`` (plan, lock, run folders of a run) ->
+  ``predict``, ``report``, ``cache_commands`` -> the stages ``endtoend`` (finetune, scratch),
+  ``extract`` and ``heads`` -> ``stage`` (how a stage is declared), ``context`` (what a command
+  resolves once), ``runs`` (run folders) -> ``backbone``, ``cluster``, ``evaluate`` -> ``nn``
+  (Keras building blocks), ``data`` (images, batches, the dataset view) -> the TensorFlow-free
+  ``cache`` package -> ``config`` -> ``vgg16``, ``metric_keys``, ``errors``.
+
+Importing ``pipeline`` does not import TensorFlow; only the modules that build or run a model
+do.
 """
 
 __version__ = "0.1.0"

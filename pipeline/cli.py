@@ -9,6 +9,7 @@ dataset view leaves out files that could not be used (named in the summary and s
 from __future__ import annotations
 
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import click
 
 from cache import CacheError
 
+from . import metric_keys
 from .config import PipelineConfig, load_cache_config, load_config
+from .context import RunContext
 from .errors import PipelineError
+from .runner.registry import all_stages, stage_names
 
-STAGES = ("extract", "heads", "finetune", "scratch")
 EXIT_FILES_SKIPPED = 3  # `pipeline run` finished, but some image files were left out
 
 
@@ -29,6 +32,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def _load(config_path: str, overrides: tuple[str, ...]) -> PipelineConfig:
     return load_config(Path(config_path), overrides)
+
+
+def _stages_help() -> str:
+    """One paragraph per declared stage, for ``pipeline run --help``."""
+    blocks = []
+    for stage in all_stages():
+        lines = textwrap.wrap(stage.help, 63)
+        blocks.append("\n".join([f"{stage.name:<8} {lines[0]}", *(f"{'':9}{line}"
+                                                                  for line in lines[1:])]))
+    return "\n".join(blocks)
 
 
 config_option = click.option(
@@ -57,7 +70,20 @@ def cli() -> None:
     """
 
 
-@cli.command()
+RUN_HELP = f"""Run STAGES ({", ".join(stage_names())}, or all) and the stages they depend
+on, in that order, writing a run folder under runs.dir.
+
+A stage whose inputs and parameters are unchanged since it last succeeded (as recorded in
+pipeline.lock beside stages.yaml) and whose outputs exist is skipped and reported as up to
+date; --force runs the named stages anyway. `pipeline status` says which stages are stale
+and why.
+
+\b
+{_stages_help()}
+"""
+
+
+@cli.command(help=RUN_HELP)
 @click.argument("stages", nargs=-1, required=True)
 @config_option
 @set_option
@@ -70,44 +96,24 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
         scheduler: str | None, force: bool, progress: bool) -> int:
-    """Run STAGES (extract, heads, finetune, scratch, or all) and the stages they depend on,
-    in that order, writing a run folder under runs.dir.
-
-    A stage whose inputs and parameters are unchanged since it last succeeded (as recorded
-    in pipeline.lock beside stages.yaml) and whose outputs exist is skipped and reported as
-    up to date; --force runs the named stages anyway. `pipeline status` says which stages
-    are stale and why.
-
-    \b
-    extract  runs VGG16 once over every image whose features are not cached yet for
-             this backbone fingerprint, appends them to HDF5 shards, and writes the
-             dataset view.
-    heads    trains the heads of stages.heads on the cached features (sweeps run in
-             parallel on dask), ranks every trial on the validation split, then
-             tests each head's best trial once. It never decodes an image.
-    finetune trains end to end through the frozen VGG16 base with augmentation,
-             starting from the newest dense head of `heads`, then opens block5
-             at a lower learning rate; tests the final model (slow on a CPU).
-    scratch  trains the source material's small CNN from scratch on the same
-             splits, as a baseline.
-    """
-    unknown = [s for s in stages if s not in (*STAGES, "all")]
+    known = stage_names()
+    unknown = [s for s in stages if s not in (*known, "all")]
     if unknown:
         raise click.UsageError(f"unknown stage {', '.join(unknown)}; stages: "
-                               f"{', '.join(STAGES)}, or all")
+                               f"{', '.join(known)}, or all")
     if scheduler is not None:
         overrides = (*overrides, f"cluster.scheduler={scheduler}")
-    config = _load(config_path, overrides)
-    from .runner import plan
-    from .stages import run_stages
+    ctx = RunContext(_load(config_path, overrides))
+    from .runner.execute import run_stages
+    from .runner.plan import plan
     targets = list(dict.fromkeys(stages))
-    order = plan(config, targets)
-    run_folder, report = run_stages(
-        config, order, progress=progress, use_lock=True,
-        force=frozenset(order if "all" in targets else targets) if force else frozenset())
+    order = plan(ctx, targets)
+    forced = {stage.name for stage in order} if "all" in targets else set(targets)
+    run_folder, report = run_stages(ctx, order, progress=progress, use_lock=True,
+                                    force=frozenset(forced if force else ()))
     click.echo(report)
     click.echo(f"run folder: {run_folder.path}")
-    skipped = run_folder.metrics.get("extract.images_skipped", 0)
+    skipped = run_folder.metrics.get(metric_keys.EXTRACT_IMAGES_SKIPPED, 0)
     if skipped:
         click.echo(f"finished, but {skipped} file(s) were left out of the dataset view "
                    f"(exit code {EXIT_FILES_SKIPPED})", err=True)
@@ -146,12 +152,12 @@ def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Pat
     )
     if head_folder and model_folder:
         raise click.UsageError("give --head or --model, not both")
-    config = _load(config_path, overrides)
+    ctx = RunContext(_load(config_path, overrides))
     files = image_files(list(paths))
     if model_folder:
-        results = predict_with_model(config, model_folder, files, top_k)
+        results = predict_with_model(ctx, model_folder, files, top_k)
     else:
-        results = predict_with_head(config, head_folder or newest_best_head(config.runs.dir),
+        results = predict_with_head(ctx, head_folder or newest_best_head(ctx.config.runs.dir),
                                     files, top_k)
     click.echo(format_predictions(results, as_json))
 
@@ -164,10 +170,12 @@ def status(config_path: str, overrides: tuple[str, ...]) -> None:
 
     Compares each stage's inputs (data folder, backbone, dataset view, warm-start head),
     parameters and outputs with what pipeline.lock recorded when it last succeeded, and
-    names what changed (for parameters: the key, old and new value).
+    names what changed (for parameters: the key, old and new value). Reads only: it never
+    downloads weights or builds a model (missing weights make the stages that need them
+    stale, with the reason).
     """
-    from .runner import format_status
-    click.echo(format_status(_load(config_path, overrides)))
+    from .runner.plan import format_status
+    click.echo(format_status(RunContext(_load(config_path, overrides), allow_download=False)))
 
 
 @cli.command()
@@ -180,11 +188,11 @@ def report(output: Path | None, config_path: str, overrides: tuple[str, ...]) ->
 
     Sections: data (images per split and class, skipped files, duplicates and leakage),
     extraction, the heads leaderboard, training curves raw and smoothed, confusion
-    matrices, and the recipes compared. Opens nothing by itself.
+    matrices, and the recipes compared. Opens nothing by itself, downloads nothing.
     """
     from .report import write_report
-    config = _load(config_path, overrides)
-    click.echo(write_report(config, output or config.runs.dir / "report.html").summary())
+    ctx = RunContext(_load(config_path, overrides), allow_download=False)
+    click.echo(write_report(ctx, output or ctx.config.runs.dir / "report.html").summary())
 
 
 @cli.command("runs")
@@ -212,15 +220,14 @@ def info() -> None:
 @set_option
 def info_backbone(config_path: str, overrides: tuple[str, ...]) -> None:
     """Print the backbone's layer table: shapes, parameters, trainable or frozen, totals."""
-    config = _load(config_path, overrides)
-    from .fingerprint import backbone_fingerprint, backbone_spec
-    spec = backbone_spec(config)
-    fingerprint, _ = backbone_fingerprint(spec)
-    from .backbone import build_feature_extractor, format_layer_table, layer_table
+    ctx = RunContext(_load(config_path, overrides))
+    spec, config = ctx.spec, ctx.config
+    from .backbone.model import build_feature_extractor
+    from .nn.layer_table import format_layer_table, layer_table
     model = build_feature_extractor(spec)
     weights = config.backbone.weights or f"random (seed {config.backbone.seed})"
-    click.echo(f"VGG16 conv base, weights {weights}, input "
-               f"{spec.input_shape}, cut at {spec.output_layer}, fingerprint {fingerprint}")
+    click.echo(f"VGG16 conv base, weights {weights}, input {spec.input_shape}, cut at "
+               f"{spec.output_layer}, fingerprint {ctx.fingerprint.id}")
     click.echo(format_layer_table(layer_table(model)))
 
 
@@ -245,7 +252,7 @@ cache_dir_option = click.option("--dir", "cache_dir", type=click.Path(file_okay=
 @cache_dir_option
 def cache_ls(config_path: str, overrides: tuple[str, ...], cache_dir: str | None) -> None:
     """One line per backbone fingerprint: weights, input, entries, shards, bytes."""
-    from .cache_listing import format_store_list
+    from .cache_commands import format_store_list
     click.echo(format_store_list(_cache_dir(config_path, overrides, cache_dir)))
 
 
@@ -257,7 +264,7 @@ def cache_ls(config_path: str, overrides: tuple[str, ...], cache_dir: str | None
 def cache_info(fingerprint: str | None, config_path: str, overrides: tuple[str, ...],
                cache_dir: str | None) -> None:
     """Details of one fingerprint (default: every fingerprint) and its dataset views."""
-    from .cache_listing import format_store_info
+    from .cache_commands import format_store_info
     click.echo(format_store_info(_cache_dir(config_path, overrides, cache_dir), fingerprint))
 
 
@@ -274,7 +281,7 @@ def cache_verify(fingerprint: str | None, config_path: str, overrides: tuple[str
     bytes) and exits with 1 when there are any; the next `pipeline run extract` computes
     them again. Safe while an extraction runs: committed shards never change.
     """
-    from .cache_maintenance import format_verify, raise_if_damaged, verify_cache
+    from .cache_commands import format_verify, raise_if_damaged, verify_cache
     folder = _cache_dir(config_path, overrides, cache_dir)
     reports = verify_cache(folder, fingerprint)
     click.echo(format_verify(reports, folder))
@@ -296,7 +303,7 @@ def cache_gc(apply: bool, fingerprint: str | None, config_path: str,
     lock (waiting cache.lock_timeout seconds for a running extraction), deletes shards
     left with no entry and rewrites the others with the rows they keep.
     """
-    from .cache_maintenance import collect_garbage, format_garbage
+    from .cache_commands import collect_garbage, format_garbage
     folder = _cache_dir(config_path, overrides, cache_dir)
     lock_timeout = 0.0 if cache_dir else \
         load_cache_config(Path(config_path), overrides).lock_timeout

@@ -15,7 +15,7 @@ import os
 import warnings
 
 from .config import ClusterConfig
-from .errors import PipelineError, PipelineWarning
+from .errors import MultiThreadedWorkersWarning, SchedulerUnreachableError
 
 # The environment of LocalCluster workers, replacing dask's default. One core per worker:
 # TensorFlow, BLAS and OpenMP must not each start a thread per core in every worker. And no
@@ -27,24 +27,36 @@ WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_
                       "TF_CPP_MIN_LOG_LEVEL": 2}
 
 
-class MultiThreadedWorkersWarning(PipelineWarning):
-    """Workers of the scheduler run several threads: trials in one process share warnings
-    capture and compete for cores; start them with ``--nthreads 1``."""
+def check_scheduler_address(address: str) -> None:
+    """:class:`SchedulerUnreachableError` unless ``address`` is one dask can connect to (a
+    known scheme, and a host with a port where the scheme needs one), decided without
+    connecting: a malformed address is never mistaken for a slow scheduler."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import backends
 
-
-class SchedulerUnreachableError(PipelineError):
-    """The dask scheduler of cluster.scheduler did not answer."""
+    try:
+        scheme, location = parse_address(address, strict=True)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme!r}; dask knows "
+                             f"{', '.join(sorted(backends))}")
+        if scheme != "inproc":
+            parse_host_port(location)
+    except ValueError as exc:
+        raise SchedulerUnreachableError(
+            f"cluster.scheduler {address}: not a dask scheduler address ({exc}); expected "
+            f"tcp://host:8786") from None
 
 
 @contextlib.contextmanager
 def scheduler_client(address: str, timeout: str = "30s"):
-    """A dask client connected to the scheduler at ``address``; a clear error if it does not
-    answer within ``timeout``."""
+    """A dask client connected to the scheduler at ``address``; a clear error if the address
+    is malformed (decided before connecting) or no scheduler answers within ``timeout``."""
     from distributed import Client
 
+    check_scheduler_address(address)
     try:
         client = Client(address, timeout=timeout)
-    except ValueError as exc:  # tcp://host:port with no port, a scheme dask does not know
+    except ValueError as exc:  # what the check above cannot foresee, said the same way
         raise SchedulerUnreachableError(
             f"cluster.scheduler {address}: not a dask scheduler address ({exc}); expected "
             f"tcp://host:8786") from None
@@ -58,6 +70,8 @@ def scheduler_client(address: str, timeout: str = "30s"):
 
 @contextlib.contextmanager
 def sweep_client(cluster: ClusterConfig):
+    """A dask client for a sweep: on the scheduler of ``cluster.scheduler``, or on a new
+    LocalCluster of single-threaded worker processes (``local``)."""
     import dask
     from distributed import Client, LocalCluster
 

@@ -1,7 +1,8 @@
-"""Errors and warnings the pipeline raises on purpose.
+"""Every error and warning the pipeline raises on purpose.
 
 Errors derive from :class:`PipelineError`; the CLI prints their message as one line on stderr
-and exits non-zero. Warnings are named classes so that users and tests can filter them.
+and exits non-zero. Warnings derive from :class:`PipelineWarning`, named classes that users and
+tests can filter. (The cache's own errors are in :mod:`cache.errors`.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,54 @@ class DataError(PipelineError):
     """The data folder cannot be used as a labelled image folder."""
 
 
+class ImageDecodeError(PipelineError):
+    """A file cannot be turned into an image; ``str(error)`` is the reason for the user.
+
+    ``permanent`` says whether the failure is a property of the bytes (empty, not an image,
+    truncated, too large), so that trying the same bytes again is pointless; a file that was
+    unreadable or changed while being read may well work next time.
+    """
+
+    def __init__(self, reason: str, permanent: bool = True):
+        super().__init__(reason)
+        self.permanent = permanent
+
+
 class BackboneWeightsError(PipelineError):
     """The backbone's weights cannot be found, downloaded or loaded."""
+
+
+class MissingViewError(PipelineError):
+    """No dataset view, or the view's features are not (all) in the cache: extract first."""
+
+
+class ModelLoadError(PipelineError):
+    """A saved model is missing, damaged, or asks to run code or build types not trusted."""
+
+
+class HeadLoadError(ModelLoadError):
+    """A head folder is missing, damaged, or names types that are not trusted."""
+
+
+class WarmStartError(PipelineError):
+    """The head named by ``finetune.head_from`` does not fit this backbone or these classes."""
+
+
+class SchedulerUnreachableError(PipelineError):
+    """The dask scheduler of cluster.scheduler is not a valid address or did not answer."""
+
+
+class NoSuitableWorkerError(PipelineError):
+    """The scheduler has no worker that can run an extraction partition."""
+
+
+class WorkerMismatchError(PipelineError):
+    """A worker computes another backbone fingerprint than the client (other weights file,
+    Keras release or input size on that machine): its features would not match the cache."""
+
+
+class DamagedCacheError(PipelineError):
+    """``cache verify`` found damaged entries (listed; the next extract recomputes them)."""
 
 
 class PipelineWarning(UserWarning):
@@ -45,3 +92,8 @@ class EmptyClassWarning(PipelineWarning):
 
 class NoTestImagesWarning(PipelineWarning):
     """The test split is empty, so models are trained and selected but not tested."""
+
+
+class MultiThreadedWorkersWarning(PipelineWarning):
+    """Workers of the scheduler run several threads: trials in one process share warnings
+    capture and compete for cores; start them with ``--nthreads 1``."""

@@ -2,29 +2,35 @@
 
 With a head (``runs/<run>/heads/<name>``) an image whose content is already cached for the
 head's backbone fingerprint is classified from its cached features: no decoding, no convnet,
-not even a TensorFlow import for a scikit-learn head. Only the other images are decoded and
-sent through the backbone (which must be the one of stages.yaml, with the head's fingerprint).
-With an end-to-end model (``runs/<run>/finetune`` or ``.../scratch``) every image is decoded
-and classified by the model. Nothing is written to the cache.
+not even a TensorFlow import for a scikit-learn head, and the backbone's weights are never
+looked for. Only the other images are decoded (by the extraction's batch reader) and sent
+through the backbone, which must be the one of stages.yaml, with the head's fingerprint. With
+an end-to-end model (``runs/<run>/finetune`` or ``.../scratch``) every image is decoded and
+classified by the model. Nothing is written to the cache.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cache import FeatureStore
+from cache.files import sha256_file
 
-from .config import PipelineConfig
-from .dataset import IMAGE_EXTENSIONS, display_path
+from . import metric_keys as keys
+from .context import RunContext
+from .data.batches import BatchReader
+from .data.decode import DecodeOptions
+from .data.names import display_path
+from .data.scan import IMAGE_EXTENSIONS
 from .errors import PipelineError
-from .fingerprint import backbone_fingerprint, backbone_spec
-from .head_io import load_head, load_keras_model
-from .images import DecodeOptions, ImageDecodeError, decode_file
+from .heads.saving import load_head
+from .nn.outputs import class_probabilities
+from .runs import list_runs
 
 
 @dataclass
@@ -59,10 +65,8 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def newest_best_head(runs_dir: Path) -> Path:
     """The best head of the newest run that trained heads (from its metrics.json)."""
-    from .runs import list_runs
-
     for run in reversed(list_runs(runs_dir)):
-        name = run.metrics.get("heads.best.name")
+        name = run.metrics.get(keys.HEADS_BEST_NAME)
         if name and (runs_dir / run.name / "heads" / str(name) / "head.json").is_file():
             return runs_dir / run.name / "heads" / str(name)
     raise PipelineError(f"no trained head under {runs_dir}: run `pipeline run heads`, or name "
@@ -77,41 +81,34 @@ def _top(proba: np.ndarray | None, predicted: int, classes: list[str],
     return [(classes[i], float(proba[i])) for i in order]
 
 
-def _file_sha256(path: Path) -> tuple[str | None, str | None]:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest(), None
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or type(exc).__name__}"
+def _decoded_batches(files: list[Path], indices: list[int], options: DecodeOptions,
+                     results: list[Prediction], batch_size: int, workers: int
+                     ) -> Iterator[tuple[list[int], np.ndarray]]:
+    """``(indices, (B, h, w, 3) float32 pixels)`` for the files at ``indices`` that decode, a
+    batch at a time (memory stays bounded); failures are written into ``results``."""
+    reader = BatchReader(paths=[files[i] for i in indices], sha256=[None] * len(indices),
+                         options=options, batch_size=batch_size, workers=workers)
+    for batch in reader:
+        for position in batch.positions[~batch.ok]:
+            results[indices[position]].error = reader.failures[int(position)]
+        if batch.ok.any():
+            yield [indices[p] for p in batch.positions[batch.ok]], batch.pixels[batch.ok]
 
 
-def _decoded_chunks(files: list[Path], indices: list[int], options: DecodeOptions,
-                    results: list[Prediction], chunk: int):
-    """``(indices, (B, h, w, 3) float32 pixels)`` for the files at ``indices`` that decode,
-    ``chunk`` at a time (memory stays bounded); failures are written into ``results``."""
-    for start in range(0, len(indices), chunk):
-        done, pixels = [], []
-        for i in indices[start:start + chunk]:
-            try:
-                pixels.append(decode_file(files[i], options).astype(np.float32))
-                done.append(i)
-            except ImageDecodeError as exc:
-                results[i].error = str(exc)
-        if done:
-            yield done, np.stack(pixels)
-
-
-def predict_with_head(config: PipelineConfig, head_folder: Path, files: list[Path],
+def predict_with_head(ctx: RunContext, head_folder: Path, files: list[Path],
                       top_k: int = 3) -> list[Prediction]:
     """Classify ``files`` with the saved head in ``head_folder`` (cached features first)."""
     head, metadata = load_head(head_folder)
     classes, fingerprint = metadata["classes"], metadata["fingerprint"]
+    config = ctx.config
     store = FeatureStore(config.cache.dir, fingerprint)
     results = [Prediction(str(path)) for path in files]
     shas: dict[int, str] = {}
     for i, path in enumerate(files):
-        sha, results[i].error = _file_sha256(path)
-        if sha:
-            shas[i] = sha
+        try:
+            shas[i] = sha256_file(path)
+        except OSError as exc:
+            results[i].error = f"unreadable: {exc.strerror or type(exc).__name__}"
     missing = set(store.missing(shas.values()))
     batches: list[tuple[list[int], np.ndarray]] = []
     hits = [i for i, sha in shas.items() if sha not in missing]
@@ -121,17 +118,17 @@ def predict_with_head(config: PipelineConfig, head_folder: Path, files: list[Pat
             results[i].source = "cache"
     misses = [i for i, sha in shas.items() if sha in missing]
     if misses:
-        spec = backbone_spec(config)
-        if backbone_fingerprint(spec)[0] != fingerprint:
+        if ctx.fingerprint.id != fingerprint:
             raise PipelineError(
                 f"{len(misses)} image(s) are not cached for the head's backbone "
                 f"{fingerprint}, and stages.yaml describes another backbone, so their features "
                 f"cannot be computed; use the stages.yaml the head was trained with")
-        from .backbone import build_feature_extractor, compiled_inference
-        infer = compiled_inference(build_feature_extractor(spec))
-        for done, pixels in _decoded_chunks(files, misses, spec.decode, results,
-                                            config.stages.extract.batch_size):
-            batches.append((done, infer(pixels).numpy()))
+        from .extract.loop import Inference
+        infer = Inference(ctx.spec)
+        params = config.stages.extract
+        for done, pixels in _decoded_batches(files, misses, ctx.spec.decode, results,
+                                             params.batch_size, params.decode_workers):
+            batches.append((done, infer(pixels)))
             for i in done:
                 results[i].source = "backbone"
     for indices, x in batches:
@@ -142,7 +139,7 @@ def predict_with_head(config: PipelineConfig, head_folder: Path, files: list[Pat
     return results
 
 
-def predict_with_model(config: PipelineConfig, model_folder: Path, files: list[Path],
+def predict_with_model(ctx: RunContext, model_folder: Path, files: list[Path],
                        top_k: int = 3) -> list[Prediction]:
     """Classify ``files`` with the end-to-end model saved in ``model_folder`` (finetune or
     scratch), decoding each image as extraction does at the model's input size."""
@@ -150,20 +147,21 @@ def predict_with_model(config: PipelineConfig, model_folder: Path, files: list[P
         info = json.loads((model_folder / "model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{model_folder}: not a saved end-to-end model ({exc})") from None
-    from .backbone import compiled_inference
+    from .backbone import decode_options
+    from .nn.inference import compiled_inference
+    from .nn.loading import load_keras_model
 
     model = load_keras_model(model_folder / "model.keras")
     infer = compiled_inference(model)
-    decode = backbone_spec(config).decode
+    decode = decode_options(ctx.config)
     options = DecodeOptions(size=tuple(model.input_shape[1:3]),
                             interpolation=decode.interpolation,
                             exif_transpose=decode.exif_transpose, max_pixels=decode.max_pixels)
     results = [Prediction(str(path), source="model") for path in files]
-    for done, pixels in _decoded_chunks(files, list(range(len(files))), options, results,
-                                        config.stages.extract.batch_size):
-        proba = np.asarray(infer(pixels))
-        if proba.shape[1] == 1:  # one sigmoid unit: probability of class 1
-            proba = np.hstack([1 - proba, proba])
+    params = ctx.config.stages.extract
+    for done, pixels in _decoded_batches(files, list(range(len(files))), options, results,
+                                         params.batch_size, params.decode_workers):
+        proba = class_probabilities(np.asarray(infer(pixels)))
         for j, i in enumerate(done):
             results[i].top = _top(proba[j], int(proba[j].argmax()), info["classes"], top_k)
     return results

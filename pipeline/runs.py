@@ -1,15 +1,15 @@
 """Run folders: every ``pipeline run`` writes its own, so experiments never overwrite each other.
 
 ``<runs.dir>/<YYYYmmdd-HHMMSS>-<stages>-<4 hex>/`` holds ``config.yaml`` (the resolved
-configuration), ``metrics.json`` (flat keys such as ``extract.images_per_second``), and what
-each stage adds (``dataset.csv``, ``skipped.csv``, ``summary.txt``, ...).
+configuration), ``metrics.json`` (flat keys, see :mod:`pipeline.metric_keys`), ``summary.txt``
+(what the run printed) and what each stage adds (``dataset.csv``, ``leaderboard.csv``, ...).
+Every file here is replaced atomically, so a run killed at any moment leaves whole files.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +17,14 @@ from pathlib import Path
 
 import yaml
 
+from cache.files import write_atomic
+
+from . import metric_keys as keys
 from .config import PipelineConfig
+
+SUMMARY_NAME = "summary.txt"
+INTERRUPTED = "interrupted"
+FAILED_PREFIX = "failed: "
 
 
 @dataclass
@@ -37,8 +44,7 @@ class RunFolder:
         run = cls(path)
         snapshot = {"source": str(config.source) if config.source else None,
                     **config.to_yaml_dict()}
-        (path / "config.yaml").write_text(yaml.safe_dump(snapshot, sort_keys=False),
-                                          encoding="utf-8")
+        write_atomic(path / "config.yaml", yaml.safe_dump(snapshot, sort_keys=False))
         return run
 
     def record(self, metrics: dict[str, float | int | str]) -> None:
@@ -46,21 +52,25 @@ class RunFolder:
         score with nothing to score) are left out, as JSON has no NaN."""
         self.metrics.update({k: v for k, v in metrics.items()
                              if not (isinstance(v, float) and math.isnan(v))})
-        temp = self.path / ".metrics.json.tmp"
-        temp.write_text(json.dumps(self.metrics, indent=2, sort_keys=True) + "\n",
-                        encoding="utf-8")
-        os.replace(temp, self.path / "metrics.json")
+        write_atomic(self.path / "metrics.json",
+                     json.dumps(self.metrics, indent=2, sort_keys=True) + "\n")
+
+    def write_summary(self, lines: list[str]) -> None:
+        """Replace ``summary.txt`` by ``lines``: what the run printed so far (its last line
+        says ``interrupted`` or ``failed: ...`` when the run did not finish)."""
+        write_atomic(self.path / SUMMARY_NAME, "\n".join(lines) + "\n",
+                     errors="backslashreplace")
 
 
 # Headline metrics shown by `pipeline runs`, in column order: (metrics.json key, column title)
 HEADLINE_METRICS = (
-    ("extract.images", "images"),
-    ("extract.images_new", "new"),
-    ("heads.best.name", "best head"),
-    ("heads.best.val_accuracy", "head val"),
-    ("heads.best.test_accuracy", "head test"),
-    ("finetune.test_accuracy", "finetune test"),
-    ("scratch.test_accuracy", "scratch test"),
+    (keys.EXTRACT_IMAGES, "images"),
+    (keys.EXTRACT_IMAGES_NEW, "new"),
+    (keys.HEADS_BEST_NAME, "best head"),
+    (keys.HEADS_BEST_VAL_ACCURACY, "head val"),
+    (keys.HEADS_BEST_TEST_ACCURACY, "head test"),
+    (keys.FINETUNE_TEST_ACCURACY, "finetune test"),
+    (keys.SCRATCH_TEST_ACCURACY, "scratch test"),
 )
 
 
@@ -87,12 +97,12 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
         except (OSError, ValueError):
             metrics = {}
         try:
-            last = (folder / "summary.txt").read_text(encoding="utf-8").strip().splitlines()[-1]
+            last = (folder / SUMMARY_NAME).read_text(encoding="utf-8").strip().splitlines()[-1]
         except (OSError, IndexError):
             last = ""
-        status = "interrupted" if last == "interrupted" else \
-            "failed" if last.startswith("failed:") else \
-            "ok" if "run.finished" in metrics else "unfinished"
+        status = "interrupted" if last == INTERRUPTED else \
+            "failed" if last.startswith(FAILED_PREFIX) else \
+            "ok" if keys.RUN_FINISHED in metrics else "unfinished"
         runs.append(RunSummary(folder.name, status, metrics))
     return runs
 

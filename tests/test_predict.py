@@ -12,9 +12,7 @@ import pytest
 from cache import FeatureStore
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.stages import run_stages
-
-from .conftest import split_project, write_image
+from tests.support.projects import run_named, split_project, write_image
 
 HEADS = {"logreg": {"kind": "logistic_regression", "features": "gap", "scale": True},
          "svm": {"kind": "linear_svm", "features": "gap", "scale": True}}
@@ -24,8 +22,7 @@ HEADS = {"logreg": {"kind": "logistic_regression", "features": "gap", "scale": T
 def trained(tmp_path_factory):
     """extract + heads + scratch on split folders; returns (project, run folder)."""
     project = split_project(tmp_path_factory.mktemp("predict"), heads={"models": HEADS})
-    run, _ = run_stages(load_config(project / "stages.yaml"), ["extract", "heads", "scratch"],
-                        progress=False)
+    run, _ = run_named(load_config(project / "stages.yaml"), "extract", "heads", "scratch")
     return project, run.path
 
 
@@ -36,7 +33,7 @@ def _predict(capsys, project: Path, *args: str) -> tuple[int, list[dict], str]:
 
 
 def test_cached_images_are_classified_from_the_cache_as_the_head_would(trained, capsys):
-    from pipeline.head_io import load_head
+    from pipeline.heads.saving import load_head
 
     project, run = trained
     head, metadata = load_head(run / "heads" / "logreg")
@@ -57,10 +54,10 @@ def test_cached_images_are_classified_from_the_cache_as_the_head_would(trained, 
 
 def test_a_new_image_goes_through_the_backbone_and_a_bad_file_gets_an_error(trained, capsys,
                                                                              tmp_path: Path):
-    from pipeline.backbone import build_feature_extractor
-    from pipeline.fingerprint import backbone_spec
-    from pipeline.head_io import load_head
-    from pipeline.images import decode_file
+    from pipeline.backbone import backbone_spec
+    from pipeline.backbone.model import build_feature_extractor
+    from pipeline.data.decode import decode_file
+    from pipeline.heads.saving import load_head
 
     project, run = trained
     new = write_image(tmp_path / "new.png", seed=999)
@@ -94,7 +91,7 @@ def test_default_head_is_the_newest_runs_best_and_svm_has_no_probabilities(train
     assert all(r["predictions"][0]["probability"] is None for r in results)
     import hashlib
 
-    from pipeline.head_io import load_head
+    from pipeline.heads.saving import load_head
     svm, metadata = load_head(run / "heads" / "svm")
     store = FeatureStore(project / "cache", metadata["fingerprint"])
     x = store.get([hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() for r in results])
@@ -112,15 +109,16 @@ def test_an_end_to_end_model_predicts_what_it_scored(trained, capsys):
     accuracy = np.mean([r["predictions"][0]["class"] == t for r, t in zip(results, truth)])
     assert accuracy == pytest.approx(scores["accuracy"])
     # image by image, the model's own answer
-    from pipeline._tf import keras
-    from pipeline.fingerprint import backbone_spec
-    from pipeline.images import decode_file
+    from pipeline.backbone import backbone_spec
+    from pipeline.data.decode import decode_file
+    from pipeline.nn.runtime import keras
     model = keras.saving.load_model(run / "scratch" / "model.keras", safe_mode=True)
     decode = backbone_spec(load_config(project / "stages.yaml")).decode
     pixels = np.stack([decode_file(Path(r["path"]), decode) for r in results]).astype("float32")
     classes = json.loads((run / "scratch" / "model.json").read_text())["classes"]
+    from pipeline.nn.outputs import class_probabilities
     assert [r["predictions"][0]["class"] for r in results] == \
-        [classes[i] for i in np.asarray(model(pixels)).argmax(axis=1)]
+        [classes[i] for i in class_probabilities(model(pixels)).argmax(axis=1)]
 
 
 def test_predict_errors_are_one_line(trained, capsys, tmp_path: Path):

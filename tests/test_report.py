@@ -11,10 +11,9 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.config import load_config
+from pipeline.context import RunContext
 from pipeline.report import SECTIONS, smooth, write_report
-from pipeline.stages import run_stages
-
-from .conftest import split_project
+from tests.support.projects import run_named, split_project
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +21,23 @@ def report(tmp_path_factory) -> tuple[Path, str]:
     """extract + heads + finetune + scratch (1 epoch each), then the report's path and text."""
     project = split_project(tmp_path_factory.mktemp("report"))
     config = load_config(project / "stages.yaml")
-    run_stages(config, ["extract", "heads", "finetune", "scratch"], progress=False)
-    result = write_report(config, project / "report.html")
-    return result.path, result.path.read_text(encoding="utf-8")
+    run, _ = run_named(config, "extract", "heads", "finetune", "scratch")
+    result = write_report(RunContext(config), project / "report.html")
+    return result.path, result.path.read_text(encoding="utf-8"), run.path
+
+
+def test_every_metric_a_run_of_every_stage_writes_is_a_documented_key(report):
+    import json
+
+    from pipeline import metric_keys
+    documented = [re.compile(re.escape(key).replace(re.escape("<name>"), r"[\w-]+")
+                             .replace(re.escape("<phase>"), r"phase\d")
+                             .replace(re.escape("<stage>"), r"\w+") + "$")
+                  for key in metric_keys.DOCUMENTED]
+    _, _, run = report
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics) > 40
+    assert [key for key in metrics if not any(p.match(key) for p in documented)] == []
 
 
 def test_smoothing_is_an_exponential_moving_average():
@@ -33,7 +46,7 @@ def test_smoothing_is_an_exponential_moving_average():
 
 
 def test_the_report_has_every_section_and_inlines_every_figure(report):
-    path, page = report
+    path, page, _ = report
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
     assert "cats" in page and "dogs" in page  # images per class
@@ -67,7 +80,7 @@ def test_the_report_renders_in_headless_chromium(report):
     playwright = pytest.importorskip("playwright.sync_api")
     if browser_path is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
-    path, _ = report
+    path, _, _ = report
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         try:

@@ -1,0 +1,82 @@
+"""The frozen VGG16 convolutional base, built from a BackboneSpec (TensorFlow).
+
+The feature extractor takes raw RGB pixels (float32, 0..255, the output of the decoder) and
+applies VGG16's preprocessing inside the model (:class:`~pipeline.nn.layers.VGG16Preprocess`),
+so extraction and every end-to-end model that reuses the base share one preprocessing path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackboneWeightsError
+from ..nn.layers import VGG16Preprocess
+from ..nn.runtime import keras
+from .spec import BackboneSpec
+from .weights import hed_conv_arrays
+
+
+def load_conv_arrays(base: keras.Model, arrays: dict[str, list[np.ndarray]], source) -> None:
+    """Set each named conv layer of ``base`` from ``arrays``, checking every shape first."""
+    conv_layers = [layer for layer in base.layers if "_conv" in layer.name]
+    for layer in conv_layers:
+        if layer.name not in arrays:
+            raise BackboneWeightsError(f"{source}: no weights for {layer.name}")
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        found = [tuple(a.shape) for a in arrays[layer.name]]
+        if expected != found:
+            raise BackboneWeightsError(f"{source}: {layer.name} expects shapes {expected}, "
+                                       f"file has {found}")
+    for layer in conv_layers:
+        layer.set_weights(arrays[layer.name])
+
+
+def seed_conv_weights(model: keras.Model, seed: int) -> None:
+    """Give every layer with weights Glorot-uniform kernels and zero biases drawn from ``seed``
+    and the layer's position, in numpy: the same values in any process and any thread. (Keras'
+    own initializers take their seeds from Python's global random state, which the other
+    threads of a dask worker draw from too, so the same seed gave other weights there.)"""
+    for index, layer in enumerate(layer for layer in model.layers if layer.weights):
+        rng = np.random.default_rng([seed, index])
+        for variable in layer.weights:
+            shape = tuple(variable.shape)
+            if len(shape) == 1:
+                value = np.zeros(shape, np.float32)
+            else:
+                receptive = int(np.prod(shape[:-2]))
+                limit = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+                value = rng.uniform(-limit, limit, shape).astype(np.float32)
+            variable.assign(value)
+
+
+def build_vgg16_base(spec: BackboneSpec) -> keras.Model:
+    """VGG16 ``include_top=False`` at ``spec.input_shape`` with its weights loaded, frozen."""
+    weights = spec.weights
+    if weights.kind == "random":
+        keras.utils.set_random_seed(weights.seed)  # what runs after the build is seeded too
+    base = keras.applications.VGG16(include_top=False, weights=None,
+                                    input_shape=spec.input_shape)
+    if weights.kind == "random":
+        seed_conv_weights(base, weights.seed)
+    elif weights.kind == "hed-bsds500":
+        load_conv_arrays(base, hed_conv_arrays(weights.path), weights.path)
+    elif weights.kind in ("imagenet", "file"):
+        try:
+            base.load_weights(str(weights.path))
+        except Exception as exc:  # Keras raises many types for a wrong file
+            raise BackboneWeightsError(
+                f"{weights.path}: cannot load as VGG16 include_top=False weights: "
+                f"{' '.join(str(exc).split())[:200]}") from None
+    if spec.output_layer != base.layers[-1].name:
+        base = keras.Model(base.input, base.get_layer(spec.output_layer).output,
+                           name=f"vgg16_to_{spec.output_layer}")
+    base.trainable = False
+    return base
+
+
+def build_feature_extractor(spec: BackboneSpec) -> keras.Model:
+    """Raw RGB (N, h, w, 3) float32 in 0..255 -> features (N, *spec.output_shape) float32."""
+    base = build_vgg16_base(spec)
+    pixels = keras.Input(shape=spec.input_shape, name="rgb_pixels")
+    features = base(VGG16Preprocess(name="vgg16_preprocess")(pixels), training=False)
+    return keras.Model(pixels, features, name="feature_extractor")

@@ -1,0 +1,100 @@
+"""RunContext: what one command resolves from its configuration, once, and hands down.
+
+A command (``pipeline run``, ``status``, ``report``, ``predict``, ...) makes one context; every
+stage and function it calls takes what it needs from there instead of deriving it again:
+
+- ``spec``: the backbone (weights file located; ImageNet's downloaded only when the command
+  may download, see ``allow_download``);
+- ``fingerprint``: the backbone fingerprint (hashes the weights file once);
+- ``store``: the :class:`~cache.FeatureStore` of that fingerprint;
+- ``view_file`` / ``view``: the dataset view extract wrote for this data and split.
+
+Each is computed on first use, so a command that never needs the backbone (``cache ls``) never
+resolves it. Commands that only read pass ``allow_download=False``: with ``weights: imagenet``
+and no weights file, ``spec`` then raises :class:`~pipeline.errors.BackboneWeightsError` at once
+instead of starting Keras' 58 MB download.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from cache import FeatureStore
+
+from .backbone import BackboneSpec, Fingerprint, backbone_spec
+from .config import PipelineConfig
+from .data.view import DatasetView, read_view, view_id, write_view
+from .errors import MissingViewError
+
+
+class RunContext:
+    """The resolved backbone, fingerprint, store and dataset view of one command's config."""
+
+    def __init__(self, config: PipelineConfig, allow_download: bool = True):
+        self.config = config
+        self.allow_download = allow_download
+        self._view: DatasetView | None = None
+
+    def __repr__(self) -> str:
+        return f"RunContext({self.config.source_name!r})"
+
+    @cached_property
+    def spec(self) -> BackboneSpec:
+        """The backbone of the configuration (:class:`BackboneWeightsError` when its weights
+        are missing and may not be downloaded)."""
+        return backbone_spec(self.config, self.allow_download)
+
+    @cached_property
+    def fingerprint(self) -> Fingerprint:
+        """The backbone fingerprint (its id names the cache folder)."""
+        return self.spec.fingerprint()
+
+    @cached_property
+    def store(self) -> FeatureStore:
+        """The cached features of this backbone."""
+        return FeatureStore(self.config.cache.dir, self.fingerprint.id)
+
+    @cached_property
+    def view_id(self) -> str:
+        """Identifies the dataset view by data root and split settings."""
+        return view_id(self.config)
+
+    @property
+    def view_file(self) -> Path:
+        """Where the dataset view of this data and split lives, inside the store."""
+        return self.store.views_dir() / f"{self.view_id}.json"
+
+    def read_view(self) -> DatasetView | None:
+        """The dataset view extract wrote (None when there is none yet)."""
+        if self._view is None and self.view_file.is_file():
+            self._view = read_view(self.view_file)
+        return self._view
+
+    def write_view(self, view: DatasetView) -> Path:
+        """Store ``view`` as this data's dataset view (what extract does last)."""
+        write_view(view, self.view_file)
+        self._view = view
+        return self.view_file
+
+    def require_view(self, augmented: bool = False) -> DatasetView:
+        """The dataset view, after checking that the cache holds every image's features (and,
+        with ``augmented``, every augmented view's): :class:`MissingViewError` otherwise."""
+        store = self.store
+        view = self.read_view()
+        if view is None:
+            raise MissingViewError(f"no dataset view for this data and backbone in "
+                                   f"{store.path}: run `pipeline run extract` first")
+        missing = store.missing(image.sha256 for image in view.images)
+        if missing:
+            raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the dataset "
+                                   f"view have no cached features in {store.path}: run "
+                                   f"`pipeline run extract` again")
+        keys = [item.key for item in view.augmented_views()] if augmented else []
+        missing = store.missing(keys)
+        if missing:
+            raise MissingViewError(f"{len(missing)} of {len(keys)} augmented views of the "
+                                   f"dataset view are not cached in {store.path}: run "
+                                   f"`pipeline run extract` again, or set "
+                                   f"stages.heads.augmented_views: false")
+        return view

@@ -1,0 +1,196 @@
+"""The dataset view: which cached images make up an experiment, with their class and split.
+
+The cache holds features by content; labels and paths belong here, because the same image can
+sit in two experiments with different labels or splits. The extract stage writes one view per
+(data root, split settings) into the fingerprint's cache folder, ``<store>/views/<id>.json``,
+so later stages find the images they train on, and cache maintenance knows which entries are
+still referenced. Human-readable CSV copies go into the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NamedTuple
+
+from cache.files import sha256_text, write_atomic
+
+from ..config import SPLITS, PipelineConfig
+from ..errors import PipelineError
+from .scan import DuplicateGroup
+
+VIEW_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ViewImage:
+    """An image with cached features."""
+
+    path: str     # relative to the view's root, '/'-separated
+    label: str
+    split: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An image file left out of the view, and why."""
+
+    path: str
+    sha256: str   # "" when the file could not be read at all
+    reason: str
+
+
+@dataclass(frozen=True)
+class AugmentedViewsSpec:
+    """``count`` cached augmented views of every training image, made with the transforms
+    that ``id`` identifies (see :func:`pipeline.extract.augmented.augmentation_id`)."""
+
+    id: str
+    count: int
+
+
+class AugmentedView(NamedTuple):
+    """One cached augmented view: its cache key, the image it was made from, its number."""
+
+    key: str
+    image: ViewImage
+    number: int
+
+
+@dataclass
+class DatasetView:
+    """Images with cached features, their classes and splits, and what was left out."""
+
+    root: str
+    classes: list[str]
+    fingerprint: str
+    images: list[ViewImage]
+    skipped: list[SkippedFile] = field(default_factory=list)
+    duplicates: list[DuplicateGroup] = field(default_factory=list)
+    split_folders: bool = False
+    created: str = ""
+    augmented: AugmentedViewsSpec | None = None
+
+    def select(self, split: str) -> list[ViewImage]:
+        """Images of one split, in view order."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        return [image for image in self.images if image.split == split]
+
+    def augmented_views(self, split: str = "train") -> list[AugmentedView]:
+        """Every augmented view of ``split``'s images that extract cached (none unless
+        ``stages.extract.augmented_views.count`` > 0; only the train split has them)."""
+        if self.augmented is None or split != "train":
+            return []
+        return [AugmentedView(augmented_key(image.sha256, self.augmented.id, k), image, k)
+                for image in self.select(split) for k in range(self.augmented.count)]
+
+    def label_index(self, label: str) -> int:
+        """Position of ``label`` in ``classes`` (the class index heads predict)."""
+        return self.classes.index(label)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: number of images}}."""
+        table = {s: {c: 0 for c in self.classes} for s in SPLITS}
+        for image in self.images:
+            table[image.split][image.label] += 1
+        return table
+
+    def check_trainable(self, selected_on: str) -> None:
+        """:class:`PipelineError` unless the view has 2+ classes and non-empty train and
+        validation splits; ``selected_on`` says what validation is for, in the message."""
+        if len(self.classes) < 2:
+            raise PipelineError(f"the dataset view has {len(self.classes)} class(es); a "
+                                f"classifier needs at least 2 class folders")
+        for split in ("train", "validation"):
+            if not self.select(split):
+                raise PipelineError(f"the {split} split has no images; {selected_on} (check "
+                                    f"data.split or the split folders)")
+
+    def to_json(self) -> dict:
+        """Plain data for ``json.dump``."""
+        return {"root": self.root, "classes": list(self.classes),
+                "fingerprint": self.fingerprint,
+                "images": [image.__dict__ for image in self.images],
+                "skipped": [item.__dict__ for item in self.skipped],
+                "duplicates": [group.to_json() for group in self.duplicates],
+                "split_folders": self.split_folders, "created": self.created,
+                "augmented": {} if self.augmented is None else
+                {"id": self.augmented.id, "count": self.augmented.count},
+                "format": VIEW_FORMAT}
+
+    @classmethod
+    def from_json(cls, payload: dict) -> DatasetView:
+        """Inverse of :meth:`to_json`."""
+        augmented = payload.get("augmented") or None
+        return cls(root=payload["root"], classes=list(payload["classes"]),
+                   fingerprint=payload["fingerprint"],
+                   images=[ViewImage(**i) for i in payload["images"]],
+                   skipped=[SkippedFile(**s) for s in payload.get("skipped", [])],
+                   duplicates=[DuplicateGroup.from_json(g)
+                               for g in payload.get("duplicates", [])],
+                   split_folders=bool(payload.get("split_folders", False)),
+                   created=payload.get("created", ""),
+                   augmented=None if augmented is None else
+                   AugmentedViewsSpec(id=augmented["id"], count=int(augmented["count"])))
+
+
+def augmented_key(image_sha256: str, augmentation_id: str, view: int) -> str:
+    """The cache key of augmented view ``view`` of an image: 64 hex digits like a content
+    hash, derived from the image's hash, the transforms and seed, and the view number."""
+    return sha256_text(f"augmented|{augmentation_id}|{image_sha256}|{view}")
+
+
+def view_id(config: PipelineConfig) -> str:
+    """Identifies a view by what decides its contents: data root and split settings."""
+    split = config.data.split
+    return sha256_text(f"{config.data.root}|{split.train}|{split.validation}|{split.test}|"
+                       f"{split.seed}")[:16]
+
+
+def write_view(view: DatasetView, path: Path) -> None:
+    """Write ``view`` to ``path`` atomically, stamped with the time of writing."""
+    view.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) writable
+    write_atomic(path, json.dumps(view.to_json(), ensure_ascii=True))
+
+
+def read_view(path: Path) -> DatasetView:
+    """Read a view written by :func:`write_view`."""
+    return DatasetView.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _write_csv(path: Path, header: list[str], rows) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue(), errors="backslashreplace")
+
+
+def write_view_csv(view: DatasetView, path: Path) -> None:
+    """``path,class,split,sha256`` per image, for people and spreadsheets."""
+    _write_csv(path, ["path", "class", "split", "sha256"],
+               ([i.path, i.label, i.split, i.sha256] for i in view.images))
+
+
+def write_skipped_csv(skipped: list[SkippedFile], path: Path) -> None:
+    """``path,sha256,reason`` per skipped file."""
+    _write_csv(path, ["path", "sha256", "reason"],
+               ([item.path, item.sha256, item.reason] for item in skipped))
+
+
+def write_duplicates_csv(view: DatasetView, path: Path) -> None:
+    """``kind,sha256,paths,classes,splits`` per group of identical files ('|'-joined lists).
+
+    kind is ``leakage`` (two splits), ``conflicting-labels`` (two classes) or ``copy``.
+    """
+    _write_csv(path, ["kind", "sha256", "paths", "classes", "splits"],
+               ([g.kind, g.sha256, "|".join(g.paths), "|".join(g.classes), "|".join(g.splits)]
+                for g in view.duplicates))

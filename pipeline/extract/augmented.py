@@ -1,0 +1,147 @@
+"""Cached augmented views: K augmented copies of each training image through the frozen base.
+
+Augmentation usually costs a pass of the base per image per epoch. Here each training image is
+augmented K times, once, and the K feature tensors are cached like any image's, under keys
+derived from the image's content hash, the transforms and seed, and the view number
+(:func:`pipeline.data.view.augmented_key`). Each view's transforms are seeded by its key, so a
+view is the same whenever and wherever it is computed, and heads then train on original + K
+views at the cost of K extra passes of the base, however many epochs and sweeps follow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cache import open_writer
+from cache.files import sha256_text
+
+from ..config import AugmentedViewsConfig
+from ..context import RunContext
+from ..data.batches import BatchReader
+from ..data.names import display_path
+from ..data.view import DatasetView
+from ..errors import SkippedImageWarning
+from .loop import Inference
+
+AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
+
+
+def augmentation_id(params: AugmentedViewsConfig) -> str:
+    """Identifies the transforms, the seed and the Keras and TensorFlow releases (whose random
+    streams the transforms draw from): part of every augmented view's cache key."""
+    payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": params.augmentation.model_dump(),
+               "seed": params.seed, "keras": metadata.version("keras"),
+               "tensorflow": metadata.version("tensorflow")}
+    return sha256_text(json.dumps(payload, sort_keys=True))[:16]
+
+
+@dataclass
+class AugmentedViewsResult:
+    """What the augmented-view pass did."""
+
+    new: int = 0
+    cached: int = 0
+    failed_images: int = 0
+    seconds: float = 0.0
+
+
+def pending_views(view: DatasetView, present: Callable[[list[str]], list[str]]
+                  ) -> dict[str, list[tuple[str, int]]]:
+    """Image sha256 -> ``(key, view number)`` of its augmented views the cache lacks;
+    ``present(keys)`` returns the keys the cache does not hold (``FeatureStore.missing``)."""
+    rows = view.augmented_views("train")
+    missing = set(present([row.key for row in rows]))
+    pending: dict[str, list[tuple[str, int]]] = {}
+    for key, image, k in rows:
+        if key in missing:  # a file copied twice into train has its views once
+            missing.discard(key)
+            pending.setdefault(image.sha256, []).append((key, k))
+    return pending
+
+
+def extract_augmented_views(ctx: RunContext, view: DatasetView, infer: Inference,
+                            progress: bool) -> AugmentedViewsResult:
+    """Cache the augmented views of ``view``'s training images that the cache lacks."""
+    config, store = ctx.config, ctx.store
+    keys = {row.key for row in view.augmented_views("train")}  # a file twice: views once
+    pending = pending_views(view, store.missing)
+    result = AugmentedViewsResult()
+    if pending:
+        params = config.stages.extract
+        with open_writer(store, ctx.fingerprint.description, shard_rows=params.shard_size,
+                         flush_seconds=params.flush_seconds,
+                         lock_timeout=config.cache.lock_timeout) as writer:
+            pending = pending_views(view, store.missing)  # another run may have added some
+            infer.build()
+            result = extract_views(pending, view, params.augmented_views, ctx.spec.decode,
+                                   infer, writer.add, params.batch_size, params.decode_workers,
+                                   progress)
+    result.cached = len(keys) - len(store.missing(keys)) - result.new
+    return result
+
+
+def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
+                  params: AugmentedViewsConfig, decode, infer: Callable[[np.ndarray], np.ndarray],
+                  add: Callable[[list[str], np.ndarray], None], batch_size: int,
+                  decode_workers: int, progress: bool) -> AugmentedViewsResult:
+    """Decode each image of ``pending`` once (the threaded batch reader), augment it into its
+    missing views, run the base on batches of ``batch_size`` views and ``add(keys, rows)``.
+
+    ``infer``: (B, h, w, 3) float32 pixels -> (B, *feature shape) features. An image that no
+    longer decodes (changed or removed since the scan) loses its views for this run, with a
+    :class:`SkippedImageWarning`.
+    """
+    from ..nn.augment import augment_image, build_augmentation, view_seed
+
+    augmentation = build_augmentation(params.augmentation, params.seed)
+    started = time.perf_counter()
+    result = AugmentedViewsResult()
+    images = {image.sha256: image for image in view.select("train")}
+    shas = list(pending)
+    reader = BatchReader(paths=[Path(view.root) / images[s].path for s in shas], sha256=shas,
+                         options=decode, batch_size=batch_size, workers=decode_workers)
+    keys: list[str] = []
+    pixels: list[np.ndarray] = []
+
+    def flush() -> None:
+        if keys:
+            add(list(keys), np.asarray(infer(np.stack(pixels))))
+            result.new += len(keys)
+            keys.clear()
+            pixels.clear()
+
+    total = sum(len(v) for v in pending.values())
+    with tqdm(total=total, unit="view", desc="augmented views",
+              disable=None if progress else True, dynamic_ncols=True) as bar:
+        for batch in reader:
+            for row, position in enumerate(batch.positions):
+                sha = shas[position]
+                wanted = pending[sha]
+                if not batch.ok[row]:
+                    reason = reader.failures.get(int(position), "could not be decoded")
+                    warnings.warn(f"no augmented views of {display_path(images[sha].path)}: "
+                                  f"{reason}", SkippedImageWarning, stacklevel=2)
+                    result.failed_images += 1
+                    bar.update(len(wanted))
+                    continue
+                image = batch.pixels[row]
+                for key, _ in wanted:
+                    augmented = image if augmentation is None else \
+                        augment_image(augmentation, image, view_seed(key))
+                    keys.append(key)
+                    pixels.append(augmented)
+                    if len(keys) >= batch_size:
+                        flush()
+                bar.update(len(wanted))
+        flush()
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,62 @@
+"""The extraction loop, shared by the local run and every cluster partition: decoded batches
+-> the backbone -> feature rows handed on, failures reported, a fault point between batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+
+import numpy as np
+
+from cache.faults import fault_point
+
+from ..backbone import BackboneSpec
+from ..data.batches import BatchReader
+
+#: Fault points the extraction loop passes, between the cache writer's (cache.faults.POINTS).
+FAULT_POINTS = (
+    "extract.batch",         # a batch's features handed on, maybe not yet committed
+)
+
+
+class Inference:
+    """The backbone as a function: (B, h, w, 3) float32 RGB pixels -> (B, *output_shape)
+    float32 features (numpy). The model is built on first use, so TensorFlow is imported only
+    by a run that has something to compute."""
+
+    def __init__(self, spec: BackboneSpec):
+        self.spec = spec
+
+    @cached_property
+    def _function(self):
+        from ..backbone.model import build_feature_extractor
+        from ..nn.inference import compiled_inference
+        return compiled_inference(build_feature_extractor(self.spec))
+
+    def build(self) -> None:
+        """Import TensorFlow and build the model now (so that timed loops exclude it)."""
+        _ = self._function
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self._function(pixels).numpy()
+
+
+def extract_batches(reader: BatchReader, keys: Sequence[str], infer: Inference,
+                    on_features: Callable[[list[str], np.ndarray], None],
+                    on_failure: Callable[[str, str, bool], None],
+                    on_batch: Callable[[int], None] = lambda n: None) -> None:
+    """Run ``infer`` on every batch of ``reader`` (whose items are ``keys``, in order).
+
+    ``on_features(keys, rows)`` receives the rows (n, h, w, c) float32 of the images that
+    decoded; ``on_failure(key, reason, permanent)`` each image that did not (``permanent``: the
+    bytes themselves are bad, trying again is pointless); ``on_batch(n)`` the size of each batch.
+    """
+    for batch in reader:
+        if batch.ok.any():
+            features = infer(batch.pixels)
+            on_features([keys[i] for i in batch.positions[batch.ok]], features[batch.ok])
+        for i in batch.positions[~batch.ok]:
+            on_failure(keys[i], reader.failures.get(int(i), "could not be decoded"),
+                       int(i) not in reader.transient)
+        on_batch(len(batch.positions))
+        fault_point("extract.batch")

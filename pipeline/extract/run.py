@@ -1,0 +1,209 @@
+"""The extract stage: run the frozen backbone once over every image not yet in the cache.
+
+images (dataset scan) -> batches (threaded decode) -> features (VGG16) -> shards (cache), then
+the dataset view. What is already cached for this backbone fingerprint is never computed again:
+a rerun with nothing new imports no TensorFlow and runs no inference.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cache import open_writer
+
+from .. import metric_keys as keys
+from ..backbone import BackboneSpec
+from ..context import RunContext
+from ..data.batches import BatchReader
+from ..data.names import display_path
+from ..data.scan import DatasetScan, scan_dataset, warn_about
+from ..data.view import AugmentedViewsSpec, DatasetView, SkippedFile, ViewImage
+from ..errors import EmptyClassWarning, SkippedImageWarning
+from .augmented import AugmentedViewsResult, augmentation_id, extract_augmented_views
+from .loop import Inference, extract_batches
+
+
+@dataclass
+class ExtractResult:
+    """What one extract run did."""
+
+    fingerprint: str
+    store_path: Path
+    view_file: Path
+    view: DatasetView
+    images: int                # image files in the view (duplicates counted)
+    new: int                   # distinct images whose features were computed by this run
+    cached: int                # distinct images already in the cache
+    skipped: list[SkippedFile] = field(default_factory=list)
+    seconds: float = 0.0       # whole stage, wall clock
+    inference_seconds: float = 0.0  # decode + infer + write loop, wall clock
+    augmented: AugmentedViewsResult = field(default_factory=AugmentedViewsResult)
+
+    @property
+    def images_per_second(self) -> float:
+        """New images per second of the extraction loop (0 when nothing was extracted)."""
+        return self.new / self.inference_seconds if self.inference_seconds > 0 else 0.0
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Flat ``extract.*`` metrics for the run's metrics.json."""
+        return {keys.EXTRACT_FINGERPRINT: self.fingerprint, keys.EXTRACT_IMAGES: self.images,
+                keys.EXTRACT_IMAGES_NEW: self.new, keys.EXTRACT_IMAGES_CACHED: self.cached,
+                keys.EXTRACT_IMAGES_SKIPPED: len(self.skipped),
+                keys.EXTRACT_DUPLICATE_GROUPS: len(self.view.duplicates),
+                keys.EXTRACT_LEAKAGE_GROUPS: sum(1 for g in self.view.duplicates
+                                                 if g.kind == "leakage"),
+                keys.EXTRACT_SECONDS: round(self.seconds, 3),
+                keys.EXTRACT_INFERENCE_SECONDS: round(self.inference_seconds, 3),
+                keys.EXTRACT_IMAGES_PER_SECOND: round(self.images_per_second, 3),
+                keys.EXTRACT_AUGMENTED_VIEWS_NEW: self.augmented.new,
+                keys.EXTRACT_AUGMENTED_VIEWS_CACHED: self.augmented.cached,
+                keys.EXTRACT_AUGMENTED_VIEWS_SECONDS: round(self.augmented.seconds, 3)}
+
+    def summary(self) -> str:
+        """A short human summary: new, cached, skipped, seconds, img/s."""
+        rate = f"{self.images_per_second:.1f} img/s" if self.new else "no inference"
+        lines = [f"extract: {self.new} new, {self.cached} cached, {len(self.skipped)} skipped "
+                 f"in {self.seconds:.1f} s ({rate})",
+                 f"  fingerprint {self.fingerprint}, cache {self.store_path}"]
+        if self.view.augmented:
+            lines.append(f"  augmented views: {self.augmented.new} new, {self.augmented.cached} "
+                         f"cached ({self.view.augmented.count} per training image) in "
+                         f"{self.augmented.seconds:.1f} s")
+        for item in self.skipped:
+            lines.append(f"  skipped {display_path(item.path)}: {item.reason}")
+        return "\n".join(lines)
+
+
+def _decode_context(spec: BackboneSpec) -> str:
+    # Images refused under these options and this decoder would be refused again; another
+    # pixel limit or Pillow release retries them.
+    return json.dumps({"max_pixels": spec.decode.max_pixels,
+                       "pillow": metadata.version("pillow")}, sort_keys=True)
+
+
+def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
+    """Extract features for every image under ``data.root`` that the cache lacks.
+
+    Raises PipelineError subclasses for bad configuration or weights before any image is read.
+    On an exception or Ctrl-C during extraction, every finished batch is committed to the cache
+    before the error propagates, so the next run resumes where this one stopped.
+    """
+    started = time.perf_counter()
+    config, store = ctx.config, ctx.store
+    scan = scan_dataset(config.data)
+    warn_about(scan)
+
+    first_path: dict[str, Path] = {}
+    for image in scan.images:
+        first_path.setdefault(image.sha256, image.path)
+    context = _decode_context(ctx.spec)
+    missing = store.missing(first_path)
+    rejected = {s: r for s, r in store.rejected(context).items() if s in set(missing)}
+    missing = [s for s in missing if s not in rejected]
+
+    extracted: list[str] = []
+    failures: dict[str, str] = dict(rejected)
+    loop_seconds = 0.0
+    infer = Inference(ctx.spec)
+    if missing:
+        extracted, new_failures, loop_seconds = _extract_missing(
+            ctx, missing, first_path, context, progress, infer)
+        failures.update(new_failures)
+
+    view = _build_view(scan, ctx.fingerprint.id, failures)
+    augmented = AugmentedViewsResult()
+    views = config.stages.extract.augmented_views
+    if views.count:
+        view.augmented = AugmentedViewsSpec(id=augmentation_id(views), count=views.count)
+        augmented = extract_augmented_views(ctx, view, infer, progress)
+    for item in view.skipped:
+        warnings.warn(f"skipped {display_path(item.path)}: {item.reason}", SkippedImageWarning,
+                      stacklevel=2)
+    _warn_about_empty_classes(view, scan)
+    view_file = ctx.write_view(view)
+    return ExtractResult(fingerprint=ctx.fingerprint.id, store_path=store.path,
+                         view_file=view_file, view=view, images=len(view.images),
+                         new=len(extracted),
+                         cached=len(first_path) - len(extracted) - len(failures),
+                         skipped=view.skipped, seconds=time.perf_counter() - started,
+                         inference_seconds=loop_seconds, augmented=augmented)
+
+
+def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, Path],
+                     context: str, progress: bool, infer: Inference
+                     ) -> tuple[list[str], dict[str, str], float]:
+    """Decode, infer and commit ``missing`` images, here or on the cluster's scheduler.
+
+    Returns (sha256 extracted, sha256 -> failure reason, seconds of the extraction loop).
+    """
+    config, store = ctx.config, ctx.store
+    params = config.stages.extract
+    extracted: list[str] = []
+    failures: dict[str, str] = {}
+    started = time.perf_counter()
+    with open_writer(store, ctx.fingerprint.description, shard_rows=params.shard_size,
+                     flush_seconds=params.flush_seconds,
+                     lock_timeout=config.cache.lock_timeout) as writer:
+        # Another extraction may have held the lock until now and cached some of these.
+        todo = store.missing(missing)
+        if not todo:
+            return extracted, failures, time.perf_counter() - started
+
+        def failed(sha: str, reason: str, permanent: bool) -> None:
+            failures[sha] = reason
+            if permanent:
+                writer.reject(sha, reason, context)
+
+        if config.cluster.on_scheduler:
+            from .cluster import extract_on_scheduler
+            started = time.perf_counter()
+            extracted = extract_on_scheduler(ctx, writer, todo, first_path, progress, failed)
+            return extracted, failures, time.perf_counter() - started
+
+        def keep(keys: list[str], rows) -> None:
+            writer.add(keys, rows)
+            extracted.extend(keys)
+
+        infer.build()
+        reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
+                             options=ctx.spec.decode, batch_size=params.batch_size,
+                             workers=params.decode_workers)
+        started = time.perf_counter()
+        with tqdm(total=len(todo), unit="img", desc="extract",
+                  disable=None if progress else True, dynamic_ncols=True) as bar:
+            extract_batches(reader, todo, infer, keep, failed, bar.update)
+    return extracted, failures, time.perf_counter() - started
+
+
+def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
+    counts = view.counts()
+    with_files = {image.label for image in scan.images}
+    for label in view.classes:
+        total = sum(counts[split][label] for split in counts)
+        if total == 0 and label in with_files:
+            warnings.warn(f"class {label!r} has no usable image: every file was skipped",
+                          EmptyClassWarning, stacklevel=3)
+        elif total:
+            empty = [split for split in counts if counts[split][label] == 0]
+            if empty:
+                warnings.warn(f"class {label!r} has no image in split(s) {', '.join(empty)} "
+                              f"({total} in all)", EmptyClassWarning, stacklevel=3)
+
+
+def _build_view(scan: DatasetScan, fingerprint: str, failures: dict[str, str]) -> DatasetView:
+    images = [ViewImage(path=i.relpath, label=i.label, split=i.split, sha256=i.sha256)
+              for i in scan.images if i.sha256 not in failures]
+    skipped = [SkippedFile(path=i.relpath, sha256=i.sha256, reason=failures[i.sha256])
+               for i in scan.images if i.sha256 in failures]
+    skipped += [SkippedFile(path=u.relpath, sha256="", reason=u.reason) for u in scan.unreadable]
+    skipped.sort(key=lambda s: s.path)  # one listing in folder order, whatever failed where
+    return DatasetView(root=str(scan.root), classes=scan.classes, fingerprint=fingerprint,
+                       images=images, skipped=skipped, duplicates=list(scan.duplicates),
+                       split_folders=scan.split_folders)

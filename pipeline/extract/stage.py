@@ -1,0 +1,61 @@
+"""The extract stage, declared: it needs nothing, reads the data folder and the backbone, and
+leaves the dataset view and its cache entries. The work is :func:`pipeline.extract.run`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .. import metric_keys
+from ..context import RunContext
+from ..data.view import write_duplicates_csv, write_skipped_csv, write_view_csv
+from ..stage import BACKBONE, DATA_FOLDER, Output, Stage, StageReport, dataset_view_hash
+
+
+def _run(ctx: RunContext, folder: Path, progress: bool):
+    """Extract, then copy the view, the skipped files and the duplicates into the run folder."""
+    from .run import run_extract
+
+    result = run_extract(ctx, progress=progress)
+    write_view_csv(result.view, folder / "dataset.csv")
+    write_skipped_csv(result.skipped, folder / "skipped.csv")
+    write_duplicates_csv(result.view, folder / "duplicates.csv")
+    return result
+
+
+def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | None:
+    if dataset_view_hash(ctx) != entry.get("outs", {}).get("dataset_view"):
+        return "outputs missing (the dataset view changed or is gone)"
+    view = ctx.read_view()
+    keys = [image.sha256 for image in view.images]
+    keys += [item.key for item in view.augmented_views()]
+    missing = ctx.store.missing(keys)
+    if missing:
+        return (f"outputs missing ({len(missing)} cached entries of the dataset view are "
+                f"missing or damaged)")
+    return None
+
+
+def _files_still_left_out(ctx: RunContext) -> StageReport:
+    """An up-to-date extract still leaves out the files its view skipped: say so, and record
+    the count, so that the exit code of the run says it too."""
+    try:
+        skipped = len(ctx.read_view().skipped)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        skipped = 0
+    lines = (f"  {skipped} file(s) left out of the dataset view, as before (listed in that "
+             f"run's skipped.csv)",) if skipped else ()
+    return StageReport(lines, {metric_keys.EXTRACT_IMAGES_SKIPPED: skipped})
+
+
+STAGE = Stage(
+    name="extract",
+    help="runs VGG16 once over every image whose features are not cached yet for this "
+         "backbone fingerprint, appends them to HDF5 shards, and writes the dataset view.",
+    run=_run,
+    params=("data", "backbone", "cache.dir", "stages.extract"),
+    deps=(DATA_FOLDER, BACKBONE),
+    outputs=(Output(missing=_view_and_entries_missing,
+                    record=lambda ctx: {"dataset_view": dataset_view_hash(ctx)}),),
+    when_up_to_date=_files_still_left_out,
+)

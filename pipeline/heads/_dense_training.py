@@ -1,0 +1,156 @@
+"""The dense head's training loop: one compiled call per epoch, early stopping between epochs.
+
+The source recipe is 3,000 steps of 20 rows (2,000 rows, 30 epochs). Each step is small, so
+what surrounds it costs as much as the step: Keras' ``fit`` adds its data adapter, a metric
+update per step, callbacks and a validation pass through ``evaluate``. Here a whole epoch is one
+``tf.function`` over the shuffled row order (a ``tf.while_loop`` of steps on tensors that stay
+in TensorFlow), and validation is one more call. Measured on the flowers features, 2,000 rows
+x 30 epochs: 12.2-13.5 s with this loop, 16.6-18.9 s with ``fit`` (docs/benchmarks.md).
+
+The model trains on logits (from-logits loss and accuracy: the same gradients as
+softmax/sigmoid-then-cross-entropy, computed faster and more stably); the caller puts the
+probability output back afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import DenseParams
+from ..nn.outputs import ClassifierOutput
+from ..nn.runtime import keras, tf
+from .splits import LabelledSplit
+
+# Rows per forward pass when scoring the validation split (memory, not maths: any size gives
+# the same numbers).
+VALIDATION_BATCH = 1024
+
+
+def logits_loss_and_accuracy(n_classes: int):
+    """``(loss(y, logits), correct(y, logits))`` for a head with 1 logit (two classes) or
+    ``n_classes`` logits (:class:`~pipeline.nn.outputs.ClassifierOutput`): the mean
+    cross-entropy, and a float 0/1 per row for a right answer.
+
+    ``y`` is (N,) int32 class indices. One logit means class 1 when it is above 0, which is the
+    sigmoid's probability above 0.5.
+    """
+    if ClassifierOutput(n_classes).binary:
+        cross_entropy = keras.losses.BinaryCrossentropy(from_logits=True)
+
+        def loss(y, logits):
+            return cross_entropy(tf.cast(y, logits.dtype)[:, None], logits)
+
+        def correct(y, logits):
+            return tf.cast(tf.equal(tf.cast(logits[:, 0] > 0, tf.int32), y), tf.float32)
+    else:
+        cross_entropy = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        def loss(y, logits):
+            return cross_entropy(y, logits)
+
+        def correct(y, logits):
+            return tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32)
+    return loss, correct
+
+
+class _CompiledSteps:
+    """The traced epoch and validation functions for one model, optimizer and training split."""
+
+    def __init__(self, model, optimizer, train: LabelledSplit, batch_size: int,
+                 n_classes: int):
+        self.model = model
+        self.optimizer = optimizer
+        self.variables = model.trainable_variables
+        optimizer.build(self.variables)
+        self.loss, self.correct = logits_loss_and_accuracy(n_classes)
+        self.x = tf.constant(train.x, tf.float32)
+        self.y = tf.constant(train.y, tf.int32)
+        self.batch_size = batch_size
+        # No XLA: with it the source recipe (30 epochs) had not finished after 10 minutes,
+        # against 12-15 s without
+        self.epoch = tf.function(self._epoch, jit_compile=False,
+                                 input_signature=[tf.TensorSpec([None], tf.int32)])
+        self.score = tf.function(self._score, input_signature=[
+            tf.TensorSpec([None, *train.x.shape[1:]], tf.float32), tf.TensorSpec([None], tf.int32)])
+
+    def _epoch(self, order):
+        """One pass over the rows in ``order`` (a permutation of the training rows), in batches
+        of ``batch_size`` (the last one shorter); returns the mean loss and accuracy."""
+        size = tf.shape(order)[0]
+        loss_sum = tf.constant(0.0)
+        correct_sum = tf.constant(0.0)
+        for start in tf.range(0, size, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            x, y = tf.gather(self.x, rows), tf.gather(self.y, rows)
+            with tf.GradientTape() as tape:
+                logits = self.model(x, training=True)
+                loss = self.loss(y, logits)
+            self.optimizer.apply(tape.gradient(loss, self.variables), self.variables)
+            loss_sum += loss * tf.cast(tf.shape(rows)[0], tf.float32)
+            correct_sum += tf.reduce_sum(self.correct(y, logits))
+        count = tf.cast(size, tf.float32)
+        return loss_sum / count, correct_sum / count
+
+    def _score(self, x, y):
+        """Summed loss and number of right answers on one batch, in inference mode."""
+        logits = self.model(x, training=False)
+        return self.loss(y, logits) * tf.cast(tf.shape(y)[0], tf.float32), \
+            tf.reduce_sum(self.correct(y, logits))
+
+    def validate(self, split: LabelledSplit) -> tuple[float, float]:
+        """Mean loss and accuracy on ``split``."""
+        loss_sum = correct_sum = 0.0
+        for start in range(0, len(split), VALIDATION_BATCH):
+            stop = start + VALIDATION_BATCH
+            loss, correct = self.score(split.x[start:stop].astype(np.float32, copy=False),
+                                       split.y[start:stop].astype(np.int32))
+            loss_sum += float(loss)
+            correct_sum += float(correct)
+        return loss_sum / len(split), correct_sum / len(split)
+
+
+def train_dense_head(model, optimizer, params: DenseParams, train: LabelledSplit,
+                     validation: LabelledSplit, n_classes: int,
+                     seed: int) -> dict[str, list[float]]:
+    """Train ``model`` (it outputs logits) on ``train``; return its history per epoch.
+
+    ``train.x`` / ``validation.x`` are (N, h, w, c) float32 features and ``.y`` (N,) class
+    indices. The rows are reshuffled every epoch from ``seed``. With ``params.patience`` set
+    and a non-empty validation split, training stops once validation accuracy has not risen
+    for ``patience`` epochs, and with ``params.restore_best`` the model ends with the weights
+    of its best epoch (the first of equals), whether or not it stopped early.
+
+    Returns ``{"loss", "accuracy"[, "val_loss", "val_accuracy"]}``, one float per epoch run:
+    Keras' ``History`` keys, so reports read both alike.
+    """
+    if not len(train):
+        raise ValueError("the dense head needs at least one training row")
+    steps = _CompiledSteps(model, optimizer, train, params.batch_size, n_classes)
+    shuffle = np.random.default_rng(seed)
+    watch = params.patience is not None and len(validation) > 0
+    history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+    if len(validation):
+        history.update(val_loss=[], val_accuracy=[])
+    best_accuracy, best_weights, epochs_without_gain = -np.inf, None, 0
+    for _ in range(params.epochs):
+        loss, accuracy = steps.epoch(shuffle.permutation(len(train)).astype(np.int32))
+        history["loss"].append(float(loss))
+        history["accuracy"].append(float(accuracy))
+        if not len(validation):
+            continue
+        val_loss, val_accuracy = steps.validate(validation)
+        history["val_loss"].append(val_loss)
+        history["val_accuracy"].append(val_accuracy)
+        if not watch:
+            continue
+        if val_accuracy > best_accuracy:
+            best_accuracy, epochs_without_gain = val_accuracy, 0
+            if params.restore_best:
+                best_weights = model.get_weights()
+        else:
+            epochs_without_gain += 1
+            if epochs_without_gain >= params.patience:
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return history

@@ -1,0 +1,260 @@
+"""The scikit-learn head kinds: ``FeatureView -> [StandardScaler] -> [PCA] -> estimator``.
+
+A head is a scikit-learn Pipeline that takes the (N, h, w, c) features directly. ``params`` go
+to the estimator as they are, checked against its parameter list and constraints before any
+work. Kinds with ``partial_fit`` (``sgd``) can train incrementally: from the lazy cache, a chunk
+of rows in memory at a time. Saved with skops (no pickle), loaded only with allowlisted types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.decomposition import PCA
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from cache.files import replacing
+
+from ..config import HeadConfig
+from ..config.heads import FEATURE_VIEWS, PIPELINE_KEYS
+from ..errors import ConfigError, HeadLoadError
+from . import features
+from .features import FORMER_PATH, FeatureView
+from .kind import FittedHead, HeadKind
+
+if TYPE_CHECKING:
+    from .splits import LabelledSplit, LazySplit
+    from .trials import TrialSpec
+
+# Types skops does not trust by default that our heads legitimately contain.
+TRUSTED_SKOPS_TYPES = (
+    f"{FeatureView.__module__}.FeatureView",
+    FORMER_PATH,
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+)
+_DISTANCE_METRIC = re.compile(r"^sklearn\.metrics\._dist_metrics\.[A-Za-z]+Distance(64|32)$")
+
+
+class SklearnKind(HeadKind):
+    """A head whose model is the scikit-learn estimator ``estimator``, created with
+    ``defaults`` (where they differ from scikit-learn's) and then the head's ``params``."""
+
+    model_file = "model.skops"
+    preprocessing = PIPELINE_KEYS
+
+    def __init__(self, name: str, estimator: type[BaseEstimator], defaults: dict[str, Any],
+                 relative_cost: int = 1):
+        self.name = name
+        self.estimator = estimator
+        self.defaults = defaults
+        self.relative_cost = relative_cost
+
+    # -- checking --------------------------------------------------------------------------
+
+    def build_estimator(self, params: dict[str, Any], seed: int) -> BaseEstimator:
+        """The estimator with ``params`` (unknown names raise ValueError) and ``seed`` as its
+        random_state where it has one."""
+        estimator = self.estimator(**self.defaults)
+        if "random_state" in estimator.get_params():
+            estimator.set_params(random_state=seed)
+        estimator.set_params(**params)
+        return estimator
+
+    def check(self, where: str, head: HeadConfig) -> None:
+        """Parameter names and values (declared and swept) against the estimator's own list
+        and constraints, and swept features/scale/pca values."""
+        self._check_params(f"{where}.params", head.params)
+        if head.sweep is None:
+            return
+        for key, values in head.sweep.params.items():
+            if key in PIPELINE_KEYS:
+                continue
+            self._check_params(f"{where}.sweep.params", {key: None}, names_only=True)
+            for value in values if isinstance(values, list) else []:
+                self._check_params(f"{where}.sweep.params", {**head.params, key: value})
+        checks = {"features": lambda v: v in FEATURE_VIEWS,
+                  "scale": lambda v: isinstance(v, bool), "pca": _pca_ok}
+        for key in PIPELINE_KEYS:
+            values = head.sweep.params.get(key)
+            for value in values if isinstance(values, list) else []:
+                if not checks[key](value):
+                    raise ConfigError(f"{where}.sweep.params.{key}: {value!r} is not a valid "
+                                      f"{key} value")
+
+    def _check_params(self, where: str, params: dict[str, Any], names_only: bool = False) -> None:
+        known = self.estimator(**self.defaults).get_params()
+        for key in params:
+            if key not in known:
+                raise ConfigError(f"{where}.{key}: {self.estimator.__name__} has no parameter "
+                                  f"{key!r} (it has: {', '.join(sorted(known))})")
+        if names_only:
+            return
+        validate = getattr(self.build_estimator(params, seed=0), "_validate_params", None)
+        if validate is None:  # scikit-learn < 1.2
+            return
+        try:
+            validate()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def pipeline(self, trial: TrialSpec) -> Pipeline:
+        """``FeatureView -> [StandardScaler] -> [PCA] -> estimator`` for one trial, unfitted."""
+        steps: list[tuple[str, Any]] = [("features", FeatureView(trial.setting("features")))]
+        if trial.setting("scale"):
+            steps.append(("scale", StandardScaler()))
+        pca = trial.setting("pca")
+        if pca is not None:
+            steps.append(("pca", PCA(n_components=pca, random_state=trial.seed)))
+        steps.append(("model", self.build_estimator(trial.estimator_params(), trial.seed)))
+        return Pipeline(steps)
+
+    def chunk_rows(self, trial: TrialSpec) -> int | None:
+        """An ``incremental`` trial reads ``incremental.chunk_rows`` rows of the cache at a
+        time."""
+        incremental = trial.config.incremental
+        return None if incremental is None else incremental.chunk_rows
+
+    def fit(self, trial: TrialSpec, train: LabelledSplit | LazySplit,
+            validation: LabelledSplit | LazySplit, n_classes: int) -> FittedHead:
+        """Fit the pipeline on ``train`` (``validation`` is not used); an incremental trial
+        with ``partial_fit`` over ``train``'s chunks, in bounded memory."""
+        started = time.perf_counter()
+        if self.chunk_rows(trial) is not None:
+            model = self._fit_incremental(trial, train, n_classes)
+        else:
+            model = self.pipeline(trial).fit(train.x, train.y)
+        return FittedHead(self, model, n_classes, time.perf_counter() - started)
+
+    def _fit_incremental(self, trial: TrialSpec, train: LazySplit, n_classes: int) -> Pipeline:
+        """The optional scaler fitted in a first pass, then ``epochs`` passes of partial_fit
+        over the chunks in a seeded random order, rows shuffled within each chunk."""
+        if not len(train):
+            raise ValueError("an incremental head needs at least one training row")
+        chunk_rows = trial.config.incremental.chunk_rows
+        rng = np.random.default_rng(trial.seed)
+        view = FeatureView(trial.setting("features"))
+        scaler = StandardScaler() if trial.setting("scale") else None
+        if scaler is not None:
+            for x, _ in train.chunks(chunk_rows):
+                scaler.partial_fit(view.transform(x))
+        model = self.build_estimator(trial.estimator_params(), trial.seed)
+        classes = np.arange(n_classes)
+        for _ in range(trial.config.incremental.epochs):
+            order = rng.permutation(train.n_chunks(chunk_rows))
+            for x, y in train.chunks(chunk_rows, order=order):
+                rows = view.transform(x)
+                if scaler is not None:
+                    rows = scaler.transform(rows)
+                shuffle = rng.permutation(len(rows))
+                model.partial_fit(rows[shuffle], y[shuffle], classes=classes)
+        # FeatureView learns nothing; fitting it on a row of the last chunk records the width.
+        steps = [("features", view.fit(x[:1]))]
+        if scaler is not None:
+            steps.append(("scale", scaler))
+        steps.append(("model", model))
+        return Pipeline(steps)
+
+    # -- using -----------------------------------------------------------------------------
+
+    def predict_proba(self, model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray | None:
+        """Probabilities from the estimator's ``predict_proba`` (None without one, as for
+        LinearSVC); a class absent from training gets probability 0."""
+        if not hasattr(model, "predict_proba"):
+            return None
+        proba = model.predict_proba(x)
+        full = np.zeros((len(x), n_classes))
+        full[:, model.classes_] = proba
+        return full
+
+    def predict(self, model: Pipeline, x: np.ndarray, n_classes: int) -> np.ndarray:
+        """The estimator's ``predict``."""
+        return np.asarray(model.predict(x), dtype=np.int64)
+
+    def save(self, model: Pipeline, folder: Path) -> Path:
+        """``model.skops`` (skops, no pickle)."""
+        import skops.io
+
+        path = folder / self.model_file
+        with replacing(path, keep_suffix=True) as temp:
+            skops.io.dump(model, temp)
+        return path
+
+    def load(self, path: Path) -> Pipeline:
+        """A ``model.skops`` whose every type is on the allowlist of what our heads contain."""
+        import skops.io
+
+        try:
+            untrusted = skops.io.get_untrusted_types(file=path)
+        except Exception as exc:  # noqa: BLE001 (a damaged zip raises many kinds)
+            raise HeadLoadError(f"{path}: cannot read: {exc}") from None
+        refused = [t for t in untrusted
+                   if t not in TRUSTED_SKOPS_TYPES and not _DISTANCE_METRIC.match(t)]
+        if refused:
+            raise HeadLoadError(f"{path}: refusing to load types no head of this pipeline "
+                                f"contains: {', '.join(refused)}")
+        with _former_feature_view_path(FORMER_PATH in untrusted):
+            return skops.io.load(path, trusted=untrusted)
+
+
+def _pca_ok(value) -> bool:
+    """The rule of HeadConfig.pca: None, a whole number >= 1 or a fraction in (0, 1)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value >= 1 if isinstance(value, int) else 0 < value < 1
+
+
+@contextlib.contextmanager
+def _former_feature_view_path(needed: bool):
+    """Heads saved before the package layout of 0.2 name FeatureView by its old module; skops
+    imports that module by name, so it is the current one while such a file loads."""
+    former = FORMER_PATH.rsplit(".", 1)[0]
+    if not needed or former in sys.modules:
+        yield
+        return
+    sys.modules[former] = features
+    try:
+        yield
+    finally:
+        del sys.modules[former]
+
+
+# kind -> (estimator class, defaults that differ from scikit-learn's). The iteration limits are
+# raised because 8,192 unscaled features converge slowly; the defaults would stop with a
+# ConvergenceWarning on most real caches.
+SKLEARN_HEAD_KINDS = (
+    SklearnKind("logistic_regression", LogisticRegression, {"max_iter": 2000}),
+    SklearnKind("linear_svm", LinearSVC, {"max_iter": 5000}),
+    SklearnKind("sgd", SGDClassifier, {"loss": "log_loss"}),
+    SklearnKind("random_forest", RandomForestClassifier, {"n_estimators": 200}, relative_cost=2),
+    SklearnKind("extra_trees", ExtraTreesClassifier, {"n_estimators": 200}, relative_cost=2),
+    SklearnKind("gradient_boosting", HistGradientBoostingClassifier, {}, relative_cost=2),
+    SklearnKind("knn", KNeighborsClassifier, {}),
+    SklearnKind("mlp", MLPClassifier, {"max_iter": 500, "early_stopping": True},
+                relative_cost=2),
+)

@@ -1,0 +1,150 @@
+"""The dense head kind: the source material's Keras head on cached features.
+
+``features -> feature view (Flatten | GlobalAveragePooling2D | GlobalMaxPooling2D) -> Dense
+units relu -> Dropout -> Dense`` with the output of :class:`~pipeline.nn.outputs.ClassifierOutput`
+(one sigmoid unit for two classes, else softmax). It takes (N, h, w, c) features, so the finetune
+stage can put it on top of the conv base. It trains in its own loop
+(:mod:`~pipeline.heads._dense_training`) on logits with the fused RMSprop, then gets its
+probability output back and is compiled with Keras' own classes only (it is pickled and saved).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cache.files import replacing
+
+from ..config import DenseParams, HeadConfig
+from ..errors import ConfigError
+from ..nn.loading import keras_model_bytes, keras_model_from_bytes, load_keras_model
+from ..nn.outputs import ClassifierOutput, class_probabilities
+from .features import FeatureView
+from .kind import FittedHead, HeadKind
+
+if TYPE_CHECKING:
+    from .splits import LabelledSplit
+    from .trials import TrialSpec
+
+_POOLS = {"flatten": "Flatten", "gap": "GlobalAveragePooling2D", "gmp": "GlobalMaxPooling2D"}
+
+
+def dense_model(params: DenseParams, feature_view: str, feature_shape: tuple[int, ...],
+                n_classes: int, seed: int, name: str = "dense_head", logits: bool = False):
+    """The dense head on (h, w, c) features, compiled with ``params``' optimizer, its loss and
+    accuracy; needs Keras.
+
+    With ``logits`` the last layer has no activation and the model is not compiled: that is
+    the model :func:`~pipeline.heads._dense_training.train_dense_head` trains, and
+    :func:`finish_dense_model` turns it back into the probability model.
+    """
+    from ..nn.runtime import keras
+
+    output = ClassifierOutput(n_classes)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input(shape=feature_shape, name="features"),
+        getattr(keras.layers, _POOLS[feature_view])(name="feature_view"),
+        keras.layers.Dense(params.units, activation="relu", name="hidden"),
+        keras.layers.Dropout(params.dropout, name="dropout"),
+        keras.layers.Dense(output.units, activation=None if logits else output.activation,
+                           name="classes"),
+    ], name=name)
+    if not logits:
+        compile_dense_model(model, params, n_classes)
+    return model
+
+
+def finish_dense_model(model, params: DenseParams, n_classes: int) -> None:
+    """After training on logits: the last layer outputs probabilities again, and the model is
+    compiled with Keras' own classes only."""
+    from ..nn.runtime import keras
+
+    model.get_layer("classes").activation = keras.activations.get(
+        ClassifierOutput(n_classes).activation)
+    compile_dense_model(model, params, n_classes)
+
+
+def compile_dense_model(model, params: DenseParams, n_classes: int) -> None:
+    """Compile the probability model with the optimizer, loss and accuracy of ``params``."""
+    from ..nn.optimizers import keras_optimizer
+
+    model.compile(optimizer=keras_optimizer(params.optimizer, params.learning_rate),
+                  loss=ClassifierOutput(n_classes).loss, metrics=["accuracy"])
+
+
+class DenseKind(HeadKind):
+    """``kind: dense``."""
+
+    name = "dense"
+    model_file = "model.keras"
+    preprocessing = ("features",)
+    relative_cost = 2
+    sits_on_base = True
+
+    def check(self, where: str, head: HeadConfig) -> None:
+        """Swept parameters must be the dense head's, with valid values."""
+        if head.sweep is None:
+            return
+        for key, values in head.sweep.params.items():
+            if key in ("scale", "pca"):
+                raise ConfigError(f"{where}.sweep.params.{key}: dense heads have no {key}")
+            if key != "features" and key not in DenseParams.model_fields:
+                raise ConfigError(f"{where}.sweep.params.{key}: the dense head has no "
+                                  f"parameter {key!r} (it has: "
+                                  f"{', '.join(DenseParams.model_fields)})")
+            for value in values if isinstance(values, list) else []:
+                try:
+                    if key == "features":
+                        FeatureView(value).transform(np.zeros((1, 1, 1, 1), np.float32))
+                    else:
+                        head.dense_params({key: value})
+                except Exception as exc:  # noqa: BLE001 (pydantic and ValueError alike)
+                    raise ConfigError(f"{where}.sweep.params.{key}: {value!r}: "
+                                      f"{' '.join(str(exc).split())}") from None
+
+    def fit(self, trial: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
+            n_classes: int) -> FittedHead:
+        """Train on logits in the head's own loop (early stopping on ``validation``)."""
+        from ._dense_training import train_dense_head
+        from ._fused_rmsprop import fused_optimizer
+
+        started = time.perf_counter()
+        params = trial.config.dense_params(trial.estimator_params())
+        model = dense_model(params, trial.setting("features"), train.x.shape[1:], n_classes,
+                            trial.seed, name=f"dense_head_{trial.head}", logits=True)
+        history = train_dense_head(model, fused_optimizer(params), params, train, validation,
+                                   n_classes, seed=trial.seed)
+        finish_dense_model(model, params, n_classes)
+        return FittedHead(self, model, n_classes, time.perf_counter() - started, history)
+
+    def predict_proba(self, model, x: np.ndarray, n_classes: int) -> np.ndarray:
+        """One probability per class."""
+        return class_probabilities(model.predict(x, verbose=0, batch_size=256))
+
+    def predict(self, model, x: np.ndarray, n_classes: int) -> np.ndarray:
+        """The most probable class."""
+        return self.predict_proba(model, x, n_classes).argmax(axis=1)
+
+    def save(self, model, folder: Path) -> Path:
+        """``model.keras``."""
+        path = folder / self.model_file
+        with replacing(path, keep_suffix=True) as temp:
+            model.save(temp)
+        return path
+
+    def load(self, path: Path):
+        """``model.keras`` in Keras' safe mode, uncompiled."""
+        return load_keras_model(path)
+
+    def pack(self, model) -> bytes:
+        """The bytes of the model's ``.keras`` file, loaded back in safe mode and without its
+        optimizer: prediction needs neither."""
+        return keras_model_bytes(model)
+
+    def unpack(self, packed: bytes):
+        """Inverse of :meth:`pack`."""
+        return keras_model_from_bytes(packed)

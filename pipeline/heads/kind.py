@@ -1,0 +1,124 @@
+"""The one interface every head kind implements, and a fitted head.
+
+A :class:`HeadKind` says, for one ``kind`` of stages.yaml, how its settings are checked before
+any work, how a trial is fitted, how the fitted model predicts, and how it is saved, loaded and
+sent between processes. The stage, the sweep, prediction and the finetune stage only talk to
+this interface; which kinds exist is :mod:`pipeline.heads.registry`'s list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import HeadConfig
+
+if TYPE_CHECKING:
+    from .splits import LabelledSplit, LazySplit
+    from .trials import TrialSpec
+
+
+class HeadKind:
+    """One kind of head. Subclasses set the class attributes and implement the methods."""
+
+    name: str = ""
+    #: the model file of a saved head folder
+    model_file: str = ""
+    #: trial settings that shape the features before the model (always ``features`` first)
+    preprocessing: tuple[str, ...] = ("features",)
+    #: a rough rank of fit time: dask starts costly trials first
+    relative_cost: int = 1
+    #: a Keras model on (h, w, c) features, which the finetune stage can put on the base
+    sits_on_base: bool = False
+
+    def check(self, where: str, head: HeadConfig) -> None:
+        """Raise :class:`~pipeline.errors.ConfigError` (naming ``where``, the head's key) for
+        a parameter or swept value this kind cannot take; before any work starts."""
+
+    def chunk_rows(self, trial: TrialSpec) -> int | None:
+        """Rows per chunk when ``trial`` reads the cache a chunk at a time (training and
+        scoring); None when it reads whole splits from memory."""
+        return None
+
+    def fit(self, trial: TrialSpec, train: LabelledSplit | LazySplit,
+            validation: LabelledSplit | LazySplit, n_classes: int) -> FittedHead:
+        """Fit ``trial`` on ``train``; ``validation`` may serve early stopping only."""
+        raise NotImplementedError
+
+    def predict_proba(self, model: Any, x: np.ndarray, n_classes: int) -> np.ndarray | None:
+        """(N, n_classes) class probabilities of (N, h, w, c) features, or None when the
+        model gives none."""
+        raise NotImplementedError
+
+    def predict(self, model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
+        """(N,) predicted class indices of (N, h, w, c) features."""
+        raise NotImplementedError
+
+    def save(self, model: Any, folder: Path) -> Path:
+        """Write the model into ``folder`` as :attr:`model_file`; returns its path."""
+        raise NotImplementedError
+
+    def load(self, path: Path) -> Any:
+        """The model saved at ``path``, loaded without running code from the file
+        (:class:`~pipeline.errors.HeadLoadError` otherwise)."""
+        raise NotImplementedError
+
+    def pack(self, model: Any) -> Any:
+        """The model in a form that pickles (to travel between dask processes)."""
+        return model
+
+    def unpack(self, packed: Any) -> Any:
+        """Inverse of :meth:`pack`."""
+        return packed
+
+    def describe(self, trial: TrialSpec) -> dict[str, Any]:
+        """Everything that defines ``trial``, as plain data for leaderboards and head.json."""
+        return {**{key: trial.setting(key) for key in self.preprocessing},
+                **trial.estimator_params()}
+
+    def __repr__(self) -> str:
+        return f"<head kind {self.name}>"
+
+
+@dataclass
+class FittedHead:
+    """A trained head: its kind, its model and its class count."""
+
+    kind: HeadKind
+    model: Any
+    n_classes: int
+    fit_seconds: float = 0.0
+    history: dict[str, list[float]] | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["model"] = self.kind.pack(self.model)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["model"] = state["kind"].unpack(state["model"])
+        self.__dict__.update(state)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
+        """(N, n_classes) class probabilities, or None when the model gives none (SVM)."""
+        return self.kind.predict_proba(self.model, x, self.n_classes)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N,) predicted class indices."""
+        return self.kind.predict(self.model, x, self.n_classes)
+
+    def predict_split(self, split: LabelledSplit | LazySplit, chunk_rows: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(predicted (N,) class indices, probabilities (N, C) or None) of every row of
+        ``split``, a chunk at a time where the split reads lazily."""
+        predicted, probabilities = [], []
+        for x, _ in split.chunks(chunk_rows):
+            predicted.append(self.predict(x))
+            probabilities.append(self.predict_proba(x))
+        if not predicted:
+            return np.empty(0, np.int64), None
+        proba = None if probabilities[0] is None else np.concatenate(probabilities)
+        return np.concatenate(predicted), proba

@@ -1,0 +1,223 @@
+"""The heads stage: many cheap models on cached features, selected on validation, tested once.
+
+1. Find the dataset view and the cached features of this backbone fingerprint (no image is
+   decoded and no convnet runs here; a missing view or entry is an error that says to extract).
+2. Run every trial of every head (sweeps included) on dask, scoring on the validation split.
+3. Rank the trials into a leaderboard by the validation metric.
+4. For each head, take the model of its best trial (kept from the sweep, not refitted),
+   evaluate it on validation, and save the model, its scores, confusion matrix and (dense)
+   training history.
+5. Evaluate the overall best, the head whose best trial ranks first, once on the test split.
+
+The test split is loaded only at step 5, after every choice has been made, and only one model
+ever sees it: per-head test scores would invite choosing a head by its test score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cache.files import write_atomic
+
+from .. import metric_keys as keys
+from ..context import RunContext
+from ..data.view import DatasetView
+from ..errors import NoTestImagesWarning, PipelineError
+from ..evaluate import SplitScores, evaluate, json_safe, plot_confusion_matrix, write_evaluation
+from .kind import FittedHead
+from .leaderboard import (
+    TrialResult,
+    format_leaderboard,
+    format_score,
+    rank_trials,
+    write_leaderboard,
+)
+from .registry import check_heads
+from .saving import save_head
+from .splits import LabelledSplit, LazySplit, TrainingData, lazy_split, load_split
+from .sweep import run_trials
+from .trials import TrialSpec, expand_trials
+
+
+@dataclass
+class HeadOutcome:
+    """A head's best trial: its model's scores (validation; test for the overall best only),
+    and where it is saved."""
+
+    name: str
+    trial: TrialResult
+    scores: dict[str, SplitScores]
+    folder: Path
+    model: FittedHead = field(repr=False)
+    spec: TrialSpec = field(repr=False)
+
+
+def best_outcome(outcomes: list[HeadOutcome]) -> HeadOutcome:
+    """The head whose best trial ranks first on the validation metric."""
+    return min(outcomes, key=lambda o: o.trial.rank)
+
+
+@dataclass
+class HeadsResult:
+    """What the heads stage did, for the summary and metrics.json."""
+
+    fingerprint: str
+    split_sizes: dict[str, int]
+    ranked: list[TrialResult]
+    outcomes: list[HeadOutcome]
+    scheduler: str
+    sweep_seconds: float
+    seconds: float
+    metric: str
+    failed_heads: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> HeadOutcome:
+        """The head whose best trial ranks first on validation."""
+        return best_outcome(self.outcomes)
+
+    def summary(self) -> str:
+        """Printable report: what was read, the leaderboard's top, the best head's scores."""
+        sizes = self.split_sizes
+        best = self.best
+        lines = [
+            f"heads: {len(self.ranked)} trials of {len(self.outcomes) + len(self.failed_heads)} "
+            f"heads in {self.sweep_seconds:.1f} s ({self.scheduler}), on "
+            f"{sizes['train']} train / {sizes['validation']} validation images"
+            + (f" + {sizes['augmented']} augmented views of the train images"
+               if sizes.get("augmented") else ""),
+            f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
+            format_leaderboard(self.ranked),
+            f"best: {best.name} (trial {best.trial.trial}), selected by {self.metric}: "
+            f"validation accuracy {format_score(best.scores['validation'].accuracy)}, "
+            f"test accuracy {format_score(best.scores['test'].accuracy)} "
+            f"({sizes['test']} test images; the only model evaluated on test)",
+        ]
+        for outcome in self.outcomes:
+            lines.append(f"  {outcome.name:<20} val "
+                         f"{format_score(outcome.scores['validation'].accuracy)}"
+                         f"  {outcome.folder}")
+        for name in self.failed_heads:
+            lines.append(f"  {name:<20} every trial failed; see leaderboard.csv")
+        return "\n".join(lines)
+
+    def metrics(self) -> dict[str, float | int | str]:
+        """Flat ``heads.*`` keys for metrics.json (NaN left out: JSON has no NaN)."""
+        best = self.best
+        values: dict[str, float | int | str] = {
+            keys.HEADS_TRIALS: len(self.ranked),
+            keys.HEADS_TRAIN_IMAGES: self.split_sizes["train"],
+            keys.HEADS_TRAIN_AUGMENTED_VIEWS: self.split_sizes.get("augmented", 0),
+            keys.HEADS_FAILED_TRIALS: sum(r.status != "ok" for r in self.ranked),
+            keys.HEADS_SWEEP_SECONDS: round(self.sweep_seconds, 3),
+            keys.HEADS_SECONDS: round(self.seconds, 3),
+            keys.HEADS_BEST_NAME: best.name,
+            keys.HEADS_BEST_TRIAL: best.trial.trial,
+            keys.HEADS_BEST_VAL_ACCURACY: best.scores["validation"].accuracy,
+            keys.HEADS_BEST_TEST_ACCURACY: best.scores["test"].accuracy,
+        }
+        for outcome in self.outcomes:
+            values[keys.head_val_accuracy(outcome.name)] = outcome.scores["validation"].accuracy
+        return {k: v for k, v in values.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResult:
+    """Train, sweep, select and test the heads of the configuration on cached features.
+
+    Writes ``leaderboard.csv``/``.json`` into ``output`` and one folder per head under
+    ``output/heads/``. Raises PipelineError when the view or its features are not cached.
+    """
+    started = time.perf_counter()
+    config = ctx.config
+    heads = config.stages.heads
+    check_heads(heads, config.source_name)
+    store = ctx.store
+    view = ctx.require_view(augmented=heads.augmented_views)
+    view.check_trainable("heads are trained on train and selected on validation")
+    trials = expand_trials(heads)
+    data = _training_data(ctx, view, trials)
+
+    sweep_started = time.perf_counter()
+    sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress)
+    sweep_seconds = time.perf_counter() - sweep_started
+    ranked = rank_trials(sweep.results, heads.metric)
+    write_leaderboard(ranked, output)
+
+    outcomes, failed = [], []
+    for name in heads.models:
+        best = next((r for r in ranked if r.head == name and r.status == "ok"), None)
+        if best is None:
+            failed.append(name)
+            continue
+        trial = next(t for t in trials if t.head == name and t.trial == best.trial)
+        model = sweep.best_models[name]
+        _, validation = data.splits(lazy=trial.kind.chunk_rows(trial) is not None)
+        outcomes.append(HeadOutcome(name, best, {"validation": _score(model, trial, validation,
+                                                                      view)},
+                                    output / "heads" / name, model, trial))
+    if not outcomes:
+        raise PipelineError(f"every trial of every head failed (first error: "
+                            f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
+    winner = best_outcome(outcomes)
+    # Every choice is made; only now does the test split come off the disk, for one model.
+    if not view.select("test"):
+        warnings.warn("the test split has no images: heads are selected on validation but not "
+                      "tested", NoTestImagesWarning, stacklevel=2)
+    lazy_test = winner.spec.kind.chunk_rows(winner.spec) is not None
+    test = (lazy_split if lazy_test else load_split)(store, view, "test")
+    winner.scores["test"] = _score(winner.model, winner.spec, test, view)
+    for outcome in outcomes:
+        _save_outcome(outcome, view, ctx, heads.metric)
+    sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
+    sizes["augmented"] = len(view.augmented_views()) if heads.augmented_views else 0
+    scheduler = config.cluster.scheduler
+    return HeadsResult(ctx.fingerprint.id, sizes, ranked, outcomes,
+                       "one after another" if scheduler == "synchronous" else
+                       f"dask {scheduler}", sweep_seconds, time.perf_counter() - started,
+                       heads.metric, failed)
+
+
+def _training_data(ctx: RunContext, view: DatasetView, trials: list[TrialSpec]) -> TrainingData:
+    """The training and validation splits, in memory for the trials that read them whole
+    and named for those that read the cache a chunk at a time (each only when needed)."""
+    store, augmented = ctx.store, ctx.config.stages.heads.augmented_views
+    reads_lazily = [t.kind.chunk_rows(t) is not None for t in trials]
+    in_memory, lazy = not all(reads_lazily), any(reads_lazily)
+    return TrainingData(
+        n_classes=len(view.classes),
+        train=load_split(store, view, "train", augmented) if in_memory else None,
+        validation=load_split(store, view, "validation") if in_memory else None,
+        lazy_train=lazy_split(store, view, "train", augmented) if lazy else None,
+        lazy_validation=lazy_split(store, view, "validation") if lazy else None)
+
+
+def _score(model: FittedHead, spec: TrialSpec, split: LabelledSplit | LazySplit,
+           view: DatasetView) -> SplitScores:
+    """evaluate() of ``model`` on ``split`` (read a chunk at a time where the trial does)."""
+    predicted, proba = model.predict_split(split, spec.kind.chunk_rows(spec))
+    return evaluate(split.y, predicted, proba, view.classes)
+
+
+def _save_outcome(outcome: HeadOutcome, view: DatasetView, ctx: RunContext,
+                  metric: str) -> None:
+    """The head's model, metadata, scores, confusion matrices and training history."""
+    folder, best = outcome.folder, outcome.trial
+    save_head(outcome.model, folder, {
+        "name": outcome.name, "trial": best.trial, "classes": view.classes,
+        "dataset_view": ctx.view_id,
+        "fingerprint": ctx.fingerprint.id, "feature_shape": list(ctx.store.feature_shape),
+        "params": outcome.spec.describe(),
+        "selected_by": json_safe({"metric": metric, "rank": best.rank,
+                                  "value": getattr(best, metric)})})
+    write_evaluation(outcome.scores, folder / "evaluation.json")
+    for split, split_scores in outcome.scores.items():
+        if split_scores.images:
+            plot_confusion_matrix(split_scores, folder / f"confusion_{split}.png",
+                                  f"{outcome.name} on {split}")
+    if outcome.model.history is not None:
+        write_atomic(folder / "history.json", json.dumps(outcome.model.history, indent=2) + "\n")

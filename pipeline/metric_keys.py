@@ -1,0 +1,88 @@
+"""The keys of a run's ``metrics.json``: one constant (or key function) each, used by the stages
+that write them and by everything that reads them (``pipeline runs``, the report, the CLI).
+
+The README's table of keys is checked against :data:`DOCUMENTED` by a test; keys that hold a
+name or a number use the placeholders ``<stage>``, ``<name>`` (a head) and ``<phase>``.
+"""
+
+from __future__ import annotations
+
+EXTRACT_FINGERPRINT = "extract.fingerprint"
+EXTRACT_IMAGES = "extract.images"
+EXTRACT_IMAGES_NEW = "extract.images_new"
+EXTRACT_IMAGES_CACHED = "extract.images_cached"
+EXTRACT_IMAGES_SKIPPED = "extract.images_skipped"
+EXTRACT_DUPLICATE_GROUPS = "extract.duplicate_groups"
+EXTRACT_LEAKAGE_GROUPS = "extract.leakage_groups"
+EXTRACT_SECONDS = "extract.seconds"
+EXTRACT_INFERENCE_SECONDS = "extract.inference_seconds"
+EXTRACT_IMAGES_PER_SECOND = "extract.images_per_second"
+EXTRACT_AUGMENTED_VIEWS_NEW = "extract.augmented_views_new"
+EXTRACT_AUGMENTED_VIEWS_CACHED = "extract.augmented_views_cached"
+EXTRACT_AUGMENTED_VIEWS_SECONDS = "extract.augmented_views_seconds"
+
+HEADS_TRIALS = "heads.trials"
+HEADS_TRAIN_IMAGES = "heads.train_images"
+HEADS_TRAIN_AUGMENTED_VIEWS = "heads.train_augmented_views"
+HEADS_FAILED_TRIALS = "heads.failed_trials"
+HEADS_SWEEP_SECONDS = "heads.sweep_seconds"
+HEADS_SECONDS = "heads.seconds"
+HEADS_BEST_NAME = "heads.best.name"
+HEADS_BEST_TRIAL = "heads.best.trial"
+HEADS_BEST_VAL_ACCURACY = "heads.best.val_accuracy"
+HEADS_BEST_TEST_ACCURACY = "heads.best.test_accuracy"
+
+
+def head_val_accuracy(name: str) -> str:
+    """``heads.<name>.val_accuracy``: the validation accuracy of head ``name``'s best trial."""
+    return f"heads.{name}.val_accuracy"
+
+
+FINETUNE_VAL_ACCURACY = "finetune.val_accuracy"
+FINETUNE_TEST_ACCURACY = "finetune.test_accuracy"
+FINETUNE_SECONDS = "finetune.seconds"
+FINETUNE_WARM_START = "finetune.warm_start"
+
+SCRATCH_VAL_ACCURACY = "scratch.val_accuracy"
+SCRATCH_TEST_ACCURACY = "scratch.test_accuracy"
+SCRATCH_PARAMETERS = "scratch.parameters"
+SCRATCH_SECONDS = "scratch.seconds"
+
+#: What a training phase of an end-to-end stage records, each as ``<stage>.<phase>.<measure>``.
+PHASE_MEASURES = ("epochs", "seconds", "seconds_per_image", "best_val_accuracy")
+
+
+def phase_key(stage: str, phase: str, measure: str) -> str:
+    """``<stage>.<phase>.<measure>``, e.g. ``finetune.phase1.epochs``."""
+    return f"{stage}.{phase}.{measure}"
+
+
+def base_trainable_params(phase: str) -> str:
+    """``finetune.<phase>.base_trainable_params``: the base's trainable parameters in a phase."""
+    return phase_key("finetune", phase, "base_trainable_params")
+
+
+def up_to_date_in(stage: str) -> str:
+    """``<stage>.up_to_date_in``: the run folder holding the outputs of a stage that was
+    skipped as up to date."""
+    return f"{stage}.up_to_date_in"
+
+
+RUN_FINISHED = "run.finished"
+
+#: Every key, as the README documents it.
+DOCUMENTED = (
+    EXTRACT_FINGERPRINT, EXTRACT_IMAGES, EXTRACT_IMAGES_NEW, EXTRACT_IMAGES_CACHED,
+    EXTRACT_IMAGES_SKIPPED, EXTRACT_DUPLICATE_GROUPS, EXTRACT_LEAKAGE_GROUPS, EXTRACT_SECONDS,
+    EXTRACT_INFERENCE_SECONDS, EXTRACT_IMAGES_PER_SECOND, EXTRACT_AUGMENTED_VIEWS_NEW,
+    EXTRACT_AUGMENTED_VIEWS_CACHED, EXTRACT_AUGMENTED_VIEWS_SECONDS,
+    HEADS_TRIALS, HEADS_TRAIN_IMAGES, HEADS_TRAIN_AUGMENTED_VIEWS, HEADS_FAILED_TRIALS,
+    HEADS_SWEEP_SECONDS, HEADS_SECONDS, HEADS_BEST_NAME, HEADS_BEST_TRIAL,
+    HEADS_BEST_VAL_ACCURACY, HEADS_BEST_TEST_ACCURACY, head_val_accuracy("<name>"),
+    FINETUNE_VAL_ACCURACY, FINETUNE_TEST_ACCURACY, FINETUNE_SECONDS, FINETUNE_WARM_START,
+    *(phase_key("finetune", "<phase>", m) for m in PHASE_MEASURES),
+    base_trainable_params("<phase>"),
+    SCRATCH_VAL_ACCURACY, SCRATCH_TEST_ACCURACY, SCRATCH_PARAMETERS, SCRATCH_SECONDS,
+    *(phase_key("scratch", "train", m) for m in PHASE_MEASURES),
+    up_to_date_in("<stage>"), RUN_FINISHED,
+)

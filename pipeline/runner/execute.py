@@ -1,0 +1,66 @@
+"""Run planned stages in one run folder, skip those that are up to date, record the rest.
+
+The run folder's ``summary.txt`` is written here and only here, after each stage, so it holds
+what the run printed so far; a run that stops early ends it with ``interrupted`` or
+``failed: <error>``, and ``pipeline runs`` reads that.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .. import metric_keys
+from ..context import RunContext
+from ..runs import FAILED_PREFIX, INTERRUPTED, RunFolder
+from ..stage import Stage
+from .plan import record_stage, stage_state
+
+
+def run_stages(ctx: RunContext, stages: list[Stage], progress: bool = True,
+               use_lock: bool = False, force: frozenset[str] = frozenset()
+               ) -> tuple[RunFolder, str]:
+    """Run ``stages`` (planned: in pipeline order, needs first); returns the run folder and a
+    report.
+
+    Every stage's ``check`` runs first, before an hour of extraction. With ``use_lock``
+    (``pipeline run``), each stage is first compared with ``pipeline.lock``: one whose inputs,
+    parameters and outputs are unchanged is skipped and reported as up to date, unless it is
+    in ``force``; each stage that runs is recorded in the lock when it succeeds. Without it
+    every stage runs and the lock is neither read nor written.
+    """
+    for stage in stages:
+        stage.check(ctx)
+    run = RunFolder.create(ctx.config, [stage.name for stage in stages])
+    reports: list[str] = []
+    try:
+        for stage in stages:
+            if use_lock and stage.name not in force:
+                state = stage_state(ctx, stage)
+                if state.up_to_date:
+                    reports.append(f"{stage.name}: up to date, skipped (inputs and parameters "
+                                   f"unchanged; outputs in {state.run}; --force reruns it)")
+                    run.record({metric_keys.up_to_date_in(stage.name): state.run})
+                    _report(run, stage.when_up_to_date(ctx), reports)
+                    continue
+            _report(run, stage.run(ctx, run.path, progress), reports)
+            if use_lock:
+                record_stage(ctx, stage, run.path)
+    except BaseException as exc:
+        # The run folder says what happened, so a failed run is not mistaken for a finished one.
+        reason = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else \
+            f"{FAILED_PREFIX}{type(exc).__name__}: {' '.join(str(exc).split())}"
+        run.write_summary([*reports, reason])
+        raise
+    # the mark of a run that finished: `pipeline runs` calls a folder without it unfinished
+    run.record({metric_keys.RUN_FINISHED: datetime.now(timezone.utc).isoformat(
+        timespec="seconds")})
+    return run, "\n".join(reports)
+
+
+def _report(run: RunFolder, result, reports: list[str]) -> None:
+    """Record ``result``'s metrics and add its summary to the run's summary.txt."""
+    run.record(result.metrics())
+    summary = result.summary()
+    if summary:
+        reports.append(summary)
+    run.write_summary(reports)

@@ -1,0 +1,37 @@
+"""The stages of the pipeline, in pipeline order: one line each.
+
+Adding a stage is a module that declares a :class:`~pipeline.stage.Stage` and one line here;
+the runner, ``pipeline run``, ``pipeline status`` and the CLI's list of stages read this tuple.
+"""
+
+from __future__ import annotations
+
+from ..endtoend.stages import FINETUNE, SCRATCH
+from ..extract.stage import STAGE as EXTRACT
+from ..heads.stage import STAGE as HEADS
+from ..stage import Stage
+
+STAGES: tuple[Stage, ...] = (
+    EXTRACT,
+    HEADS,
+    FINETUNE,
+    SCRATCH,
+)
+
+
+def all_stages() -> tuple[Stage, ...]:
+    """Every declared stage, in pipeline order (read when called: tests may add one)."""
+    return STAGES
+
+
+def stage_names() -> tuple[str, ...]:
+    """The names ``pipeline run`` accepts (besides ``all``), in pipeline order."""
+    return tuple(stage.name for stage in all_stages())
+
+
+def stage_named(name: str) -> Stage:
+    """The stage called ``name`` (KeyError when there is none)."""
+    for stage in all_stages():
+        if stage.name == name:
+            return stage
+    raise KeyError(name)

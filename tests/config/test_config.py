@@ -1,0 +1,120 @@
+"""stages.yaml parsing: typed values, errors that name the file and key, --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config, parse_config
+from pipeline.errors import ConfigError
+from tests.support.projects import tiny_document, write_config
+
+
+def test_defaults_and_paths_resolve_relative_to_the_yaml_file(tiny_project: Path,
+                                                              monkeypatch, tmp_path_factory):
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    config = load_config(tiny_project / "stages.yaml")
+    assert config.data.root == tiny_project / "data"
+    assert config.cache.dir == tiny_project / "cache"
+    assert config.runs.dir == tiny_project / "runs"
+    assert config.data.image_size == (32, 32)
+    assert config.data.split.train == 0.7 and config.data.split.seed == 0
+    assert config.stages.extract.batch_size == 4
+
+
+def test_default_cache_and_runs_folders_sit_beside_the_yaml(tiny_project: Path, monkeypatch,
+                                                            tmp_path_factory):
+    document = tiny_document()
+    del document["cache"], document["runs"]
+    write_config(tiny_project, document)
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    config = load_config(tiny_project / "stages.yaml")
+    assert config.cache.dir == tiny_project / ".pipeline" / "cache"
+    assert config.runs.dir == tiny_project / "runs"
+
+
+@pytest.mark.parametrize("change, key, words", [
+    ({"data": {"root": "data", "colour": 1}}, "data.colour", "unknown key"),
+    ({"stages": {"extract": {"batch_size": "32"}}}, "stages.extract.batch_size", "integer"),
+    ({"stages": {"extract": {"batch_size": 0}}}, "stages.extract.batch_size", "greater"),
+    ({"data": {"root": "nowhere"}}, "data.root", "folder does not exist"),
+    ({"data": {"root": "data", "split": {"train": 0.9, "validation": 0.2, "test": 0.1}}},
+     "data.split", "must be 1"),
+    ({"data": {"root": "data", "image_size": [16, 16]}}, "data.image_size", "at least 32"),
+    ({"data": {"root": "data", "image_size": 150}}, "data.image_size", "tuple"),
+    ({"backbone": {"weights": "no/such/file.h5"}}, "backbone.weights", "no such weights file"),
+    ({"backbone": {"weights": None, "output_layer": "fc1"}}, "backbone.output_layer", "block5"),
+    ({"stages": {"report": {}}}, "stages.report",
+     "unknown key (known here: extract, heads, finetune, scratch)"),
+    ({"cache": {"lock_timeout": "soon"}}, "cache.lock_timeout", "number"),
+])
+def test_bad_values_fail_naming_file_and_key(tiny_project: Path, change, key, words):
+    document = tiny_document()
+    for section, value in change.items():
+        document[section] = value
+    path = write_config(tiny_project, document)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith("stages.yaml: ")
+    assert f" {key}: " in message
+    assert words in message
+
+
+def test_missing_data_section_is_named(tmp_path: Path):
+    path = write_config(tmp_path, {"backbone": {"weights": None}})
+    with pytest.raises(ConfigError, match=r"stages.yaml: data: required key is missing"):
+        load_config(path)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path):
+    path = tmp_path / "stages.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_set_overrides_any_key_with_yaml_values(tiny_project: Path):
+    config = load_config(tiny_project / "stages.yaml", [
+        "data.image_size=[64,48]", "backbone.weights=null", "stages.extract.batch_size=7",
+        "data.split.seed=3", "cache.dir=elsewhere"])
+    assert config.data.image_size == (64, 48)
+    assert config.backbone.weights is None
+    assert config.stages.extract.batch_size == 7
+    assert config.data.split.seed == 3
+    assert config.cache.dir == tiny_project / "elsewhere"
+
+
+def test_set_errors_are_validated_like_the_file(tiny_project: Path):
+    with pytest.raises(ConfigError, match=r"data.rooot: unknown key"):
+        load_config(tiny_project / "stages.yaml", ["data.rooot=x"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(tiny_project / "stages.yaml", ["data.root"])
+    with pytest.raises(ConfigError, match="data.root is not a section"):
+        load_config(tiny_project / "stages.yaml", ["data.root.x=1"])
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tiny_project / "stages.yaml", ["data.image_size=[1,"])
+
+
+def test_weights_keywords_and_existing_file(tiny_project: Path):
+    weights = tiny_project / "my.weights.h5"
+    weights.write_bytes(b"x")
+    for value, expected in [("imagenet", "imagenet"), ("hed-bsds500", "hed-bsds500"),
+                            ("my.weights.h5", str(weights)), (None, None)]:
+        document = tiny_document()
+        document["backbone"]["weights"] = value
+        config = parse_config(document, source=tiny_project / "stages.yaml")
+        assert config.backbone.weights == expected
+
+
+def test_config_is_immutable(tiny_project: Path):
+    config = load_config(tiny_project / "stages.yaml")
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="frozen"):
+        config.data.image_size = (64, 64)

@@ -1,0 +1,317 @@
+"""Head models on their own: every kind trains and predicts, saves and reloads, checks params."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+
+from pipeline.config import HeadConfig, HeadsConfig, parse_config
+from pipeline.config.heads import HEAD_KINDS
+from pipeline.errors import ConfigError, HeadLoadError
+from pipeline.heads.features import FeatureView
+from pipeline.heads.kind import FittedHead
+from pipeline.heads.registry import KINDS, check_heads, fit_head, head_kind
+from pipeline.heads.saving import load_head, save_head
+from pipeline.heads.splits import LabelledSplit
+from pipeline.heads.trials import TrialSpec
+
+# Few epochs at a high learning rate: the dense head must learn these blobs in a second.
+FAST_DENSE = {"epochs": 8, "learning_rate": 0.01, "batch_size": 8, "units": 16}
+# 30 training rows: scikit-learn's defaults for large data would not split a tree at all.
+SMALL_DATA = {"dense": FAST_DENSE, "gradient_boosting": {"min_samples_leaf": 2},
+              "knn": {"n_neighbors": 3}}
+
+
+def _blobs(n_per_class: int, classes: int = 3, seed: int = 0, shape=(2, 2, 8)):
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(99).normal(0, 1, (classes, *shape))
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = (means[y] + rng.normal(0, 0.5, (len(y), *shape))).astype(np.float32)
+    return x, y
+
+
+def _splits(classes: int = 3):
+    x, y = _blobs(10, classes, seed=1)
+    xv, yv = _blobs(5, classes, seed=2)
+    return LabelledSplit("train", x, y, ()), LabelledSplit("validation", xv, yv, ())
+
+
+def _spec(kind: str, **head) -> TrialSpec:
+    params = SMALL_DATA.get(kind, {})
+    return TrialSpec("h", 0, HeadConfig(kind=kind, params={**params, **head.pop("params", {})},
+                                         **head), seed=3)
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_every_kind_trains_and_predicts(kind: str):
+    train, validation = _splits()
+    head = fit_head(_spec(kind, scale=kind != "dense"), train, validation, n_classes=3)
+    predicted = head.predict(validation.x)
+    assert predicted.shape == (15,) and set(predicted) <= {0, 1, 2}
+    assert np.mean(predicted == validation.y) >= 0.6  # separable blobs; chance is 1/3
+    proba = head.predict_proba(validation.x)
+    if kind == "linear_svm":
+        assert proba is None
+    else:
+        assert proba.shape == (15, 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_dense_head_is_the_source_architecture_with_sigmoid_for_two_classes():
+    train, validation = _splits(classes=2)
+    head = fit_head(_spec("dense", params={"units": 256}), train, validation, n_classes=2)
+    layers = [(type(layer).__name__, getattr(layer, "units", None)) for layer in
+              head.model.layers]
+    assert layers == [("Flatten", None), ("Dense", 256), ("Dropout", None), ("Dense", 1)]
+    assert head.model.layers[-1].activation.__name__ == "sigmoid"
+    assert head.model.layers[2].rate == 0.5
+    assert head.predict_proba(validation.x).shape == (10, 2)
+    assert set(head.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_dense_early_stopping_stops_before_the_last_epoch_and_restores_the_best(classes: int):
+    # Training runs on logits; the accuracy early stopping saw must be the returned model's.
+    train, validation = _splits(classes)
+    head = fit_head(_spec("dense", params={"epochs": 200, "patience": 2}), train, validation,
+                    classes)
+    accuracies = head.history["val_accuracy"]
+    assert len(accuracies) < 200
+    # restore_best: the model returned scores the best epoch's validation accuracy
+    assert np.mean(head.predict(validation.x) == validation.y) == pytest.approx(max(accuracies))
+
+
+def test_dense_without_patience_runs_every_epoch():
+    train, validation = _splits()
+    head = fit_head(_spec("dense", params={"epochs": 4, "patience": None}), train, validation, 3)
+    assert len(head.history["loss"]) == 4
+
+
+def test_dense_training_is_reproducible_for_a_seed_and_moves_with_it():
+    train, validation = _splits()
+
+    def probabilities(seed: int) -> np.ndarray:
+        spec = TrialSpec("h", 0, HeadConfig(kind="dense", params=FAST_DENSE), seed=seed)
+        return fit_head(spec, train, validation, 3).predict_proba(validation.x)
+
+    np.testing.assert_array_equal(probabilities(3), probabilities(3))
+    assert not np.allclose(probabilities(3), probabilities(4))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nadam", "sgd"])
+def test_dense_trains_with_every_optimizer_and_a_short_last_batch(optimizer: str):
+    # 30 rows in batches of 8: the fourth batch has 6 rows and must still train
+    train, validation = _splits()
+    params = {"optimizer": optimizer, "patience": None,
+              "learning_rate": 0.05 if optimizer == "sgd" else 0.01}
+    head = fit_head(_spec("dense", params=params), train, validation, 3)
+    assert len(head.history["loss"]) == FAST_DENSE["epochs"]
+    assert head.history["loss"][-1] < head.history["loss"][0]
+    assert type(head.model.optimizer).__name__.lower() == optimizer
+
+
+def test_dense_without_validation_rows_trains_every_epoch_and_records_no_validation():
+    train, validation = _splits()
+    empty = LabelledSplit("validation", validation.x[:0], validation.y[:0], ())
+    head = fit_head(_spec("dense", params={"patience": 1}), train, empty, 3)
+    assert set(head.history) == {"loss", "accuracy"}
+    assert len(head.history["loss"]) == FAST_DENSE["epochs"]
+
+
+@pytest.mark.parametrize("view, width", [("flatten", 32), ("gap", 8), ("gmp", 8)])
+def test_feature_views(view: str, width: int):
+    x, _ = _blobs(2)
+    rows = FeatureView(view).fit_transform(x)
+    assert rows.shape == (6, width)
+    if view == "gap":
+        np.testing.assert_allclose(rows, x.mean(axis=(1, 2)), rtol=1e-6)
+    if view == "gmp":
+        np.testing.assert_array_equal(rows, x.max(axis=(1, 2)))
+
+
+def test_scaling_and_pca_are_pipeline_steps():
+    train, validation = _splits()
+    head = fit_head(_spec("logistic_regression", features="gap", scale=True, pca=4),
+                    train, validation, 3)
+    assert isinstance(head.model, Pipeline)
+    assert [name for name, _ in head.model.steps] == ["features", "scale", "pca", "model"]
+    assert head.model.named_steps["pca"].n_components_ == 4
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_saved_head_reloads_and_predicts_the_same(kind: str, tmp_path):
+    train, validation = _splits()
+    head = fit_head(_spec(kind, scale=kind != "dense"), train, validation, n_classes=3)
+    save_head(head, tmp_path / "h", {"classes": ["a", "b", "c"]})
+    again, metadata = load_head(tmp_path / "h")
+    assert metadata["classes"] == ["a", "b", "c"] and again.kind.name == kind
+    np.testing.assert_array_equal(again.predict(validation.x), head.predict(validation.x))
+    if kind != "linear_svm":
+        np.testing.assert_allclose(again.predict_proba(validation.x),
+                                   head.predict_proba(validation.x), rtol=1e-6)
+
+
+class NotAllowed(FeatureView):
+    """A type no head of the pipeline contains."""
+
+
+def test_a_saved_head_with_unknown_types_is_refused(tmp_path):
+    train, _ = _splits()
+    model = Pipeline([("features", NotAllowed("gap")),
+                      ("model", fit_head(_spec("knn"), train, train, 3).model[-1])])
+    save_head(FittedHead(head_kind("knn"), model, 3), tmp_path / "h", {})
+    with pytest.raises(HeadLoadError, match="refusing to load types.*NotAllowed"):
+        load_head(tmp_path / "h")
+
+
+def test_a_damaged_head_file_is_a_clear_error(tmp_path):
+    train, _ = _splits()
+    save_head(fit_head(_spec("knn"), train, train, 3), tmp_path / "h", {})
+    (tmp_path / "h" / "model.skops").write_bytes(b"not a zip")
+    with pytest.raises(HeadLoadError, match="cannot read"):
+        load_head(tmp_path / "h")
+
+
+def _heads(models: dict) -> HeadsConfig:
+    return parse_config({"data": {"root": "."}, "stages": {"heads": {"models": models}}}
+                        ).stages.heads
+
+
+@pytest.mark.parametrize("models, message", [
+    ({"a": {"kind": "logistic_regression", "params": {"C_": 1}}},
+     "stages.heads.models.a.params.C_: LogisticRegression has no parameter 'C_'"),
+    ({"a": {"kind": "logistic_regression", "params": {"C": -1.0}}},
+     "stages.heads.models.a.params: The 'C' parameter"),
+    ({"a": {"kind": "knn", "sweep": {"params": {"n_neighbors": [3, 0]}}}},
+     "stages.heads.models.a.sweep.params: The 'n_neighbors' parameter"),
+    ({"a": {"kind": "sgd", "sweep": {"method": "random", "params": {"alphas": {
+        "loguniform": [1e-4, 1e-1]}}}}}, "SGDClassifier has no parameter 'alphas'"),
+    ({"a": {"kind": "dense", "sweep": {"params": {"dropout": [0.5, 1.5]}}}},
+     "stages.heads.models.a.sweep.params.dropout: 1.5"),
+    ({"a": {"kind": "dense", "sweep": {"params": {"unit": [4]}}}},
+     "the dense head has no parameter 'unit'"),
+    ({"a": {"kind": "svm_rbf"}}, None),
+    ({"a": {"kind": "knn", "sweep": {"params": {"pca": [0.5, 1.5]}}}},
+     "sweep.params.pca: 1.5 is not a valid pca value"),
+])
+def test_bad_head_parameters_are_named_before_any_work(models: dict, message):
+    if message is None:  # structural errors are caught when the file is read
+        with pytest.raises(ConfigError, match="stages.heads.models.a.kind"):
+            _heads(models)
+        return
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_heads(_heads(models))
+
+
+@pytest.mark.parametrize("head, message", [
+    ({"kind": "dense", "params": {"unitz": 3}}, "params.unitz: unknown parameter"),
+    ({"kind": "dense", "scale": True}, "scale and pca apply to scikit-learn heads"),
+    ({"kind": "knn", "incremental": {}}, "incremental training needs kind: sgd"),
+    ({"kind": "sgd", "sweep": {"params": {"alpha": {"loguniform": [1e-4, 1]}}}},
+     "a grid needs lists of values; alpha is a distribution"),
+    ({"kind": "sgd", "sweep": {"method": "random", "params": {"alpha": {"loguniform": [0, 1]}}}},
+     "loguniform needs low > 0"),
+    ({"kind": "sgd", "sweep": {"params": {}}}, "list at least one parameter"),
+    ({"kind": "sgd", "pca": 1.5}, "variance fraction"),
+    ({"kind": "sgd", "incremental": {}, "sweep": {"params": {"pca": [2, 4]}}},
+     "pca cannot be fitted incrementally"),
+    ({"kind": "sgd", "params": {"alpha": float("nan")}}, "params.alpha: nan is not a finite"),
+    ({"kind": "sgd", "sweep": {"params": {"alpha": [0.1, float("inf")]}}}, "inf is not a finite"),
+    ({"kind": "sgd", "sweep": {"method": "random", "params": {"pca": {"uniform": [0.1, 0.9]}}}},
+     "pca: give a list of values"),
+])
+def test_head_structure_errors_name_the_key(head: dict, message: str):
+    with pytest.raises(ConfigError, match=f"stages.heads.models.a.*{message}"):
+        _heads({"a": head})
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fused_rmsprop_matches_keras_rmsprop(momentum: float):
+    from pipeline.heads._fused_rmsprop import FusedRMSprop
+    from pipeline.nn.runtime import keras
+
+    x, y = _blobs(20, shape=(2, 2, 16))
+
+    def trained(optimizer):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((2, 2, 16)), keras.layers.Flatten(),
+                                  keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer, "sparse_categorical_crossentropy", steps_per_execution=7)
+        model.fit(x, y, epochs=3, batch_size=5, shuffle=False, verbose=0)
+        return model.get_weights()
+
+    keras_weights = trained(keras.optimizers.RMSprop(1e-2, momentum=momentum))
+    fused_weights = trained(FusedRMSprop(1e-2, momentum=momentum))
+    start = trained(keras.optimizers.SGD(0.0))
+    for ours, theirs, before in zip(fused_weights, keras_weights, start):
+        assert not np.allclose(theirs, before)  # training moved the weights
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trained_dense_head_names_only_keras_classes():
+    train, validation = _splits()
+    head = fit_head(_spec("dense"), train, validation, n_classes=3)
+    assert type(head.model.optimizer).__name__ == "RMSprop"
+    assert type(head.model.optimizer).__module__.startswith("keras.")
+
+
+def test_a_fitted_dense_head_pickles_and_predicts_the_same():
+    import pickle
+
+    train, validation = _splits()
+    head = fit_head(_spec("dense"), train, validation, n_classes=3)
+    again = pickle.loads(pickle.dumps(head))
+    assert again.history == head.history
+    np.testing.assert_allclose(again.predict_proba(validation.x),
+                               head.predict_proba(validation.x), rtol=1e-6)
+
+
+def test_the_training_model_scores_logits_as_the_probability_model_would():
+    from pipeline.heads._dense_training import logits_loss_and_accuracy
+    from pipeline.heads.dense import dense_model, finish_dense_model
+
+    spec = _spec("dense", params={"units": 4})
+    params = spec.config.dense_params({"units": 4})
+    model = dense_model(params, "flatten", (2, 2, 8), n_classes=2, seed=3, logits=True)
+    weights = model.get_weights()
+    weights[-2][:] = 0.0
+    weights[-1][:] = 0.3  # every logit 0.3: probability 0.574, so class 1
+    model.set_weights(weights)
+    x = np.zeros((6, 2, 2, 8), np.float32)
+    y = np.array([1, 1, 1, 1, 0, 0], np.int32)
+    loss, correct = logits_loss_and_accuracy(2)
+    logits = model(x)
+    finish_dense_model(model, params, 2)
+    probability_scores = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert float(np.mean(correct(y, logits))) == pytest.approx(4 / 6)
+    assert probability_scores["accuracy"] == pytest.approx(4 / 6)
+    assert float(loss(y, logits)) == pytest.approx(probability_scores["loss"], rel=1e-5)
+
+
+def test_the_registry_implements_every_kind_the_configuration_accepts():
+    assert set(KINDS) == set(HEAD_KINDS)
+    assert [kind.name for kind in KINDS.values() if kind.sits_on_base] == ["dense"]
+    with pytest.raises(HeadLoadError, match="unknown head kind 'svm_rbf'"):
+        head_kind("svm_rbf")
+
+
+def test_a_head_saved_before_the_package_layout_still_loads(tmp_path, monkeypatch):
+    # skops files of earlier releases name FeatureView by its old module, pipeline.features
+    import sys
+
+    import pipeline.heads.features as features
+    train, validation = _splits()
+    head = fit_head(_spec("logistic_regression", features="gap"), train, validation, 3)
+    monkeypatch.setattr(FeatureView, "__module__", "pipeline.features")
+    monkeypatch.setitem(sys.modules, "pipeline.features", features)
+    save_head(head, tmp_path / "old", {})
+    monkeypatch.undo()
+    assert "pipeline.features" not in sys.modules
+    import skops.io
+    assert "pipeline.features.FeatureView" in skops.io.get_untrusted_types(
+        file=tmp_path / "old" / "model.skops")
+    again, _ = load_head(tmp_path / "old")
+    np.testing.assert_array_equal(again.predict(validation.x), head.predict(validation.x))
+    assert "pipeline.features" not in sys.modules  # the alias lasts only while loading
