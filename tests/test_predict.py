@@ -52,6 +52,26 @@ def test_cached_images_are_classified_from_the_cache_as_the_head_would(trained, 
         assert top[0]["probability"] == pytest.approx(proba.max())
 
 
+def test_cached_images_need_neither_the_backbone_nor_its_weights(trained, capsys, monkeypatch,
+                                                               tmp_path: Path):
+    import pipeline.backbone.model
+    import pipeline.backbone.spec
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("predicting cached images looked for weights or built a model")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "no-weights-here"))
+    monkeypatch.setattr(pipeline.backbone.spec, "resolve_weights", forbidden)
+    monkeypatch.setattr(pipeline.backbone.model, "build_feature_extractor", forbidden)
+    project, run = trained
+    code = main(["predict", str(project / "data" / "test"), "--head", str(run / "heads" / "logreg"),
+                 "--json", "-c", str(project / "stages.yaml"),
+                 "--set", "backbone.weights=imagenet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert {r["source"] for r in json.loads(out)} == {"cache"}
+
+
 def test_a_new_image_goes_through_the_backbone_and_a_bad_file_gets_an_error(trained, capsys,
                                                                              tmp_path: Path):
     from pipeline.backbone import backbone_spec
