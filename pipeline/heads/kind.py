@@ -8,6 +8,7 @@ this interface; which kinds exist is :mod:`pipeline.heads.registry`'s list.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
     from .trials import TrialSpec
 
 
-class HeadKind:
-    """One kind of head. Subclasses set the class attributes and implement the methods."""
+class HeadKind(ABC):
+    """One kind of head. Subclasses set the class attributes and implement the abstract
+    methods; the others have defaults that fit most kinds."""
 
     name: str = ""
     #: the model file of a saved head folder
@@ -34,6 +36,7 @@ class HeadKind:
     #: a Keras model on (h, w, c) features, which the finetune stage can put on the base
     sits_on_base: bool = False
 
+    @abstractmethod
     def check(self, where: str, head: HeadConfig) -> None:
         """Raise :class:`~pipeline.errors.ConfigError` (naming ``where``, the head's key) for
         a parameter or swept value this kind cannot take; before any work starts."""
@@ -43,28 +46,28 @@ class HeadKind:
         scoring); None when it reads whole splits from memory."""
         return None
 
+    @abstractmethod
     def fit(self, trial: TrialSpec, train: LabelledSplit | LazySplit,
             validation: LabelledSplit | LazySplit, n_classes: int) -> FittedHead:
         """Fit ``trial`` on ``train``; ``validation`` may serve early stopping only."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict_proba(self, model: Any, x: np.ndarray, n_classes: int) -> np.ndarray | None:
         """(N, n_classes) class probabilities of (N, h, w, c) features, or None when the
         model gives none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, model: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
         """(N,) predicted class indices of (N, h, w, c) features."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, model: Any, folder: Path) -> Path:
         """Write the model into ``folder`` as :attr:`model_file`; returns its path."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, path: Path) -> Any:
         """The model saved at ``path``, loaded without running code from the file
         (:class:`~pipeline.errors.HeadLoadError` otherwise)."""
-        raise NotImplementedError
 
     def pack(self, model: Any) -> Any:
         """The model in a form that pickles (to travel between dask processes)."""
