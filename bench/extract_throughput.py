@@ -7,12 +7,15 @@ Takes the first N images (by name, round-robin over classes) of a labelled folde
 2. pipeline: time ``pipeline run extract`` in a fresh process on a fresh cache: read, hash,
              decode, resize, infer, write shards; its extraction-loop rate is compared with (1);
    (1) and (2) alternate for ``--rounds`` rounds and are averaged;
-3. rerun:    the same command again with nothing changed (no inference expected).
+3. rerun:    the same command again, forced past the up-to-date check, with nothing new in
+             the data (every image a cache hit: no inference expected).
 
 Both (1) and (2) include the model's first-call tracing; neither includes TensorFlow's import.
-Prints a table; run it from the repository root:
+With ``--taps`` both compute those taps beside the output, in the same pass. Prints a table;
+run it from the repository root:
 
     python -m bench.extract_throughput --images 1000 --data ../shared/data/flowers-1000
+    python -m bench.extract_throughput --images 300 --taps block3_conv3.gap block4_conv3.gap
 """
 
 from __future__ import annotations
@@ -61,23 +64,23 @@ def bare_predict(config_path: Path, images: list[Path], batch_size: int) -> dict
 
     spec = backbone_spec(load_config(config_path))
     pixels = np.stack([decode_file(p, spec.decode) for p in images]).astype(np.float32)
-    model = build_feature_extractor(spec)
+    model = build_feature_extractor(spec, spec.parts)
     started = time.perf_counter()
     model.predict(pixels, batch_size=batch_size, verbose=0)
     predict_s = time.perf_counter() - started
     infer = compiled_inference(model)
     started = time.perf_counter()
     for i in range(0, len(pixels), batch_size):
-        infer(pixels[i:i + batch_size]).numpy()
+        {part: rows.numpy() for part, rows in infer(pixels[i:i + batch_size]).items()}
     direct_s = time.perf_counter() - started
     return {"images": len(pixels), "predict": predict_s, "direct": direct_s}
 
 
-def run_cli(config_path: Path) -> tuple[float, dict]:
+def run_cli(config_path: Path, *options: str) -> tuple[float, dict]:
     """(wall seconds, metrics.json) of one `pipeline run extract` in a new process."""
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "extract", "--no-progress",
-                    "-c", str(config_path)], check=True, capture_output=True)
+                    "-c", str(config_path), *options], check=True, capture_output=True)
     wall = time.perf_counter() - started
     runs = sorted((config_path.parent / "runs").iterdir())
     return wall, json.loads((runs[-1] / "metrics.json").read_text())
@@ -91,6 +94,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="bare/pipeline pairs to average")
+    parser.add_argument("--taps", nargs="*", default=[], help="backbone.taps, e.g. "
+                        "block4_conv3.gap block5_conv3.gmp")
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -108,7 +113,7 @@ def main() -> None:
         config_path = work / "stages.yaml"
         config_path.write_text(yaml.safe_dump({
             "data": {"root": "data", "image_size": [args.size, args.size]},
-            "backbone": {"weights": args.weights}, "cache": {"dir": "cache"},
+            "backbone": {"weights": args.weights, "taps": args.taps}, "cache": {"dir": "cache"},
             "stages": {"extract": {"batch_size": args.batch_size}}, "runs": {"dir": "runs"}}))
 
         # Bare and pipeline alternate, each in a fresh child process (so no process holds
@@ -129,7 +134,8 @@ def main() -> None:
             first_wall, first = run_cli(config_path)
             loop_rates.append(first["extract.images_per_second"])
             walls.append(first_wall)
-        rerun_wall, rerun = run_cli(config_path)
+        # --force: past pipeline.lock's up-to-date check, so the cache itself is asked
+        rerun_wall, rerun = run_cli(config_path, "--force")
 
         def mean(rates):
             return sum(rates) / len(rates)
@@ -140,7 +146,8 @@ def main() -> None:
         ceiling = max(mean(predict_rates), mean(direct_rates))
         rows = [
             ("images", f"{n}", f"{args.size}x{args.size}, weights {args.weights}, "
-                               f"batch {args.batch_size}, {args.rounds} round(s)"),
+                               f"batch {args.batch_size}, {args.rounds} round(s), "
+                               f"taps: {', '.join(args.taps) or 'none'}"),
             ("bare model.predict", f"{mean(predict_rates):.2f} img/s",
              f"rounds: {each(predict_rates)}"),
             ("bare traced call per batch", f"{mean(direct_rates):.2f} img/s",

@@ -15,7 +15,7 @@ from cache import CacheError, FeatureStore, list_stores, open_writer
 from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
 from cache.manifest import load_manifest
 
-from .data.view import read_view
+from .data.view import DatasetView, read_view
 from .errors import DamagedCacheError, PipelineError
 
 
@@ -41,7 +41,7 @@ def format_store_list(cache_dir: Path) -> str:
     stores = list_stores(cache_dir)
     if not stores:
         return f"{cache_dir}: empty (no fingerprints yet; run `pipeline run extract`)"
-    header = f"{'fingerprint':<24} {'weights':<22} {'input':<9} {'layer':<12} {'shape':<12} " \
+    header = f"{'fingerprint':<24} {'weights':<22} {'input':<9} {'layer':<16} {'shape':<12} " \
              f"{'entries':>8} {'shards':>6} {'bytes':>10}"
     lines = [f"cache {cache_dir}", header, "-" * len(header)]
     total_entries = total_bytes = 0
@@ -50,8 +50,9 @@ def format_store_list(cache_dir: Path) -> str:
         stats = store.stats()
         size = "x".join(str(s) for s in d.get("input", {}).get("size", []))
         shape = "x".join(str(s) for s in d.get("output_shape", []))
+        layer = d.get("output_layer") or d.get("tap") or "?"
         lines.append(f"{store.fingerprint:<24} {_weights_label(d):<22} {size:<9} "
-                     f"{d.get('output_layer', '?'):<12} {shape:<12} {stats.entries:>8,} "
+                     f"{layer:<16} {shape:<12} {stats.entries:>8,} "
                      f"{stats.shards:>6} {format_bytes(stats.bytes):>10}")
         total_entries += stats.entries
         total_bytes += stats.bytes
@@ -134,19 +135,30 @@ def raise_if_damaged(reports: list[VerifyReport]) -> None:
                                 f"`pipeline run extract` recomputes them")
 
 
+def views_referencing(store: FeatureStore) -> list[tuple[Path, DatasetView]]:
+    """Every dataset view of the cache (in any store's views folder) whose images have entries
+    in ``store``: views of its fingerprint, and views that cached a tap there."""
+    found = []
+    for home in list_stores(store.cache_dir):
+        folder = home.views_dir()
+        for view_file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                view = read_view(view_file)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                # Keeping what an unreadable view may reference is the only safe choice.
+                raise PipelineError(f"{view_file}: unreadable dataset view ({exc}); gc stops "
+                                    f"rather than guess what it references") from None
+            if store.fingerprint in view.stores().values():
+                found.append((view_file, view))
+    return found
+
+
 def referenced_keys(store: FeatureStore) -> set[str]:
-    """Every cache key a dataset view of ``store`` names: its images and augmented views."""
+    """Every cache key a dataset view names in ``store``: its images and augmented views."""
     keys: set[str] = set()
-    folder = store.views_dir()
-    for view_file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            view = read_view(view_file)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Keeping what an unreadable view may reference is the only safe choice.
-            raise PipelineError(f"{view_file}: unreadable dataset view ({exc}); gc stops "
-                                f"rather than guess what it references") from None
+    for _, view in views_referencing(store):
         keys.update(image.sha256 for image in view.images)
-        keys.update(key for key, _, _ in view.augmented_views())
+        keys.update(item.key for item in view.augmented_views())
     return keys
 
 
@@ -175,8 +187,7 @@ def _plan(store: FeatureStore) -> GarbageReport:
     the newest view: an extraction writes its view only after its last shard, so such rows
     may belong to a view that does not exist yet."""
     keep = referenced_keys(store)
-    views = list(store.views_dir().glob("*.json")) if store.views_dir().is_dir() else []
-    newest = max((v.stat().st_mtime_ns for v in views), default=0)
+    newest = max((path.stat().st_mtime_ns for path, _ in views_referencing(store)), default=0)
     recent = set()
     for shard in load_manifest(store.path).shards.values():
         path = store.path / shard.name

@@ -5,8 +5,10 @@ stage and function it calls takes what it needs from there instead of deriving i
 
 - ``spec``: the backbone (weights file located; ImageNet's downloaded only when the command
   may download, see ``allow_download``);
-- ``fingerprint``: the backbone fingerprint (hashes the weights file once);
-- ``store``: the :class:`~cache.FeatureStore` of that fingerprint;
+- ``fingerprint``: the backbone fingerprint (hashes the weights file once), and
+  ``tap_fingerprints``, one per tap of ``backbone.taps``;
+- ``store``: the :class:`~cache.FeatureStore` of the output's fingerprint, home of the dataset
+  view (even when only taps are kept); ``stores``: the store of each part the cache keeps;
 - ``view_file`` / ``view``: the dataset view extract wrote for this data and split.
 
 Each is computed on first use, so a command that never needs the backbone (``cache ls``) never
@@ -23,7 +25,7 @@ from pathlib import Path
 from cache import FeatureStore
 
 from .backbone import BackboneSpec, Fingerprint, backbone_spec
-from .config import PipelineConfig
+from .config import OUTPUT, PipelineConfig
 from .data.view import DatasetView, read_view, view_id, write_view
 from .errors import MissingViewError
 
@@ -51,9 +53,28 @@ class RunContext:
         return self.spec.fingerprint()
 
     @cached_property
+    def tap_fingerprints(self) -> dict[str, Fingerprint]:
+        """The fingerprint of each tap, by tap name."""
+        return {tap: self.spec.tap_fingerprint(tap) for tap in self.spec.taps}
+
+    @cached_property
     def store(self) -> FeatureStore:
-        """The cached features of this backbone."""
+        """The store of the output's fingerprint: its features, and the dataset views."""
         return FeatureStore(self.config.cache.dir, self.fingerprint.id)
+
+    @cached_property
+    def stores(self) -> dict[str, FeatureStore]:
+        """The store of each part extract caches: ``output`` (unless ``keep_output`` is off)
+        and each tap."""
+        stores = {OUTPUT: self.store} if self.spec.keep_output else {}
+        for tap, fingerprint in self.tap_fingerprints.items():
+            stores[tap] = FeatureStore(self.config.cache.dir, fingerprint.id)
+        return stores
+
+    def description(self, part: str) -> dict:
+        """What ``part``'s fingerprint is made of (written as the store's fingerprint.json)."""
+        return self.fingerprint.description if part == OUTPUT else \
+            self.tap_fingerprints[part].description
 
     @cached_property
     def view_id(self) -> str:
@@ -77,24 +98,29 @@ class RunContext:
         self._view = view
         return self.view_file
 
-    def require_view(self, augmented: bool = False) -> DatasetView:
-        """The dataset view, after checking that the cache holds every image's features (and,
-        with ``augmented``, every augmented view's): :class:`MissingViewError` otherwise."""
-        store = self.store
+    def require_view(self, parts: tuple[str, ...] = (), augmented: bool = False) -> DatasetView:
+        """The dataset view, after checking that the cache holds ``parts`` (the output, taps)
+        of every image (and, with ``augmented``, of every augmented view):
+        :class:`MissingViewError` otherwise."""
         view = self.read_view()
         if view is None:
             raise MissingViewError(f"no dataset view for this data and backbone in "
-                                   f"{store.path}: run `pipeline run extract` first")
-        missing = store.missing(image.sha256 for image in view.images)
-        if missing:
-            raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the dataset "
-                                   f"view have no cached features in {store.path}: run "
-                                   f"`pipeline run extract` again")
+                                   f"{self.store.path}: run `pipeline run extract` first")
         keys = [item.key for item in view.augmented_views()] if augmented else []
-        missing = store.missing(keys)
-        if missing:
-            raise MissingViewError(f"{len(missing)} of {len(keys)} augmented views of the "
-                                   f"dataset view are not cached in {store.path}: run "
-                                   f"`pipeline run extract` again, or set "
-                                   f"stages.heads.augmented_views: false")
+        for part in parts:
+            store = self.stores.get(part)
+            if store is None:
+                raise MissingViewError(f"the cache keeps no {part} for this backbone (see "
+                                       f"backbone.taps and backbone.keep_output)")
+            missing = store.missing(image.sha256 for image in view.images)
+            if missing:
+                raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the "
+                                       f"dataset view have no cached {part} in {store.path}: "
+                                       f"run `pipeline run extract` again")
+            missing = store.missing(keys)
+            if missing:
+                raise MissingViewError(f"{len(missing)} of {len(keys)} augmented views of the "
+                                       f"dataset view are not cached in {store.path}: run "
+                                       f"`pipeline run extract` again, or set "
+                                       f"stages.heads.augmented_views: false")
         return view

@@ -22,13 +22,14 @@ from cache import FeatureStore
 from cache.files import sha256_file
 
 from . import metric_keys as keys
+from .config import OUTPUT
 from .context import RunContext
 from .data.batches import BatchReader
 from .data.decode import DecodeOptions
 from .data.names import display_path
 from .data.scan import IMAGE_EXTENSIONS
 from .errors import PipelineError
-from .heads.saving import load_head
+from .heads.saving import head_sources, load_head
 from .nn.outputs import class_probabilities
 from .runs import list_runs
 
@@ -99,9 +100,10 @@ def predict_with_head(ctx: RunContext, head_folder: Path, files: list[Path],
                       top_k: int = 3) -> list[Prediction]:
     """Classify ``files`` with the saved head in ``head_folder`` (cached features first)."""
     head, metadata = load_head(head_folder)
-    classes, fingerprint = metadata["classes"], metadata["fingerprint"]
+    classes, sources = metadata["classes"], head_sources(metadata)
     config = ctx.config
-    store = FeatureStore(config.cache.dir, fingerprint)
+    stores = {source: FeatureStore(config.cache.dir, fingerprint)
+              for source, fingerprint in sources.items()}
     results = [Prediction(str(path)) for path in files]
     shas: dict[int, str] = {}
     for i, path in enumerate(files):
@@ -109,22 +111,19 @@ def predict_with_head(ctx: RunContext, head_folder: Path, files: list[Path],
             shas[i] = sha256_file(path)
         except OSError as exc:
             results[i].error = f"unreadable: {exc.strerror or type(exc).__name__}"
-    missing = set(store.missing(shas.values()))
-    batches: list[tuple[list[int], np.ndarray]] = []
+    missing = set().union(*(store.missing(shas.values()) for store in stores.values()))
+    batches: list[tuple[list[int], dict[str, np.ndarray]]] = []
     hits = [i for i, sha in shas.items() if sha not in missing]
     if hits:
-        batches.append((hits, store.get([shas[i] for i in hits])))
+        batches.append((hits, {source: store.get([shas[i] for i in hits])
+                               for source, store in stores.items()}))
         for i in hits:
             results[i].source = "cache"
     misses = [i for i, sha in shas.items() if sha in missing]
     if misses:
-        if ctx.fingerprint.id != fingerprint:
-            raise PipelineError(
-                f"{len(misses)} image(s) are not cached for the head's backbone "
-                f"{fingerprint}, and stages.yaml describes another backbone, so their features "
-                f"cannot be computed; use the stages.yaml the head was trained with")
+        _check_backbone_computes(ctx, sources, len(misses))
         from .extract.loop import Inference
-        infer = Inference(ctx.spec)
+        infer = Inference(ctx.spec, tuple(sources))
         params = config.stages.extract
         for done, pixels in _decoded_batches(files, misses, ctx.spec.decode, results,
                                              params.batch_size, params.decode_workers):
@@ -137,6 +136,19 @@ def predict_with_head(ctx: RunContext, head_folder: Path, files: list[Path],
             results[i].top = _top(None if proba is None else proba[j], int(predicted[j]),
                                   classes, top_k)
     return results
+
+
+def _check_backbone_computes(ctx: RunContext, sources: dict[str, str], misses: int) -> None:
+    """:class:`PipelineError` unless the backbone of stages.yaml computes every source the head
+    reads with the fingerprint the head was trained on."""
+    computed = {source: ctx.fingerprint.id if source == OUTPUT else
+                ctx.spec.tap_fingerprint(source).id for source in sources}
+    if computed != sources:
+        raise PipelineError(
+            f"{misses} image(s) are not cached for the head's backbone "
+            f"{sources.get(OUTPUT) or ', '.join(sources.values())}, and stages.yaml describes "
+            f"another backbone, so their features cannot be computed; use the stages.yaml the "
+            f"head was trained with")
 
 
 def predict_with_model(ctx: RunContext, model_folder: Path, files: list[Path],

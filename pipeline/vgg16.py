@@ -24,6 +24,9 @@ LAYERS = ("input_layer", *(
 CUT_LAYERS = ("block1_pool", "block2_pool", "block3_pool", "block4_pool", "block5_pool",
               "block5_conv3", "block4_conv3")
 
+#: How a tap pools a layer's (h, w, c) output into one c-vector: global average or max.
+TAP_POOLS = ("gap", "gmp")
+
 #: Five 2x2 poolings need at least 32 pixels per side.
 MIN_INPUT_SIDE = 32
 
@@ -67,3 +70,22 @@ def output_shape(layer: str, size: tuple[int, int]) -> tuple[int, int, int]:
     pools = block if layer.endswith("_pool") else block - 1
     height, width = size
     return (height // 2 ** pools, width // 2 ** pools, BLOCK_CHANNELS[block])
+
+
+def tap_layers() -> tuple[str, ...]:
+    """The layers a tap may read: every convolution and pooling layer."""
+    return LAYERS[1:]
+
+
+def parse_tap(name: str) -> tuple[str, str]:
+    """``block4_conv3.gap`` -> (``block4_conv3``, ``gap``); ValueError for anything else."""
+    layer, _, pool = name.rpartition(".")
+    if layer not in tap_layers() or pool not in TAP_POOLS:
+        raise ValueError(f"{name!r} is not <layer>.<pool> with a VGG16 layer (block1_conv1 .. "
+                         f"block5_pool) and a pool of {', '.join(TAP_POOLS)}")
+    return layer, pool
+
+
+def tap_channels(layer: str) -> int:
+    """Channels of ``layer``'s output: the length of a tap's vector."""
+    return BLOCK_CHANNELS[int(layer[len("block")])]

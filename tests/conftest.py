@@ -42,8 +42,9 @@ def cached_project(tmp_path: Path):
     (tmp_path / "data").mkdir()
 
     def make(heads: dict, scheduler: str = "synchronous",
-             per_split: dict[str, int] | None = None, **dataset) -> Path:
-        write_config(tmp_path, cached_document(heads, scheduler))
+             per_split: dict[str, int] | None = None, taps: tuple[str, ...] = (),
+             backbone: dict | None = None, **dataset) -> Path:
+        write_config(tmp_path, cached_document(heads, scheduler, taps, **(backbone or {})))
         write_cached_dataset(tmp_path, per_split or {"train": 12, "validation": 6, "test": 6},
                              **dataset)
         record_extract(tmp_path)  # as if extract had run: `pipeline run heads` finds it up to date

@@ -91,7 +91,7 @@ def test_a_new_image_goes_through_the_backbone_and_a_bad_file_gets_an_error(trai
     spec = backbone_spec(load_config(project / "stages.yaml"))
     pixels = decode_file(new, spec.decode)[None].astype(np.float32)
     head, metadata = load_head(run / "heads" / "logreg")
-    proba = head.predict_proba(np.asarray(build_feature_extractor(spec)(pixels)))[0]
+    proba = head.predict_proba(np.asarray(build_feature_extractor(spec)(pixels)["output"]))[0]
     assert fresh["predictions"][0]["class"] == metadata["classes"][int(proba.argmax())]
     assert fresh["predictions"][0]["probability"] == pytest.approx(proba.max(), rel=1e-4)
     assert broken["error"] and "not an image" in broken["error"]
@@ -152,3 +152,52 @@ def test_predict_errors_are_one_line(trained, capsys, tmp_path: Path):
     code = main(["predict", str(project / "data"), "-c", str(project / "stages.yaml"),
                  "--set", f"runs.dir={empty}"])
     assert code == 1 and "no trained head" in capsys.readouterr().err
+
+
+TAPS = ["block1_conv2.gap", "block2_pool.gmp"]
+
+
+@pytest.fixture(scope="module")
+def trained_on_taps(tmp_path_factory):
+    """extract (two taps) + a logistic regression on them and the gap view; (project, head)."""
+    import yaml
+
+    from tests.support.projects import write_config
+    project = split_project(tmp_path_factory.mktemp("predict-taps"), heads={"models": {
+        "lr": {"kind": "logistic_regression", "features": [*TAPS, "gap"],
+               "normalize": "power"}}})
+    document = yaml.safe_load((project / "stages.yaml").read_text())
+    document["backbone"]["taps"] = TAPS
+    write_config(project, document)
+    run, _ = run_named(load_config(project / "stages.yaml"), "extract", "heads")
+    return project, run.path / "heads" / "lr"
+
+
+def test_a_head_on_taps_predicts_cached_and_new_images_as_it_would(trained_on_taps, capsys,
+                                                                   tmp_path: Path):
+    import hashlib
+
+    from pipeline.backbone import backbone_spec
+    from pipeline.backbone.model import build_feature_extractor
+    from pipeline.data.decode import decode_file
+    from pipeline.heads.saving import load_head
+
+    project, folder = trained_on_taps
+    head, metadata = load_head(folder)
+    assert set(metadata["sources"]) == {*TAPS, "output"}
+    new = write_image(tmp_path / "new.png", seed=4242)
+    test = sorted((project / "data" / "test").rglob("*.png"))
+    code, results, _ = _predict(capsys, project, *map(str, test), str(new), "--head",
+                                str(folder))
+    assert code == 0 and [r["source"] for r in results] == ["cache"] * len(test) + ["backbone"]
+    shas = [hashlib.sha256(path.read_bytes()).hexdigest() for path in test]
+    cached = {source: FeatureStore(project / "cache", fingerprint).get(shas)
+              for source, fingerprint in metadata["sources"].items()}
+    spec = backbone_spec(load_config(project / "stages.yaml"))
+    pixels = decode_file(new, spec.decode)[None].astype(np.float32)
+    computed = {part: np.asarray(value) for part, value in
+                build_feature_extractor(spec, ("output", *TAPS))(pixels).items()}
+    probabilities = np.concatenate([head.predict_proba(cached), head.predict_proba(computed)])
+    for result, proba in zip(results, probabilities):
+        assert result["predictions"][0]["class"] == metadata["classes"][int(proba.argmax())]
+        assert result["predictions"][0]["probability"] == pytest.approx(proba.max(), rel=1e-4)

@@ -7,13 +7,19 @@ so extraction and every end-to-end model that reuses the base share one preproce
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from .. import vgg16
+from ..config import OUTPUT
 from ..errors import BackboneWeightsError
 from ..nn.layers import VGG16Preprocess
 from ..nn.runtime import keras
 from .spec import BackboneSpec
 from .weights import hed_conv_arrays
+
+_POOLS = {"gap": keras.layers.GlobalAveragePooling2D, "gmp": keras.layers.GlobalMaxPooling2D}
 
 
 def load_conv_arrays(base: keras.Model, arrays: dict[str, list[np.ndarray]], source) -> None:
@@ -74,9 +80,34 @@ def build_vgg16_base(spec: BackboneSpec) -> keras.Model:
     return base
 
 
-def build_feature_extractor(spec: BackboneSpec) -> keras.Model:
-    """Raw RGB (N, h, w, 3) float32 in 0..255 -> features (N, *spec.output_shape) float32."""
-    base = build_vgg16_base(spec)
+def part_layer(spec: BackboneSpec, part: str) -> str:
+    """The base layer whose output ``part`` (the output, or a tap) reads."""
+    return spec.output_layer if part == OUTPUT else vgg16.parse_tap(part)[0]
+
+
+def build_feature_extractor(spec: BackboneSpec,
+                            parts: tuple[str, ...] | None = None) -> keras.Model:
+    """Raw RGB (N, h, w, 3) float32 in 0..255 -> ``{part: features}`` in one forward pass.
+
+    ``parts`` (default: ``spec.parts``) are :data:`~pipeline.backbone.spec.OUTPUT` for the
+    (N, *spec.output_shape) tensor and tap names for (N, c) pooled vectors of earlier layers;
+    the base is built only as deep as the deepest part needs.
+    """
+    parts = tuple(parts or spec.parts)
+    layers = {part: part_layer(spec, part) for part in parts}
+    deepest = max(layers.values(), key=vgg16.LAYERS.index)
+    base = build_vgg16_base(replace(spec, output_layer=deepest))
+    reads = list(dict.fromkeys(layers.values()))
+    inner = keras.Model(base.input, [base.get_layer(layer).output for layer in reads],
+                        name="vgg16_layers")
     pixels = keras.Input(shape=spec.input_shape, name="rgb_pixels")
-    features = base(VGG16Preprocess(name="vgg16_preprocess")(pixels), training=False)
-    return keras.Model(pixels, features, name="feature_extractor")
+    computed = inner(VGG16Preprocess(name="vgg16_preprocess")(pixels), training=False)
+    computed = dict(zip(reads, computed if isinstance(computed, list) else [computed]))
+    outputs = {}
+    for part, layer in layers.items():
+        if part == OUTPUT:
+            outputs[part] = computed[layer]
+        else:
+            pool = vgg16.parse_tap(part)[1]
+            outputs[part] = _POOLS[pool](name=f"tap_{part.replace('.', '_')}")(computed[layer])
+    return keras.Model(pixels, outputs, name="feature_extractor")

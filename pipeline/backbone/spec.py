@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cache.files import sha256_text
 
 from .. import vgg16
-from ..config import PipelineConfig
+from ..config import OUTPUT, PipelineConfig
 from ..data.decode import DecodeOptions
 from .weights import WeightsSource, resolve_weights
 
@@ -35,11 +35,18 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Everything needed to build the backbone and to fingerprint its outputs."""
+    """Everything needed to build the backbone and to fingerprint its outputs.
+
+    ``taps`` (``<layer>.<pool>`` names) are pooled vectors of earlier layers computed in the
+    same pass; each has a fingerprint and a store of its own, so adding or removing one never
+    changes the output's fingerprint. ``keep_output`` False caches the taps only.
+    """
 
     weights: WeightsSource
     decode: DecodeOptions
     output_layer: str = "block5_pool"
+    taps: tuple[str, ...] = ()
+    keep_output: bool = True
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -50,6 +57,16 @@ class BackboneSpec:
     def output_shape(self) -> tuple[int, int, int]:
         """Shape of one feature tensor, e.g. (4, 4, 512) at 150x150 cut at block5_pool."""
         return vgg16.output_shape(self.output_layer, self.decode.size)
+
+    def tap_shape(self, tap: str) -> tuple[int]:
+        """Shape of one tap vector, e.g. (512,) for block4_conv3.gap."""
+        return (vgg16.tap_channels(vgg16.parse_tap(tap)[0]),)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """What a forward pass computes and the cache keeps: :data:`OUTPUT` (unless
+        ``keep_output`` is off), then the taps, in configuration order."""
+        return ((OUTPUT,) if self.keep_output else ()) + self.taps
 
     def describe(self) -> dict:
         """The fingerprint's ingredients, as stored in the cache's ``fingerprint.json``."""
@@ -63,11 +80,24 @@ class BackboneSpec:
             "output_shape": list(self.output_shape),
         }
 
+    def describe_tap(self, tap: str) -> dict:
+        """The ingredients of a tap's fingerprint: the output's, with the tap for the cut."""
+        description = {key: value for key, value in self.describe().items()
+                       if key not in ("output_layer", "output_shape")}
+        return {**description, "tap": tap, "output_shape": list(self.tap_shape(tap))}
+
     def fingerprint(self) -> Fingerprint:
-        """The fingerprint of this spec (hashes the weights file: call it once per command)."""
-        description = self.describe()
-        canonical = json.dumps(description, sort_keys=True, separators=(",", ":"))
-        return Fingerprint(f"vgg16-{sha256_text(canonical)[:16]}", description)
+        """The fingerprint of the output (hashes the weights file: call it once per command)."""
+        return _fingerprint(self.describe())
+
+    def tap_fingerprint(self, tap: str) -> Fingerprint:
+        """The fingerprint of ``tap``'s vectors: what decides them, the cut layer aside."""
+        return _fingerprint(self.describe_tap(tap))
+
+
+def _fingerprint(description: dict) -> Fingerprint:
+    canonical = json.dumps(description, sort_keys=True, separators=(",", ":"))
+    return Fingerprint(f"vgg16-{sha256_text(canonical)[:16]}", description)
 
 
 def decode_options(config: PipelineConfig) -> DecodeOptions:
@@ -80,5 +110,7 @@ def decode_options(config: PipelineConfig) -> DecodeOptions:
 def backbone_spec(config: PipelineConfig, allow_download: bool = True) -> BackboneSpec:
     """The :class:`BackboneSpec` of a validated configuration (resolving its weights file:
     see :func:`~pipeline.backbone.weights.resolve_weights`)."""
-    return BackboneSpec(weights=resolve_weights(config.backbone, allow_download),
-                        decode=decode_options(config), output_layer=config.backbone.output_layer)
+    backbone = config.backbone
+    return BackboneSpec(weights=resolve_weights(backbone, allow_download),
+                        decode=decode_options(config), output_layer=backbone.output_layer,
+                        taps=tuple(backbone.taps), keep_output=backbone.keep_output)

@@ -15,6 +15,7 @@ from .document import (
     PipelineConfig,
     StagesConfig,
     apply_override,
+    check_heads_read_what_is_cached,
     load_cache_config,
     load_config,
     parse_config,
@@ -22,18 +23,21 @@ from .document import (
 from .endtoend import AugmentConfig, AugmentedViewsConfig, FinetuneConfig, ScratchConfig
 from .heads import DenseParams, HeadConfig, HeadsConfig, IncrementalConfig, SweepConfig
 from .sections import (
+    OUTPUT,
     SPLITS,
     BackboneConfig,
     CacheConfig,
     ClusterConfig,
     DataConfig,
     ExtractConfig,
+    ProbeConfig,
     RunsConfig,
     SplitConfig,
 )
 
-__all__ = ["SPLITS", "AugmentConfig", "AugmentedViewsConfig", "BackboneConfig", "CacheConfig",
-           "ClusterConfig", "DataConfig", "DenseParams", "ExtractConfig", "FinetuneConfig",
-           "HeadConfig", "HeadsConfig", "IncrementalConfig", "PipelineConfig", "RunsConfig",
-           "ScratchConfig", "SplitConfig", "StagesConfig", "SweepConfig", "apply_override",
+__all__ = ["OUTPUT", "SPLITS", "AugmentConfig", "AugmentedViewsConfig", "BackboneConfig",
+           "CacheConfig", "ClusterConfig", "DataConfig", "DenseParams", "ExtractConfig",
+           "FinetuneConfig", "HeadConfig", "HeadsConfig", "IncrementalConfig", "PipelineConfig",
+           "ProbeConfig", "RunsConfig", "ScratchConfig", "SplitConfig", "StagesConfig",
+           "SweepConfig", "apply_override", "check_heads_read_what_is_cached",
            "load_cache_config", "load_config", "parse_config"]

@@ -20,13 +20,14 @@ from pydantic import Field, ValidationError
 from ..errors import ConfigError
 from ._base import Section, section_default
 from .endtoend import FinetuneConfig, ScratchConfig
-from .heads import HeadsConfig
+from .heads import FEATURE_VIEWS, HeadsConfig, feature_parts
 from .sections import (
     BackboneConfig,
     CacheConfig,
     ClusterConfig,
     DataConfig,
     ExtractConfig,
+    ProbeConfig,
     RunsConfig,
 )
 
@@ -35,6 +36,7 @@ class StagesConfig(Section):
     """Per-stage parameters."""
 
     extract: ExtractConfig = section_default()
+    probe: ProbeConfig = section_default()
     heads: HeadsConfig = section_default()
     finetune: FinetuneConfig = section_default()
     scratch: ScratchConfig = section_default()
@@ -128,10 +130,32 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
                           f"{', '.join(_known_keys(()))})")
     base = base_dir if base_dir is not None else source_path.resolve().parent
     try:
-        return PipelineConfig.model_validate({**document, "source": str(source_path)},
-                                             context={"base_dir": base})
+        config = PipelineConfig.model_validate({**document, "source": str(source_path)},
+                                               context={"base_dir": base})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source_path.name, exc)) from None
+    return config
+
+
+def check_heads_read_what_is_cached(config: PipelineConfig) -> None:
+    """:class:`ConfigError` unless every part a head reads (declared or swept) is one extract
+    caches: a tap of ``backbone.taps``, or a view of the output tensor while ``keep_output`` is
+    on. (Checked by the heads stage before any work, not when the file is read: a file that
+    only extracts needs no heads that fit.)"""
+    backbone = config.backbone
+    for name, head in config.stages.heads.models.items():
+        values = [head.features]
+        if head.sweep is not None and isinstance(head.sweep.params.get("features"), list):
+            values += head.sweep.params["features"]
+        for value in values:
+            for part in feature_parts(value):
+                where = f"{config.source_name}: stages.heads.models.{name}.features: {part}"
+                if part in FEATURE_VIEWS and not backbone.keep_output:
+                    raise ConfigError(f"{where} is a view of the output tensor, which "
+                                      f"backbone.keep_output: false leaves out of the cache")
+                if part not in FEATURE_VIEWS and part not in backbone.taps:
+                    raise ConfigError(f"{where} is not in backbone.taps (extract caches only "
+                                      f"those: {', '.join(backbone.taps) or 'none'})")
 
 
 def _read_document(path: Path, overrides: tuple[str, ...] | list[str]) -> Any:

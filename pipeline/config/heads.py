@@ -1,7 +1,7 @@
 """The ``stages.heads`` section of stages.yaml, as typed objects.
 
-A head is named in ``stages.heads.models`` and says what it is (``kind``), which view of the
-(h, w, c) features it reads, and its parameters; an optional ``sweep`` lists values to search::
+A head is named in ``stages.heads.models`` and says what it is (``kind``), which cached
+features it reads, and its parameters; an optional ``sweep`` lists values to search::
 
     stages:
       heads:
@@ -9,7 +9,8 @@ A head is named in ``stages.heads.models`` and says what it is (``kind``), which
           dense: {kind: dense}                 # the source material's dense head
           logreg:
             kind: logistic_regression
-            features: gap                      # flatten | gap | gmp
+            features: [block4_conv3.gap, gap]  # taps and views of the output, concatenated
+            normalize: power                   # per part: none | l2 | power (signed sqrt, L2)
             scale: true                        # StandardScaler first
             params: {C: 1.0}
             sweep: {method: grid, params: {C: [0.01, 0.1, 1]}}
@@ -25,9 +26,13 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .. import vgg16
 from ._base import OPTIMIZERS, Bool, Float, Int, Section, first_error, reject_non_finite
 
+#: Views of the (h, w, c) output tensor: all of it, or its global average or max pool.
 FEATURE_VIEWS = ("flatten", "gap", "gmp")
+#: How each part of a head's features is normalised before the parts are concatenated.
+NORMALIZATIONS = ("none", "l2", "power")
 # The head kinds, as stages.yaml names them (pipeline.heads registers one implementation each).
 KERAS_KINDS = ("dense",)
 SKLEARN_KINDS = ("logistic_regression", "linear_svm", "sgd", "random_forest", "extra_trees",
@@ -36,9 +41,30 @@ HEAD_KINDS = (*KERAS_KINDS, *SKLEARN_KINDS)
 # Kinds that can learn from the cache a chunk at a time (scikit-learn's partial_fit).
 INCREMENTAL_KINDS = ("sgd",)
 # Sweep keys that change the preprocessing around the estimator, not the estimator itself.
-PIPELINE_KEYS = ("features", "scale", "pca")
+PIPELINE_KEYS = ("features", "normalize", "scale", "pca")
 METRICS = {"val_accuracy": "max", "val_f1_macro": "max", "val_log_loss": "min"}
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")
+
+
+def feature_parts(features: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """A head's ``features`` as a tuple of parts: views of the output (flatten, gap, gmp) and
+    taps (``<layer>.<pool>``), in the order their vectors are concatenated."""
+    return (features,) if isinstance(features, str) else tuple(features)
+
+
+def check_features(features: Any) -> None:
+    """ValueError unless ``features`` is a part or a non-empty list of distinct parts."""
+    if isinstance(features, str):
+        features = [features]
+    if not isinstance(features, (list, tuple)) or not features or \
+            not all(isinstance(part, str) for part in features):
+        raise ValueError("a view of the output (flatten, gap, gmp), a tap such as "
+                         "block4_conv3.gap, or a list of them")
+    for part in features:
+        if part not in FEATURE_VIEWS:
+            vgg16.parse_tap(part)
+    if len(set(features)) != len(features):
+        raise ValueError(f"{list(features)} names a part twice")
 
 
 class DenseParams(Section):
@@ -87,9 +113,14 @@ class SweepConfig(Section):
     @model_validator(mode="after")
     def _grid_has_lists(self) -> SweepConfig:
         reject_non_finite("params", self.params)
-        for key in ("features", "scale", "pca"):
+        for key in PIPELINE_KEYS:
             if isinstance(self.params.get(key), dict):
                 raise ValueError(f"{key}: give a list of values, not a distribution")
+        for value in self.params.get("features", []):
+            try:
+                check_features(value)
+            except ValueError as exc:
+                raise ValueError(f"features: {value!r}: {exc}") from None
         if self.method == "grid":
             ranged = [n for n, v in self.params.items() if isinstance(v, dict)]
             if ranged:
@@ -127,13 +158,21 @@ class HeadConfig(Section):
     """One head trained on cached features."""
 
     kind: Literal[HEAD_KINDS]  # type: ignore[valid-type]
-    features: Literal[FEATURE_VIEWS] = "flatten"  # type: ignore[valid-type]
+    # a view of the output tensor, a tap of backbone.taps, or a list of them (concatenated)
+    features: Union[str, list[str]] = "flatten"
+    normalize: Literal[NORMALIZATIONS] = "none"  # type: ignore[valid-type]
     scale: Bool = False
     # PCA components: a whole number, or a fraction of variance to keep in (0, 1)
     pca: Optional[Union[Int, Float]] = None
     params: dict[str, Any] = Field(default_factory=dict)
     sweep: Optional[SweepConfig] = None
     incremental: Optional[IncrementalConfig] = None
+
+    @field_validator("features")
+    @classmethod
+    def _known_parts(cls, value: str | list[str]) -> str | list[str]:
+        check_features(value)
+        return value
 
     @field_validator("pca")
     @classmethod

@@ -13,6 +13,8 @@ from ._base import Bool, Float, Int, Section, YamlPath, resolve_path, section_de
 from .endtoend import AugmentedViewsConfig
 
 SPLITS = ("train", "validation", "test")
+#: The part of the cache that holds ``backbone.output_layer``'s tensor; the other parts are taps.
+OUTPUT = "output"
 WEIGHT_SOURCES = ("imagenet", "hed-bsds500")
 MAX_IMAGE_SIDE = 4096  # one 4096x4096 input is 200 MB of float32 pixels before any layer
 
@@ -65,11 +67,43 @@ class DataConfig(Section):
 
 
 class BackboneConfig(Section):
-    """The frozen convolutional base."""
+    """The frozen convolutional base, and what of it the cache keeps."""
 
     weights: Optional[str] = "imagenet"
     output_layer: Literal[vgg16.CUT_LAYERS] = "block5_pool"  # type: ignore[valid-type]
     seed: Int = 0  # initialises the random weights of ``weights: null``
+    # Pooled vectors of layers up to output_layer, computed in the same forward pass and cached
+    # beside the output: "<layer>.gap" (global average) or "<layer>.gmp" (global max).
+    taps: list[str] = Field(default_factory=list)
+    # Keep output_layer's (h, w, c) tensor in the cache; false keeps only the taps.
+    keep_output: Bool = True
+
+    # field validators run in declaration order, so output_layer and taps are known here
+    @field_validator("taps")
+    @classmethod
+    def _known_taps(cls, taps: list[str], info: ValidationInfo) -> list[str]:
+        for tap in taps:
+            vgg16.parse_tap(tap)
+        doubled = sorted({tap for tap in taps if taps.count(tap) > 1})
+        if doubled:
+            raise ValueError(f"{', '.join(doubled)} listed twice")
+        cut = info.data.get("output_layer")
+        if cut is not None:
+            present = vgg16.layers_up_to(cut)
+            beyond = [vgg16.parse_tap(tap)[0] for tap in taps
+                      if vgg16.parse_tap(tap)[0] not in present]
+            if beyond:
+                raise ValueError(f"{', '.join(beyond)} is past output_layer {cut}: the base "
+                                 f"ends there")
+        return taps
+
+    @field_validator("keep_output")
+    @classmethod
+    def _something_kept(cls, keep_output: bool, info: ValidationInfo) -> bool:
+        if not keep_output and not info.data.get("taps"):
+            raise ValueError("false keeps only the taps, and there are none (list some in "
+                             "backbone.taps)")
+        return keep_output
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -102,6 +136,24 @@ class ExtractConfig(Section):
     # than VGG16 consumes on a CPU; raise it for a fast GPU.
     decode_workers: Int = Field(2, ge=1, le=64)
     augmented_views: AugmentedViewsConfig = section_default()
+
+
+class ProbeConfig(Section):
+    """The probe stage: a logistic regression per cached part, to see which layer transfers."""
+
+    # inverse regularisation strengths tried per part; the best on validation is kept. Unit-norm
+    # parts (normalize: l2 or power) give small logits, so the useful C are large: on
+    # flowers-1000 every part chose C = 10 when that was the top of the grid
+    C: list[Float] = Field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0], min_length=1)
+    normalize: Literal["none", "l2", "power"] = "power"
+    max_iter: Int = Field(1000, ge=10, le=100_000)
+
+    @field_validator("C")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(value <= 0 for value in values):
+            raise ValueError("every C must be > 0")
+        return values
 
 
 class RunsConfig(Section):

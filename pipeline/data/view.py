@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from cache.files import sha256_text, write_atomic
 
-from ..config import SPLITS, PipelineConfig
+from ..config import OUTPUT, SPLITS, PipelineConfig
 from ..errors import PipelineError
 from .scan import DuplicateGroup
 
@@ -75,6 +75,11 @@ class DatasetView:
     split_folders: bool = False
     created: str = ""
     augmented: AugmentedViewsSpec | None = None
+    # the taps extract cached for these images, by name: the fingerprint of each tap's store
+    taps: dict[str, str] = field(default_factory=dict)
+    # whether the output tensor is cached too (backbone.keep_output), in the store of
+    # ``fingerprint``, which holds the view either way
+    keep_output: bool = True
 
     def select(self, split: str) -> list[ViewImage]:
         """Images of one split, in view order."""
@@ -112,17 +117,24 @@ class DatasetView:
                 raise PipelineError(f"the {split} split has no images; {selected_on} (check "
                                     f"data.split or the split folders)")
 
+    def stores(self) -> dict[str, str]:
+        """The fingerprint of the store of each part cached for the view's images."""
+        return {**({OUTPUT: self.fingerprint} if self.keep_output else {}), **self.taps}
+
     def to_json(self) -> dict:
-        """Plain data for ``json.dump``."""
-        return {"root": self.root, "classes": list(self.classes),
-                "fingerprint": self.fingerprint,
-                "images": [image.__dict__ for image in self.images],
-                "skipped": [item.__dict__ for item in self.skipped],
-                "duplicates": [group.to_json() for group in self.duplicates],
-                "split_folders": self.split_folders, "created": self.created,
-                "augmented": {} if self.augmented is None else
-                {"id": self.augmented.id, "count": self.augmented.count},
-                "format": VIEW_FORMAT}
+        """Plain data for ``json.dump`` (without taps, as views were before them, when none
+        are cached)."""
+        payload = {"root": self.root, "classes": list(self.classes),
+                   "fingerprint": self.fingerprint,
+                   "images": [image.__dict__ for image in self.images],
+                   "skipped": [item.__dict__ for item in self.skipped],
+                   "duplicates": [group.to_json() for group in self.duplicates],
+                   "split_folders": self.split_folders, "created": self.created,
+                   "augmented": {} if self.augmented is None else
+                   {"id": self.augmented.id, "count": self.augmented.count}}
+        if self.taps or not self.keep_output:
+            payload.update(taps=dict(self.taps), keep_output=self.keep_output)
+        return {**payload, "format": VIEW_FORMAT}
 
     @classmethod
     def from_json(cls, payload: dict) -> DatasetView:
@@ -137,7 +149,9 @@ class DatasetView:
                    split_folders=bool(payload.get("split_folders", False)),
                    created=payload.get("created", ""),
                    augmented=None if augmented is None else
-                   AugmentedViewsSpec(id=augmented["id"], count=int(augmented["count"])))
+                   AugmentedViewsSpec(id=augmented["id"], count=int(augmented["count"])),
+                   taps=dict(payload.get("taps", {})),
+                   keep_output=bool(payload.get("keep_output", True)))
 
 
 def augmented_key(image_sha256: str, augmentation_id: str, view: int) -> str:

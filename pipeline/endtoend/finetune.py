@@ -27,14 +27,14 @@ from cache.files import write_atomic
 
 from .. import metric_keys as keys
 from ..backbone.model import build_vgg16_base
-from ..config import DenseParams, FinetuneConfig
+from ..config import OUTPUT, DenseParams, FinetuneConfig
 from ..context import RunContext
 from ..errors import HeadLoadError, PipelineError, WarmStartError
 from ..evaluate import SplitScores
 from ..heads.dense import dense_model
 from ..heads.leaderboard import format_score
 from ..heads.registry import head_kind
-from ..heads.saving import load_head, read_head_metadata
+from ..heads.saving import head_sources, load_head, read_head_metadata
 from ..nn.augment import build_augmentation
 from ..nn.layer_table import format_layer_table, layer_table
 from ..nn.layers import VGG16Preprocess
@@ -130,6 +130,10 @@ def _unfit(folder: Path, fingerprint: str, classes: list[str], view_key: str) ->
         return f"unreadable head ({exc})"
     if not kind.sits_on_base:
         return f"a {kind.name} head; only a dense head can sit on the base"
+    sources = list(head_sources(metadata)) if "sources" in metadata else [OUTPUT]
+    if sources != [OUTPUT]:
+        return (f"a head on taps ({', '.join(s for s in sources if s != OUTPUT)}); only a "
+                f"dense head on the output tensor alone can sit on the base")
     if metadata.get("fingerprint") != fingerprint:
         return (f"trained on features of backbone {metadata.get('fingerprint')}, not "
                 f"{fingerprint}")
@@ -161,7 +165,8 @@ def build_finetune_model(ctx: RunContext, n_classes: int,
         head = load_head(warm_start)[0].model
     else:
         head = dense_model(DenseParams(units=params.units, dropout=params.dropout), "flatten",
-                           spec.output_shape, n_classes, params.seed, name="dense_head_finetune")
+                           "none", {OUTPUT: spec.output_shape}, n_classes, params.seed,
+                           name="dense_head_finetune")
     if tuple(head.input_shape[1:]) != tuple(base.output_shape[1:]):
         raise WarmStartError(f"the head takes {head.input_shape[1:]}, the base gives "
                              f"{base.output_shape[1:]}")

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cache import open_writer
 from cache.files import sha256_text
 
 from ..config import AugmentedViewsConfig
@@ -30,6 +29,7 @@ from ..data.batches import BatchReader
 from ..data.names import display_path
 from ..data.view import DatasetView
 from ..errors import SkippedImageWarning
+from ._writers import open_writers
 from .loop import Inference
 
 AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
@@ -68,35 +68,52 @@ def pending_views(view: DatasetView, present: Callable[[list[str]], list[str]]
     return pending
 
 
-def extract_augmented_views(ctx: RunContext, view: DatasetView, infer: Inference,
+def _lacking_any_part(ctx: RunContext) -> Callable[[list[str]], list[str]]:
+    """``keys -> the keys some part's store lacks``, in first-seen order."""
+    def lacking(keys: list[str]) -> list[str]:
+        absent = set().union(*(store.missing(keys) for store in ctx.stores.values()))
+        return list(dict.fromkeys(key for key in keys if key in absent))
+    return lacking
+
+
+def extract_augmented_views(ctx: RunContext, view: DatasetView,
+                            inferences: Callable[[tuple[str, ...]], Inference],
                             progress: bool) -> AugmentedViewsResult:
-    """Cache the augmented views of ``view``'s training images that the cache lacks."""
-    config, store = ctx.config, ctx.store
+    """Cache the augmented views of ``view``'s training images that the cache lacks (every
+    part: the output and the taps); ``inferences(parts)`` gives the backbone computing
+    ``parts``."""
+    params = ctx.config.stages.extract
     keys = {row.key for row in view.augmented_views("train")}  # a file twice: views once
-    pending = pending_views(view, store.missing)
+    lacking = _lacking_any_part(ctx)
     result = AugmentedViewsResult()
-    if pending:
-        params = config.stages.extract
-        with open_writer(store, ctx.fingerprint.description, shard_rows=params.shard_size,
-                         flush_seconds=params.flush_seconds,
-                         lock_timeout=config.cache.lock_timeout) as writer:
-            pending = pending_views(view, store.missing)  # another run may have added some
+    if pending_views(view, lacking):
+        with open_writers(ctx, tuple(ctx.stores)) as (_, writers):
+            pending = pending_views(view, lacking)  # another run may have added some
+            wanted = [key for items in pending.values() for key, _ in items]
+            parts = tuple(part for part, store in ctx.stores.items() if store.missing(wanted))
+
+            def add(new_keys: list[str], rows: dict[str, np.ndarray]) -> None:
+                for part, part_rows in rows.items():
+                    writers[part].add(new_keys, part_rows)
+
+            infer = inferences(parts)
             infer.build()
             result = extract_views(pending, view, params.augmented_views, ctx.spec.decode,
-                                   infer, writer.add, params.batch_size, params.decode_workers,
+                                   infer, add, params.batch_size, params.decode_workers,
                                    progress)
-    result.cached = len(keys) - len(store.missing(keys)) - result.new
+    result.cached = len(keys) - len(lacking(list(keys))) - result.new
     return result
 
 
 def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
-                  params: AugmentedViewsConfig, decode, infer: Callable[[np.ndarray], np.ndarray],
-                  add: Callable[[list[str], np.ndarray], None], batch_size: int,
+                  params: AugmentedViewsConfig, decode,
+                  infer: Callable[[np.ndarray], dict[str, np.ndarray]],
+                  add: Callable[[list[str], dict[str, np.ndarray]], None], batch_size: int,
                   decode_workers: int, progress: bool) -> AugmentedViewsResult:
     """Decode each image of ``pending`` once (the threaded batch reader), augment it into its
     missing views, run the base on batches of ``batch_size`` views and ``add(keys, rows)``.
 
-    ``infer``: (B, h, w, 3) float32 pixels -> (B, *feature shape) features. An image that no
+    ``infer``: (B, h, w, 3) float32 pixels -> ``{part: (B, ...)}`` features. An image that no
     longer decodes (changed or removed since the scan) loses its views for this run, with a
     :class:`SkippedImageWarning`.
     """
@@ -114,7 +131,7 @@ def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
 
     def flush() -> None:
         if keys:
-            add(list(keys), np.asarray(infer(np.stack(pixels))))
+            add(list(keys), infer(np.stack(pixels)))
             result.new += len(keys)
             keys.clear()
             pixels.clear()

@@ -49,14 +49,29 @@ class Partition:
     sha256: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class PartTarget:
+    """Where a partition's rows of one part (the output, or a tap) go: the part's store
+    folder, and the fingerprint its shards carry."""
+
+    folder: str
+    fingerprint: str
+
+
 @dataclass
 class PartitionResult:
-    """What a worker sends back: the shard it wrote (None when every image failed), and
-    per image that failed, its reason and whether the failure is a property of the bytes."""
+    """What a worker sends back: the shard it wrote for each part (none when every image
+    failed), and per image that failed, its reason and whether the failure is a property of
+    the bytes."""
 
-    shard: WrittenShard | None
+    shards: dict[str, WrittenShard] = field(default_factory=dict)
     failures: dict[str, tuple[str, bool]] = field(default_factory=dict)
     worker: str = ""
+
+    @property
+    def sha256(self) -> list[str]:
+        """The images the shards hold (every shard holds the same rows)."""
+        return next(iter(self.shards.values())).sha256 if self.shards else []
 
 
 def plan_partitions(todo: list[str], paths: dict[str, Path], size: int) -> list[Partition]:
@@ -73,44 +88,50 @@ def plan_partitions(todo: list[str], paths: dict[str, Path], size: int) -> list[
 # The backbone of this worker process, per fingerprint: built by its first partition and kept
 # for every later one (building VGG16 and tracing its call costs seconds). The lock keeps two
 # threads of one worker from building two copies at once.
-_WORKER_MODELS: dict[str, Inference] = {}
+_WORKER_MODELS: dict[tuple[str, tuple[str, ...]], Inference] = {}
 _WORKER_MODELS_LOCK = threading.Lock()
 
 
-def _worker_inference(spec: BackboneSpec, fingerprint: str) -> Inference:
-    """This worker's backbone for ``fingerprint``, after checking that the worker computes the
-    same fingerprint from ``spec`` as the client did (same weights file, same releases)."""
+def _worker_inference(spec: BackboneSpec, fingerprint: str,
+                      parts: tuple[str, ...] | None = None) -> Inference:
+    """This worker's backbone for ``fingerprint`` computing ``parts``, after checking that the
+    worker computes the same fingerprint from ``spec`` as the client did (same weights file,
+    same releases)."""
+    parts = tuple(parts or spec.parts)
     with _WORKER_MODELS_LOCK:
-        if fingerprint not in _WORKER_MODELS:
+        if (fingerprint, parts) not in _WORKER_MODELS:
             computed = spec.fingerprint().id
             if computed != fingerprint:
                 raise WorkerMismatchError(
                     f"worker {socket.gethostname()} (pid {os.getpid()}) computes backbone "
                     f"{computed}, the client {fingerprint}: install the same weights file and "
                     f"releases on every worker")
-            inference = Inference(spec)
+            inference = Inference(spec, parts)
             inference.build()
-            _WORKER_MODELS[fingerprint] = inference
-        return _WORKER_MODELS[fingerprint]
+            _WORKER_MODELS[fingerprint, parts] = inference
+        return _WORKER_MODELS[fingerprint, parts]
 
 
 def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str,
-                      store_path: str, batch_size: int, decode_workers: int) -> PartitionResult:
-    """Run on a worker: decode, infer and write ``partition`` as one shard in ``store_path``.
+                      targets: dict[str, PartTarget], batch_size: int,
+                      decode_workers: int) -> PartitionResult:
+    """Run on a worker: decode ``partition``, infer the parts of ``targets`` and write each as
+    one shard into its store folder.
 
-    Features are (N, h, w, c) float32, as the in-process extraction computes them.
+    Features are float32, as the in-process extraction computes them.
     """
-    infer = _worker_inference(spec, fingerprint)
+    infer = _worker_inference(spec, fingerprint, tuple(targets))
     reader = BatchReader(paths=[Path(p) for p in partition.paths],
                          sha256=list(partition.sha256), options=spec.decode,
                          batch_size=batch_size, workers=decode_workers)
     shas: list[str] = []
-    rows: list[np.ndarray] = []
+    rows: dict[str, list[np.ndarray]] = {part: [] for part in targets}
     failures: dict[str, tuple[str, bool]] = {}
 
-    def keep(keys: list[str], features: np.ndarray) -> None:
+    def keep(keys: list[str], features: dict[str, np.ndarray]) -> None:
         shas.extend(keys)
-        rows.append(features)
+        for part, part_rows in features.items():
+            rows[part].append(part_rows)
 
     def failed(key: str, reason: str, permanent: bool) -> None:
         failures[key] = (reason, permanent)
@@ -118,30 +139,36 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
     extract_batches(reader, partition.sha256, infer, keep, failed)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     if not shas:
-        return PartitionResult(None, failures, worker)
-    written = write_shard(Path(store_path), partition_shard_name(partition.key, 0), fingerprint,
-                          shas, np.concatenate(rows))
-    return PartitionResult(written, failures, worker)
+        return PartitionResult({}, failures, worker)
+    shards = {part: write_shard(Path(target.folder), partition_shard_name(partition.key, 0),
+                                target.fingerprint, shas, np.concatenate(rows[part]))
+              for part, target in targets.items()}
+    return PartitionResult(shards, failures, worker)
 
 
-def extract_on_scheduler(ctx: RunContext, writer: ShardWriter, todo: list[str],
+def extract_on_scheduler(ctx: RunContext, parts: tuple[str, ...],
+                         writers: dict[str, ShardWriter], todo: list[str],
                          paths: dict[str, Path], progress: bool,
                          on_failure: Callable[[str, str, bool], None]) -> list[str]:
-    """Extract ``todo`` (image sha256; ``paths`` maps each to a file) on the dask scheduler of
-    ``cluster.scheduler``, one partition of ``stages.extract.shard_size`` images per task;
-    ``on_failure(sha256, reason, permanent)`` is told of each image that could not be decoded.
-    Returns the sha256 extracted."""
+    """Extract ``parts`` of ``todo`` (image sha256; ``paths`` maps each to a file) on the dask
+    scheduler of ``cluster.scheduler``, one partition of ``stages.extract.shard_size`` images
+    per task, each part's shard recorded by its writer of ``writers``; ``on_failure(sha256,
+    reason, permanent)`` is told of each image that could not be decoded. Returns the sha256
+    extracted."""
     params, cluster = ctx.config.stages.extract, ctx.config.cluster
     partitions = plan_partitions(todo, paths, params.shard_size)
+    targets = {part: PartTarget(str(writers[part].store.path), writers[part].store.fingerprint)
+               for part in parts}
     with scheduler_client(cluster.scheduler) as client:
-        return extract_on_cluster(client, partitions, ctx.spec, ctx.fingerprint.id, writer,
-                                  params.batch_size, params.decode_workers,
+        return extract_on_cluster(client, partitions, ctx.spec, ctx.fingerprint.id, targets,
+                                  writers, params.batch_size, params.decode_workers,
                                   cluster.worker_resources, progress, on_failure)
 
 
 def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
-                       fingerprint: str, writer: ShardWriter, batch_size: int,
-                       decode_workers: int, resources: dict[str, float], progress: bool,
+                       fingerprint: str, targets: dict[str, PartTarget],
+                       writers: dict[str, ShardWriter], batch_size: int, decode_workers: int,
+                       resources: dict[str, float], progress: bool,
                        on_failure: Callable[[str, str, bool], None]) -> list[str]:
     """Run every partition on ``client``'s cluster and record each shard as it arrives.
 
@@ -161,8 +188,8 @@ def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
 
     def submit_next():
         partition = queue.pop()
-        return client.submit(extract_partition, partition, spec, fingerprint,
-                             str(writer.store.path), batch_size, decode_workers,
+        return client.submit(extract_partition, partition, spec, fingerprint, targets,
+                             batch_size, decode_workers,
                              key=f"extract-{run}-{partition.key[:16]}", pure=False,
                              resources=resources or None)
 
@@ -178,18 +205,18 @@ def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
                 future.release()
                 if queue:
                     pending.add(submit_next())
-                if result.shard is not None:
-                    writer.commit_written(result.shard)
-                    extracted += result.shard.sha256
+                for part, shard in result.shards.items():
+                    writers[part].commit_written(shard)
+                extracted += result.sha256
                 for sha, (reason, permanent) in result.failures.items():
                     on_failure(sha, reason, permanent)
-                bar.update(len(result.shard.sha256 if result.shard else ()) +
-                           len(result.failures))
+                bar.update(len(result.sha256) + len(result.failures))
     finally:
         client.cancel(list(pending.futures))  # not yet finished (a no-op after a full run)
         pending.clear()
     # every task has finished: a temporary file left now is a dead worker's half-written shard
-    writer.remove_temporary_files()
+    for writer in writers.values():
+        writer.remove_temporary_files()
     return extracted
 
 

@@ -1,5 +1,6 @@
 """The extraction loop, shared by the local run and every cluster partition: decoded batches
--> the backbone -> feature rows handed on, failures reported, a fault point between batches."""
+-> the backbone (its output and its taps, in one pass) -> feature rows handed on, failures
+reported, a fault point between batches."""
 
 from __future__ import annotations
 
@@ -20,41 +21,46 @@ FAULT_POINTS = (
 
 
 class Inference:
-    """The backbone as a function: (B, h, w, 3) float32 RGB pixels -> (B, *output_shape)
-    float32 features (numpy). The model is built on first use, so TensorFlow is imported only
-    by a run that has something to compute."""
+    """The backbone as a function: (B, h, w, 3) float32 RGB pixels -> ``{part: (B, ...)}``
+    float32 numpy features, for ``parts`` (default ``spec.parts``: the output tensor
+    :data:`~pipeline.backbone.spec.OUTPUT` and the taps). The model is built on first use, so
+    TensorFlow is imported only by a run that has something to compute, and only as deep as
+    the deepest part needs."""
 
-    def __init__(self, spec: BackboneSpec):
+    def __init__(self, spec: BackboneSpec, parts: Sequence[str] | None = None):
         self.spec = spec
+        self.parts = tuple(parts or spec.parts)
 
     @cached_property
     def _function(self):
         from ..backbone.model import build_feature_extractor
         from ..nn.inference import compiled_inference
-        return compiled_inference(build_feature_extractor(self.spec))
+        return compiled_inference(build_feature_extractor(self.spec, self.parts))
 
     def build(self) -> None:
         """Import TensorFlow and build the model now (so that timed loops exclude it)."""
         _ = self._function
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self._function(pixels).numpy()
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        return {part: rows.numpy() for part, rows in self._function(pixels).items()}
 
 
 def extract_batches(reader: BatchReader, keys: Sequence[str], infer: Inference,
-                    on_features: Callable[[list[str], np.ndarray], None],
+                    on_features: Callable[[list[str], dict[str, np.ndarray]], None],
                     on_failure: Callable[[str, str, bool], None],
                     on_batch: Callable[[int], None] = lambda n: None) -> None:
     """Run ``infer`` on every batch of ``reader`` (whose items are ``keys``, in order).
 
-    ``on_features(keys, rows)`` receives the rows (n, h, w, c) float32 of the images that
-    decoded; ``on_failure(key, reason, permanent)`` each image that did not (``permanent``: the
-    bytes themselves are bad, trying again is pointless); ``on_batch(n)`` the size of each batch.
+    ``on_features(keys, {part: rows})`` receives the rows (n, ...) float32 of each part for the
+    images that decoded; ``on_failure(key, reason, permanent)`` each image that did not
+    (``permanent``: the bytes themselves are bad, trying again is pointless); ``on_batch(n)``
+    the size of each batch.
     """
     for batch in reader:
         if batch.ok.any():
             features = infer(batch.pixels)
-            on_features([keys[i] for i in batch.positions[batch.ok]], features[batch.ok])
+            on_features([keys[i] for i in batch.positions[batch.ok]],
+                        {part: rows[batch.ok] for part, rows in features.items()})
         for i in batch.positions[~batch.ok]:
             on_failure(keys[i], reader.failures.get(int(i), "could not be decoded"),
                        int(i) not in reader.transient)

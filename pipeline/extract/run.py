@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
-
-from cache import open_writer
 
 from .. import metric_keys as keys
 from ..backbone import BackboneSpec
@@ -26,6 +25,7 @@ from ..data.names import display_path
 from ..data.scan import DatasetScan, scan_dataset, warn_about
 from ..data.view import AugmentedViewsSpec, DatasetView, SkippedFile, ViewImage
 from ..errors import EmptyClassWarning, SkippedImageWarning
+from ._writers import open_writers
 from .augmented import AugmentedViewsResult, augmentation_id, extract_augmented_views
 from .loop import Inference, extract_batches
 
@@ -72,6 +72,10 @@ class ExtractResult:
         lines = [f"extract: {self.new} new, {self.cached} cached, {len(self.skipped)} skipped "
                  f"in {self.seconds:.1f} s ({rate})",
                  f"  fingerprint {self.fingerprint}, cache {self.store_path}"]
+        if self.view.taps:
+            kept = "" if self.view.keep_output else "; the output tensor is not kept"
+            taps = ", ".join(f"{tap} ({fp})" for tap, fp in self.view.taps.items())
+            lines.append(f"  taps {taps}{kept}")
         if self.view.augmented:
             lines.append(f"  augmented views: {self.augmented.new} new, {self.augmented.cached} "
                          f"cached ({self.view.augmented.count} per training image) in "
@@ -88,8 +92,31 @@ def _decode_context(spec: BackboneSpec) -> str:
                        "pillow": metadata.version("pillow")}, sort_keys=True)
 
 
+class Inferences:
+    """One :class:`Inference` per set of parts, built when first asked for (the main pass and
+    the augmented views usually need the same parts, and then share the model)."""
+
+    def __init__(self, ctx: RunContext):
+        self.spec = ctx.spec
+        self._built: dict[tuple[str, ...], Inference] = {}
+
+    def __call__(self, parts: tuple[str, ...]) -> Inference:
+        """The inference computing ``parts`` (in ``spec.parts`` order)."""
+        parts = tuple(part for part in self.spec.parts if part in parts)
+        if parts not in self._built:
+            self._built[parts] = Inference(self.spec, parts)
+        return self._built[parts]
+
+
+def lacking(ctx: RunContext, keys: list[str]) -> dict[str, set[str]]:
+    """For each part the cache keeps, the keys among ``keys`` whose store lacks it."""
+    return {part: set(store.missing(keys)) for part, store in ctx.stores.items()}
+
+
 def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
-    """Extract features for every image under ``data.root`` that the cache lacks.
+    """Extract the output and the taps of every image under ``data.root`` that the cache
+    lacks (an image that lacks one part goes through the backbone once, for the parts it
+    lacks; what a store already holds is never written again).
 
     Raises PipelineError subclasses for bad configuration or weights before any image is read.
     On an exception or Ctrl-C during extraction, every finished batch is committed to the cache
@@ -104,25 +131,27 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     for image in scan.images:
         first_path.setdefault(image.sha256, image.path)
     context = _decode_context(ctx.spec)
-    missing = store.missing(first_path)
-    rejected = {s: r for s, r in store.rejected(context).items() if s in set(missing)}
+    wanted = list(first_path)
+    absent = set().union(*lacking(ctx, wanted).values())
+    missing = [key for key in wanted if key in absent]
+    rejected = {s: r for s, r in store.rejected(context).items() if s in absent}
     missing = [s for s in missing if s not in rejected]
 
     extracted: list[str] = []
     failures: dict[str, str] = dict(rejected)
     loop_seconds = 0.0
-    infer = Inference(ctx.spec)
+    inferences = Inferences(ctx)
     if missing:
         extracted, new_failures, loop_seconds = _extract_missing(
-            ctx, missing, first_path, context, progress, infer)
+            ctx, missing, first_path, context, progress, inferences)
         failures.update(new_failures)
 
-    view = _build_view(scan, ctx.fingerprint.id, failures)
+    view = _build_view(scan, ctx, failures)
     augmented = AugmentedViewsResult()
     views = config.stages.extract.augmented_views
     if views.count:
         view.augmented = AugmentedViewsSpec(id=augmentation_id(views), count=views.count)
-        augmented = extract_augmented_views(ctx, view, infer, progress)
+        augmented = extract_augmented_views(ctx, view, inferences, progress)
     for item in view.skipped:
         warnings.warn(f"skipped {display_path(item.path)}: {item.reason}", SkippedImageWarning,
                       stacklevel=2)
@@ -137,40 +166,44 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
 
 
 def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, Path],
-                     context: str, progress: bool, infer: Inference
+                     context: str, progress: bool, inferences: Inferences
                      ) -> tuple[list[str], dict[str, str], float]:
-    """Decode, infer and commit ``missing`` images, here or on the cluster's scheduler.
+    """Decode, infer and commit the parts ``missing`` images lack, here or on the cluster's
+    scheduler.
 
     Returns (sha256 extracted, sha256 -> failure reason, seconds of the extraction loop).
     """
-    config, store = ctx.config, ctx.store
+    config = ctx.config
     params = config.stages.extract
     extracted: list[str] = []
     failures: dict[str, str] = {}
     started = time.perf_counter()
-    with open_writer(store, ctx.fingerprint.description, shard_rows=params.shard_size,
-                     flush_seconds=params.flush_seconds,
-                     lock_timeout=config.cache.lock_timeout) as writer:
-        # Another extraction may have held the lock until now and cached some of these.
-        todo = store.missing(missing)
+    with open_writers(ctx, tuple(ctx.stores)) as (home, writers):
+        # Another extraction may have held the locks until now and cached some of these.
+        absent = lacking(ctx, missing)
+        todo = [key for key in missing if any(key in keys for keys in absent.values())]
         if not todo:
             return extracted, failures, time.perf_counter() - started
+        parts = tuple(part for part, keys in absent.items() if keys & set(todo))
 
         def failed(sha: str, reason: str, permanent: bool) -> None:
             failures[sha] = reason
             if permanent:
-                writer.reject(sha, reason, context)
+                home.reject(sha, reason, context)
 
         if config.cluster.on_scheduler:
             from .cluster import extract_on_scheduler
             started = time.perf_counter()
-            extracted = extract_on_scheduler(ctx, writer, todo, first_path, progress, failed)
+            extracted = extract_on_scheduler(ctx, parts, {p: writers[p] for p in parts}, todo,
+                                             first_path, progress, failed)
             return extracted, failures, time.perf_counter() - started
 
-        def keep(keys: list[str], rows) -> None:
-            writer.add(keys, rows)
+        def keep(keys: list[str], rows: dict[str, np.ndarray]) -> None:
+            for part, part_rows in rows.items():
+                writers[part].add(keys, part_rows)
             extracted.extend(keys)
 
+        infer = inferences(parts)
         infer.build()
         reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
                              options=ctx.spec.decode, batch_size=params.batch_size,
@@ -197,13 +230,15 @@ def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
                               f"({total} in all)", EmptyClassWarning, stacklevel=3)
 
 
-def _build_view(scan: DatasetScan, fingerprint: str, failures: dict[str, str]) -> DatasetView:
+def _build_view(scan: DatasetScan, ctx: RunContext, failures: dict[str, str]) -> DatasetView:
     images = [ViewImage(path=i.relpath, label=i.label, split=i.split, sha256=i.sha256)
               for i in scan.images if i.sha256 not in failures]
     skipped = [SkippedFile(path=i.relpath, sha256=i.sha256, reason=failures[i.sha256])
                for i in scan.images if i.sha256 in failures]
     skipped += [SkippedFile(path=u.relpath, sha256="", reason=u.reason) for u in scan.unreadable]
     skipped.sort(key=lambda s: s.path)  # one listing in folder order, whatever failed where
-    return DatasetView(root=str(scan.root), classes=scan.classes, fingerprint=fingerprint,
-                       images=images, skipped=skipped, duplicates=list(scan.duplicates),
-                       split_folders=scan.split_folders)
+    return DatasetView(root=str(scan.root), classes=scan.classes,
+                       fingerprint=ctx.fingerprint.id, images=images, skipped=skipped,
+                       duplicates=list(scan.duplicates), split_folders=scan.split_folders,
+                       taps={tap: fp.id for tap, fp in ctx.tap_fingerprints.items()},
+                       keep_output=ctx.spec.keep_output)

@@ -29,9 +29,9 @@ def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | N
     view = ctx.read_view()
     keys = [image.sha256 for image in view.images]
     keys += [item.key for item in view.augmented_views()]
-    missing = ctx.store.missing(keys)
+    missing = sum(len(ctx.stores[part].missing(keys)) for part in ctx.stores)
     if missing:
-        return (f"outputs missing ({len(missing)} cached entries of the dataset view are "
+        return (f"outputs missing ({missing} cached entries of the dataset view are "
                 f"missing or damaged)")
     return None
 

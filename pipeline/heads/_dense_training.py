@@ -63,7 +63,8 @@ class _CompiledSteps:
         self.variables = model.trainable_variables
         optimizer.build(self.variables)
         self.loss, self.correct = logits_loss_and_accuracy(n_classes)
-        self.x = tf.constant(train.x, tf.float32)
+        # the model's inputs: one array, or a dict of them by input name
+        self.x = tf.nest.map_structure(lambda rows: tf.constant(rows, tf.float32), train.x)
         self.y = tf.constant(train.y, tf.int32)
         self.batch_size = batch_size
         # No XLA: with it the source recipe (30 epochs) had not finished after 10 minutes,
@@ -71,7 +72,9 @@ class _CompiledSteps:
         self.epoch = tf.function(self._epoch, jit_compile=False,
                                  input_signature=[tf.TensorSpec([None], tf.int32)])
         self.score = tf.function(self._score, input_signature=[
-            tf.TensorSpec([None, *train.x.shape[1:]], tf.float32), tf.TensorSpec([None], tf.int32)])
+            tf.nest.map_structure(lambda rows: tf.TensorSpec([None, *rows.shape[1:]],
+                                                             tf.float32), train.x),
+            tf.TensorSpec([None], tf.int32)])
 
     def _epoch(self, order):
         """One pass over the rows in ``order`` (a permutation of the training rows), in batches
@@ -81,7 +84,8 @@ class _CompiledSteps:
         correct_sum = tf.constant(0.0)
         for start in tf.range(0, size, self.batch_size):
             rows = order[start:start + self.batch_size]
-            x, y = tf.gather(self.x, rows), tf.gather(self.y, rows)
+            x = tf.nest.map_structure(lambda inputs, rows=rows: tf.gather(inputs, rows), self.x)
+            y = tf.gather(self.y, rows)
             with tf.GradientTape() as tape:
                 logits = self.model(x, training=True)
                 loss = self.loss(y, logits)
@@ -102,8 +106,9 @@ class _CompiledSteps:
         loss_sum = correct_sum = 0.0
         for start in range(0, len(split), VALIDATION_BATCH):
             stop = start + VALIDATION_BATCH
-            loss, correct = self.score(split.x[start:stop].astype(np.float32, copy=False),
-                                       split.y[start:stop].astype(np.int32))
+            x = tf.nest.map_structure(
+                lambda rows, a=start, b=stop: rows[a:b].astype(np.float32, copy=False), split.x)
+            loss, correct = self.score(x, split.y[start:stop].astype(np.int32))
             loss_sum += float(loss)
             correct_sum += float(correct)
         return loss_sum / len(split), correct_sum / len(split)
@@ -114,11 +119,12 @@ def train_dense_head(model, optimizer, params: DenseParams, train: LabelledSplit
                      seed: int) -> dict[str, list[float]]:
     """Train ``model`` (it outputs logits) on ``train``; return its history per epoch.
 
-    ``train.x`` / ``validation.x`` are (N, h, w, c) float32 features and ``.y`` (N,) class
-    indices. The rows are reshuffled every epoch from ``seed``. With ``params.patience`` set
-    and a non-empty validation split, training stops once validation accuracy has not risen
-    for ``patience`` epochs, and with ``params.restore_best`` the model ends with the weights
-    of its best epoch (the first of equals), whether or not it stopped early.
+    ``train.x`` / ``validation.x`` are the model's inputs (an (N, ...) float32 array, or a dict
+    of them by input name) and ``.y`` (N,) class indices. The rows are reshuffled every epoch
+    from ``seed``. With ``params.patience`` set and a non-empty validation split, training stops
+    once validation accuracy has not risen for ``patience`` epochs, and with
+    ``params.restore_best`` the model ends with the weights of its best epoch (the first of
+    equals), whether or not it stopped early.
 
     Returns ``{"loss", "accuracy"[, "val_loss", "val_accuracy"]}``, one float per epoch run:
     Keras' ``History`` keys, so reports read both alike.

@@ -33,11 +33,12 @@ from sklearn.svm import LinearSVC
 from cache.files import replacing
 
 from ..config import HeadConfig
-from ..config.heads import FEATURE_VIEWS, PIPELINE_KEYS
+from ..config.heads import NORMALIZATIONS, PIPELINE_KEYS, check_features
 from ..errors import ConfigError, HeadLoadError
 from . import features
-from .features import FORMER_PATH, FeatureView
+from .features import FORMER_PATH, FeatureView, rows_of
 from .kind import FittedHead, HeadKind
+from .splits import subset
 
 if TYPE_CHECKING:
     from .splits import LabelledSplit, LazySplit
@@ -94,7 +95,7 @@ class SklearnKind(HeadKind):
             self._check_params(f"{where}.sweep.params", {key: None}, names_only=True)
             for value in values if isinstance(values, list) else []:
                 self._check_params(f"{where}.sweep.params", {**head.params, key: value})
-        checks = {"features": lambda v: v in FEATURE_VIEWS,
+        checks = {"features": _features_ok, "normalize": lambda v: v in NORMALIZATIONS,
                   "scale": lambda v: isinstance(v, bool), "pca": _pca_ok}
         for key in PIPELINE_KEYS:
             values = head.sweep.params.get(key)
@@ -123,7 +124,8 @@ class SklearnKind(HeadKind):
 
     def pipeline(self, trial: TrialSpec) -> Pipeline:
         """``FeatureView -> [StandardScaler] -> [PCA] -> estimator`` for one trial, unfitted."""
-        steps: list[tuple[str, Any]] = [("features", FeatureView(trial.setting("features")))]
+        steps: list[tuple[str, Any]] = [("features", FeatureView(trial.setting("features"),
+                                                                 trial.setting("normalize")))]
         if trial.setting("scale"):
             steps.append(("scale", StandardScaler()))
         pca = trial.setting("pca")
@@ -156,7 +158,7 @@ class SklearnKind(HeadKind):
             raise ValueError("an incremental head needs at least one training row")
         chunk_rows = trial.config.incremental.chunk_rows
         rng = np.random.default_rng(trial.seed)
-        view = FeatureView(trial.setting("features"))
+        view = FeatureView(trial.setting("features"), trial.setting("normalize"))
         scaler = StandardScaler() if trial.setting("scale") else None
         if scaler is not None:
             for x, _ in train.chunks(chunk_rows):
@@ -172,7 +174,7 @@ class SklearnKind(HeadKind):
                 shuffle = rng.permutation(len(rows))
                 model.partial_fit(rows[shuffle], y[shuffle], classes=classes)
         # FeatureView learns nothing; fitting it on a row of the last chunk records the width.
-        steps = [("features", view.fit(x[:1]))]
+        steps = [("features", view.fit(subset(x, slice(0, 1))))]
         if scaler is not None:
             steps.append(("scale", scaler))
         steps.append(("model", model))
@@ -186,7 +188,7 @@ class SklearnKind(HeadKind):
         if not hasattr(model, "predict_proba"):
             return None
         proba = model.predict_proba(x)
-        full = np.zeros((len(x), n_classes))
+        full = np.zeros((rows_of(x), n_classes))
         full[:, model.classes_] = proba
         return full
 
@@ -218,6 +220,14 @@ class SklearnKind(HeadKind):
                                 f"contains: {', '.join(refused)}")
         with _former_feature_view_path(FORMER_PATH in untrusted):
             return skops.io.load(path, trusted=untrusted)
+
+
+def _features_ok(value) -> bool:
+    try:
+        check_features(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _pca_ok(value) -> bool:

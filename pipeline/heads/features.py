@@ -1,49 +1,111 @@
-"""The view of the cached (N, h, w, c) features that a head reads: flat rows for scikit-learn.
+"""What a head reads of the cache, as rows: views of the output tensor and taps, normalised
+part by part, concatenated.
 
-Every scikit-learn head starts with :class:`FeatureView`; the dense head applies the same views
-as its first Keras layer. Nothing here decodes an image or runs a convnet.
+A head's ``features`` are parts: ``flatten``, ``gap`` and ``gmp`` view the (N, h, w, c) output
+tensor; a tap (``block4_conv3.gap``) is an (N, c) vector cached as it is. Each part is
+normalised on its own (``none``; ``l2``: unit length; ``power``: signed square root, then unit
+length) before the parts are put side by side, so that a part with large values does not
+drown the others. Features arrive as ``{source: array}``, the source of a view being the
+output (``output``) and of a tap the tap itself; a bare (N, h, w, c) array stands for the
+output. Every scikit-learn head starts with :class:`FeatureView`; the dense head builds the
+same steps from Keras layers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from ..config import OUTPUT
+from ..config.heads import FEATURE_VIEWS, feature_parts
+
 #: The module path older releases saved FeatureView under (skops files name it), read by
-#: :mod:`pipeline.heads.saving` as this class.
+#: :mod:`pipeline.heads._sklearn` as this class.
 FORMER_PATH = "pipeline.features.FeatureView"
+_EPSILON = 1e-12
+
+#: Cached features of some images, by source: the output tensor, or a tap.
+Features = Mapping[str, np.ndarray]
+
+
+def source_of(part: str) -> str:
+    """The cached source a part reads: the output for its views, a tap for itself."""
+    return OUTPUT if part in FEATURE_VIEWS else part
+
+
+def sources_of(features: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The sources a head's ``features`` read, in order of first use."""
+    return tuple(dict.fromkeys(source_of(part) for part in feature_parts(features)))
+
+
+def as_features(x: Features | np.ndarray) -> Features:
+    """``x`` as ``{source: array}`` (a bare array is the output tensor)."""
+    return {OUTPUT: x} if isinstance(x, np.ndarray) else x
+
+
+def rows_of(x: Features | np.ndarray) -> int:
+    """How many images ``x`` holds."""
+    return len(next(iter(as_features(x).values())))
+
+
+def normalized(rows: np.ndarray, normalize: str) -> np.ndarray:
+    """(N, d) ``rows`` normalised: ``none``, ``l2`` (unit length) or ``power`` (signed square
+    root, then unit length)."""
+    if normalize == "none":
+        return rows
+    if normalize == "power":
+        rows = np.sign(rows) * np.sqrt(np.abs(rows))
+    elif normalize != "l2":
+        raise ValueError(f"unknown normalize {normalize!r}; expected none, l2 or power")
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), _EPSILON)
+
+
+def view_rows(x: np.ndarray, part: str) -> np.ndarray:
+    """One part as (N, d) float32 rows of its source ``x``: a view of an (N, h, w, c) output
+    tensor, or an (N, c) tap as it is."""
+    x = np.asarray(x, dtype=np.float32)
+    if part not in FEATURE_VIEWS:
+        if x.ndim != 2:
+            raise ValueError(f"expected (N, c) vectors for the tap {part}, got shape {x.shape}")
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"expected (N, h, w, c) feature tensors, got shape {x.shape}")
+    if part == "flatten":
+        return x.reshape(len(x), -1)
+    return x.mean(axis=(1, 2)) if part == "gap" else x.max(axis=(1, 2))
 
 
 class FeatureView(TransformerMixin, BaseEstimator):
-    """(N, h, w, c) feature tensors -> (N, d) rows.
+    """Cached features -> (N, d) rows: each part of ``view`` taken from its source, normalised
+    by ``normalize``, the parts concatenated in the order given.
 
-    ``view``: ``flatten`` (d = h*w*c, 8,192 for (4, 4, 512)), ``gap`` (global average pool,
-    d = c) or ``gmp`` (global max pool, d = c). Stateless: ``fit`` only checks the input.
+    ``view``: a part or a list of parts (``flatten``: d = h*w*c, 8,192 for (4, 4, 512);
+    ``gap``/``gmp``: d = c; a tap: d = its channels). Stateless: ``fit`` only checks the input.
     """
 
-    def __init__(self, view: str = "flatten"):
+    def __init__(self, view: str | list[str] | tuple[str, ...] = "flatten",
+                 normalize: str = "none"):
         self.view = view
+        self.normalize = normalize
 
     def fit(self, X, y=None):  # noqa: N803 (scikit-learn's names)
-        """Check that ``X`` is (N, h, w, c); nothing is learned."""
-        self._check(X)
-        self.n_features_in_ = int(np.prod(np.shape(X)[1:]))
+        """Check that ``X`` holds every source the parts read; nothing is learned."""
+        self.n_features_in_ = self.transform(X[:1] if isinstance(X, np.ndarray) else
+                                             {k: v[:1] for k, v in X.items()}).shape[1]
         return self
 
     def transform(self, X):  # noqa: N803
-        """(N, h, w, c) float32 -> (N, d) float32."""
-        x = self._check(X)
-        if self.view == "flatten":
-            return x.reshape(len(x), -1)
-        if self.view == "gap":
-            return x.mean(axis=(1, 2))
-        if self.view == "gmp":
-            return x.max(axis=(1, 2))
-        raise ValueError(f"unknown feature view {self.view!r}; expected flatten, gap or gmp")
-
-    @staticmethod
-    def _check(X) -> np.ndarray:  # noqa: N803
-        x = np.asarray(X, dtype=np.float32)
-        if x.ndim != 4:
-            raise ValueError(f"expected (N, h, w, c) feature tensors, got shape {x.shape}")
-        return x
+        """``{source: array}`` (or the bare output tensor) -> (N, d) float32."""
+        x = as_features(X)
+        # heads saved before normalisation existed have no ``normalize``
+        normalize = getattr(self, "normalize", "none")
+        parts = []
+        for part in feature_parts(self.view):
+            source = source_of(part)
+            if source not in x:
+                raise ValueError(f"the features hold no {source} (they hold "
+                                 f"{', '.join(x) or 'nothing'}) for the part {part}")
+            parts.append(normalized(view_rows(x[source], part), normalize))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

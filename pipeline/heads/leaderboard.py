@@ -83,13 +83,22 @@ def _row(result: TrialResult) -> dict[str, Any]:
     return json_safe({c: row[c] for c in LEADERBOARD_COLUMNS})
 
 
+def _shown(value: Any) -> str:
+    """A parameter value in the printed table: 4 significant digits for a float, a list of
+    parts as their concatenation (``block3_conv3.gap+gap``)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
+    return str(value)
+
+
 def format_leaderboard(ranked: list[TrialResult], limit: int = 10) -> str:
     """The top ``limit`` trials as a text table."""
     lines = [f"{'rank':>4}  {'head':<16} {'trial':>5}  {'val_acc':>7}  {'val_f1':>6}  "
              f"{'fit_s':>6}  params"]
     for r in ranked[:limit]:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in r.params.items())
+        params = ", ".join(f"{k}={_shown(v)}" for k, v in r.params.items())
         if r.status != "ok":
             params = f"FAILED {r.error[:60]}"
         lines.append(f"{r.rank:>4}  {r.head[:16]:<16} {r.trial:>5}  "

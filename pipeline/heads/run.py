@@ -15,6 +15,8 @@ ever sees it: per-head test scores would invite choosing a head by its test scor
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import time
@@ -22,9 +24,13 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from cache import FeatureStore
 from cache.files import write_atomic
 
 from .. import metric_keys as keys
+from ..config import OUTPUT, check_heads_read_what_is_cached
 from ..context import RunContext
 from ..data.view import DatasetView
 from ..errors import NoTestImagesWarning, PipelineError
@@ -42,6 +48,9 @@ from .saving import save_head
 from .splits import LabelledSplit, LazySplit, TrainingData, lazy_split, load_split
 from .sweep import run_trials
 from .trials import TrialSpec, expand_trials
+
+#: The best head's answer for each test image, written into its folder (the report's gallery).
+PREDICTIONS_NAME = "predictions_test.csv"
 
 
 @dataclass
@@ -135,12 +144,14 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     started = time.perf_counter()
     config = ctx.config
     heads = config.stages.heads
+    check_heads_read_what_is_cached(config)
     check_heads(heads, config.source_name)
-    store = ctx.store
-    view = ctx.require_view(augmented=heads.augmented_views)
-    view.check_trainable("heads are trained on train and selected on validation")
     trials = expand_trials(heads)
-    data = _training_data(ctx, view, trials)
+    sources = tuple(dict.fromkeys(source for trial in trials for source in trial.sources))
+    stores = {source: ctx.stores[source] for source in sources}
+    view = ctx.require_view(sources, augmented=heads.augmented_views)
+    view.check_trainable("heads are trained on train and selected on validation")
+    data = _training_data(stores, view, trials, heads.augmented_views)
 
     sweep_started = time.perf_counter()
     sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress)
@@ -169,10 +180,12 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
         warnings.warn("the test split has no images: heads are selected on validation but not "
                       "tested", NoTestImagesWarning, stacklevel=2)
     lazy_test = winner.spec.kind.chunk_rows(winner.spec) is not None
-    test = (lazy_split if lazy_test else load_split)(store, view, "test")
-    winner.scores["test"] = _score(winner.model, winner.spec, test, view)
+    test = (lazy_split if lazy_test else load_split)(stores, view, "test")
+    predicted, proba = winner.model.predict_split(test, winner.spec.kind.chunk_rows(winner.spec))
+    winner.scores["test"] = evaluate(test.y, predicted, proba, view.classes)
     for outcome in outcomes:
         _save_outcome(outcome, view, ctx, heads.metric)
+    write_predictions(view, "test", predicted, proba, winner.folder / PREDICTIONS_NAME)
     sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
     sizes["augmented"] = len(view.augmented_views()) if heads.augmented_views else 0
     scheduler = config.cluster.scheduler
@@ -182,18 +195,33 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
                        heads.metric, failed)
 
 
-def _training_data(ctx: RunContext, view: DatasetView, trials: list[TrialSpec]) -> TrainingData:
-    """The training and validation splits, in memory for the trials that read them whole
-    and named for those that read the cache a chunk at a time (each only when needed)."""
-    store, augmented = ctx.store, ctx.config.stages.heads.augmented_views
+def _training_data(stores: dict[str, FeatureStore], view: DatasetView, trials: list[TrialSpec],
+                   augmented: bool) -> TrainingData:
+    """The training and validation splits of every source a trial reads, in memory for the
+    trials that read them whole and named for those that read the cache a chunk at a time
+    (each only when needed)."""
     reads_lazily = [t.kind.chunk_rows(t) is not None for t in trials]
     in_memory, lazy = not all(reads_lazily), any(reads_lazily)
     return TrainingData(
         n_classes=len(view.classes),
-        train=load_split(store, view, "train", augmented) if in_memory else None,
-        validation=load_split(store, view, "validation") if in_memory else None,
-        lazy_train=lazy_split(store, view, "train", augmented) if lazy else None,
-        lazy_validation=lazy_split(store, view, "validation") if lazy else None)
+        train=load_split(stores, view, "train", augmented) if in_memory else None,
+        validation=load_split(stores, view, "validation") if in_memory else None,
+        lazy_train=lazy_split(stores, view, "train", augmented) if lazy else None,
+        lazy_validation=lazy_split(stores, view, "validation") if lazy else None)
+
+
+def write_predictions(view: DatasetView, split: str, predicted: np.ndarray,
+                      proba: np.ndarray | None, path: Path) -> None:
+    """``path,class,predicted,probability`` per image of ``split`` (the probability the head
+    gives its answer; empty for heads without probabilities), in view order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "class", "predicted", "probability"])
+    for row, image in enumerate(view.select(split)):
+        answer = int(predicted[row])
+        writer.writerow([image.path, image.label, view.classes[answer],
+                         "" if proba is None else f"{proba[row, answer]:.6f}"])
+    write_atomic(path, buffer.getvalue(), errors="backslashreplace")
 
 
 def _score(model: FittedHead, spec: TrialSpec, split: LabelledSplit | LazySplit,
@@ -207,10 +235,12 @@ def _save_outcome(outcome: HeadOutcome, view: DatasetView, ctx: RunContext,
                   metric: str) -> None:
     """The head's model, metadata, scores, confusion matrices and training history."""
     folder, best = outcome.folder, outcome.trial
+    sources = {source: ctx.stores[source] for source in outcome.spec.sources}
+    shape = {"feature_shape": list(sources[OUTPUT].feature_shape)} if OUTPUT in sources else {}
     save_head(outcome.model, folder, {
         "name": outcome.name, "trial": best.trial, "classes": view.classes,
-        "dataset_view": ctx.view_id,
-        "fingerprint": ctx.fingerprint.id, "feature_shape": list(ctx.store.feature_shape),
+        "dataset_view": ctx.view_id, "fingerprint": ctx.fingerprint.id, **shape,
+        "sources": {source: store.fingerprint for source, store in sources.items()},
         "params": outcome.spec.describe(),
         "selected_by": json_safe({"metric": metric, "rank": best.rank,
                                   "value": getattr(best, metric)})})

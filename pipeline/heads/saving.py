@@ -14,6 +14,7 @@ from typing import Any
 
 from cache.files import write_atomic
 
+from ..config import OUTPUT
 from ..errors import HeadLoadError, ModelLoadError
 from .kind import FittedHead
 from .registry import head_kind
@@ -47,6 +48,12 @@ def read_head_metadata(folder: Path) -> dict[str, Any]:
     if Path(metadata["model_file"]).name != metadata["model_file"]:
         raise HeadLoadError(f"{folder}: model_file must name a file inside the head folder")
     return metadata
+
+
+def head_sources(metadata: dict[str, Any]) -> dict[str, str]:
+    """The fingerprint of each source a saved head reads (heads saved before taps existed
+    read the output tensor of ``fingerprint``)."""
+    return metadata.get("sources") or {OUTPUT: metadata["fingerprint"]}
 
 
 def load_head(folder: Path) -> tuple[FittedHead, dict[str, Any]]:

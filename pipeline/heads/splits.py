@@ -1,10 +1,11 @@
 """The cached features of a dataset view's splits, labelled, in memory or read a chunk at a time.
 
-Features come from the :class:`~cache.FeatureStore` of the view's backbone, labels and splits
-from the view. A :class:`LabelledSplit` holds its rows; a :class:`LazySplit` names them and reads
-them through :meth:`FeatureStore.to_dask`, one chunk in memory at a time, for heads that train
-from caches larger than memory. Both yield ``(x, y)`` chunks, so code that predicts or scores
-does not care which it has.
+Features come from the :class:`~cache.FeatureStore` of each source a head reads (the output
+tensor, taps), labels and splits from the view. A :class:`LabelledSplit` holds its rows; a
+:class:`LazySplit` names them and reads them through :meth:`FeatureStore.to_dask`, one chunk in
+memory at a time, for heads that train from caches larger than memory. Both yield ``(x, y)``
+chunks, ``x`` as ``{source: array}``, so code that predicts or scores does not care which it
+has.
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ import numpy as np
 from cache import FeatureStore
 
 from ..data.view import DatasetView
+from .features import Features, as_features
 
 
 @dataclass(frozen=True)
 class LabelledSplit:
-    """The features of one split: ``x`` (N, h, w, c) float32, ``y`` (N,) int class indices."""
+    """The features of one split: ``x`` ``{source: (N, ...)}`` float32 (or the bare (N, h, w,
+    c) output tensor), ``y`` (N,) int class indices."""
 
     name: str
-    x: np.ndarray
+    x: Features | np.ndarray
     y: np.ndarray
     sha256: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def chunks(self, chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks(self, chunk_rows: int | None = None
+               ) -> Iterator[tuple[Features | np.ndarray, np.ndarray]]:
         """The whole split as one ``(x, y)`` chunk (none when empty)."""
         if len(self):
             yield self.x, self.y
@@ -40,11 +44,14 @@ class LabelledSplit:
 
 @dataclass(frozen=True)
 class LazySplit:
-    """One split's rows, read from the cache on demand: (N, h, w, c) float32 in chunks."""
+    """One split's rows, read from the cache on demand, a chunk of every source at a time.
+
+    ``fingerprints`` names the store of each source under ``cache_dir``.
+    """
 
     name: str
     cache_dir: Path
-    fingerprint: str
+    fingerprints: dict[str, str]
     sha256: tuple[str, ...]
     y: np.ndarray
     chunk_rows: int = 1024
@@ -53,25 +60,30 @@ class LazySplit:
         return len(self.y)
 
     def chunks(self, chunk_rows: int | None = None, order: np.ndarray | None = None
-               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(x, y) per chunk of ``chunk_rows`` (default: the split's), x (n, h, w, c) float32;
+               ) -> Iterator[tuple[Features, np.ndarray]]:
+        """(x ``{source: (n, ...)}``, y) per chunk of ``chunk_rows`` (default: the split's);
         ``order`` permutes the chunks."""
         if chunk_rows is not None and chunk_rows != self.chunk_rows:
             yield from replace(self, chunk_rows=chunk_rows).chunks(order=order)
             return
         if not len(self):
             return
-        store = FeatureStore(self.cache_dir, self.fingerprint)
-        if not store.path.is_dir():
-            raise FileNotFoundError(
-                f"cannot see the feature cache {store.path} from this process; incremental "
-                f"heads on a cluster need cache.dir on a filesystem every worker sees")
-        lazy = store.to_dask(list(self.sha256), chunk_rows=self.chunk_rows)
-        starts = np.cumsum((0, *lazy.chunks[0][:-1]))
+        lazy = {}
+        for source, fingerprint in self.fingerprints.items():
+            store = FeatureStore(self.cache_dir, fingerprint)
+            if not store.path.is_dir():
+                raise FileNotFoundError(
+                    f"cannot see the feature cache {store.path} from this process; "
+                    f"incremental heads on a cluster need cache.dir on a filesystem every "
+                    f"worker sees")
+            lazy[source] = store.to_dask(list(self.sha256), chunk_rows=self.chunk_rows)
+        first = next(iter(lazy.values()))
+        starts = np.cumsum((0, *first.chunks[0][:-1]))
         for index in (order if order is not None else range(len(starts))):
             start = int(starts[index])
-            x = lazy.blocks[int(index)].compute(scheduler="synchronous")
-            yield x, self.y[start:start + len(x)]
+            x = {source: array.blocks[int(index)].compute(scheduler="synchronous")
+                 for source, array in lazy.items()}
+            yield x, self.y[start:start + len(next(iter(x.values())))]
 
     def n_chunks(self, chunk_rows: int | None = None) -> int:
         """How many chunks :meth:`chunks` yields."""
@@ -92,20 +104,30 @@ def split_keys_and_labels(view: DatasetView, split: str, augmented: bool = False
     return keys, np.array(labels, dtype=np.int64)
 
 
-def load_split(store: FeatureStore, view: DatasetView, split: str,
+def load_split(stores: dict[str, FeatureStore], view: DatasetView, split: str,
                augmented: bool = False) -> LabelledSplit:
-    """All features of ``split`` in memory (with ``augmented``, its cached augmented views
-    too)."""
+    """All features of ``split`` in memory, one array per source of ``stores`` (with
+    ``augmented``, its cached augmented views too)."""
     keys, labels = split_keys_and_labels(view, split, augmented)
-    x = store.get(keys) if keys else np.empty((0, *store.feature_shape), np.float32)
+    x = {source: store.get(keys) if keys else
+         np.empty((0, *store.feature_shape), np.float32) for source, store in stores.items()}
     return LabelledSplit(split, x, labels, tuple(keys))
 
 
-def lazy_split(store: FeatureStore, view: DatasetView, split: str,
+def lazy_split(stores: dict[str, FeatureStore], view: DatasetView, split: str,
                augmented: bool = False) -> LazySplit:
-    """The rows of ``split`` named, to be read from ``store`` a chunk at a time."""
+    """The rows of ``split`` named, to be read from ``stores`` a chunk at a time."""
     keys, labels = split_keys_and_labels(view, split, augmented)
-    return LazySplit(split, store.cache_dir, store.fingerprint, tuple(keys), labels)
+    folders = {store.cache_dir for store in stores.values()}
+    (cache_dir,) = folders
+    return LazySplit(split, cache_dir, {source: store.fingerprint
+                                        for source, store in stores.items()},
+                     tuple(keys), labels)
+
+
+def subset(x: Features | np.ndarray, rows) -> Features:
+    """The rows ``rows`` (a slice or indices) of every source of ``x``."""
+    return {source: array[rows] for source, array in as_features(x).items()}
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import check_heads_read_what_is_cached
 from ..context import RunContext
 from ..stage import DATASET_VIEW, Stage, run_file
 
@@ -17,6 +18,7 @@ def _run(ctx: RunContext, folder: Path, progress: bool):
 def _check(ctx: RunContext) -> None:
     """Parameter names and values of every head, checked before an hour of extraction."""
     from .registry import check_heads
+    check_heads_read_what_is_cached(ctx.config)
     check_heads(ctx.config.stages.heads, ctx.config.source_name)
 
 

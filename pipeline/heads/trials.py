@@ -15,6 +15,7 @@ from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from ..config import HeadConfig, HeadsConfig
 from ..config.heads import PIPELINE_KEYS
+from .features import sources_of
 from .kind import HeadKind
 from .registry import head_kind
 
@@ -42,6 +43,11 @@ class TrialSpec:
         """Parameters passed to the estimator (or dense head): declared, then swept."""
         swept = {k: v for k, v in self.overrides.items() if k not in PIPELINE_KEYS}
         return {**self.config.params, **swept}
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The cached sources the trial reads: the output tensor, taps."""
+        return sources_of(self.setting("features"))
 
     def describe(self) -> dict[str, Any]:
         """Everything that defines this trial, as plain data for leaderboards."""

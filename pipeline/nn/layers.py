@@ -1,5 +1,6 @@
 """The pipeline's own Keras layers, registered so that every model saved with them loads again
-(in safe mode, wherever it was saved): VGG16's preprocessing and a horizontal shear."""
+(in safe mode, wherever it was saved): VGG16's preprocessing, a horizontal shear, and the
+signed square root of power normalisation."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ class RandomHorizontalShear(keras.layers.RandomShear):
         config.pop("x_factor", None)
         config.pop("y_factor", None)
         return {**config, "factor": self.shear_factor}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class SignedSqrt(keras.layers.Layer):
+    """``sign(x) * sqrt(|x| + 1e-12)``: the first step of power normalisation (then unit
+    length). The small constant keeps the gradient finite where a ReLU output is exactly 0
+    (sign(0) = 0 makes it 0 there), should training flow through it into the base."""
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, "float32")
+        return keras.ops.sign(x) * keras.ops.sqrt(keras.ops.abs(x) + 1e-12)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

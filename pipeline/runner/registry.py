@@ -9,10 +9,12 @@ from __future__ import annotations
 from ..endtoend.stages import FINETUNE, SCRATCH
 from ..extract.stage import STAGE as EXTRACT
 from ..heads.stage import STAGE as HEADS
+from ..probe import STAGE as PROBE
 from ..stage import Stage
 
 STAGES: tuple[Stage, ...] = (
     EXTRACT,
+    PROBE,
     HEADS,
     FINETUNE,
     SCRATCH,

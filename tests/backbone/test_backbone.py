@@ -45,7 +45,8 @@ def test_declared_output_shape_matches_the_model(tiny_project: Path, size, layer
     spec = _spec(tiny_project, f"data.image_size=[{size[0]},{size[1]}]",
                  f"backbone.output_layer={layer}")
     model = build_feature_extractor(spec)
-    assert tuple(model.output_shape[1:]) == spec.output_shape
+    outputs = model(np.zeros((1, *spec.input_shape), np.float32))
+    assert tuple(outputs["output"].shape[1:]) == spec.output_shape
 
 
 def test_hed_weights_set_every_conv_layer_from_the_file(tiny_project: Path):

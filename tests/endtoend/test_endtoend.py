@@ -370,20 +370,28 @@ def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
     _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
 
 
-def test_auto_passes_over_a_newer_head_that_does_not_load(finetuned, tmp_path: Path):
+def _an_older_and_a_newer_head(finetuned, tmp_path: Path):
+    """Two copies of the fixture's dense head in two run folders under ``tmp_path/runs``, the
+    second newer: (config, fingerprint, trainable view, older folder, newer folder)."""
     import shutil
 
-    from pipeline.endtoend.finetune import find_warm_start
     from pipeline.endtoend.training import trainable_view
 
     project, heads_run, _, _ = finetuned
     config = load_config(project / "stages.yaml")
     ctx = RunContext(config)
-    fingerprint, view = ctx.fingerprint.id, trainable_view(ctx)
-    good = tmp_path / "runs" / "20200101-000000-heads-aaaa" / "heads" / "dense"
-    broken = tmp_path / "runs" / "20990101-000000-heads-bbbb" / "heads" / "dense"
-    for folder in (good, broken):
+    older = tmp_path / "runs" / "20200101-000000-heads-aaaa" / "heads" / "dense"
+    newer = tmp_path / "runs" / "20990101-000000-heads-bbbb" / "heads" / "dense"
+    for folder in (older, newer):
         shutil.copytree(heads_run.path / "heads" / "dense", folder)
+    return config, ctx.fingerprint.id, trainable_view(ctx), older, newer
+
+
+def test_auto_passes_over_a_newer_head_that_does_not_load(finetuned, tmp_path: Path):
+
+    from pipeline.endtoend.finetune import find_warm_start
+
+    config, fingerprint, view, good, broken = _an_older_and_a_newer_head(finetuned, tmp_path)
     (broken / "model.keras").unlink()
     assert find_warm_start(config.stages.finetune, tmp_path / "runs", fingerprint,
                            view.classes, view_id(config)) == good
@@ -422,3 +430,55 @@ def test_training_reads_each_epoch_through_one_batch_reader(tmp_path: Path, monk
     # split (and one more of each for Keras' look at the first batches), never one per batch.
     full_passes = [n for n in readers if n in (8, 4)]
     assert len(readers) == len(full_passes) <= 3 * 2 + 2 + 2 + 2, readers
+
+
+def test_auto_passes_over_a_dense_head_on_taps_and_a_named_one_is_refused(finetuned,
+                                                                        tmp_path: Path):
+    from pipeline.endtoend.finetune import find_warm_start
+    from pipeline.errors import WarmStartError
+
+    config, fingerprint, view, good, on_taps = _an_older_and_a_newer_head(finetuned, tmp_path)
+    project = finetuned[0]
+    # the newer head read a tap beside the output tensor, as head.json records it
+    metadata = json.loads((on_taps / "head.json").read_text())
+    metadata["sources"] = {"output": fingerprint, "block4_conv3.gap": "vgg16-0123456789abcdef"}
+    (on_taps / "head.json").write_text(json.dumps(metadata))
+    assert find_warm_start(config.stages.finetune, tmp_path / "runs", fingerprint,
+                           view.classes, view_id(config)) == good
+    named = load_config(project / "stages.yaml", [f"stages.finetune.head_from={on_taps}"])
+    with pytest.raises(WarmStartError, match=r"a head on taps \(block4_conv3.gap\); only a "
+                                             r"dense head on the output tensor alone"):
+        find_warm_start(named.stages.finetune, tmp_path / "runs", fingerprint, view.classes,
+                        view_id(config))
+
+
+def test_augmented_views_get_taps_too_and_a_tap_added_later_sees_the_same_views(
+        tmp_path: Path):
+    from pipeline.endtoend.training import trainable_view
+
+    views = "stages.extract.augmented_views.count=1"
+    taps = "backbone.taps=[block2_pool.gap, block3_conv1.gmp]"
+    heads = 'stages.heads.models={lr: {kind: logistic_regression, features: ' \
+            '[block2_pool.gap, block3_conv1.gmp], normalize: power}}'
+    one = _split_project(tmp_path / "one")
+    run = _run(one, "extract", "heads", overrides=(views, taps, heads))
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["extract.augmented_views_new"] == 8
+    assert metrics["heads.train_augmented_views"] == 8  # the head on taps trained on them
+    ctx = RunContext(load_config(one / "stages.yaml", [views, taps]))
+    keys = [key for key, _, _ in trainable_view(ctx).augmented_views()]
+    for store in ctx.stores.values():
+        assert store.missing(keys) == []
+
+    # elsewhere: the views first without taps, then the taps added: the same numbers
+    two = _split_project(tmp_path / "two")
+    _run(two, "extract", overrides=(views,))
+    output = RunContext(load_config(two / "stages.yaml", [views])).store
+    before = output.get(keys)
+    _run(two, "extract", overrides=(views, taps))
+    later = RunContext(load_config(two / "stages.yaml", [views, taps]))
+    output.refresh()
+    np.testing.assert_array_equal(output.get(keys), before)
+    for tap in ("block2_pool.gap", "block3_conv1.gmp"):
+        np.testing.assert_allclose(later.stores[tap].get(keys), ctx.stores[tap].get(keys),
+                                   rtol=1e-5, atol=1e-6)

@@ -238,8 +238,8 @@ def test_a_run_that_waited_for_the_lock_uses_what_the_holder_cached(tiny_project
     # everything; our run must see that after it gets the lock and infer nothing. (filelock's
     # locks belong to a thread, so the holder lives in one thread from start to end.)
     held, queued = threading.Event(), threading.Event()
-    import pipeline.extract.run
-    real_open_writer = pipeline.extract.run.open_writer
+    import pipeline.extract._writers as writers
+    real_open_writer = writers.open_writer
 
     def open_writer_after_signalling(*args, **kwargs):
         queued.set()
@@ -255,7 +255,7 @@ def test_a_run_that_waited_for_the_lock_uses_what_the_holder_cached(tiny_project
     thread = threading.Thread(target=hold_fill_release)
     thread.start()
     held.wait(timeout=30)
-    monkeypatch.setattr(pipeline.extract.run, "open_writer", open_writer_after_signalling)
+    monkeypatch.setattr(writers, "open_writer", open_writer_after_signalling)
     with pytest.warns(CacheLockWaitWarning, match="waiting up to 30 s"):
         result = _extract(tiny_project, "cache.lock_timeout=30")
     thread.join()

@@ -62,10 +62,10 @@ def test_dense_head_is_the_source_architecture_with_sigmoid_for_two_classes():
     train, validation = _splits(classes=2)
     head = fit_head(_spec("dense", params={"units": 256}), train, validation, n_classes=2)
     layers = [(type(layer).__name__, getattr(layer, "units", None)) for layer in
-              head.model.layers]
+              head.model.layers if type(layer).__name__ != "InputLayer"]
     assert layers == [("Flatten", None), ("Dense", 256), ("Dropout", None), ("Dense", 1)]
     assert head.model.layers[-1].activation.__name__ == "sigmoid"
-    assert head.model.layers[2].rate == 0.5
+    assert head.model.get_layer("dropout").rate == 0.5
     assert head.predict_proba(validation.x).shape == (10, 2)
     assert set(head.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
 
@@ -274,7 +274,8 @@ def test_the_training_model_scores_logits_as_the_probability_model_would():
 
     spec = _spec("dense", params={"units": 4})
     params = spec.config.dense_params({"units": 4})
-    model = dense_model(params, "flatten", (2, 2, 8), n_classes=2, seed=3, logits=True)
+    model = dense_model(params, "flatten", "none", {"output": (2, 2, 8)}, n_classes=2, seed=3,
+                        logits=True)
     weights = model.get_weights()
     weights[-2][:] = 0.0
     weights[-1][:] = 0.3  # every logit 0.3: probability 0.574, so class 1
@@ -315,3 +316,70 @@ def test_a_head_saved_before_the_package_layout_still_loads(tmp_path, monkeypatc
     again, _ = load_head(tmp_path / "old")
     np.testing.assert_array_equal(again.predict(validation.x), head.predict(validation.x))
     assert "pipeline.features" not in sys.modules  # the alias lasts only while loading
+
+
+TAP_PARTS = ["block4_conv3.gmp", "block3_conv3.gap", "gap"]  # two taps and a view, this order
+
+
+def _tap_splits():
+    """Splits whose features are {source: array}: the output tensor and two tap vectors, each
+    class-separable on its own, at very different scales (what normalisation is for)."""
+    def features(seed):
+        out, y = _blobs(10 if seed == 1 else 5, seed=seed)
+        tap3, _ = _blobs(10 if seed == 1 else 5, seed=seed + 10, shape=(6,))
+        tap4, _ = _blobs(10 if seed == 1 else 5, seed=seed + 20, shape=(10,))
+        return {"output": out, "block3_conv3.gap": tap3 * 1000.0,
+                "block4_conv3.gmp": tap4 * 0.001}, y
+    (x, y), (xv, yv) = features(1), features(2)
+    return LabelledSplit("train", x, y, ()), LabelledSplit("validation", xv, yv, ())
+
+
+@pytest.mark.parametrize("normalize", ["l2", "power"])
+def test_parts_are_normalised_one_by_one_then_concatenated_in_order(normalize: str):
+    train, _ = _tap_splits()
+    rows = FeatureView(TAP_PARTS, normalize).fit_transform(train.x)
+    assert rows.shape == (30, 10 + 6 + 8)
+    pieces = (rows[:, :10], rows[:, 10:16], rows[:, 16:])
+    sources = (train.x["block4_conv3.gmp"], train.x["block3_conv3.gap"],
+               train.x["output"].mean(axis=(1, 2)))
+    for piece, source in zip(pieces, sources):
+        np.testing.assert_allclose(np.linalg.norm(piece, axis=1), 1.0, rtol=1e-5)
+        expected = np.sign(source) * np.sqrt(np.abs(source)) if normalize == "power" else source
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(piece, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="hold no block5_conv1.gap"):
+        FeatureView(["gap", "block5_conv1.gap"]).transform(train.x)
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_every_kind_on_concatenated_normalised_taps_trains_saves_reloads_and_predicts(
+        kind: str, tmp_path):
+    train, validation = _tap_splits()
+    head = fit_head(_spec(kind, features=TAP_PARTS, normalize="power"), train, validation, 3)
+    predicted = head.predict(validation.x)
+    assert np.mean(predicted == validation.y) >= 0.6  # chance is 1/3
+    save_head(head, tmp_path / "h", {"classes": ["a", "b", "c"]})
+    again, _ = load_head(tmp_path / "h")
+    np.testing.assert_array_equal(again.predict(validation.x), predicted)
+    if kind != "linear_svm":
+        np.testing.assert_allclose(again.predict_proba(validation.x),
+                                   head.predict_proba(validation.x), rtol=1e-5, atol=1e-7)
+    # the head reads its sources by name, whatever else the features hold or their order
+    extra = {"block5_conv1.gap": np.zeros((15, 3), np.float32),
+             **dict(reversed(list(validation.x.items())))}
+    np.testing.assert_array_equal(again.predict(extra), predicted)
+
+
+def test_the_dense_head_on_taps_normalises_as_the_feature_view_does():
+    from pipeline.heads.dense import model_inputs
+
+    train, validation = _tap_splits()
+    head = fit_head(_spec("dense", features=TAP_PARTS, normalize="power"), train, validation, 3)
+    model = head.model
+    # the layers before the first Dense compute the FeatureView's rows
+    concatenated = next(layer for layer in model.layers if type(layer).__name__ == "Concatenate")
+    from pipeline.nn.runtime import keras
+    rows = keras.Model(model.inputs, concatenated.output)(model_inputs(model, validation.x))
+    np.testing.assert_allclose(np.asarray(rows),
+                               FeatureView(TAP_PARTS, "power").transform(validation.x),
+                               rtol=1e-4, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -246,7 +247,7 @@ def _store_with(tmp_path: Path, n: int, shape=(4, 4, 64)):
 
 def _peak_while_fitting(folder: Path, rows: int):
     shas, y = _store_with(folder, rows)
-    split = LazySplit("train", folder, "fp", tuple(shas), y)
+    split = LazySplit("train", folder, {"output": "fp"}, tuple(shas), y)
     spec = TrialSpec("sgd", 0, HeadConfig(kind="sgd", scale=True,
                                           incremental={"chunk_rows": 100, "epochs": 2}))
     tracemalloc.start()
@@ -327,4 +328,104 @@ def test_every_trial_failing_is_one_clear_error(cached_project):
     project = cached_project({"lr": {"kind": "logistic_regression", "params": {"solver": "lbfgs",
                                                                             "l1_ratio": 1.0}}})
     with pytest.raises(PipelineError, match="every trial of every head failed"):
+        _run(project)
+
+
+TAPS = ("block3_conv3.gap", "block4_conv3.gmp")
+ON_TAPS = {"features": list(TAPS), "normalize": "power"}
+
+
+def test_heads_on_taps_in_the_stage_read_only_their_sources(cached_project, monkeypatch):
+    project = cached_project({
+        "logreg": {"kind": "logistic_regression", **ON_TAPS,
+                   "sweep": {"params": {"C": [1.0, 100.0], "normalize": ["l2", "power"]}}},
+        "dense": {"kind": "dense", **ON_TAPS, "params": {"epochs": 3, "learning_rate": 0.01}},
+        "sgd": {"kind": "sgd", **ON_TAPS, "incremental": {"chunk_rows": 7, "epochs": 3}},
+    }, taps=TAPS)
+    read = []
+    original = FeatureStore.get
+
+    def get(store, keys, *args, **kwargs):
+        read.append(store.fingerprint)
+        return original(store, keys, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "get", get)
+    run, _ = _run(project)
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    taps = {tap: ctx.tap_fingerprints[tap].id for tap in TAPS}
+    assert read and set(read) <= set(taps.values())  # the output tensor is never read
+    rows = _leaderboard(run)
+    assert len(rows) == 4 + 1 + 1 and all(r["status"] == "ok" for r in rows)
+    assert float(rows[0]["val_accuracy"]) > 0.7  # chance is 1/3
+    for name in ("logreg", "dense", "sgd"):
+        metadata = json.loads((run.path / "heads" / name / "head.json").read_text())
+        assert metadata["sources"] == taps and "feature_shape" not in metadata
+    # a reloaded head predicts the test split from the taps' stores as the stage scored it
+    best = json.loads((run.path / "metrics.json").read_text())["heads.best.name"]
+    head, _ = load_head(run.path / "heads" / best)
+    view = read_view(ctx.view_file)
+    test = view.select("test")
+    x = {tap: ctx.stores[tap].get([i.sha256 for i in test]) for tap in TAPS}
+    accuracy = np.mean([view.classes[p] == i.label for p, i in zip(head.predict(x), test)])
+    saved = json.loads((run.path / "heads" / best / "evaluation.json").read_text())
+    assert accuracy == pytest.approx(saved["test"]["accuracy"])
+    with open(run.path / "heads" / best / "predictions_test.csv", encoding="utf-8") as fh:
+        answers = list(csv.DictReader(fh))
+    assert [a["path"] for a in answers] == [i.path for i in test]
+    assert np.mean([a["class"] == a["predicted"] for a in answers]) == pytest.approx(accuracy)
+
+
+def test_the_probe_ranks_every_cached_part_on_validation(cached_project):
+    project = cached_project({"lr": {"kind": "logistic_regression"}}, taps=TAPS,
+                             noise_taps=("block4_conv3.gmp",),
+                             per_split={"train": 40, "validation": 20, "test": 2})
+    config = load_config(project / "stages.yaml")
+    run, report = run_named(config, "probe")
+    table = json.loads((run.path / "probe.json").read_text())
+    assert [row["rank"] for row in table] == [1, 2, 3, 4, 5]
+    assert {row["feature"] for row in table} == {*TAPS, "flatten", "gap", "gmp"}
+    assert [row["val_accuracy"] for row in table] == sorted(
+        (row["val_accuracy"] for row in table), reverse=True)
+    by_part = {row["feature"]: row for row in table}
+    assert by_part["block3_conv3.gap"]["dimension"] == 256
+    assert by_part["flatten"]["dimension"] == 2048
+    assert all(row["C"] in config.stages.probe.C for row in table)
+    # noise scores near chance (1/3), the class-separable tap far above it
+    assert by_part["block3_conv3.gap"]["val_accuracy"] > 0.8
+    assert by_part["block4_conv3.gmp"]["val_accuracy"] < 0.55
+    assert table[-1]["feature"] == "block4_conv3.gmp"
+    with open(run.path / "probe.csv", encoding="utf-8") as fh:
+        assert [r["feature"] for r in csv.DictReader(fh)] == [r["feature"] for r in table]
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["probe.features"] == 5
+    assert metrics["probe.best.feature"] == table[0]["feature"]
+    assert "probe: a logistic regression per cached part" in report
+
+
+def test_with_keep_output_false_only_taps_are_cached_and_read(cached_project):
+    project = cached_project({"lr": {"kind": "logistic_regression", **ON_TAPS}},
+                             taps=TAPS, backbone={"keep_output": False})
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    assert set(ctx.stores) == set(TAPS) and not (ctx.store.path / "shards").exists()
+    run, _ = _run(project)
+    assert _leaderboard(run)[0]["status"] == "ok"
+    probe, _ = run_named(load_config(project / "stages.yaml"), "probe")
+    assert {row["feature"] for row in json.loads((probe.path / "probe.json").read_text())} \
+        == set(TAPS)
+
+
+@pytest.mark.parametrize("backbone, head, message", [
+    ({}, {"features": ["gap", "block5_conv1.gap"]},
+     "stages.heads.models.lr.features: block5_conv1.gap is not in backbone.taps (extract "
+     "caches only those: block3_conv3.gap, block4_conv3.gmp)"),
+    ({"keep_output": False}, {"features": "gap"},
+     "stages.heads.models.lr.features: gap is a view of the output tensor, which "
+     "backbone.keep_output: false leaves out of the cache"),
+])
+def test_a_head_on_a_part_the_cache_does_not_keep_is_a_config_error(cached_project, backbone,
+                                                                    head, message):
+    from pipeline.errors import ConfigError
+    project = cached_project({"lr": {"kind": "logistic_regression", **head}}, taps=TAPS,
+                             backbone=backbone)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         _run(project)

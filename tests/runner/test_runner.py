@@ -41,8 +41,9 @@ def test_plan_adds_dependencies_in_pipeline_order(project: Path):
     assert names(ctx, ["finetune"]) == ["extract", "heads", "finetune"]  # head_from: auto
     fresh = context(project, "stages.finetune.head_from=null")
     assert names(fresh, ["finetune"]) == ["extract", "finetune"]
-    assert names(ctx, ["all"]) == list(stage_names()) == ["extract", "heads", "finetune",
-                                                           "scratch"]
+    assert names(ctx, ["probe", "heads"]) == ["extract", "probe", "heads"]
+    assert names(ctx, ["all"]) == list(stage_names()) == ["extract", "probe", "heads",
+                                                           "finetune", "scratch"]
 
 
 def test_unchanged_stages_are_skipped_and_a_changed_parameter_reruns_only_its_stage(
@@ -155,7 +156,8 @@ def test_a_stage_declared_once_is_planned_run_locked_and_reported(project: Path,
     assert _status(capsys, project)["toy"] == \
         f"stale: outputs missing (expected {run_folder / 'toy.txt'})"
     assert main(["run", "toy", "nosuch", "-c", str(project / "stages.yaml")]) == 2
-    assert "stages: extract, heads, finetune, scratch, toy, or all" in capsys.readouterr().err
+    assert "stages: extract, probe, heads, finetune, scratch, toy, or all" in \
+        capsys.readouterr().err
 
 
 _UPDATE_LOCK_MANY_TIMES = """

@@ -72,11 +72,12 @@ def extract(project: Path, *overrides: str, progress: bool = False):
     return run_extract(context(project, *overrides), progress=progress)
 
 
-def cached_document(heads: dict, scheduler: str = "synchronous") -> dict:
+def cached_document(heads: dict, scheduler: str = "synchronous", taps: tuple[str, ...] = (),
+                    **backbone) -> dict:
     """A stages.yaml whose features are written straight into the cache (no images needed)."""
     return {
         "data": {"root": "data", "image_size": [64, 64]},  # (2, 2, 512) features
-        "backbone": {"weights": None},
+        "backbone": {"weights": None, **({"taps": list(taps)} if taps else {}), **backbone},
         "cache": {"dir": "cache"},
         "stages": {"heads": {"models": heads}},
         "runs": {"dir": "runs"},
@@ -86,30 +87,43 @@ def cached_document(heads: dict, scheduler: str = "synchronous") -> dict:
 
 def write_cached_dataset(project: Path, per_split: dict[str, int], seed: int = 0,
                          classes: tuple[str, ...] = CACHED_CLASSES,
-                         drop: frozenset[tuple[str, str]] = frozenset()) -> None:
+                         drop: frozenset[tuple[str, str]] = frozenset(),
+                         noise_taps: tuple[str, ...] = ()) -> None:
     """Synthetic features of ``per_split`` images per class and split, and their dataset view.
 
     Each class has its own mean feature tensor, so heads can learn them; rows are
     (2, 2, 512) float32, stored under the fingerprint the project's stages.yaml implies.
-    ``drop`` lists (split, class) pairs left empty.
+    Each tap of ``backbone.taps`` gets (N, channels) vectors in its own store, class-separable
+    like the output, except those in ``noise_taps``, which are pure noise. ``drop`` lists
+    (split, class) pairs left empty.
     """
     from cache import open_writer
+    from pipeline import vgg16
     from pipeline.data.view import DatasetView, ViewImage
 
     ctx = context(project)
     rng = np.random.default_rng(seed)
-    means = rng.normal(0, 1, (len(classes), 2, 2, 512)).astype(np.float32)
-    images, rows = [], []
+    taps = ctx.spec.taps
+    shapes = {"output": (2, 2, 512),
+              **{tap: (vgg16.tap_channels(vgg16.parse_tap(tap)[0]),) for tap in taps}}
+    means = {part: rng.normal(0, 0 if part in noise_taps else 1, (len(classes), *shape))
+             .astype(np.float32) for part, shape in shapes.items()}
+    images, rows = [], {part: [] for part in shapes}
     for split, count in per_split.items():
         for label, name in enumerate(classes):
             for i in range(0 if (split, name) in drop else count):
                 sha = f"{split[:2]}{label:02d}{i:060x}"
                 images.append(ViewImage(f"{name}/{split}_{i}.png", name, split, sha))
-                rows.append(means[label] + rng.normal(0, 6.0, (2, 2, 512)).astype(np.float32))
-    with open_writer(ctx.store, ctx.fingerprint.description, shard_rows=64) as writer:
-        writer.add([i.sha256 for i in images], np.stack(rows))
+                for part, shape in shapes.items():
+                    rows[part].append(means[part][label]
+                                      + rng.normal(0, 6.0, shape).astype(np.float32))
+    for part, store in ctx.stores.items():
+        with open_writer(store, ctx.description(part), shard_rows=64) as writer:
+            writer.add([i.sha256 for i in images], np.stack(rows[part]))
     ctx.write_view(DatasetView(root=str(ctx.config.data.root), classes=list(classes),
-                               fingerprint=ctx.fingerprint.id, images=images))
+                               fingerprint=ctx.fingerprint.id, images=images,
+                               taps={tap: fp.id for tap, fp in ctx.tap_fingerprints.items()},
+                               keep_output=ctx.spec.keep_output))
 
 
 def record_extract(project: Path) -> None:
