@@ -3,32 +3,51 @@ checked as text here and, where Chromium and Playwright are installed, in a real
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.context import RunContext
+from pipeline.heads.run import PREDICTIONS_NAME
 from pipeline.report import SECTIONS, smooth, write_report
-from tests.support.projects import run_named, split_project
+from tests.support.projects import run_named, split_project, write_config
+
+TAPS = ["block1_conv2.gap", "block2_pool.gmp"]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[Path, str]:
-    """extract + heads + finetune + scratch (1 epoch each), then the report's path and text."""
-    project = split_project(tmp_path_factory.mktemp("report"))
+def report(tmp_path_factory) -> tuple[Path, str, Path]:
+    """extract (with two taps) + probe + heads (a dense head on the output, a logistic
+    regression on the taps) + finetune + scratch (1 epoch each); the report's path, its text
+    and the run folder."""
+    project = split_project(tmp_path_factory.mktemp("report"), heads={"models": {
+        "dense": {"kind": "dense", "params": {"epochs": 2}},
+        "taps": {"kind": "logistic_regression", "features": TAPS, "normalize": "power"}}})
+    document = yaml.safe_load((project / "stages.yaml").read_text())
+    document["backbone"]["taps"] = TAPS
+    write_config(project, document)
     config = load_config(project / "stages.yaml")
-    run, _ = run_named(config, "extract", "heads", "finetune", "scratch")
+    run, _ = run_named(config, "extract", "probe", "heads", "finetune", "scratch")
     result = write_report(RunContext(config), project / "report.html")
     return result.path, result.path.read_text(encoding="utf-8"), run.path
 
 
-def test_every_metric_a_run_of_every_stage_writes_is_a_documented_key(report):
-    import json
+def _wrong_answers(run: Path) -> list[dict]:
+    """The best head's wrong test answers, from its predictions_test.csv."""
+    best = json.loads((run / "metrics.json").read_text())["heads.best.name"]
+    with open(run / "heads" / best / PREDICTIONS_NAME, encoding="utf-8") as fh:
+        return [row for row in csv.DictReader(fh) if row["class"] != row["predicted"]]
 
+
+def test_every_metric_a_run_of_every_stage_writes_is_a_documented_key(report):
     from pipeline import metric_keys
     documented = [re.compile(re.escape(key).replace(re.escape("<name>"), r"[\w-]+")
                              .replace(re.escape("<phase>"), r"phase\d")
@@ -46,7 +65,7 @@ def test_smoothing_is_an_exponential_moving_average():
 
 
 def test_the_report_has_every_section_and_inlines_every_figure(report):
-    path, page, _ = report
+    path, page, run = report
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
     assert "cats" in page and "dogs" in page  # images per class
@@ -55,14 +74,42 @@ def test_the_report_has_every_section_and_inlines_every_figure(report):
     assert "dense" in page and "val_accuracy" in page  # leaderboard
     for title in ("dense head dense", "finetune phase1", "finetune phase2", "scratch train"):
         assert f'alt="{title} curves"' in page
-    assert all(f'alt="{t} on test"' in page for t in ("best head dense", "finetune", "scratch"))
-    for recipe in ("CNN from scratch", "cached features + dense head",
-                   "frozen base + augmentation", "block5 fine-tuned"):
+    best = json.loads((run / "metrics.json").read_text())["heads.best.name"]
+    assert all(f'alt="{t} on test"' in page for t in (f"best head {best}", "finetune", "scratch"))
+    for recipe in ("CNN from scratch", "cached features + ", "frozen base + augmentation",
+                   "block5 fine-tuned"):
         assert recipe in page
+    # the probe: a chart and a row per tap and per view of the output
+    assert 'alt="probe: validation accuracy per part"' in page
+    for part in (*TAPS, "flatten", "gap", "gmp"):
+        assert f"<td>{part}</td>" in page
+    assert 'alt="the features on two principal components"' in page
+    # the gallery: one thumbnail per wrong test answer, with its truth and prediction
+    wrong = _wrong_answers(run)
+    gallery = page[page.index('<section id="mistakes">'):page.index('<section id="map">')]
+    assert gallery.count("data:image/jpeg;base64,") == len(wrong)
+    assert f"{len(wrong)} of\n4 test images wrong" in gallery
+    for answer in wrong:
+        assert f'alt="{answer["path"]}"' in gallery
     # self-contained: no file, http or relative references, every image a data URI
     sources = re.findall(r'src="([^"]+)"', page)
-    assert len(sources) == 7 and all(s.startswith("data:image/png;base64,") for s in sources)
+    pngs = [s for s in sources if s.startswith("data:image/png;base64,")]
+    jpegs = [s for s in sources if s.startswith("data:image/jpeg;base64,")]
+    assert len(pngs) == 9 and len(pngs) + len(jpegs) == len(sources)
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_names_are_escaped_and_a_vanished_image_is_said(cached_project):
+    heads = {"logreg": {"kind": "logistic_regression", "features": "gap", "params": {"C": 1e-6}}}
+    project = cached_project(heads, per_split={"train": 6, "validation": 3, "test": 3},
+                             classes=("cats", "<b>dogs</b>", "owls&co"))
+    config = load_config(project / "stages.yaml")
+    run_named(config, "heads")
+    page = write_report(RunContext(config), project / "report.html").path.read_text()
+    assert "<b>dogs</b>" not in page and "&lt;b&gt;dogs&lt;/b&gt;" in page
+    assert "owls&amp;co" in page and "owls&co" not in page
+    # the synthetic features have no image files: each mistake says so instead of a thumbnail
+    assert "(no longer decodes)" in page and "data:image/jpeg" not in page
 
 
 def test_the_cli_writes_the_report_into_the_runs_folder(tmp_path: Path, capsys):
@@ -77,10 +124,13 @@ def test_the_cli_writes_the_report_into_the_runs_folder(tmp_path: Path, capsys):
 def test_the_report_renders_in_headless_chromium(report):
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser") or \
         shutil.which("google-chrome")
+    if os.environ.get("PIPELINE_REQUIRE_BROWSER") == "1":  # .ci/run: a skip would hide a gap
+        import playwright.sync_api as _  # noqa: F401  (an ImportError fails the test)
+        assert browser_path, "PIPELINE_REQUIRE_BROWSER=1 but no Chromium on the PATH"
     playwright = pytest.importorskip("playwright.sync_api")
     if browser_path is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
-    path, _, _ = report
+    path, _, run = report
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
         try:
@@ -93,5 +143,5 @@ def test_the_report_renders_in_headless_chromium(report):
                 " Array.from(document.querySelectorAll('section')).map(s => s.id)]")
         finally:
             browser.close()
-    assert images == 7 and loaded
+    assert images == 9 + len(_wrong_answers(run)) and loaded
     assert sections == list(SECTIONS)

@@ -1,45 +1,46 @@
 """``pipeline report``: one self-contained HTML page of the pipeline's latest results.
 
-It reads what the stages left (the dataset view, run folders' metrics, leaderboards, histories
-and confusion matrices; for each, the newest run folder that has it) and writes a single file
-with every figure inlined as a base64 PNG: no network, no side files, and it opens nowhere by
-itself. Sections: data, extraction, leaderboard, training curves (raw and
-smoothed with an exponential moving average, as the source material plots them), confusion
-matrices, and the recipes compared by accuracy and time.
+It reads what the stages left (the dataset view, run folders' metrics, the probe table,
+leaderboards, the best head's test answers, histories and confusion matrices; for each, the
+newest run folder that has it) and the cached features the best head reads, and writes a
+single file from a Jinja2 template (autoescaped), every figure and thumbnail inlined: no
+network, no side files, and it opens nowhere by itself. It never builds a model and never
+needs the backbone's weights. Sections: data, extraction, the probe, the leaderboard, the test
+images the best head gets wrong, a map of the features, training curves (raw and smoothed
+with an exponential moving average, as the source material plots them), confusion matrices,
+and the recipes compared by accuracy and time.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from cache import FeatureStore, MissingFeaturesError
 from cache.files import write_atomic
 
 from .. import metric_keys as keys
+from ..backbone.spec import decode_options
 from ..context import RunContext
+from ..data.decode import decode_file
 from ..data.names import display_path
 from ..data.view import DatasetView
-from ..errors import BackboneWeightsError
+from ..errors import BackboneWeightsError, HeadLoadError, ImageDecodeError
 from ..runs import list_runs
+from . import figures
 
-SECTIONS = ("data", "extraction", "leaderboard", "curves", "confusion", "recipes")
+SECTIONS = ("data", "extraction", "probe", "leaderboard", "mistakes", "map", "curves",
+            "confusion", "recipes")
+GALLERY = 24          # mistakes shown at most, the surest first
+MAP_POINTS = 3000     # images drawn at most on the feature map (a seeded sample beyond)
 # per end-to-end stage: (its test accuracy, its validation accuracy)
 _STAGE_ACCURACY = {"finetune": (keys.FINETUNE_TEST_ACCURACY, keys.FINETUNE_VAL_ACCURACY),
                    "scratch": (keys.SCRATCH_TEST_ACCURACY, keys.SCRATCH_VAL_ACCURACY)}
-SMOOTHING = 0.8  # weight of the previous smoothed point
-
-
-def smooth(values: list[float], factor: float = SMOOTHING) -> list[float]:
-    """Exponential moving average: each point is ``factor`` x previous + (1 - factor) x raw."""
-    out: list[float] = []
-    for value in values:
-        out.append(value if not out else out[-1] * factor + value * (1 - factor))
-    return out
 
 
 @dataclass
@@ -73,33 +74,20 @@ class _RunIndex:
                 return self.runs_dir / run.name, run.metrics
         return None, {}
 
-
-def _escape(text) -> str:
-    """``text`` for HTML, on one printable line (file and class names may hold any byte)."""
-    return html.escape(display_path(str(text)))
-
-
-def _png(figure) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    def best_head(self) -> tuple[Path | None, str]:
+        """The folder of the best head of the newest heads run, and its name."""
+        run, metrics = self.latest(keys.HEADS_TRIALS)
+        name = metrics.get(keys.HEADS_BEST_NAME)
+        if run is None or not name:
+            return None, ""
+        return run / "heads" / str(name), str(name)
 
 
-def _img(data: str, alt: str) -> str:
-    return f'<img alt="{_escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{_escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_escape(_cell(c))}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell(value) -> str:
+def cell(value) -> str:
+    """A table cell: ``-`` for nothing, 4 decimals for a number (also one read from a CSV)."""
     if value is None or value == "":
         return "-"
-    if isinstance(value, str) and "." in value:  # numbers read back from CSV
+    if isinstance(value, str) and "." in value:
         try:
             value = float(value)
         except ValueError:
@@ -112,39 +100,29 @@ def _view(ctx: RunContext) -> tuple[DatasetView | None, str]:
     try:
         view = ctx.read_view()
     except BackboneWeightsError as exc:
-        return None, (f"The backbone's weights are missing, so the dataset view cannot be "
-                      f"found: {_escape(str(exc))}")
-    return view, "No dataset view yet: run <code>pipeline run extract</code>."
+        return None, f"The backbone's weights are missing, so the dataset view cannot be " \
+                     f"found: {exc}"
+    return view, "No dataset view yet: run pipeline run extract."
 
 
-def _data_section(view: DatasetView | None, missing: str) -> str:
-    if view is None:
-        return f"<p>{missing}</p>"
+def _data(view: DatasetView) -> dict:
     counts = view.counts()
-    rows = [[label, *(counts[s][label] for s in ("train", "validation", "test")),
-             sum(counts[s][label] for s in counts)] for label in view.classes]
-    rows.append(["all", *(sum(counts[s].values()) for s in ("train", "validation", "test")),
-                 len(view.images)])
-    parts = [_table(["class", "train", "validation", "test", "all"], rows)]
-    parts.append(f"<h3>Skipped files ({len(view.skipped)})</h3>")
-    if view.skipped:
-        parts.append(_table(["file", "reason"],
-                            [[display_path(s.path), s.reason] for s in view.skipped]))
-    leakage = [g for g in view.duplicates if g.kind == "leakage"]
-    parts.append(f"<h3>Duplicates ({len(view.duplicates)} groups, {len(leakage)} across "
-                 f"splits: leakage)</h3>")
-    if view.duplicates:
-        parts.append(_table(["kind", "files", "classes", "splits"],
-                            [[g.kind, ", ".join(map(display_path, g.paths)),
-                              ", ".join(g.classes), ", ".join(g.splits)]
-                             for g in view.duplicates]))
-    return "".join(parts)
+    splits = ("train", "validation", "test")
+    rows = [[label, *(counts[s][label] for s in splits), sum(counts[s][label] for s in counts)]
+            for label in view.classes]
+    rows.append(["all", *(sum(counts[s].values()) for s in splits), len(view.images)])
+    return {"counts": [[display_path(str(c)) for c in row] for row in rows],
+            "skipped": [[display_path(s.path), s.reason] for s in view.skipped],
+            "duplicates": [[g.kind, ", ".join(map(display_path, g.paths)),
+                            ", ".join(map(display_path, g.classes)), ", ".join(g.splits)]
+                           for g in view.duplicates],
+            "leakage": sum(1 for g in view.duplicates if g.kind == "leakage")}
 
 
-def _extraction_section(runs: _RunIndex) -> str:
+def _extraction(runs: _RunIndex) -> dict | None:
     run, metrics = runs.latest(keys.EXTRACT_IMAGES)
     if run is None:
-        return "<p>No extraction yet.</p>"
+        return None
     shown = [("images in the view", keys.EXTRACT_IMAGES), ("new", keys.EXTRACT_IMAGES_NEW),
              ("cached before", keys.EXTRACT_IMAGES_CACHED),
              ("skipped", keys.EXTRACT_IMAGES_SKIPPED),
@@ -154,27 +132,110 @@ def _extraction_section(runs: _RunIndex) -> str:
              ("augmented views new", keys.EXTRACT_AUGMENTED_VIEWS_NEW),
              ("augmented views cached", keys.EXTRACT_AUGMENTED_VIEWS_CACHED),
              ("backbone fingerprint", keys.EXTRACT_FINGERPRINT)]
-    return (f"<p>From run <code>{_escape(run.name)}</code>.</p>" +
-            _table(["measure", "value"], [[name, metrics.get(key)] for name, key in shown]))
+    return {"run": run.name, "rows": [[name, metrics.get(key)] for name, key in shown]}
 
 
-def _leaderboard_section(runs: _RunIndex) -> str:
+def _probe(runs: _RunIndex) -> dict | None:
+    run, metrics = runs.latest(keys.PROBE_FEATURES)
+    try:
+        rows = json.loads((run / "probe.json").read_text(encoding="utf-8")) if run else []
+    except (OSError, ValueError):
+        rows = []
+    if not rows:
+        return None
+    return {"run": run.name, "best": metrics.get(keys.PROBE_BEST_FEATURE),
+            "chart": figures.probe_chart(rows),
+            "rows": [[r["rank"], r["feature"], r["dimension"], r["val_accuracy"],
+                      f"{float(r['C']):g}", r["fit_seconds"]] for r in rows]}
+
+
+def _leaderboard(runs: _RunIndex) -> dict | None:
     run, metrics = runs.latest(keys.HEADS_TRIALS)
     if run is None or not (run / "leaderboard.csv").is_file():
-        return "<p>No heads trained yet: run <code>pipeline run heads</code>.</p>"
+        return None
     with open(run / "leaderboard.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    columns = ["rank", "head", "kind", "status", "val_accuracy", "val_f1_macro", "fit_seconds",
-               "params"]
-    return (f"<p>Run <code>{_escape(run.name)}</code>: {metrics['heads.trials']} trials; "
-            f"best <b>{_escape(str(metrics.get('heads.best.name')))}</b>, test accuracy "
-            f"{_cell(metrics.get('heads.best.test_accuracy'))} (the only model tested).</p>" +
-            _table(columns, [[r.get(c, "") for c in columns] for r in rows[:20]]))
+    header = ["rank", "head", "kind", "status", "val_accuracy", "val_f1_macro", "fit_seconds",
+              "params"]
+    return {"run": run.name, "trials": metrics[keys.HEADS_TRIALS], "header": header,
+            "best": str(metrics.get(keys.HEADS_BEST_NAME)),
+            "test_accuracy": metrics.get(keys.HEADS_BEST_TEST_ACCURACY),
+            "rows": [[r.get(c, "") for c in header] for r in rows[:20]]}
+
+
+def _thumbnail(ctx: RunContext, view: DatasetView | None, path: str) -> str | None:
+    """The image as the backbone saw it (decoded and resized as the configuration says), small;
+    None when there is no view or the file no longer decodes."""
+    if view is None:
+        return None
+    try:
+        return figures.thumbnail(decode_file(Path(view.root) / path, decode_options(ctx.config)))
+    except ImageDecodeError:
+        return None
+
+
+def _mistakes(ctx: RunContext, runs: _RunIndex, view: DatasetView | None
+              ) -> tuple[dict | None, str]:
+    from ..heads.run import PREDICTIONS_NAME
+
+    folder, name = runs.best_head()
+    try:
+        with open(folder / PREDICTIONS_NAME, encoding="utf-8") as fh:
+            answers = list(csv.DictReader(fh))
+    except (OSError, TypeError):
+        return None, "No test answers of a best head yet: run pipeline run heads."
+    wrong = [a for a in answers if a["class"] != a["predicted"]]
+    wrong.sort(key=lambda a: -float(a["probability"] or 0))
+    items = [{"path": a["path"], "truth": a["class"], "predicted": a["predicted"],
+              "probability": a["probability"] or None,
+              "thumbnail": _thumbnail(ctx, view, a["path"])} for a in wrong[:GALLERY]]
+    return {"head": name, "total": len(answers), "wrong": len(wrong), "shown": len(items),
+            "items": items}, ""
+
+
+def _feature_map(ctx: RunContext, runs: _RunIndex, view: DatasetView | None
+                 ) -> tuple[dict | None, str]:
+    """The best head's input features of every image of the view, on two principal
+    components."""
+    folder, _ = runs.best_head()
+    if folder is None or view is None:
+        return None, "No map yet: it needs a dataset view and a trained head."
+    from sklearn.decomposition import PCA
+
+    from ..heads.features import FeatureView
+    from ..heads.saving import head_sources, read_head_metadata
+
+    try:
+        metadata = read_head_metadata(folder)
+    except HeadLoadError as exc:
+        return None, f"No map: {exc}"
+    params = metadata.get("params", {})
+    features = params.get("features", "flatten")
+    images = view.images
+    if len(images) > MAP_POINTS:
+        keep = np.random.default_rng(0).choice(len(images), MAP_POINTS, replace=False)
+        images = [images[i] for i in sorted(keep)]
+    shas = [image.sha256 for image in images]
+    try:
+        x = {source: FeatureStore(ctx.config.cache.dir, fingerprint).get(shas)
+             for source, fingerprint in head_sources(metadata).items()}
+    except MissingFeaturesError as exc:
+        return None, f"No map: {exc}"
+    rows = FeatureView(features, params.get("normalize", "none")).transform(x)
+    if len(rows) < 3:
+        return None, "No map: fewer than three images."
+    points = PCA(n_components=2, random_state=0).fit_transform(rows.astype(np.float64))
+    labels = np.array([view.label_index(image.label) for image in images])
+    shown = ", ".join(features) if isinstance(features, list) else str(features)
+    return {"features": shown, "points": len(images),
+            "figure": figures.feature_map(points, labels, view.classes,
+                                          f"the best head's features, {len(images)} images, "
+                                          f"normalize: {params.get('normalize', 'none')}")}, ""
 
 
 def _histories(runs: _RunIndex) -> list[tuple[str, dict]]:
     found = []
-    run, metrics = runs.latest(keys.HEADS_TRIALS)
+    run, _ = runs.latest(keys.HEADS_TRIALS)
     if run is not None:
         for history in sorted((run / "heads").glob("*/history.json")):
             found.append((f"dense head {history.parent.name}", history))
@@ -199,61 +260,26 @@ def _histories(runs: _RunIndex) -> list[tuple[str, dict]]:
     return loaded
 
 
-def _curves_section(runs: _RunIndex, figures: list[int]) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    parts = []
-    for title, history in _histories(runs):
-        figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        try:
-            for ax, metric in zip(axes, ("accuracy", "loss")):
-                for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-                    values = history.get(key)
-                    if not values:
-                        continue
-                    epochs = range(1, len(values) + 1)
-                    ax.plot(epochs, values, style, alpha=0.35, label=f"{key} (raw)")
-                    ax.plot(epochs, smooth(values), style, label=f"{key} (smoothed)")
-                ax.set_xlabel("epoch")
-                ax.set_title(f"{title}: {metric}")
-                ax.legend(fontsize=7)
-            figure.tight_layout()
-            parts.append(_img(_png(figure), f"{title} curves"))
-            figures[0] += 1
-        finally:
-            plt.close(figure)
-    if not parts:
-        return "<p>No training history yet.</p>"
-    return (f"<p>Faint lines: per epoch; solid: exponential moving average "
-            f"(factor {SMOOTHING}).</p>" + "".join(parts))
-
-
-def _confusion_section(runs: _RunIndex, figures: list[int]) -> str:
-    parts = []
-    run, metrics = runs.latest(keys.HEADS_TRIALS)
+def _confusion(runs: _RunIndex) -> list[tuple[str, str, str]]:
     candidates = []
-    if run is not None and metrics.get(keys.HEADS_BEST_NAME):
-        candidates.append((f"best head {metrics['heads.best.name']}",
-                           run / "heads" / str(metrics[keys.HEADS_BEST_NAME])))
+    folder, name = runs.best_head()
+    if folder is not None:
+        candidates.append((f"best head {name}", folder))
     for stage in ("finetune", "scratch"):
         stage_run, _ = runs.latest(_STAGE_ACCURACY[stage][1])
         if stage_run is not None:
             candidates.append((stage, stage_run / stage))
+    found = []
     for title, folder in candidates:
         for split in ("test", "validation"):
             png = folder / f"confusion_{split}.png"
             if png.is_file():
-                data = base64.b64encode(png.read_bytes()).decode("ascii")
-                parts.append(f"<figure>{_img(data, f'{title} on {split}')}"
-                             f"<figcaption>{_escape(title)}, {split}</figcaption></figure>")
-                figures[0] += 1
+                found.append((title, split, base64.b64encode(png.read_bytes()).decode("ascii")))
                 break
-    return "".join(parts) or "<p>No confusion matrix yet.</p>"
+    return found
 
 
-def _recipes_section(runs: _RunIndex) -> str:
+def _recipes(runs: _RunIndex) -> tuple[list[list], float | None]:
     rows = []
     _, scratch = runs.latest(keys.SCRATCH_VAL_ACCURACY)
     if scratch:
@@ -266,9 +292,9 @@ def _recipes_section(runs: _RunIndex) -> str:
     _, views = runs.newest(lambda m: bool(m.get(keys.HEADS_TRAIN_AUGMENTED_VIEWS)))
     for metrics, label in ((plain, "cached features"),
                            (views, f"cached augmented views "
-                                   f"({views.get('heads.train_augmented_views')})")):
+                                   f"({views.get(keys.HEADS_TRAIN_AUGMENTED_VIEWS)})")):
         if metrics:
-            rows.append([f"{label} + {metrics.get('heads.best.name')} head",
+            rows.append([f"{label} + {metrics.get(keys.HEADS_BEST_NAME)} head",
                          metrics.get(keys.HEADS_BEST_VAL_ACCURACY),
                          metrics.get(keys.HEADS_BEST_TEST_ACCURACY),
                          metrics.get(keys.HEADS_SECONDS)])
@@ -281,41 +307,39 @@ def _recipes_section(runs: _RunIndex) -> str:
                      finetune.get(keys.FINETUNE_VAL_ACCURACY),
                      finetune.get(keys.FINETUNE_TEST_ACCURACY),
                      finetune.get(keys.FINETUNE_SECONDS)])
-    if not rows:
-        return "<p>No recipe has run yet.</p>"
-    note = ""
-    if extract:
-        note = (f"<p>Cached features cost one pass of the backbone per image, once: "
-                f"{_cell(extract.get('extract.images_per_second'))} images per second in the "
-                f"latest extraction. Times are each stage's training time in seconds.</p>")
-    return note + _table(["recipe", "validation accuracy", "test accuracy", "seconds"], rows)
+    return rows, extract.get(keys.EXTRACT_IMAGES_PER_SECOND) if extract else None
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
-font-size:13px;text-align:left}th{background:#f3f3f3}img{max-width:100%}
-figure{display:inline-block;margin:.5em}h2{border-bottom:2px solid #ddd}"""
+def _environment():
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.report", "."),
+        autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    environment.filters["shown"] = lambda text: display_path(str(text))
+    environment.filters["cell"] = cell
+    return environment
 
 
 def write_report(ctx: RunContext, path: Path) -> ReportResult:
     """Write the report of the context's pipeline to ``path`` (one HTML file)."""
-    figures = [0]
-    view, missing = _view(ctx)
+    view, view_missing = _view(ctx)
     runs = _RunIndex(ctx.config.runs.dir)
-    bodies = {
-        "data": ("Data", _data_section(view, missing)),
-        "extraction": ("Extraction", _extraction_section(runs)),
-        "leaderboard": ("Heads leaderboard", _leaderboard_section(runs)),
-        "curves": ("Training curves", _curves_section(runs, figures)),
-        "confusion": ("Confusion matrices", _confusion_section(runs, figures)),
-        "recipes": ("Recipes compared", _recipes_section(runs)),
-    }
-    sections = "".join(f'<section id="{key}"><h2>{title}</h2>{body}</section>'
-                       for key, (title, body) in bodies.items())
-    source = _escape(str(ctx.config.source or "stages.yaml"))
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>Pipeline report</title><style>{STYLE}</style></head><body>"
-            f"<h1>Pipeline report</h1><p>{source}</p>{sections}</body></html>\n")
+    mistakes, mistakes_missing = _mistakes(ctx, runs, view)
+    feature_map, map_missing = _feature_map(ctx, runs, view)
+    recipes, images_per_second = _recipes(runs)
+    probe = _probe(runs)
+    curves = [(title, figures.curves(title, history)) for title, history in _histories(runs)]
+    confusion = _confusion(runs)
+    page = _environment().get_template("report.html.j2").render(
+        source=str(ctx.config.source or "stages.yaml"), view=view, view_missing=view_missing,
+        **(_data(view) if view is not None else {}),
+        extraction=_extraction(runs), probe=probe, leaderboard=_leaderboard(runs),
+        mistakes=mistakes, mistakes_missing=mistakes_missing,
+        feature_map=feature_map, map_missing=map_missing, curves=curves,
+        smoothing=figures.SMOOTHING, confusion=confusion, recipes=recipes,
+        images_per_second=images_per_second)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, page)
-    return ReportResult(path, SECTIONS, figures[0])
+    count = len(curves) + len(confusion) + (probe is not None) + (feature_map is not None)
+    return ReportResult(path, SECTIONS, count)
