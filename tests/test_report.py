@@ -132,7 +132,11 @@ def test_the_report_renders_in_headless_chromium(report):
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
     path, _, run = report
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+        # no background networking: on a machine without a network Chromium would keep
+        # trying to reach its update and sync hosts
+        browser = p.chromium.launch(executable_path=browser_path, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
         try:
             page = browser.new_page()
             page.goto(path.as_uri())
