@@ -127,7 +127,8 @@ class FeatureStore:
         return [entries[s] for s in sha256]
 
     def get(self, sha256: Sequence[str]) -> np.ndarray:
-        """Features of ``sha256`` in the order given, as (N, h, w, c) float32 in memory."""
+        """Features of ``sha256`` in the order given, as (N, h, w, c) float32 in memory
+        (float32 whatever the store keeps: float16 rows are widened, exactly)."""
         return read_located(self.path, self.locate(list(sha256)), self.feature_shape)
 
     @property
@@ -201,7 +202,8 @@ class FeatureStore:
 
 def read_located(folder: Path, located: Sequence[tuple[str, int]],
                  shape: tuple[int, ...]) -> np.ndarray:
-    """Rows at ``located`` [(shard name, row), ...] under ``folder``, as (N, *shape) float32."""
+    """Rows at ``located`` [(shard name, row), ...] under ``folder``, as (N, *shape) float32
+    (a float16 shard's rows widened)."""
     out = np.empty((len(located), *shape), dtype=np.float32)
     by_shard: dict[str, tuple[list[int], list[int]]] = {}
     for i, (shard, row) in enumerate(located):

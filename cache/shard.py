@@ -2,7 +2,7 @@
 
 Layout of a shard file (``shard-<seq>-<id>.h5``):
 
-- ``features``: (N, h, w, c) float32, one row per image
+- ``features``: (N, h, w, c) float32 or float16 (the store's storage dtype), one row per image
 - ``sha256``:   (N,) ``S64``, the hex sha256 of each image's bytes, row-aligned with ``features``
 - attributes: ``fingerprint`` (the backbone fingerprint id), ``format`` (shard format version),
   ``created`` (UTC ISO time)
@@ -29,6 +29,8 @@ from .files import replacing
 
 SHARD_FORMAT = 1
 SHARD_SUFFIX = ".h5"
+#: The dtypes a shard may store its features in; rows are float32 everywhere else.
+STORAGE_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,12 @@ class ShardContents:
 
     fingerprint: str | None
     sha256: list[str]
-    features: np.ndarray  # (N, h, w, c) float32
+    features: np.ndarray  # (N, h, w, c) in the stored dtype
 
 
 def row_checksums(features: np.ndarray) -> list[int]:
-    """CRC32 of each row's float32 bytes, as recorded at write time and checked by verify."""
+    """CRC32 of each row's bytes as float32 (a float16 row widened first: exact), as recorded
+    at write time and checked by verify, whatever dtype the shard stores."""
     rows = np.ascontiguousarray(features, dtype=np.float32)
     return [zlib.crc32(row.tobytes()) for row in rows]
 
@@ -77,15 +80,18 @@ def list_shard_files(folder: Path) -> list[Path]:
 
 
 def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
-                features: np.ndarray) -> WrittenShard:
-    """Write ``features`` (N, h, w, c) float32 and their ``sha256`` as the shard ``folder/name``.
+                features: np.ndarray, dtype: str = "float32") -> WrittenShard:
+    """Write ``features`` (N, h, w, c) and their ``sha256`` as the shard ``folder/name``,
+    stored as ``dtype`` (``float16`` rounds each value to the nearest half: half the bytes).
 
     The file appears under its final name only when complete. On any error the temporary file
     is removed and the error propagates; the cache is left as it was before the call.
     """
     if len(sha256) != len(features):
         raise ValueError(f"{len(sha256)} sha256 for {len(features)} feature rows")
-    features = np.ascontiguousarray(features, dtype=np.float32)
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage dtype {dtype!r}; expected one of {', '.join(STORAGE_DTYPES)}")
+    features = np.ascontiguousarray(features, dtype=dtype)
     checksums = row_checksums(features)  # before the rename: nothing may fail after it
     final = folder / name
     fault_point("shard.begin")
@@ -118,7 +124,8 @@ def read_shard(path: Path) -> ShardContents:
 
 
 def read_shard_rows(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (any order, repeats allowed) of one shard: (len(rows), h, w, c) float32."""
+    """Rows ``rows`` (any order, repeats allowed) of one shard: (len(rows), h, w, c) in the
+    stored dtype."""
     rows = np.asarray(rows, dtype=np.int64)
     # h5py fancy indexing wants strictly increasing indices: read the unique sorted rows once,
     # then put them back in the order asked for.

@@ -20,7 +20,23 @@ from .lock import WriteLock
 from .manifest import DAMAGED_NAME, MANIFEST_NAME, Manifest, append_shard, rewrite_manifest
 from .reader import REJECTS_NAME, FeatureStore
 from .recovery import recover, remove_temporary_files, rows_held_elsewhere
-from .shard import WrittenShard, new_shard_name, read_shard_rows, row_checksums, write_shard
+from .shard import (
+    STORAGE_DTYPES,
+    WrittenShard,
+    new_shard_name,
+    read_shard_rows,
+    row_checksums,
+    write_shard,
+)
+
+
+def storage_dtype(description: dict) -> str:
+    """The dtype a store described by ``description`` keeps its rows in (its ``storage``
+    key; float32 without one). ValueError for a dtype a shard cannot store."""
+    dtype = description.get("storage", "float32")
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage {dtype!r}; expected one of {', '.join(STORAGE_DTYPES)}")
+    return dtype
 
 
 def open_writer(store: FeatureStore, description: dict, shard_rows: int = 512,
@@ -29,7 +45,10 @@ def open_writer(store: FeatureStore, description: dict, shard_rows: int = 512,
     (use it as a context manager, or call :meth:`ShardWriter.close`).
 
     ``description`` (what the fingerprint is made of) is written as ``fingerprint.json`` by the
-    first writer. ``lock_timeout`` is how many seconds to wait for another writer (0: refuse at
+    first writer; its ``storage`` key, when present, is the dtype new shards store
+    (:data:`~cache.shard.STORAGE_DTYPES`; float32 without it), so a store keeps one storage
+    dtype for its life (rewrites by gc or repair included: they pass the stored description).
+    ``lock_timeout`` is how many seconds to wait for another writer (0: refuse at
     once, negative: wait forever); :class:`~cache.errors.CacheLockedError` names the holder.
     """
     if shard_rows < 1:
@@ -37,7 +56,8 @@ def open_writer(store: FeatureStore, description: dict, shard_rows: int = 512,
     lock = WriteLock(store.path, lock_timeout)
     try:
         recovered = recover(store.path, store.fingerprint, description)
-        writer = ShardWriter(store, recovered.manifest, lock, shard_rows, flush_seconds)
+        writer = ShardWriter(store, recovered.manifest, lock, shard_rows, flush_seconds,
+                             storage_dtype(description))
         writer.adopted_shards = recovered.adopted_shards
         for name, rows in recovered.copies.items():  # rows another shard already holds go
             writer.rewrite_without(name, rows)
@@ -65,8 +85,9 @@ class ShardWriter:
     """
 
     def __init__(self, store: FeatureStore, manifest: Manifest, lock: WriteLock,
-                 shard_rows: int, flush_seconds: float):
+                 shard_rows: int, flush_seconds: float, dtype: str = "float32"):
         self.store = store
+        self.dtype = dtype
         self.manifest = manifest
         self.shard_rows = shard_rows
         self.flush_seconds = flush_seconds
@@ -121,7 +142,7 @@ class ShardWriter:
         name = new_shard_name(self._sequence)
         try:
             written = write_shard(self.store.path, name, self.store.fingerprint, shas,
-                                  np.stack(rows))
+                                  np.stack(rows), self.dtype)
         except BaseException as exc:
             # Whatever stopped the write (disk full, Ctrl-C), the shard either has its final
             # name, and then its rows are durable and the next writer adopts it, or it does

@@ -248,3 +248,52 @@ def test_a_shard_reported_by_a_worker_is_recorded_without_copies(tmp_path: Path)
     assert sorted(rows) == sorted(shas)
     assert not (store.path / "shard-pa-000.h5").exists()
     np.testing.assert_array_equal(store.get(shas), features)
+
+
+def test_a_float16_store_keeps_half_the_bytes_and_serves_float32(tmp_path: Path):
+    import h5py
+
+    from cache.maintenance import verify_store
+
+    half = FeatureStore(tmp_path, "fp-half")
+    full = FeatureStore(tmp_path, "fp-full")
+    rng = np.random.default_rng(3)
+    shas = [f"{i:064x}" for i in range(64)]
+    features = rng.standard_normal((64, 4, 4, 32)).astype(np.float32) * 50
+    description = {"architecture": "test", "output_shape": [4, 4, 32]}
+    for store, extra in ((half, {"storage": "float16"}), (full, {})):
+        with open_writer(store, {**description, **extra}, shard_rows=64) as writer:
+            writer.add(shas, features)
+        store.refresh()
+    (shard,) = half.path.glob("*.h5")
+    with h5py.File(shard, "r") as f:
+        assert f["features"].dtype == np.float16
+    got = half.get(shas)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, features.astype(np.float16).astype(np.float32))
+    assert np.abs(got - features).max() <= np.abs(features).max() * 2 ** -11
+    lazy = half.to_dask(shas[:10])
+    assert lazy.dtype == np.float32
+    np.testing.assert_array_equal(lazy.compute(), got[:10])
+    assert half.stats().bytes < 0.6 * full.stats().bytes
+    assert verify_store(half).ok
+    # a flipped bit is caught, and a rewrite (what gc and repair do) stays float16
+    with h5py.File(shard, "r+") as f:
+        row = f["features"][5]
+        row[0, 0, 0] = -row[0, 0, 0] - 1
+        f["features"][5] = row
+    report = verify_store(half)
+    assert [entry.sha256 for entry in report.damaged] == [shas[5]]
+    with open_writer(half, half.description) as writer:
+        writer.remove_entries([shas[0]])
+    half.refresh()
+    (rewritten,) = half.path.glob("*.h5")
+    with h5py.File(rewritten, "r") as f:
+        assert f["features"].dtype == np.float16 and len(f["sha256"]) == 62
+    assert verify_store(half).ok
+    np.testing.assert_array_equal(half.get(shas[1:5]), got[1:5])
+
+
+def test_an_unknown_storage_dtype_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="storage 'int8'"):
+        open_writer(FeatureStore(tmp_path, "fp"), {"storage": "int8"})
