@@ -71,7 +71,7 @@ def bare_predict(config_path: Path, images: list[Path], batch_size: int) -> dict
     infer = compiled_inference(model)
     started = time.perf_counter()
     for i in range(0, len(pixels), batch_size):
-        {part: rows.numpy() for part, rows in infer(pixels[i:i + batch_size]).items()}
+        infer(pixels[i:i + batch_size])
     direct_s = time.perf_counter() - started
     return {"images": len(pixels), "predict": predict_s, "direct": direct_s}
 
@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="bare/pipeline pairs to average")
     parser.add_argument("--taps", nargs="*", default=[], help="backbone.taps, e.g. "
                         "block4_conv3.gap block5_conv3.gmp")
+    parser.add_argument("--precision", default="float32", help="backbone.precision")
+    parser.add_argument("--cache-dtype", default="float32", help="cache.dtype")
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -113,7 +115,9 @@ def main() -> None:
         config_path = work / "stages.yaml"
         config_path.write_text(yaml.safe_dump({
             "data": {"root": "data", "image_size": [args.size, args.size]},
-            "backbone": {"weights": args.weights, "taps": args.taps}, "cache": {"dir": "cache"},
+            "backbone": {"weights": args.weights, "taps": args.taps,
+                         "precision": args.precision},
+            "cache": {"dir": "cache", "dtype": args.cache_dtype},
             "stages": {"extract": {"batch_size": args.batch_size}}, "runs": {"dir": "runs"}}))
 
         # Bare and pipeline alternate, each in a fresh child process (so no process holds
@@ -147,7 +151,8 @@ def main() -> None:
         rows = [
             ("images", f"{n}", f"{args.size}x{args.size}, weights {args.weights}, "
                                f"batch {args.batch_size}, {args.rounds} round(s), "
-                               f"taps: {', '.join(args.taps) or 'none'}"),
+                               f"taps: {', '.join(args.taps) or 'none'}, precision "
+                               f"{args.precision}, cache {args.cache_dtype}"),
             ("bare model.predict", f"{mean(predict_rates):.2f} img/s",
              f"rounds: {each(predict_rates)}"),
             ("bare traced call per batch", f"{mean(direct_rates):.2f} img/s",

@@ -66,6 +66,10 @@ class WorkerMismatchError(PipelineError):
     Keras release or input size on that machine): its features would not match the cache."""
 
 
+class BackendError(PipelineError):
+    """Work this process's Keras backend cannot do, or a backend the pipeline does not run on."""
+
+
 class DamagedCacheError(PipelineError):
     """``cache verify`` found damaged entries (listed; the next extract recomputes them)."""
 

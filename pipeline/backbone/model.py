@@ -7,6 +7,7 @@ so extraction and every end-to-end model that reuses the base share one preproce
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 
 import numpy as np
@@ -15,11 +16,25 @@ from .. import vgg16
 from ..config import OUTPUT
 from ..errors import BackboneWeightsError
 from ..nn.layers import VGG16Preprocess
-from ..nn.runtime import keras
+from ..nn.runtime import keras, seed_random
 from .spec import BackboneSpec
 from .weights import hed_conv_arrays
 
 _POOLS = {"gap": keras.layers.GlobalAveragePooling2D, "gmp": keras.layers.GlobalMaxPooling2D}
+# backbone.precision -> the Keras dtype policy the base's layers are built under
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Layers made inside compute in ``precision`` (weights stay float32, as Keras' mixed
+    policies keep them); the global policy is restored after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def load_conv_arrays(base: keras.Model, arrays: dict[str, list[np.ndarray]], source) -> None:
@@ -56,12 +71,14 @@ def seed_conv_weights(model: keras.Model, seed: int) -> None:
 
 
 def build_vgg16_base(spec: BackboneSpec) -> keras.Model:
-    """VGG16 ``include_top=False`` at ``spec.input_shape`` with its weights loaded, frozen."""
+    """VGG16 ``include_top=False`` at ``spec.input_shape`` with its weights loaded, frozen,
+    computing in ``spec.precision``."""
     weights = spec.weights
     if weights.kind == "random":
-        keras.utils.set_random_seed(weights.seed)  # what runs after the build is seeded too
-    base = keras.applications.VGG16(include_top=False, weights=None,
-                                    input_shape=spec.input_shape)
+        seed_random(weights.seed)  # what runs after the build is seeded too
+    with dtype_policy(spec.precision):
+        base = keras.applications.VGG16(include_top=False, weights=None,
+                                        input_shape=spec.input_shape)
     if weights.kind == "random":
         seed_conv_weights(base, weights.seed)
     elif weights.kind == "hed-bsds500":
@@ -91,7 +108,9 @@ def build_feature_extractor(spec: BackboneSpec,
 
     ``parts`` (default: ``spec.parts``) are :data:`~pipeline.backbone.spec.OUTPUT` for the
     (N, *spec.output_shape) tensor and tap names for (N, c) pooled vectors of earlier layers;
-    the base is built only as deep as the deepest part needs.
+    the base is built only as deep as the deepest part needs. The preprocessing and the pools
+    of the taps compute in float32 whatever ``spec.precision`` is (a mean over a feature map
+    is more exact summed in float32), and every part comes out float32.
     """
     parts = tuple(parts or spec.parts)
     layers = {part: part_layer(spec, part) for part in parts}
@@ -106,7 +125,9 @@ def build_feature_extractor(spec: BackboneSpec,
     outputs = {}
     for part, layer in layers.items():
         if part == OUTPUT:
-            outputs[part] = computed[layer]
+            outputs[part] = computed[layer] if spec.precision == "float32" else \
+                keras.layers.Activation("linear", dtype="float32", name="output_float32")(
+                    computed[layer])
         else:
             pool = vgg16.parse_tap(part)[1]
             outputs[part] = _POOLS[pool](name=f"tap_{part.replace('.', '_')}")(computed[layer])

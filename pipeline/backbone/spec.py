@@ -47,6 +47,8 @@ class BackboneSpec:
     output_layer: str = "block5_pool"
     taps: tuple[str, ...] = ()
     keep_output: bool = True
+    precision: str = "float32"   # compute dtype of the base: float32, bfloat16 or float16
+    storage: str = "float32"     # dtype of the cached rows: float32 or float16
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -69,8 +71,13 @@ class BackboneSpec:
         return ((OUTPUT,) if self.keep_output else ()) + self.taps
 
     def describe(self) -> dict:
-        """The fingerprint's ingredients, as stored in the cache's ``fingerprint.json``."""
-        return {
+        """The fingerprint's ingredients, as stored in the cache's ``fingerprint.json``.
+
+        A precision or storage other than float32 is an ingredient (and ``storage`` tells the
+        cache which dtype to store); float32 is left out, so fingerprints made before either
+        existed stay what they were.
+        """
+        description = {
             "format": FINGERPRINT_FORMAT,
             "architecture": "vgg16",
             "weights": self.weights.content_id(),
@@ -79,6 +86,11 @@ class BackboneSpec:
             "output_layer": self.output_layer,
             "output_shape": list(self.output_shape),
         }
+        if self.precision != "float32":
+            description["precision"] = self.precision
+        if self.storage != "float32":
+            description["storage"] = self.storage
+        return description
 
     def describe_tap(self, tap: str) -> dict:
         """The ingredients of a tap's fingerprint: the output's, with the tap for the cut."""
@@ -113,4 +125,5 @@ def backbone_spec(config: PipelineConfig, allow_download: bool = True) -> Backbo
     backbone = config.backbone
     return BackboneSpec(weights=resolve_weights(backbone, allow_download),
                         decode=decode_options(config), output_layer=backbone.output_layer,
-                        taps=tuple(backbone.taps), keep_output=backbone.keep_output)
+                        taps=tuple(backbone.taps), keep_output=backbone.keep_output,
+                        precision=backbone.precision, storage=config.cache.dtype)

@@ -77,6 +77,10 @@ class BackboneConfig(Section):
     taps: list[str] = Field(default_factory=list)
     # Keep output_layer's (h, w, c) tensor in the cache; false keeps only the taps.
     keep_output: Bool = True
+    # Compute precision of the frozen base (a Keras dtype policy: bfloat16 and float16 are
+    # "mixed", weights stay float32); part of the fingerprint. Features reach the cache as
+    # float32 whatever it is.
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
 
     # field validators run in declaration order, so output_layer and taps are known here
     @field_validator("taps")
@@ -124,6 +128,9 @@ class CacheConfig(Section):
 
     dir: YamlPath = Field(Path(".pipeline/cache"), validate_default=True)
     lock_timeout: Float = Field(0.0, ge=-1)  # seconds to wait for another writer; -1: forever
+    # How features are stored: float16 halves the bytes (each value rounded to the nearest
+    # half, relative error under 0.05%); part of the fingerprint, since the values differ.
+    dtype: Literal["float32", "float16"] = "float32"
 
 
 class ExtractConfig(Section):

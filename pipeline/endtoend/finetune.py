@@ -10,7 +10,8 @@ Phase 1 trains the head through augmentation with the base frozen. Phase 2 opens
 ``unfreeze`` names (block5_conv1..3 by default), recompiles with a lower learning rate and
 trains on. Before each phase the layer table with trainable and frozen counts is written.
 Outputs in ``<run>/finetune/``: layer tables, best checkpoint and history per phase,
-TensorBoard logs, the final ``model.keras``, evaluation.json and confusion matrices.
+TensorBoard logs (TensorFlow backend), the final ``model.keras``, evaluation.json and
+confusion matrices.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from ..nn.layer_table import format_layer_table, layer_table
 from ..nn.layers import VGG16Preprocess
 from ..nn.optimizers import keras_optimizer
 from ..nn.outputs import ClassifierOutput
-from ..nn.runtime import keras
+from ..nn.runtime import keras, seed_random
 from .training import PhaseResult, score_and_save, split_batches, train_phase, trainable_view
 
 
@@ -159,7 +160,7 @@ def build_finetune_model(ctx: RunContext, n_classes: int,
     """
     params = ctx.config.stages.finetune
     spec = ctx.spec
-    keras.utils.set_random_seed(params.seed)
+    seed_random(params.seed)
     base = build_vgg16_base(spec)
     if warm_start is not None:
         head = load_head(warm_start)[0].model

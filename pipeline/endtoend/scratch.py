@@ -3,8 +3,8 @@
 ``pixels -> [augmentation] -> rescale 1/255 -> (conv 3x3 relu + max-pool) x len(filters) ->
 flatten -> dense relu -> dense softmax``, on the dataset view's train/validation/test splits,
 so its accuracy sits beside the cached-feature heads and the fine-tuned model on the same
-images. Outputs in ``<run>/scratch/``: best checkpoint, history, TensorBoard logs, the final
-``model.keras``, evaluation.json and confusion matrices.
+images. Outputs in ``<run>/scratch/``: best checkpoint, history, TensorBoard logs (TensorFlow
+backend), the final ``model.keras``, evaluation.json and confusion matrices.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..heads.leaderboard import format_score
 from ..nn.augment import build_augmentation
 from ..nn.optimizers import keras_optimizer
 from ..nn.outputs import ClassifierOutput
-from ..nn.runtime import keras
+from ..nn.runtime import keras, seed_random
 from .training import PhaseResult, score_and_save, split_batches, train_phase, trainable_view
 
 
@@ -57,7 +57,7 @@ def build_scratch_model(params: ScratchConfig, input_shape: tuple[int, int, int]
     """Raw RGB pixels (N, h, w, 3) 0..255 -> class probabilities (the last layer of
     :class:`~pipeline.nn.outputs.ClassifierOutput`: softmax, or one sigmoid unit for two
     classes)."""
-    keras.utils.set_random_seed(params.seed)
+    seed_random(params.seed)
     pixels = keras.Input(shape=input_shape, name="rgb_pixels")
     x = pixels
     augmentation = build_augmentation(params.augmentation, params.seed)

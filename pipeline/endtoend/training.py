@@ -31,7 +31,7 @@ from ..errors import NoTestImagesWarning, PipelineError, SkippedImageWarning
 from ..evaluate import SplitScores, evaluate, plot_confusion_matrix, write_evaluation
 from ..nn.inference import compiled_inference
 from ..nn.outputs import class_probabilities
-from ..nn.runtime import keras, tf
+from ..nn.runtime import BACKEND, keras
 
 
 @dataclass(frozen=True)
@@ -191,18 +191,21 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
     """Fit the compiled ``model`` for up to ``epochs``; return its history.
 
     Writes into ``folder``: ``best_<name>.keras`` (the best epoch by validation accuracy),
-    ``history_<name>.csv`` and ``.json``, and TensorBoard logs under ``logs/<name>``. With
-    ``patience``, stops once validation accuracy has not risen for that many epochs and, with
-    ``restore_best``, ends with the best epoch's weights.
+    ``history_<name>.csv`` and ``.json``, and (TensorFlow backend) TensorBoard logs under
+    ``logs/<name>``. With ``patience``, stops once validation accuracy has not risen for that
+    many epochs and, with ``restore_best``, ends with the best epoch's weights.
     """
     folder.mkdir(parents=True, exist_ok=True)
     callbacks = [
         keras.callbacks.ModelCheckpoint(folder / f"best_{name}.keras", monitor="val_accuracy",
                                         mode="max", save_best_only=True),
         keras.callbacks.CSVLogger(str(folder / f"history_{name}.csv")),
-        keras.callbacks.TensorBoard(log_dir=str(folder / "logs" / name), histogram_freq=0,
-                                    write_graph=False),
     ]
+    if BACKEND == "tensorflow":
+        # Keras' TensorBoard callback writes through TensorFlow on every backend; on JAX or
+        # PyTorch it would import TensorFlow, which may take the GPU's memory for itself
+        callbacks.append(keras.callbacks.TensorBoard(
+            log_dir=str(folder / "logs" / name), histogram_freq=0, write_graph=False))
     if patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=patience,
@@ -215,7 +218,7 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
             # reading them in order lets the batch reader decode ahead of the model
             fitted = model.fit(train, validation_data=validation, epochs=epochs,
                                callbacks=callbacks, verbose=verbose, shuffle=False)
-        except tf.errors.OpError as exc:
+        except _wrapped_errors() as exc:
             # An error inside the batches (a file gone since extraction) reaches here wrapped
             # by TensorFlow; the user needs its message, not the wrapper's traceback.
             message = " ".join((exc.message or str(exc)).split())[:300]
@@ -224,6 +227,15 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
     result = PhaseResult(name, history, time.perf_counter() - started, len(train.split))
     write_atomic(folder / f"history_{name}.json", json.dumps(history, indent=2) + "\n")
     return result
+
+
+def _wrapped_errors() -> tuple[type[BaseException], ...]:
+    # TensorFlow runs the batches inside its own graph and rewraps what they raise; JAX and
+    # PyTorch call them from Python, so their errors arrive as raised
+    if BACKEND == "tensorflow":
+        from ..nn.runtime import tf
+        return (tf.errors.OpError,)
+    return ()
 
 
 def predict_split(model, batches: ImageBatches) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ from ..data.batches import BatchReader
 from ..data.names import display_path
 from ..data.view import DatasetView
 from ..errors import SkippedImageWarning
+from ..nn.backend import check_backend
 from ._writers import open_writers
 from .loop import Inference
 
@@ -36,11 +37,13 @@ AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one se
 
 
 def augmentation_id(params: AugmentedViewsConfig) -> str:
-    """Identifies the transforms, the seed and the Keras and TensorFlow releases (whose random
-    streams the transforms draw from): part of every augmented view's cache key."""
+    """Identifies the transforms, the seed, and the releases of Keras and of its backend's
+    library (TensorFlow, JAX or PyTorch: their random streams draw the transforms, so each
+    backend makes views of its own): part of every augmented view's cache key."""
+    backend = check_backend()  # its name is its package's: tensorflow, jax, torch
     payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": params.augmentation.model_dump(),
                "seed": params.seed, "keras": metadata.version("keras"),
-               "tensorflow": metadata.version("tensorflow")}
+               backend: metadata.version(backend)}
     return sha256_text(json.dumps(payload, sort_keys=True))[:16]
 
 

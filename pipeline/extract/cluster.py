@@ -52,10 +52,11 @@ class Partition:
 @dataclass(frozen=True)
 class PartTarget:
     """Where a partition's rows of one part (the output, or a tap) go: the part's store
-    folder, and the fingerprint its shards carry."""
+    folder, the fingerprint its shards carry, and the dtype they store."""
 
     folder: str
     fingerprint: str
+    dtype: str = "float32"
 
 
 @dataclass
@@ -141,7 +142,8 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
     if not shas:
         return PartitionResult({}, failures, worker)
     shards = {part: write_shard(Path(target.folder), partition_shard_name(partition.key, 0),
-                                target.fingerprint, shas, np.concatenate(rows[part]))
+                                target.fingerprint, shas, np.concatenate(rows[part]),
+                                target.dtype)
               for part, target in targets.items()}
     return PartitionResult(shards, failures, worker)
 
@@ -157,8 +159,8 @@ def extract_on_scheduler(ctx: RunContext, parts: tuple[str, ...],
     extracted."""
     params, cluster = ctx.config.stages.extract, ctx.config.cluster
     partitions = plan_partitions(todo, paths, params.shard_size)
-    targets = {part: PartTarget(str(writers[part].store.path), writers[part].store.fingerprint)
-               for part in parts}
+    targets = {part: PartTarget(str(writers[part].store.path), writers[part].store.fingerprint,
+                                writers[part].dtype) for part in parts}
     with scheduler_client(cluster.scheduler) as client:
         return extract_on_cluster(client, partitions, ctx.spec, ctx.fingerprint.id, targets,
                                   writers, params.batch_size, params.decode_workers,

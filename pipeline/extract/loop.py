@@ -24,8 +24,8 @@ class Inference:
     """The backbone as a function: (B, h, w, 3) float32 RGB pixels -> ``{part: (B, ...)}``
     float32 numpy features, for ``parts`` (default ``spec.parts``: the output tensor
     :data:`~pipeline.backbone.spec.OUTPUT` and the taps). The model is built on first use, so
-    TensorFlow is imported only by a run that has something to compute, and only as deep as
-    the deepest part needs."""
+    Keras (and TensorFlow, on its backend) is imported only by a run that has something to
+    compute, and only as deep as the deepest part needs."""
 
     def __init__(self, spec: BackboneSpec, parts: Sequence[str] | None = None):
         self.spec = spec
@@ -38,11 +38,11 @@ class Inference:
         return compiled_inference(build_feature_extractor(self.spec, self.parts))
 
     def build(self) -> None:
-        """Import TensorFlow and build the model now (so that timed loops exclude it)."""
+        """Import Keras and build the model now (so that timed loops exclude it)."""
         _ = self._function
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return {part: rows.numpy() for part, rows in self._function(pixels).items()}
+        return dict(self._function(pixels))
 
 
 def extract_batches(reader: BatchReader, keys: Sequence[str], infer: Inference,

@@ -68,10 +68,10 @@ def dense_model(params: DenseParams, features: str | list[str], normalize: str,
     :func:`finish_dense_model` turns it back into the probability model.
     """
     from ..nn.layers import SignedSqrt
-    from ..nn.runtime import keras
+    from ..nn.runtime import keras, seed_random
 
     output = ClassifierOutput(n_classes)
-    keras.utils.set_random_seed(seed)
+    seed_random(seed)
     parts, sources = feature_parts(features), sources_of(features)
     inputs = {source: keras.Input(shape=input_shapes[source], name="features"
                                   if sources == (OUTPUT,) else input_name(source))
@@ -153,8 +153,7 @@ class DenseKind(HeadKind):
     def fit(self, trial: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
             n_classes: int) -> FittedHead:
         """Train on logits in the head's own loop (early stopping on ``validation``)."""
-        from ._dense_training import train_dense_head
-        from ._fused_rmsprop import fused_optimizer
+        from ._dense_training import train_dense_head, training_optimizer
 
         started = time.perf_counter()
         params = trial.config.dense_params(trial.estimator_params())
@@ -162,7 +161,7 @@ class DenseKind(HeadKind):
         model = dense_model(params, trial.setting("features"), trial.setting("normalize"),
                             shapes, n_classes, trial.seed, name=f"dense_head_{trial.head}",
                             logits=True)
-        history = train_dense_head(model, fused_optimizer(params), params,
+        history = train_dense_head(model, training_optimizer(params), params,
                                    _as_model_split(model, train),
                                    _as_model_split(model, validation), n_classes,
                                    seed=trial.seed)

@@ -21,6 +21,10 @@ from cache import FeatureStore
 from ..data.view import DatasetView
 from .features import Features, as_features
 
+# Rows per forward pass when a model scores a split (memory, not maths: any size gives the
+# same numbers).
+VALIDATION_BATCH = 1024
+
 
 @dataclass(frozen=True)
 class LabelledSplit:

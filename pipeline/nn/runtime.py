@@ -1,13 +1,18 @@
-"""The one place that imports TensorFlow and Keras, quietly and with the TensorFlow backend.
+"""The one place that imports Keras (and, on the TensorFlow backend, TensorFlow), quietly.
 
-Modules that need TF import it from here (``from pipeline.nn.runtime import keras, tf``), and only
-modules that build or run a model do: the configuration, the dataset scan, the backbone
-fingerprint and the cache never do.
+Modules that build or run a model import Keras from here (``from pipeline.nn.runtime import
+keras``); the few that need TensorFlow itself (training code of the dense head and the
+end-to-end stages) import ``tf`` from here too, which on another backend raises a
+:class:`~pipeline.errors.BackendError` naming the backend they need. The configuration, the
+dataset scan, the backbone fingerprint and the cache never import this module.
+
+The backend is Keras' own choice (``KERAS_BACKEND``, else keras.json, else tensorflow; see
+:mod:`pipeline.nn.backend`); TensorFlow is the default and is imported only on its backend.
 
 TensorFlow's C++ start-up messages (oneDNN notice, "could not find cuda drivers", cuInit
 errors on machines without a GPU) ignore TF_CPP_MIN_LOG_LEVEL in current releases because they
 are logged before absl logging is initialised. They are noise for a CLI user, so file
-descriptor 2 is pointed at /dev/null while TF starts; Python exceptions are unaffected. Set
+descriptor 2 is pointed at /dev/null while Keras starts; Python exceptions are unaffected. Set
 PIPELINE_TF_VERBOSE=1 to see them.
 """
 
@@ -15,8 +20,10 @@ import contextlib
 import os
 import sys
 
+from .backend import check_backend, keras_backend_name, require_tensorflow
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+BACKEND = check_backend()
 
 
 @contextlib.contextmanager
@@ -42,12 +49,50 @@ def _quiet_native_stderr():
 
 with _quiet_native_stderr():
     import keras
-    import tensorflow as tf
 
-    tf.config.list_physical_devices()  # device discovery logs its cuInit error here
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
 
-if keras.backend.backend() != "tensorflow":
-    raise ImportError(f"the pipeline needs KERAS_BACKEND=tensorflow, not "
-                      f"{keras.backend.backend()!r}")
+        tf.config.list_physical_devices()  # device discovery logs its cuInit error here
 
-__all__ = ["tf", "keras"]
+if keras.backend.backend() != BACKEND:
+    raise ImportError(f"Keras runs on {keras.backend.backend()!r} but the pipeline read "
+                      f"{keras_backend_name()!r} from KERAS_BACKEND / keras.json")
+
+
+def seed_random(seed: int) -> None:
+    """Seed Python's, numpy's and the backend's random streams, and Keras' global seed
+    generator (what ``keras.utils.set_random_seed`` does). That function also seeds TensorFlow
+    whenever it is installed, importing it; on the JAX and PyTorch backends this does the rest
+    and leaves TensorFlow unimported."""
+    if BACKEND == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    import numpy as np
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+    from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+
+    # Keras' own steps, without the TensorFlow one: record the seed and drop the global
+    # generator, so the next one is made from the seed (private names: no public setter
+    # skips TensorFlow)
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if BACKEND == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def __getattr__(name: str):
+    # ``from pipeline.nn.runtime import tf`` on another backend: say what needs TensorFlow
+    if name == "tf":
+        require_tensorflow("this step (it trains with TensorFlow)")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BACKEND", "keras", "seed_random"]

@@ -132,7 +132,8 @@ def test_fingerprint_changes_with_what_changes_the_numbers(tiny_project: Path):
     assert base == _spec(tiny_project).fingerprint().id
     assert base.startswith("vgg16-")
     variants = ["data.image_size=[64,64]", "backbone.seed=9", "backbone.output_layer=block4_pool",
-                "data.interpolation=nearest", "data.exif_transpose=false"]
+                "data.interpolation=nearest", "data.exif_transpose=false",
+                "backbone.precision=bfloat16", "backbone.precision=float16", "cache.dtype=float16"]
     prints = {_spec(tiny_project, v).fingerprint().id for v in variants}
     assert len(prints) == len(variants) and base not in prints
     unchanged = ["stages.extract.batch_size=9", "data.max_pixels=1000", "data.split.seed=4"]
@@ -170,3 +171,33 @@ def test_the_weights_hash_follows_the_file_not_a_memo(tmp_path: Path):
     path.write_bytes(b"second, longer")
     os.utime(path, ns=(1, 1))
     assert _file_sha256(path) == hashlib.sha256(b"second, longer").hexdigest()
+
+
+def test_float32_fingerprints_name_neither_precision_nor_storage(tiny_project: Path):
+    # caches made before precision and storage existed keep their fingerprints
+    assert not {"precision", "storage"} & set(_spec(tiny_project).describe())
+    spec = _spec(tiny_project, "backbone.precision=bfloat16", "cache.dtype=float16",
+                 "backbone.taps=[block2_pool.gap]")
+    assert spec.describe()["precision"] == "bfloat16" and spec.describe()["storage"] == "float16"
+    assert spec.describe_tap("block2_pool.gap")["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("precision, tolerance", [("bfloat16", 3e-2), ("float16", 5e-3)])
+def test_a_lower_precision_base_gives_float32_features_close_to_float32(tiny_project: Path,
+                                                                       precision, tolerance):
+    from pipeline.backbone.model import build_feature_extractor
+    from pipeline.nn.runtime import keras
+
+    taps = "backbone.taps=[block3_conv3.gap, block4_conv3.gmp]"
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    exact = build_feature_extractor(_spec(tiny_project, taps))(pixels)
+    model = build_feature_extractor(_spec(tiny_project, taps, f"backbone.precision={precision}"))
+    conv = model.get_layer("vgg16_layers").get_layer("block1_conv1")
+    assert conv.dtype_policy.compute_dtype == precision and conv.kernel.dtype == "float32"
+    assert str(keras.config.dtype_policy().name) == "float32"  # the global policy restored
+    lower = model(pixels)
+    for part, value in exact.items():
+        value, low = np.asarray(value), np.asarray(lower[part])
+        assert low.dtype == np.float32
+        difference = np.abs(low - value).max() / np.abs(value).max()
+        assert 0 < difference < tolerance, (part, difference)

@@ -261,3 +261,30 @@ def test_a_run_that_waited_for_the_lock_uses_what_the_holder_cached(tiny_project
     thread.join()
     assert (result.new, result.cached) == (0, 12)
     assert count_inference["images"] == 0
+
+
+def test_float16_storage_is_its_own_store_and_serves_the_rounded_features(tiny_project: Path):
+    import h5py
+
+    from tests.support.projects import context
+
+    taps = "backbone.taps=[block3_conv3.gap]"
+    full = _extract(tiny_project, taps)
+    half = _extract(tiny_project, taps, "cache.dtype=float16")
+    assert half.fingerprint != full.fingerprint and (half.new, half.cached) == (12, 0)
+    exact, stored = context(tiny_project, taps), context(tiny_project, taps, "cache.dtype=float16")
+    for part in exact.stores:
+        shas = exact.stores[part].sha256s()
+        expected = exact.stores[part].get(shas)
+        np.testing.assert_array_equal(stored.stores[part].get(shas),
+                                      expected.astype(np.float16).astype(np.float32))
+        for shard in stored.stores[part].path.glob("*.h5"):
+            with h5py.File(shard, "r") as f:
+                assert f["features"].dtype == np.float16
+        assert stored.stores[part].description["storage"] == "float16"
+    # heads train on it as on any cache
+    run, _ = run_named(load_config(tiny_project / "stages.yaml", [
+        taps, "cache.dtype=float16", "cluster.scheduler=synchronous",
+        "stages.heads.models={lr: {kind: logistic_regression, "
+        "features: [gap, block3_conv3.gap], normalize: power}}"]), "heads")
+    assert (run.path / "heads" / "lr" / "head.json").is_file()

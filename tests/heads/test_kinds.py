@@ -269,7 +269,7 @@ def test_a_fitted_dense_head_pickles_and_predicts_the_same():
 
 
 def test_the_training_model_scores_logits_as_the_probability_model_would():
-    from pipeline.heads._dense_training import logits_loss_and_accuracy
+    from pipeline.heads._dense_tf_steps import logits_loss_and_accuracy
     from pipeline.heads.dense import dense_model, finish_dense_model
 
     spec = _spec("dense", params={"units": 4})

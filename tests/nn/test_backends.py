@@ -1,0 +1,84 @@
+"""Keras' JAX and PyTorch backends: every stage runs on them, extraction, prediction and the
+scikit-learn heads import no TensorFlow there, and the features equal TensorFlow's.
+
+The backend is fixed when Keras is imported, so each backend runs in a child process
+(:mod:`tests.support.backend_child`). A backend whose package is absent skips, unless
+``PIPELINE_REQUIRE_BACKENDS=1`` (``.ci/run`` installs both, and a skip there would hide a gap).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.projects import REPO, context, extract, write_image
+
+TAPS = "backbone.taps=[block3_conv3.gap, block4_conv3.gmp]"
+HEADS = ("stages.heads.models={lr: {kind: logistic_regression, features: [gap, "
+         "block3_conv3.gap], normalize: power, params: {C: 10}}}")
+DENSE = "stages.heads.models={d: {kind: dense, params: {epochs: 2, units: 8, batch_size: 4}}}"
+SHORT = ["stages.finetune.frozen_epochs=1", "stages.finetune.finetune_epochs=1",
+         "stages.finetune.batch_size=4", "stages.scratch.epochs=1", "stages.scratch.batch_size=4"]
+
+
+def _require(backend: str) -> None:
+    if importlib.util.find_spec(backend) is None:
+        if os.environ.get("PIPELINE_REQUIRE_BACKENDS") == "1":
+            pytest.fail(f"PIPELINE_REQUIRE_BACKENDS=1 but {backend} is not installed")
+        pytest.skip(f"{backend} is not installed (pip install '.[{backend}]')")
+
+
+def _sets(*overrides: str) -> list[str]:
+    return [argument for o in overrides for argument in ("--set", o)]
+
+
+def _run_on(backend: str, project: Path, commands: list[list[str]]) -> list[dict]:
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "tests.support.backend_child",
+                           str(project / "stages.yaml"), json.dumps(commands)],
+                          env=env, cwd=project, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == backend
+    return report["commands"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_every_stage_runs_on_the_backend_and_the_features_equal_tensorflows(
+        tiny_project: Path, backend: str):
+    _require(backend)
+    own = f"cache.dir=cache_{backend}"
+    new_image = write_image(tiny_project / "new.png", seed=99)
+    base = [own, TAPS, "cluster.scheduler=synchronous", "stages.extract.augmented_views.count=1"]
+    commands = [
+        ["run", "extract", "--no-progress", *_sets(*base)],
+        ["run", "heads", "--no-progress", *_sets(*base, HEADS)],
+        ["predict", str(tiny_project / "data" / "cats" / "img_00.png"), str(new_image),
+         *_sets(*base)],
+        # Keras imports TensorFlow, where installed, to save any .keras model: these may
+        ["run", "heads", "finetune", "scratch", "--no-progress", *_sets(*base, DENSE, *SHORT)],
+    ]
+    report = _run_on(backend, tiny_project, commands)
+    assert [entry["exit"] for entry in report] == [0, 0, 0, 0], report
+    assert not any(entry["tensorflow"] for entry in report[:3]), report
+    runs = sorted((tiny_project / "runs").iterdir())
+    metrics = json.loads((runs[-1] / "metrics.json").read_text())
+    for key in ("heads.best.val_accuracy", "finetune.val_accuracy", "scratch.val_accuracy"):
+        assert key in metrics
+
+    # the same backbone fingerprint, and features within 1e-4 of the largest value
+    result = extract(tiny_project, TAPS)
+    tensorflow, other = context(tiny_project, TAPS), context(tiny_project, TAPS, own)
+    assert other.fingerprint.id == result.fingerprint
+    for part, store in tensorflow.stores.items():
+        shas = store.sha256s()
+        expected, got = store.get(shas), other.stores[part].get(shas)
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), part
