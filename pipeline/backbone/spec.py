@@ -116,7 +116,8 @@ def decode_options(config: PipelineConfig) -> DecodeOptions:
     """The decode options of ``config.data``."""
     data = config.data
     return DecodeOptions(size=tuple(data.image_size), interpolation=data.interpolation,
-                         exif_transpose=data.exif_transpose, max_pixels=data.max_pixels)
+                         exif_transpose=data.exif_transpose, max_pixels=data.max_pixels,
+                         jpeg_draft=data.jpeg_draft)
 
 
 def backbone_spec(config: PipelineConfig, allow_download: bool = True) -> BackboneSpec:

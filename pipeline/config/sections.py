@@ -47,6 +47,10 @@ class DataConfig(Section):
     # Images with more pixels are skipped before decoding (decompression bombs); Pillow itself
     # refuses more than 178,956,970 whatever this says.
     max_pixels: Int = Field(89_478_485, gt=0, le=178_956_970)
+    # Let libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale when that still covers image_size,
+    # before the resize: several times less decoding on large photos, slightly different
+    # pixels (so part of the fingerprint). Off by default, as Keras' load_img does not.
+    jpeg_draft: Bool = False
 
     @field_validator("root")
     @classmethod

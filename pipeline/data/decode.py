@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from cache.files import sha256_bytes
 
@@ -46,11 +46,16 @@ class DecodeOptions:
     interpolation: str = "bilinear"
     exif_transpose: bool = True
     max_pixels: int = 89_478_485
+    jpeg_draft: bool = False              # JPEGs decoded at 1/2, 1/4 or 1/8 scale when large
 
     def fingerprint_part(self) -> dict:
-        """The options that change the pixels (max_pixels only decides whether to decode)."""
-        return {"size": list(self.size), "interpolation": self.interpolation,
+        """The options that change the pixels (max_pixels only decides whether to decode).
+        ``jpeg_draft`` is named only when on, so fingerprints made before it existed stay."""
+        part = {"size": list(self.size), "interpolation": self.interpolation,
                 "exif_transpose": self.exif_transpose, "library": "PIL"}
+        if self.jpeg_draft:
+            part["jpeg_draft"] = True
+        return part
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -62,6 +67,18 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
+
+
+def _draft(img: Image.Image, options: DecodeOptions) -> None:
+    """Ask the JPEG decoder for the largest of 1/8, 1/4 and 1/2 scale that still covers
+    ``options.size`` (libjpeg scales while it decodes: far less work on a large photo); other
+    formats, and JPEGs too small to scale, are left as they are."""
+    if img.format != "JPEG":
+        return
+    height, width = options.size
+    if options.exif_transpose and img.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
+        height, width = width, height  # the stored image is turned a quarter before the resize
+    img.draft(None, (width, height))
 
 
 def decode_bytes(data: bytes, options: DecodeOptions) -> np.ndarray:
@@ -81,6 +98,8 @@ def decode_bytes(data: bytes, options: DecodeOptions) -> np.ndarray:
         raise ImageDecodeError(f"too large: {width}x{height} = {width * height:,} pixels, "
                                f"limit data.max_pixels = {options.max_pixels:,}")
     try:
+        if options.jpeg_draft:
+            _draft(img, options)
         img.load()
         if options.exif_transpose:
             img = ImageOps.exif_transpose(img)

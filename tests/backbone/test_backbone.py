@@ -133,7 +133,8 @@ def test_fingerprint_changes_with_what_changes_the_numbers(tiny_project: Path):
     assert base.startswith("vgg16-")
     variants = ["data.image_size=[64,64]", "backbone.seed=9", "backbone.output_layer=block4_pool",
                 "data.interpolation=nearest", "data.exif_transpose=false",
-                "backbone.precision=bfloat16", "backbone.precision=float16", "cache.dtype=float16"]
+                "backbone.precision=bfloat16", "backbone.precision=float16", "cache.dtype=float16",
+                "data.jpeg_draft=true"]
     prints = {_spec(tiny_project, v).fingerprint().id for v in variants}
     assert len(prints) == len(variants) and base not in prints
     unchanged = ["stages.extract.batch_size=9", "data.max_pixels=1000", "data.split.seed=4"]

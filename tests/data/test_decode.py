@@ -115,3 +115,82 @@ def test_batches_arrive_in_order_with_failures_marked(tmp_path: Path):
     assert first.shape == (3, 32, 48, 3) and first.dtype == np.float32
     np.testing.assert_array_equal(first[1], decode_file(paths[1], OPTIONS))
     assert not batches[1].pixels[0].any()  # the bad file is a zero image
+
+
+def _jpeg(width: int, height: int, orientation: int | None = None) -> bytes:
+    # smooth content with some texture, so a scaled decode differs a little, not wildly
+    y, x = np.mgrid[0:height, 0:width]
+    pixels = np.stack([x * 255 // width, y * 255 // height, (x * y) % 256], -1).astype(np.uint8)
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, exif=exif)
+    return buffer.getvalue()
+
+
+def test_jpeg_draft_decodes_large_jpegs_scaled_and_leaves_the_rest(monkeypatch):
+    from PIL import JpegImagePlugin
+
+    asked = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = real_draft(self, mode, size)
+        asked.append((size, self.size))  # what was asked, what the decoder will produce
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    options = DecodeOptions(size=(50, 40))
+    drafted = DecodeOptions(size=(50, 40), jpeg_draft=True)
+
+    large = _jpeg(400, 300)
+    full, scaled = decode_bytes(large, options), decode_bytes(large, drafted)
+    assert asked == [((40, 50), (100, 75))]  # 1/4: the smallest scale still covering 40x50
+    assert scaled.shape == full.shape == (50, 40, 3)
+    difference = np.abs(scaled.astype(float) - full).mean()
+    assert 0 < difference < 8  # other pixels, the same picture
+
+    # a JPEG under twice the size, and any other format, decode exactly as without the option
+    small = _jpeg(60, 70)
+    np.testing.assert_array_equal(decode_bytes(small, drafted), decode_bytes(small, options))
+    png = io.BytesIO()
+    Image.open(io.BytesIO(large)).save(png, format="PNG")
+    np.testing.assert_array_equal(decode_bytes(png.getvalue(), drafted),
+                                  decode_bytes(png.getvalue(), options))
+
+    # a photo stored on its side asks the decoder for the size it will have before turning
+    asked.clear()
+    turned = decode_bytes(_jpeg(400, 100, orientation=6), DecodeOptions((100, 25), jpeg_draft=True))
+    assert turned.shape == (100, 25, 3)
+    assert asked == [((100, 25), (100, 25))]
+
+
+def test_the_draft_option_is_in_the_decode_fingerprint_only_when_on():
+    assert "jpeg_draft" not in OPTIONS.fingerprint_part()
+    assert DecodeOptions(size=(32, 48), jpeg_draft=True).fingerprint_part()["jpeg_draft"] is True
+
+
+def test_one_batch_is_decoded_by_several_threads_at_once(tmp_path: Path, monkeypatch):
+    import threading
+
+    from pipeline.data import batches
+
+    paths = [write_image(tmp_path / f"{i}.png", i) for i in range(8)]
+    # the first two decodes wait for each other: a reader that decoded a batch in one thread
+    # would time out here
+    meeting = threading.Barrier(2, timeout=10)
+    threads, calls = set(), []
+    real_decode = batches.decode_file
+
+    def decode(path, options, sha256=None):
+        calls.append(path)
+        threads.add(threading.current_thread().name)
+        if len(calls) <= 2:
+            meeting.wait()
+        return real_decode(path, options, sha256)
+
+    monkeypatch.setattr(batches, "decode_file", decode)
+    (batch,) = list(batches.BatchReader(paths, [None] * 8, OPTIONS, batch_size=8, workers=4))
+    assert batch.ok.all() and len(threads) >= 2
+    np.testing.assert_array_equal(batch.pixels[5], decode_file(paths[5], OPTIONS))
