@@ -98,6 +98,9 @@ def main() -> None:
                         "block4_conv3.gap block5_conv3.gmp")
     parser.add_argument("--precision", default="float32", help="backbone.precision")
     parser.add_argument("--cache-dtype", default="float32", help="cache.dtype")
+    parser.add_argument("--jpeg-draft", action="store_true", help="data.jpeg_draft")
+    parser.add_argument("--decode-workers", type=int, default=2,
+                        help="stages.extract.decode_workers")
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
@@ -114,11 +117,14 @@ def main() -> None:
             shutil.copy(path, target)
         config_path = work / "stages.yaml"
         config_path.write_text(yaml.safe_dump({
-            "data": {"root": "data", "image_size": [args.size, args.size]},
+            "data": {"root": "data", "image_size": [args.size, args.size],
+                     "jpeg_draft": args.jpeg_draft},
             "backbone": {"weights": args.weights, "taps": args.taps,
                          "precision": args.precision},
             "cache": {"dir": "cache", "dtype": args.cache_dtype},
-            "stages": {"extract": {"batch_size": args.batch_size}}, "runs": {"dir": "runs"}}))
+            "stages": {"extract": {"batch_size": args.batch_size,
+                                   "decode_workers": args.decode_workers}},
+            "runs": {"dir": "runs"}}))
 
         # Bare and pipeline alternate, each in a fresh child process (so no process holds
         # TensorFlow's thread pools while another runs), on a fresh cache each round: this
@@ -152,7 +158,9 @@ def main() -> None:
             ("images", f"{n}", f"{args.size}x{args.size}, weights {args.weights}, "
                                f"batch {args.batch_size}, {args.rounds} round(s), "
                                f"taps: {', '.join(args.taps) or 'none'}, precision "
-                               f"{args.precision}, cache {args.cache_dtype}"),
+                               f"{args.precision}, cache {args.cache_dtype}, jpeg_draft "
+                               f"{str(args.jpeg_draft).lower()}, {args.decode_workers} decode "
+                               f"threads"),
             ("bare model.predict", f"{mean(predict_rates):.2f} img/s",
              f"rounds: {each(predict_rates)}"),
             ("bare traced call per batch", f"{mean(direct_rates):.2f} img/s",

@@ -143,8 +143,9 @@ class ExtractConfig(Section):
     batch_size: Int = Field(32, ge=1, le=4096)
     shard_size: Int = Field(512, ge=1, le=1_000_000)  # rows per HDF5 shard
     flush_seconds: Float = Field(60.0, gt=0)   # commit a partial shard at least this often
-    # Decoding threads. One decodes and resizes about 400 photos/s to 150x150 here, far more
-    # than VGG16 consumes on a CPU; raise it for a fast GPU.
+    # Decoding threads; they share each batch's images. One decodes and resizes about 570
+    # small photos/s to 150x150 here, more than VGG16 consumes on a CPU; a fast GPU wants one
+    # per core.
     decode_workers: Int = Field(2, ge=1, le=64)
     augmented_views: AugmentedViewsConfig = section_default()
 

@@ -82,3 +82,21 @@ def test_every_stage_runs_on_the_backend_and_the_features_equal_tensorflows(
         shas = store.sha256s()
         expected, got = store.get(shas), other.stores[part].get(shas)
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), part
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_on_the_jax_backend_without_a_gpu(tiny_project: Path):
+    _require("jax")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_extract", "--backend", "jax",
+                           "--data", str(tiny_project / "data"), "--images", "16", "--size", "32",
+                           "--batch-sizes", "8", "--precisions", "float32", "--threads", "2"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("backend jax, cpu")
+    assert any(line.startswith("decode alone, 2 threads:") for line in lines)
+    header = next(line for line in lines if line.startswith("precision"))
+    assert header.split()[2:] == ["bare", "device", "bare", "call", "pipeline", "2", "threads"]
+    row = lines[-1].split()
+    assert row[:2] == ["float32", "8"] and all(float(v.replace(",", "")) > 0 for v in row[2:])
