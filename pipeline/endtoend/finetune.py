@@ -182,6 +182,17 @@ def build_finetune_model(ctx: RunContext, n_classes: int,
     return keras.Model(pixels, head(features), name="finetune")
 
 
+def phase_optimizer(name: str, learning_rate: float, precision: str):
+    """A phase's optimizer; under a float16 base, wrapped in Keras' loss scaling: float16's
+    five exponent bits let small gradients through the opened blocks round to zero, which
+    scaling the loss up (and the gradients back down) avoids. bfloat16 has float32's range and
+    needs none."""
+    optimizer = keras_optimizer(name, learning_rate)
+    if precision == "float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def open_layers(base: keras.Model, names: list[str]) -> None:
     """Make exactly the base layers in ``names`` trainable (the rest stay frozen)."""
     present = {layer.name for layer in base.layers}
@@ -237,8 +248,8 @@ def run_finetune(ctx: RunContext, output: Path, progress: bool = True) -> Finetu
         if name == "phase2":
             open_layers(base, params.unfrozen_layers())
         # Keras takes trainable changes into account only at compile time
-        model.compile(optimizer=keras_optimizer(optimizer, rate), loss=loss,
-                      metrics=["accuracy"])
+        model.compile(optimizer=phase_optimizer(optimizer, rate, ctx.spec.precision),
+                      loss=loss, metrics=["accuracy"])
         table = format_layer_table(layer_table(model))
         write_atomic(folder / f"layers_{name}.txt", table + "\n")
         if progress:  # shown before the phase starts, as the source material does

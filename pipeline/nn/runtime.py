@@ -1,10 +1,11 @@
 """The one place that imports Keras (and, on the TensorFlow backend, TensorFlow), quietly.
 
 Modules that build or run a model import Keras from here (``from pipeline.nn.runtime import
-keras``); the few that need TensorFlow itself (training code of the dense head and the
-end-to-end stages) import ``tf`` from here too, which on another backend raises a
-:class:`~pipeline.errors.BackendError` naming the backend they need. The configuration, the
-dataset scan, the backbone fingerprint and the cache never import this module.
+keras``). The few TensorFlow-only speed-ups (its inference function, the dense head's compiled
+epochs and fused RMSprop) import ``tf`` from here too, only when ``BACKEND`` is tensorflow; on
+another backend ``tf`` is a :class:`~pipeline.errors.BackendError` that says so. The
+configuration, the dataset scan, the backbone fingerprint and the cache never import this
+module.
 
 The backend is Keras' own choice (``KERAS_BACKEND``, else keras.json, else tensorflow; see
 :mod:`pipeline.nn.backend`); TensorFlow is the default and is imported only on its backend.

@@ -482,3 +482,21 @@ def test_augmented_views_get_taps_too_and_a_tap_added_later_sees_the_same_views(
     for tap in ("block2_pool.gap", "block3_conv1.gmp"):
         np.testing.assert_allclose(later.stores[tap].get(keys), ctx.stores[tap].get(keys),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_finetune_trains_a_base_that_computes_in_16_bits(tmp_path: Path, precision: str):
+    from pipeline.endtoend.finetune import phase_optimizer
+    from pipeline.nn.runtime import keras
+
+    project = _split_project(tmp_path)
+    overrides = (f"backbone.precision={precision}", "stages.finetune.head_from=null")
+    _run(project, "extract", overrides=overrides)
+    run = _run(project, "finetune", overrides=overrides)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert metrics["finetune.phase2.epochs"] == 1 and "finetune.val_accuracy" in metrics
+    history = json.loads((run.path / "finetune" / "history_phase2.json").read_text())
+    assert np.isfinite(history["loss"]).all()
+    scaled = isinstance(phase_optimizer("rmsprop", 1e-5, precision),
+                        keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "float16")
