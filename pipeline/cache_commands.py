@@ -36,13 +36,23 @@ def _weights_label(description: dict) -> str:
     return f"{source}:{weights.get('sha256', '')[:8]}"
 
 
+_SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+
+
+def _numbers_label(description: dict) -> str:
+    """``compute/storage`` dtypes, e.g. ``bf16/f32`` (fingerprints from before either existed
+    describe float32 by leaving them out)."""
+    return "/".join(_SHORT_DTYPES.get(description.get(key, "float32"), "?")
+                    for key in ("precision", "storage"))
+
+
 def format_store_list(cache_dir: Path) -> str:
     """One row per fingerprint under ``cache_dir``, with totals."""
     stores = list_stores(cache_dir)
     if not stores:
         return f"{cache_dir}: empty (no fingerprints yet; run `pipeline run extract`)"
     header = f"{'fingerprint':<24} {'weights':<22} {'input':<9} {'layer':<16} {'shape':<12} " \
-             f"{'entries':>8} {'shards':>6} {'bytes':>10}"
+             f"{'dtypes':<8} {'entries':>8} {'shards':>6} {'bytes':>10}"
     lines = [f"cache {cache_dir}", header, "-" * len(header)]
     total_entries = total_bytes = 0
     for store in stores:
@@ -52,7 +62,7 @@ def format_store_list(cache_dir: Path) -> str:
         shape = "x".join(str(s) for s in d.get("output_shape", []))
         layer = d.get("output_layer") or d.get("tap") or "?"
         lines.append(f"{store.fingerprint:<24} {_weights_label(d):<22} {size:<9} "
-                     f"{layer:<16} {shape:<12} {stats.entries:>8,} "
+                     f"{layer:<16} {shape:<12} {_numbers_label(d):<8} {stats.entries:>8,} "
                      f"{stats.shards:>6} {format_bytes(stats.bytes):>10}")
         total_entries += stats.entries
         total_bytes += stats.bytes

@@ -282,6 +282,13 @@ def test_float16_storage_is_its_own_store_and_serves_the_rounded_features(tiny_p
             with h5py.File(shard, "r") as f:
                 assert f["features"].dtype == np.float16
         assert stored.stores[part].description["storage"] == "float16"
+    # cache ls tells the stores apart by their dtypes: compute/storage
+    from pipeline.cache_commands import format_store_list
+    rows = format_store_list(exact.config.cache.dir).splitlines()
+    assert "dtypes" in rows[1]
+    assert {row.split()[0] for row in rows if " f32/f16 " in row} == \
+        {store.fingerprint for store in stored.stores.values()}
+    assert sum(" f32/f32 " in row for row in rows) == len(exact.stores)
     # heads train on it as on any cache
     run, _ = run_named(load_config(tiny_project / "stages.yaml", [
         taps, "cache.dtype=float16", "cluster.scheduler=synchronous",
