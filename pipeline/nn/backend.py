@@ -54,9 +54,8 @@ def check_backend(name: str | None = None) -> str:
 
 def require_tensorflow(what: str) -> None:
     """:class:`BackendError` unless this process runs Keras on TensorFlow; ``what`` names the
-    work that needs it, e.g. ``"the dense head"``."""
+    work that needs it."""
     name = keras_backend_name()
     if name != "tensorflow":
         raise BackendError(f"{what} needs KERAS_BACKEND=tensorflow (this process runs Keras on "
-                           f"{name}); extraction, prediction and the scikit-learn heads run on "
-                           f"{name}")
+                           f"{name})")

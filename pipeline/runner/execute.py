@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from .. import metric_keys
 from ..context import RunContext
+from ..nn.backend import check_backend
 from ..runs import FAILED_PREFIX, INTERRUPTED, RunFolder
 from ..stage import Stage
 from .plan import record_stage, stage_state
@@ -22,12 +23,14 @@ def run_stages(ctx: RunContext, stages: list[Stage], progress: bool = True,
     """Run ``stages`` (planned: in pipeline order, needs first); returns the run folder and a
     report.
 
-    Every stage's ``check`` runs first, before an hour of extraction. With ``use_lock``
+    The Keras backend (``KERAS_BACKEND``) and every stage's ``check`` are checked first,
+    before an hour of extraction. With ``use_lock``
     (``pipeline run``), each stage is first compared with ``pipeline.lock``: one whose inputs,
     parameters and outputs are unchanged is skipped and reported as up to date, unless it is
     in ``force``; each stage that runs is recorded in the lock when it succeeds. Without it
     every stage runs and the lock is neither read nor written.
     """
+    check_backend()
     for stage in stages:
         stage.check(ctx)
     run = RunFolder.create(ctx.config, [stage.name for stage in stages])

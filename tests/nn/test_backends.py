@@ -100,3 +100,34 @@ def test_the_gpu_benchmark_runs_on_the_jax_backend_without_a_gpu(tiny_project: P
     assert header.split()[2:] == ["bare", "device", "bare", "call", "pipeline", "2", "threads"]
     row = lines[-1].split()
     assert row[:2] == ["float32", "8"] and all(float(v.replace(",", "")) > 0 for v in row[2:])
+
+
+def test_the_backend_is_read_as_keras_reads_it(tmp_path: Path, monkeypatch):
+    from pipeline.errors import BackendError
+    from pipeline.nn.backend import check_backend, keras_backend_name
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert keras_backend_name() == "tensorflow"  # no keras.json: Keras' default
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
+    assert keras_backend_name() == "torch"
+    monkeypatch.setenv("KERAS_BACKEND", "jax")  # the variable wins over the file
+    assert keras_backend_name() == "jax"
+    with pytest.raises(BackendError, match="KERAS_BACKEND=numpy: the pipeline runs on "
+                                           "tensorflow, jax, torch"):
+        check_backend("numpy")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(BackendError, match=r"jax is not installed: pip install "
+                                           r"'vgg16-feature-pipeline\[jax\]'"):
+        check_backend("jax")
+
+
+def test_an_unknown_backend_is_one_error_line_before_any_work(tiny_project: Path):
+    env = {**os.environ, "KERAS_BACKEND": "numpy", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "extract",
+                           "--no-progress", "-c", str(tiny_project / "stages.yaml")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: KERAS_BACKEND=numpy: the pipeline runs on tensorflow, jax, torch"]
+    assert not (tiny_project / "cache").exists() or not any((tiny_project / "cache").iterdir())
