@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.files import replacing, write_atomic
+from cache.files import write_atomic
 
 from .. import metric_keys as keys
 from ..context import RunContext
@@ -30,8 +30,9 @@ from ..data.view import DatasetView
 from ..errors import NoTestImagesWarning, PipelineError, SkippedImageWarning
 from ..evaluate import SplitScores, evaluate, plot_confusion_matrix, write_evaluation
 from ..nn.inference import compiled_inference
+from ..nn.loading import save_keras_model
 from ..nn.outputs import class_probabilities
-from ..nn.runtime import BACKEND, keras
+from ..nn.runtime import BACKEND, keras, quiet_tensorflow_import
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
     many epochs and, with ``restore_best``, ends with the best epoch's weights.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    quiet_tensorflow_import()  # the checkpoints are saved, and Keras saves through TensorFlow
     callbacks = [
         keras.callbacks.ModelCheckpoint(folder / f"best_{name}.keras", monitor="val_accuracy",
                                         mode="max", save_best_only=True),
@@ -263,8 +265,7 @@ def score_and_save(model, splits: dict[str, ImageBatches | None], classes: list[
         plot_confusion_matrix(scores[split], folder / f"confusion_{split}.png",
                               f"{title} on {split}")
     write_evaluation(scores, folder / "evaluation.json")
-    with replacing(folder / "model.keras", keep_suffix=True) as temp:
-        model.save(temp)
+    save_keras_model(model, folder / "model.keras")
     # what `pipeline predict --model` needs besides the model: the class names, in order
     write_atomic(folder / "model.json", json.dumps({
         "kind": title, "classes": classes, "model_file": "model.keras",

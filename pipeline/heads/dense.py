@@ -19,12 +19,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cache.files import replacing
-
 from ..config import OUTPUT, DenseParams, HeadConfig
 from ..config.heads import FEATURE_VIEWS, feature_parts
 from ..errors import ConfigError
-from ..nn.loading import keras_model_bytes, keras_model_from_bytes, load_keras_model
+from ..nn.loading import (
+    keras_model_bytes,
+    keras_model_from_bytes,
+    load_keras_model,
+    save_keras_model,
+)
 from ..nn.outputs import ClassifierOutput, class_probabilities
 from .features import Features, FeatureView, as_features, source_of, sources_of
 from .kind import FittedHead, HeadKind
@@ -180,8 +183,7 @@ class DenseKind(HeadKind):
     def save(self, model, folder: Path) -> Path:
         """``model.keras``."""
         path = folder / self.model_file
-        with replacing(path, keep_suffix=True) as temp:
-            model.save(temp)
+        save_keras_model(model, path)
         return path
 
     def load(self, path: Path):

@@ -1,4 +1,5 @@
-"""Keras models in and out without running code from files: the one safe loader.
+"""Keras models in and out without running code from files: the one safe loader, and the one
+way models are saved.
 
 ``model.keras`` files (dense heads, finetune, scratch) are loaded in Keras' safe mode, which
 refuses serialized Python (a ``Lambda`` layer with a lambda, custom functions); the pipeline's
@@ -12,7 +13,20 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from cache.files import replacing
+
 from ..errors import ModelLoadError
+
+
+def save_keras_model(model, path: Path) -> None:
+    """``model`` as the ``.keras`` file ``path``, which appears only when complete. On JAX or
+    PyTorch, Keras saves through TensorFlow where it is installed: it is imported first, with
+    its start-up messages silenced as on its own backend."""
+    from .runtime import quiet_tensorflow_import
+
+    quiet_tensorflow_import()
+    with replacing(path, keep_suffix=True) as temp:
+        model.save(temp)
 
 
 def load_keras_model(path: Path):
@@ -32,7 +46,7 @@ def keras_model_bytes(model) -> bytes:
     """``model`` as the bytes of its ``.keras`` file (to send it to another process)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.keras"
-        model.save(path)
+        save_keras_model(model, path)
         return path.read_bytes()
 
 

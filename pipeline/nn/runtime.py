@@ -18,6 +18,7 @@ PIPELINE_TF_VERBOSE=1 to see them.
 """
 
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -89,6 +90,17 @@ def seed_random(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+def quiet_tensorflow_import() -> None:
+    """On JAX or PyTorch, import TensorFlow now, with its start-up messages silenced, if it is
+    installed: Keras imports it to save any ``.keras`` model, whatever the backend, and would
+    let those messages through. Called by the stages that save models; extraction and
+    prediction never do."""
+    if BACKEND != "tensorflow" and "tensorflow" not in sys.modules \
+            and importlib.util.find_spec("tensorflow") is not None:
+        with _quiet_native_stderr():
+            import tensorflow  # noqa: F401
+
+
 def __getattr__(name: str):
     # ``from pipeline.nn.runtime import tf`` on another backend: say what needs TensorFlow
     if name == "tf":
@@ -96,4 +108,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BACKEND", "keras", "seed_random"]
+__all__ = ["BACKEND", "keras", "quiet_tensorflow_import", "seed_random"]
