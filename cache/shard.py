@@ -24,6 +24,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .errors import CacheError
 from .faults import fault_point
 from .files import replacing
 
@@ -31,6 +32,15 @@ SHARD_FORMAT = 1
 SHARD_SUFFIX = ".h5"
 #: The dtypes a shard may store its features in; rows are float32 everywhere else.
 STORAGE_DTYPES = ("float32", "float16")
+
+
+def checked_storage_dtype(dtype: str) -> str:
+    """``dtype`` if a shard can store it (:data:`STORAGE_DTYPES`), else :class:`CacheError`
+    (a store whose fingerprint.json names another was not written by this release)."""
+    if dtype not in STORAGE_DTYPES:
+        raise CacheError(f"storage dtype {dtype!r}: shards store "
+                         f"{' or '.join(STORAGE_DTYPES)}")
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,7 @@ def write_shard(folder: Path, name: str, fingerprint: str, sha256: list[str],
     """
     if len(sha256) != len(features):
         raise ValueError(f"{len(sha256)} sha256 for {len(features)} feature rows")
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage dtype {dtype!r}; expected one of {', '.join(STORAGE_DTYPES)}")
-    features = np.ascontiguousarray(features, dtype=dtype)
+    features = np.ascontiguousarray(features, dtype=checked_storage_dtype(dtype))
     checksums = row_checksums(features)  # before the rename: nothing may fail after it
     final = folder / name
     fault_point("shard.begin")

@@ -21,22 +21,13 @@ from .manifest import DAMAGED_NAME, MANIFEST_NAME, Manifest, append_shard, rewri
 from .reader import REJECTS_NAME, FeatureStore
 from .recovery import recover, remove_temporary_files, rows_held_elsewhere
 from .shard import (
-    STORAGE_DTYPES,
     WrittenShard,
+    checked_storage_dtype,
     new_shard_name,
     read_shard_rows,
     row_checksums,
     write_shard,
 )
-
-
-def storage_dtype(description: dict) -> str:
-    """The dtype a store described by ``description`` keeps its rows in (its ``storage``
-    key; float32 without one). ValueError for a dtype a shard cannot store."""
-    dtype = description.get("storage", "float32")
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"storage {dtype!r}; expected one of {', '.join(STORAGE_DTYPES)}")
-    return dtype
 
 
 def open_writer(store: FeatureStore, description: dict, shard_rows: int = 512,
@@ -53,11 +44,11 @@ def open_writer(store: FeatureStore, description: dict, shard_rows: int = 512,
     """
     if shard_rows < 1:
         raise ValueError("shard_rows must be at least 1")
+    dtype = checked_storage_dtype(description.get("storage", "float32"))  # before any write
     lock = WriteLock(store.path, lock_timeout)
     try:
         recovered = recover(store.path, store.fingerprint, description)
-        writer = ShardWriter(store, recovered.manifest, lock, shard_rows, flush_seconds,
-                             storage_dtype(description))
+        writer = ShardWriter(store, recovered.manifest, lock, shard_rows, flush_seconds, dtype)
         writer.adopted_shards = recovered.adopted_shards
         for name, rows in recovered.copies.items():  # rows another shard already holds go
             writer.rewrite_without(name, rows)

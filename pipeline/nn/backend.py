@@ -51,11 +51,3 @@ def check_backend(name: str | None = None) -> str:
                            f"'vgg16-feature-pipeline[{name}]'")
     return name
 
-
-def require_tensorflow(what: str) -> None:
-    """:class:`BackendError` unless this process runs Keras on TensorFlow; ``what`` names the
-    work that needs it."""
-    name = keras_backend_name()
-    if name != "tensorflow":
-        raise BackendError(f"{what} needs KERAS_BACKEND=tensorflow (this process runs Keras on "
-                           f"{name})")

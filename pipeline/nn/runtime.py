@@ -22,7 +22,8 @@ import importlib.util
 import os
 import sys
 
-from .backend import check_backend, keras_backend_name, require_tensorflow
+from ..errors import BackendError
+from .backend import check_backend, keras_backend_name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BACKEND = check_backend()
@@ -102,9 +103,11 @@ def quiet_tensorflow_import() -> None:
 
 
 def __getattr__(name: str):
-    # ``from pipeline.nn.runtime import tf`` on another backend: say what needs TensorFlow
+    # ``from pipeline.nn.runtime import tf`` on another backend: code that should have asked
+    # BACKEND first
     if name == "tf":
-        require_tensorflow("this step (it trains with TensorFlow)")
+        raise BackendError(f"TensorFlow is not this process's Keras backend ({BACKEND}); set "
+                           f"KERAS_BACKEND=tensorflow")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -295,5 +295,9 @@ def test_a_float16_store_keeps_half_the_bytes_and_serves_float32(tmp_path: Path)
 
 
 def test_an_unknown_storage_dtype_is_refused(tmp_path: Path):
-    with pytest.raises(ValueError, match="storage 'int8'"):
-        open_writer(FeatureStore(tmp_path, "fp"), {"storage": "int8"})
+    from cache.errors import CacheError
+
+    store = FeatureStore(tmp_path, "fp")
+    with pytest.raises(CacheError, match="storage dtype 'int8': shards store float32 or float16"):
+        open_writer(store, {"storage": "int8"})
+    assert not store.path.exists()  # refused before anything was written
