@@ -111,6 +111,11 @@ def build_feature_extractor(spec: BackboneSpec,
     the base is built only as deep as the deepest part needs. The preprocessing and the pools
     of the taps compute in float32 whatever ``spec.precision`` is (a mean over a feature map
     is more exact summed in float32), and every part comes out float32.
+
+    With ``spec.flip_average`` the same base (the same weights) also runs on the left-right
+    mirror of the pixels, and every part is the float32 mean of the two: the mirror's output
+    tensor flipped back along the width first, so that each position averages the same
+    pixels' features; each tap pooled from both. Twice the compute, one model.
     """
     parts = tuple(parts or spec.parts)
     layers = {part: part_layer(spec, part) for part in parts}
@@ -120,15 +125,33 @@ def build_feature_extractor(spec: BackboneSpec,
     inner = keras.Model(base.input, [base.get_layer(layer).output for layer in reads],
                         name="vgg16_layers")
     pixels = keras.Input(shape=spec.input_shape, name="rgb_pixels")
-    computed = inner(VGG16Preprocess(name="vgg16_preprocess")(pixels), training=False)
-    computed = dict(zip(reads, computed if isinstance(computed, list) else [computed]))
+    preprocessed = VGG16Preprocess(name="vgg16_preprocess")(pixels)
+    passes = [preprocessed]
+    if spec.flip_average:
+        passes.append(keras.ops.flip(preprocessed, axis=2))  # axis 2: the width of (N, h, w, 3)
+    maps = []  # per pass, {layer: its (N, h', w', c) output}
+    for pixels_of_pass in passes:
+        computed = inner(pixels_of_pass, training=False)
+        maps.append(dict(zip(reads, computed if isinstance(computed, list) else [computed])))
     outputs = {}
     for part, layer in layers.items():
+        name = part.replace(".", "_")
         if part == OUTPUT:
-            outputs[part] = computed[layer] if spec.precision == "float32" else \
-                keras.layers.Activation("linear", dtype="float32", name="output_float32")(
-                    computed[layer])
+            # the mirror's tensor flipped back: each position then averages the same pixels'
+            each = [maps[0][layer], *(keras.ops.flip(pass_maps[layer], axis=2)
+                                      for pass_maps in maps[1:])]
         else:
-            pool = vgg16.parse_tap(part)[1]
-            outputs[part] = _POOLS[pool](name=f"tap_{part.replace('.', '_')}")(computed[layer])
+            pool = _POOLS[vgg16.parse_tap(part)[1]](name=f"tap_{name}")  # one layer, each pass
+            each = [pool(pass_maps[layer]) for pass_maps in maps]
+        outputs[part] = _float32_mean(each, name)
     return keras.Model(pixels, outputs, name="feature_extractor")
+
+
+def _float32_mean(tensors: list, name: str):
+    """One tensor as float32, or the float32 mean of several (a float32 layer casts its inputs
+    to float32 before it computes)."""
+    if len(tensors) > 1:
+        return keras.layers.Average(dtype="float32", name=f"flip_average_{name}")(tensors)
+    if tensors[0].dtype == "float32":
+        return tensors[0]
+    return keras.layers.Activation("linear", dtype="float32", name=f"{name}_float32")(tensors[0])

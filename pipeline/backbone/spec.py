@@ -40,6 +40,8 @@ class BackboneSpec:
     ``taps`` (``<layer>.<pool>`` names) are pooled vectors of earlier layers computed in the
     same pass; each has a fingerprint and a store of its own, so adding or removing one never
     changes the output's fingerprint. ``keep_output`` False caches the taps only.
+    ``flip_average`` caches, for every part, the mean of the features of the image and of its
+    left-right mirror (two passes of the base).
     """
 
     weights: WeightsSource
@@ -49,6 +51,7 @@ class BackboneSpec:
     keep_output: bool = True
     precision: str = "float32"   # compute dtype of the base: float32, bfloat16 or float16
     storage: str = "float32"     # dtype of the cached rows: float32 or float16
+    flip_average: bool = False   # cache the mean of each image's features and its mirror's
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -75,7 +78,7 @@ class BackboneSpec:
 
         A precision or storage other than float32 is an ingredient (and ``storage`` tells the
         cache which dtype to store); float32 is left out, so fingerprints made before either
-        existed stay what they were.
+        existed stay what they were. ``flip_average`` is likewise named only when it is on.
         """
         description = {
             "format": FINGERPRINT_FORMAT,
@@ -90,6 +93,8 @@ class BackboneSpec:
             description["precision"] = self.precision
         if self.storage != "float32":
             description["storage"] = self.storage
+        if self.flip_average:
+            description["flip_average"] = True
         return description
 
     def describe_tap(self, tap: str) -> dict:
@@ -127,4 +132,5 @@ def backbone_spec(config: PipelineConfig, allow_download: bool = True) -> Backbo
     return BackboneSpec(weights=resolve_weights(backbone, allow_download),
                         decode=decode_options(config), output_layer=backbone.output_layer,
                         taps=tuple(backbone.taps), keep_output=backbone.keep_output,
-                        precision=backbone.precision, storage=config.cache.dtype)
+                        precision=backbone.precision, storage=config.cache.dtype,
+                        flip_average=backbone.flip_average)

@@ -85,6 +85,10 @@ class BackboneConfig(Section):
     # "mixed", weights stay float32); part of the fingerprint. Features reach the cache as
     # float32 whatever it is.
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Test-time augmentation stored once: cache the mean of the features of each image and of
+    # its left-right mirror (the output tensor mirrored back first, so positions line up). Two
+    # forward passes per image; part of the fingerprint.
+    flip_average: Bool = False
 
     # field validators run in declaration order, so output_layer and taps are known here
     @field_validator("taps")

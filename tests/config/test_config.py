@@ -71,6 +71,8 @@ def test_default_cache_and_runs_folders_sit_beside_the_yaml(tiny_project: Path, 
      "stages.heads.models.a.sweep", "features: ['gap', 'no_such.gmp']: 'no_such.gmp' is not"),
     ({"stages": {"probe": {"C": [1.0, 0.0]}}}, "stages.probe.C", "every C must be > 0"),
     ({"cache": {"lock_timeout": "soon"}}, "cache.lock_timeout", "number"),
+    ({"backbone": {"weights": None, "flip_average": "yes"}}, "backbone.flip_average",
+     "boolean"),
 ])
 def test_bad_values_fail_naming_file_and_key(tiny_project: Path, change, key, words):
     document = tiny_document()
@@ -106,8 +108,10 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path):
 def test_set_overrides_any_key_with_yaml_values(tiny_project: Path):
     config = load_config(tiny_project / "stages.yaml", [
         "data.image_size=[64,48]", "backbone.weights=null", "stages.extract.batch_size=7",
-        "data.split.seed=3", "cache.dir=elsewhere"])
+        "data.split.seed=3", "cache.dir=elsewhere", "backbone.flip_average=true"])
     assert config.data.image_size == (64, 48)
+    assert config.backbone.flip_average is True
+    assert load_config(tiny_project / "stages.yaml").backbone.flip_average is False
     assert config.backbone.weights is None
     assert config.stages.extract.batch_size == 7
     assert config.data.split.seed == 3
