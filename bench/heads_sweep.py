@@ -93,9 +93,9 @@ def dense_seconds(config: Path, rows: int = 2000, validation_rows: int = 1000) -
 
     from pipeline.config import HeadConfig, load_config
     from pipeline.context import RunContext
-    from pipeline.heads.registry import fit_head
     from pipeline.heads.splits import LabelledSplit, load_split
-    from pipeline.heads.trials import TrialSpec
+    from pipeline.heads.trial import TrialSpec
+    from pipeline.heads.trials import Trial
 
     ctx = RunContext(load_config(config))
     store, view = ctx.store, ctx.require_view()
@@ -114,7 +114,7 @@ def dense_seconds(config: Path, rows: int = 2000, validation_rows: int = 1000) -
     started = time.perf_counter()
     import pipeline.nn.runtime  # noqa: F401
     import_seconds = time.perf_counter() - started
-    fitted = fit_head(spec, train, validation, n_classes=len(view.classes))
+    fitted = Trial(spec).fit(train, validation, n_classes=len(view.classes))
     return {"fit_seconds": fitted.fit_seconds, "read_seconds": read_seconds,
             "tensorflow_import_seconds": import_seconds,
             "epochs": len(fitted.history["loss"]), "rows": rows,

@@ -1,6 +1,6 @@
 """The probe stage: which layer transfers to my data, after one extraction, in seconds.
 
-For every part the cache keeps (each tap, and the flatten, gap and gmp views of the output
+For every part the cache keeps (each tap, and flatten, gap and gmp of the output
 tensor) it fits a logistic regression on the training split, normalised as ``stages.probe``
 says (power: signed square root, then unit length), for each C of a small grid, and keeps the
 C that scores best on validation. The table (part, dimension, validation accuracy, chosen C,
@@ -24,7 +24,7 @@ from cache.files import write_atomic
 
 from . import metric_keys as keys
 from .config import OUTPUT
-from .config.heads import FEATURE_VIEWS
+from .config.heads import OUTPUT_PARTS
 from .context import RunContext
 from .stage import DATASET_VIEW, Stage, run_file
 
@@ -75,9 +75,10 @@ class ProbeResult:
 
 
 def probe_parts(ctx: RunContext) -> list[str]:
-    """What is probed: each tap, then each view of the output tensor when it is kept."""
-    views = list(FEATURE_VIEWS) if OUTPUT in ctx.stores else []
-    return [*ctx.spec.taps, *views]
+    """What is probed: each tap, then flatten, gap and gmp of the output tensor when it is
+    kept."""
+    output_parts = list(OUTPUT_PARTS) if OUTPUT in ctx.stores else []
+    return [*ctx.spec.taps, *output_parts]
 
 
 def run_probe(ctx: RunContext, folder: Path) -> ProbeResult:
@@ -85,7 +86,7 @@ def run_probe(ctx: RunContext, folder: Path) -> ProbeResult:
     ``folder`` (the run folder)."""
     from sklearn.linear_model import LogisticRegression
 
-    from .heads.features import FeatureView, source_of
+    from .heads.features import FeatureRows, source_of
     from .heads.splits import load_split
 
     started = time.perf_counter()
@@ -98,7 +99,7 @@ def run_probe(ctx: RunContext, folder: Path) -> ProbeResult:
     train, validation = (load_split(stores, view, split) for split in ("train", "validation"))
     rows = []
     for part in parts:
-        features = FeatureView(part, params.normalize)
+        features = FeatureRows(part, params.normalize)
         x_train, x_val = features.transform(train.x), features.transform(validation.x)
         fit_started = time.perf_counter()
         best = (-1.0, 0.0)
@@ -135,9 +136,9 @@ def _write(rows: list[ProbeRow], folder: Path) -> None:
 
 STAGE = Stage(
     name="probe",
-    help="fits a logistic regression on each tap and each view of the output tensor, C "
-         "picked on validation, and prints which part transfers best (probe.csv). It reads "
-         "the cache only.",
+    help="fits a logistic regression on each tap and on flatten, gap and gmp of the output "
+         "tensor, C picked on validation, and prints which part transfers best (probe.csv). "
+         "It reads the cache only.",
     run=lambda ctx, folder, progress: run_probe(ctx, folder),
     params=("backbone.taps", "backbone.keep_output", "stages.probe"),
     deps=(DATASET_VIEW,),

@@ -79,7 +79,7 @@ def test_the_report_has_every_section_and_inlines_every_figure(report):
     for recipe in ("CNN from scratch", "cached features + ", "frozen base + augmentation",
                    "block5 fine-tuned"):
         assert recipe in page
-    # the probe: a chart and a row per tap and per view of the output
+    # the probe: a chart and a row per tap and per part of the output
     assert 'alt="probe: validation accuracy per part"' in page
     for part in (*TAPS, "flatten", "gap", "gmp"):
         assert f"<td>{part}</td>" in page

@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError
 from ..errors import ConfigError
 from ._base import Section, section_default
 from .endtoend import FinetuneConfig, ScratchConfig
-from .heads import FEATURE_VIEWS, HeadsConfig, feature_parts
+from .heads import OUTPUT_PARTS, HeadsConfig, feature_parts
 from .sections import (
     BackboneConfig,
     CacheConfig,
@@ -139,7 +139,7 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
 
 def check_heads_read_what_is_cached(config: PipelineConfig) -> None:
     """:class:`ConfigError` unless every part a head reads (declared or swept) is one extract
-    caches: a tap of ``backbone.taps``, or a view of the output tensor while ``keep_output`` is
+    caches: a tap of ``backbone.taps``, or a part of the output tensor while ``keep_output`` is
     on. (Checked by the heads stage before any work, not when the file is read: a file that
     only extracts needs no heads that fit.)"""
     backbone = config.backbone
@@ -150,10 +150,10 @@ def check_heads_read_what_is_cached(config: PipelineConfig) -> None:
         for value in values:
             for part in feature_parts(value):
                 where = f"{config.source_name}: stages.heads.models.{name}.features: {part}"
-                if part in FEATURE_VIEWS and not backbone.keep_output:
-                    raise ConfigError(f"{where} is a view of the output tensor, which "
+                if part in OUTPUT_PARTS and not backbone.keep_output:
+                    raise ConfigError(f"{where} is a part of the output tensor, which "
                                       f"backbone.keep_output: false leaves out of the cache")
-                if part not in FEATURE_VIEWS and part not in backbone.taps:
+                if part not in OUTPUT_PARTS and part not in backbone.taps:
                     raise ConfigError(f"{where} is not in backbone.taps (extract caches only "
                                       f"those: {', '.join(backbone.taps) or 'none'})")
 

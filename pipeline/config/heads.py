@@ -9,7 +9,7 @@ features it reads, and its parameters; an optional ``sweep`` lists values to sea
           dense: {kind: dense}                 # the source material's dense head
           logreg:
             kind: logistic_regression
-            features: [block4_conv3.gap, gap]  # taps and views of the output, concatenated
+            features: [block4_conv3.gap, gap]  # taps and parts of the output, concatenated
             normalize: power                   # per part: none | l2 | power (signed sqrt, L2)
             scale: true                        # StandardScaler first
             params: {C: 1.0}
@@ -29,8 +29,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from .. import vgg16
 from ._base import OPTIMIZERS, Bool, Float, Int, Section, first_error, reject_non_finite
 
-#: Views of the (h, w, c) output tensor: all of it, or its global average or max pool.
-FEATURE_VIEWS = ("flatten", "gap", "gmp")
+#: The parts a head can take of the (h, w, c) output tensor: all of it, or its global average
+#: or max pool.
+OUTPUT_PARTS = ("flatten", "gap", "gmp")
 #: How each part of a head's features is normalised before the parts are concatenated.
 NORMALIZATIONS = ("none", "l2", "power")
 # The head kinds, as stages.yaml names them (pipeline.heads registers one implementation each).
@@ -47,7 +48,7 @@ DISTRIBUTIONS = ("loguniform", "uniform", "randint")
 
 
 def feature_parts(features: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """A head's ``features`` as a tuple of parts: views of the output (flatten, gap, gmp) and
+    """A head's ``features`` as a tuple of parts: of the output (flatten, gap, gmp) and
     taps (``<layer>.<pool>``), in the order their vectors are concatenated."""
     return (features,) if isinstance(features, str) else tuple(features)
 
@@ -58,26 +59,30 @@ def check_features(features: Any) -> None:
         features = [features]
     if not isinstance(features, (list, tuple)) or not features or \
             not all(isinstance(part, str) for part in features):
-        raise ValueError("a view of the output (flatten, gap, gmp), a tap such as "
+        raise ValueError("a part of the output (flatten, gap, gmp), a tap such as "
                          "block4_conv3.gap, or a list of them")
     for part in features:
-        if part not in FEATURE_VIEWS:
+        if part not in OUTPUT_PARTS:
             vgg16.parse_tap(part)
     if len(set(features)) != len(features):
         raise ValueError(f"{list(features)} names a part twice")
 
 
 class DenseParams(Section):
-    """The dense head of the source material and how it is trained."""
+    """The dense head (the source material's: Dense ``units`` relu, Dropout, the class layer)
+    and how it is trained. The defaults were measured on flowers-1000 (docs/benchmarks.md);
+    the source material's recipe is ``optimizer: rmsprop``, ``learning_rate: 2.0e-5``,
+    ``batch_size: 20``, ``epochs: 30`` on unscaled features (the head's ``scale: false``)."""
 
     units: Int = Field(256, ge=1, le=65_536)
     dropout: Float = Field(0.5, ge=0, lt=1)
-    optimizer: Literal[OPTIMIZERS] = "rmsprop"  # type: ignore[valid-type]
-    learning_rate: Float = Field(2e-5, gt=0, le=10)
-    epochs: Int = Field(30, ge=1, le=100_000)
-    batch_size: Int = Field(20, ge=1, le=1_000_000)
-    # Early stopping on validation accuracy; null turns it off.
-    patience: Optional[Int] = Field(5, ge=0)
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    learning_rate: Float = Field(1e-3, gt=0, le=10)
+    epochs: Int = Field(50, ge=1, le=100_000)
+    batch_size: Int = Field(32, ge=1, le=1_000_000)
+    # Early stopping on validation accuracy (Keras' EarlyStopping); null turns it off.
+    patience: Optional[Int] = Field(10, ge=0)
+    # with early stopping, end with the weights of the best validation epoch
     restore_best: Bool = True
 
 
@@ -158,9 +163,12 @@ class HeadConfig(Section):
     """One head trained on cached features."""
 
     kind: Literal[HEAD_KINDS]  # type: ignore[valid-type]
-    # a view of the output tensor, a tap of backbone.taps, or a list of them (concatenated)
+    # a part of the output tensor, a tap of backbone.taps, or a list of them (concatenated)
     features: Union[str, list[str]] = "flatten"
     normalize: Literal[NORMALIZATIONS] = "none"  # type: ignore[valid-type]
+    # Standardise every feature with the training split's mean and standard deviation
+    # (StandardScaler; in a dense head a Normalization layer inside the saved model). Left out:
+    # on for Keras kinds, whose gradient steps need inputs of one scale, off for scikit-learn.
     scale: Bool = False
     # PCA components: a whole number, or a fraction of variance to keep in (0, 1)
     pca: Optional[Union[Int, Float]] = None
@@ -187,11 +195,18 @@ class HeadConfig(Section):
         reject_non_finite("params", params)
         return params
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scale_by_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scale" not in data and data.get("kind") in KERAS_KINDS:
+            return {**data, "scale": True}
+        return data
+
     @model_validator(mode="after")
     def _fits_the_kind(self) -> HeadConfig:
         if self.kind in KERAS_KINDS:
-            if self.scale or self.pca is not None:
-                raise ValueError(f"scale and pca apply to scikit-learn heads, not {self.kind}")
+            if self.pca is not None:
+                raise ValueError(f"pca applies to scikit-learn heads, not {self.kind}")
             try:
                 DenseParams.model_validate(self.params)
             except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The scikit-learn head kinds: ``FeatureView -> [StandardScaler] -> [PCA] -> estimator``.
+"""The scikit-learn head kinds: ``FeatureRows -> [StandardScaler] -> [PCA] -> estimator``.
 
 A head is a scikit-learn Pipeline that takes the (N, h, w, c) features directly. ``params`` go
 to the estimator as they are, checked against its parameter list and constraints before any
@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -36,17 +36,15 @@ from ..config import HeadConfig
 from ..config.heads import NORMALIZATIONS, PIPELINE_KEYS, check_features
 from ..errors import ConfigError, HeadLoadError
 from . import features
-from .features import FORMER_PATH, FeatureView, rows_of
+from .features import FORMER_PATH, FeatureRows, rows_of
 from .kind import FittedHead, HeadKind
-from .splits import subset
-
-if TYPE_CHECKING:
-    from .splits import LabelledSplit, LazySplit
-    from .trials import TrialSpec
+from .splits import LabelledSplit, LazySplit, subset
+from .trial import TrialSpec
 
 # Types skops does not trust by default that our heads legitimately contain.
 TRUSTED_SKOPS_TYPES = (
-    f"{FeatureView.__module__}.FeatureView",
+    f"{FeatureRows.__module__}.FeatureRows",
+    f"{FeatureRows.__module__}.FeatureView",  # its name before 0.3
     FORMER_PATH,
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -123,8 +121,8 @@ class SklearnKind(HeadKind):
     # -- fitting ---------------------------------------------------------------------------
 
     def pipeline(self, trial: TrialSpec) -> Pipeline:
-        """``FeatureView -> [StandardScaler] -> [PCA] -> estimator`` for one trial, unfitted."""
-        steps: list[tuple[str, Any]] = [("features", FeatureView(trial.setting("features"),
+        """``FeatureRows -> [StandardScaler] -> [PCA] -> estimator`` for one trial, unfitted."""
+        steps: list[tuple[str, Any]] = [("features", FeatureRows(trial.setting("features"),
                                                                  trial.setting("normalize")))]
         if trial.setting("scale"):
             steps.append(("scale", StandardScaler()))
@@ -145,7 +143,7 @@ class SklearnKind(HeadKind):
         """Fit the pipeline on ``train`` (``validation`` is not used); an incremental trial
         with ``partial_fit`` over ``train``'s chunks, in bounded memory."""
         started = time.perf_counter()
-        if self.chunk_rows(trial) is not None:
+        if trial.config.incremental is not None:
             model = self._fit_incremental(trial, train, n_classes)
         else:
             model = self.pipeline(trial).fit(train.x, train.y)
@@ -158,23 +156,23 @@ class SklearnKind(HeadKind):
             raise ValueError("an incremental head needs at least one training row")
         chunk_rows = trial.config.incremental.chunk_rows
         rng = np.random.default_rng(trial.seed)
-        view = FeatureView(trial.setting("features"), trial.setting("normalize"))
+        to_rows = FeatureRows(trial.setting("features"), trial.setting("normalize"))
         scaler = StandardScaler() if trial.setting("scale") else None
         if scaler is not None:
             for x, _ in train.chunks(chunk_rows):
-                scaler.partial_fit(view.transform(x))
+                scaler.partial_fit(to_rows.transform(x))
         model = self.build_estimator(trial.estimator_params(), trial.seed)
         classes = np.arange(n_classes)
         for _ in range(trial.config.incremental.epochs):
             order = rng.permutation(train.n_chunks(chunk_rows))
             for x, y in train.chunks(chunk_rows, order=order):
-                rows = view.transform(x)
+                rows = to_rows.transform(x)
                 if scaler is not None:
                     rows = scaler.transform(rows)
                 shuffle = rng.permutation(len(rows))
                 model.partial_fit(rows[shuffle], y[shuffle], classes=classes)
-        # FeatureView learns nothing; fitting it on a row of the last chunk records the width.
-        steps = [("features", view.fit(subset(x, slice(0, 1))))]
+        # FeatureRows learns nothing; fitting it on a row of the last chunk records the width.
+        steps = [("features", to_rows.fit(subset(x, slice(0, 1))))]
         if scaler is not None:
             steps.append(("scale", scaler))
         steps.append(("model", model))
@@ -218,7 +216,7 @@ class SklearnKind(HeadKind):
         if refused:
             raise HeadLoadError(f"{path}: refusing to load types no head of this pipeline "
                                 f"contains: {', '.join(refused)}")
-        with _former_feature_view_path(FORMER_PATH in untrusted):
+        with _former_module_path(FORMER_PATH in untrusted):
             return skops.io.load(path, trusted=untrusted)
 
 
@@ -240,8 +238,8 @@ def _pca_ok(value) -> bool:
 
 
 @contextlib.contextmanager
-def _former_feature_view_path(needed: bool):
-    """Heads saved before the package layout of 0.2 name FeatureView by its old module; skops
+def _former_module_path(needed: bool):
+    """Heads saved before the package layout of 0.2 name FeatureRows by its old module; skops
     imports that module by name, so it is the current one while such a file loads."""
     former = FORMER_PATH.rsplit(".", 1)[0]
     if not needed or former in sys.modules:

@@ -1,14 +1,14 @@
-"""What a head reads of the cache, as rows: views of the output tensor and taps, normalised
+"""What a head reads of the cache, as rows: parts of the output tensor and taps, normalised
 part by part, concatenated.
 
-A head's ``features`` are parts: ``flatten``, ``gap`` and ``gmp`` view the (N, h, w, c) output
-tensor; a tap (``block4_conv3.gap``) is an (N, c) vector cached as it is. Each part is
-normalised on its own (``none``; ``l2``: unit length; ``power``: signed square root, then unit
-length) before the parts are put side by side, so that a part with large values does not
-drown the others. Features arrive as ``{source: array}``, the source of a view being the
-output (``output``) and of a tap the tap itself; a bare (N, h, w, c) array stands for the
-output. Every scikit-learn head starts with :class:`FeatureView`; the dense head builds the
-same steps from Keras layers.
+A head's ``features`` are parts: ``flatten``, ``gap`` and ``gmp`` take the (N, h, w, c) output
+tensor whole, averaged or maximised over positions; a tap (``block4_conv3.gap``) is an (N, c)
+vector cached as it is. Each part is normalised on its own (``none``; ``l2``: unit length;
+``power``: signed square root, then unit length) before the parts are put side by side, so
+that a part with large values does not drown the others. Features arrive as
+``{source: array}``, the source of flatten, gap and gmp being the output (``output``) and of a
+tap the tap itself; a bare (N, h, w, c) array stands for the output. Every scikit-learn head
+starts with :class:`FeatureRows`; the dense head builds the same steps from Keras layers.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..config import OUTPUT
-from ..config.heads import FEATURE_VIEWS, feature_parts
+from ..config.heads import OUTPUT_PARTS, feature_parts
 
-#: The module path older releases saved FeatureView under (skops files name it), read by
-#: :mod:`pipeline.heads._sklearn` as this class.
+#: The names heads saved by earlier releases give :class:`FeatureRows` (skops files name the
+#: class): its module before the package layout of 0.2, and its name before 0.3. Both load as
+#: :class:`FeatureRows` (:mod:`pipeline.heads._sklearn`).
 FORMER_PATH = "pipeline.features.FeatureView"
 _EPSILON = 1e-12
 
@@ -31,8 +32,9 @@ Features = Mapping[str, np.ndarray]
 
 
 def source_of(part: str) -> str:
-    """The cached source a part reads: the output for its views, a tap for itself."""
-    return OUTPUT if part in FEATURE_VIEWS else part
+    """The cached source a part reads: the output for flatten, gap and gmp, a tap for
+    itself."""
+    return OUTPUT if part in OUTPUT_PARTS else part
 
 
 def sources_of(features: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -62,11 +64,11 @@ def normalized(rows: np.ndarray, normalize: str) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), _EPSILON)
 
 
-def view_rows(x: np.ndarray, part: str) -> np.ndarray:
-    """One part as (N, d) float32 rows of its source ``x``: a view of an (N, h, w, c) output
-    tensor, or an (N, c) tap as it is."""
+def part_rows(x: np.ndarray, part: str) -> np.ndarray:
+    """One part as (N, d) float32 rows of its source ``x``: the (N, h, w, c) output tensor
+    flattened or pooled (``flatten``, ``gap``, ``gmp``), or an (N, c) tap as it is."""
     x = np.asarray(x, dtype=np.float32)
-    if part not in FEATURE_VIEWS:
+    if part not in OUTPUT_PARTS:
         if x.ndim != 2:
             raise ValueError(f"expected (N, c) vectors for the tap {part}, got shape {x.shape}")
         return x
@@ -77,18 +79,24 @@ def view_rows(x: np.ndarray, part: str) -> np.ndarray:
     return x.mean(axis=(1, 2)) if part == "gap" else x.max(axis=(1, 2))
 
 
-class FeatureView(TransformerMixin, BaseEstimator):
-    """Cached features -> (N, d) rows: each part of ``view`` taken from its source, normalised
-    by ``normalize``, the parts concatenated in the order given.
+class FeatureRows(TransformerMixin, BaseEstimator):
+    """Cached features -> (N, d) rows: each of ``parts`` taken from its source, normalised by
+    ``normalize``, the parts concatenated in the order given.
 
-    ``view``: a part or a list of parts (``flatten``: d = h*w*c, 8,192 for (4, 4, 512);
+    ``parts``: a part or a list of parts (``flatten``: d = h*w*c, 8,192 for (4, 4, 512);
     ``gap``/``gmp``: d = c; a tap: d = its channels). Stateless: ``fit`` only checks the input.
     """
 
-    def __init__(self, view: str | list[str] | tuple[str, ...] = "flatten",
+    def __init__(self, parts: str | list[str] | tuple[str, ...] = "flatten",
                  normalize: str = "none"):
-        self.view = view
+        self.parts = parts
         self.normalize = normalize
+
+    def __setstate__(self, state: dict) -> None:
+        # heads saved before 0.3 name the parts ``view``
+        if "view" in state:
+            state = {("parts" if key == "view" else key): value for key, value in state.items()}
+        super().__setstate__(state)
 
     def fit(self, X, y=None):  # noqa: N803 (scikit-learn's names)
         """Check that ``X`` holds every source the parts read; nothing is learned."""
@@ -102,10 +110,14 @@ class FeatureView(TransformerMixin, BaseEstimator):
         # heads saved before normalisation existed have no ``normalize``
         normalize = getattr(self, "normalize", "none")
         parts = []
-        for part in feature_parts(self.view):
+        for part in feature_parts(self.parts):
             source = source_of(part)
             if source not in x:
                 raise ValueError(f"the features hold no {source} (they hold "
                                  f"{', '.join(x) or 'nothing'}) for the part {part}")
-            parts.append(normalized(view_rows(x[source], part), normalize))
+            parts.append(normalized(part_rows(x[source], part), normalize))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+# skops finds a class by its module and name, and files saved before 0.3 ask for this one.
+FeatureView = FeatureRows

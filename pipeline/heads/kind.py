@@ -11,15 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..config import HeadConfig
-
-if TYPE_CHECKING:
-    from .splits import LabelledSplit, LazySplit
-    from .trials import TrialSpec
+from .splits import LabelledSplit, LazySplit
+from .trial import TrialSpec
 
 
 class HeadKind(ABC):

@@ -6,17 +6,11 @@ Adding a kind is one :class:`~pipeline.heads.kind.HeadKind` and one entry here (
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..config import HeadsConfig
 from ..errors import HeadLoadError
 from ._sklearn import SKLEARN_HEAD_KINDS
 from .dense import DenseKind
-from .kind import FittedHead, HeadKind
-
-if TYPE_CHECKING:
-    from .splits import LabelledSplit, LazySplit
-    from .trials import TrialSpec
+from .kind import HeadKind
 
 KINDS: dict[str, HeadKind] = {kind.name: kind for kind in (DenseKind(), *SKLEARN_HEAD_KINDS)}
 
@@ -38,8 +32,3 @@ def check_heads(heads: HeadsConfig, source: str = "stages.yaml") -> None:
     for name, head in heads.models.items():
         head_kind(head.kind).check(f"{source}: stages.heads.models.{name}", head)
 
-
-def fit_head(trial: TrialSpec, train: LabelledSplit | LazySplit,
-             validation: LabelledSplit | LazySplit, n_classes: int) -> FittedHead:
-    """Fit one trial on ``train``; ``validation`` serves only early stopping (dense)."""
-    return trial.kind.fit(trial, train, validation, n_classes)

@@ -47,7 +47,7 @@ from .registry import check_heads
 from .saving import save_head
 from .splits import LabelledSplit, LazySplit, TrainingData, lazy_split, load_split
 from .sweep import run_trials
-from .trials import TrialSpec, expand_trials
+from .trials import Trial, expand_trials
 
 #: The best head's answer for each test image, written into its folder (the report's gallery).
 PREDICTIONS_NAME = "predictions_test.csv"
@@ -59,16 +59,16 @@ class HeadOutcome:
     and where it is saved."""
 
     name: str
-    trial: TrialResult
+    result: TrialResult
     scores: dict[str, SplitScores]
     folder: Path
     model: FittedHead = field(repr=False)
-    spec: TrialSpec = field(repr=False)
+    trial: Trial = field(repr=False)
 
 
 def best_outcome(outcomes: list[HeadOutcome]) -> HeadOutcome:
     """The head whose best trial ranks first on the validation metric."""
-    return min(outcomes, key=lambda o: o.trial.rank)
+    return min(outcomes, key=lambda o: o.result.rank)
 
 
 @dataclass
@@ -102,7 +102,7 @@ class HeadsResult:
                if sizes.get("augmented") else ""),
             f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
             format_leaderboard(self.ranked),
-            f"best: {best.name} (trial {best.trial.trial}), selected by {self.metric}: "
+            f"best: {best.name} (trial {best.result.trial}), selected by {self.metric}: "
             f"validation accuracy {format_score(best.scores['validation'].accuracy)}, "
             f"test accuracy {format_score(best.scores['test'].accuracy)} "
             f"({sizes['test']} test images; the only model evaluated on test)",
@@ -126,7 +126,7 @@ class HeadsResult:
             keys.HEADS_SWEEP_SECONDS: round(self.sweep_seconds, 3),
             keys.HEADS_SECONDS: round(self.seconds, 3),
             keys.HEADS_BEST_NAME: best.name,
-            keys.HEADS_BEST_TRIAL: best.trial.trial,
+            keys.HEADS_BEST_TRIAL: best.result.trial,
             keys.HEADS_BEST_VAL_ACCURACY: best.scores["validation"].accuracy,
             keys.HEADS_BEST_TEST_ACCURACY: best.scores["test"].accuracy,
         }
@@ -165,9 +165,9 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
         if best is None:
             failed.append(name)
             continue
-        trial = next(t for t in trials if t.head == name and t.trial == best.trial)
+        trial = next(t for t in trials if t.head == name and t.index == best.trial)
         model = sweep.best_models[name]
-        _, validation = data.splits(lazy=trial.kind.chunk_rows(trial) is not None)
+        _, validation = data.splits(lazy=trial.reads_in_chunks)
         outcomes.append(HeadOutcome(name, best, {"validation": _score(model, trial, validation,
                                                                       view)},
                                     output / "heads" / name, model, trial))
@@ -179,9 +179,8 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     if not view.select("test"):
         warnings.warn("the test split has no images: heads are selected on validation but not "
                       "tested", NoTestImagesWarning, stacklevel=2)
-    lazy_test = winner.spec.kind.chunk_rows(winner.spec) is not None
-    test = (lazy_split if lazy_test else load_split)(stores, view, "test")
-    predicted, proba = winner.model.predict_split(test, winner.spec.kind.chunk_rows(winner.spec))
+    test = (lazy_split if winner.trial.reads_in_chunks else load_split)(stores, view, "test")
+    predicted, proba = winner.model.predict_split(test, winner.trial.chunk_rows)
     winner.scores["test"] = evaluate(test.y, predicted, proba, view.classes)
     for outcome in outcomes:
         _save_outcome(outcome, view, ctx, heads.metric)
@@ -195,12 +194,12 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
                        heads.metric, failed)
 
 
-def _training_data(stores: dict[str, FeatureStore], view: DatasetView, trials: list[TrialSpec],
+def _training_data(stores: dict[str, FeatureStore], view: DatasetView, trials: list[Trial],
                    augmented: bool) -> TrainingData:
     """The training and validation splits of every source a trial reads, in memory for the
     trials that read them whole and named for those that read the cache a chunk at a time
     (each only when needed)."""
-    reads_lazily = [t.kind.chunk_rows(t) is not None for t in trials]
+    reads_lazily = [trial.reads_in_chunks for trial in trials]
     in_memory, lazy = not all(reads_lazily), any(reads_lazily)
     return TrainingData(
         n_classes=len(view.classes),
@@ -224,24 +223,24 @@ def write_predictions(view: DatasetView, split: str, predicted: np.ndarray,
     write_atomic(path, buffer.getvalue(), errors="backslashreplace")
 
 
-def _score(model: FittedHead, spec: TrialSpec, split: LabelledSplit | LazySplit,
+def _score(model: FittedHead, trial: Trial, split: LabelledSplit | LazySplit,
            view: DatasetView) -> SplitScores:
     """evaluate() of ``model`` on ``split`` (read a chunk at a time where the trial does)."""
-    predicted, proba = model.predict_split(split, spec.kind.chunk_rows(spec))
+    predicted, proba = model.predict_split(split, trial.chunk_rows)
     return evaluate(split.y, predicted, proba, view.classes)
 
 
 def _save_outcome(outcome: HeadOutcome, view: DatasetView, ctx: RunContext,
                   metric: str) -> None:
     """The head's model, metadata, scores, confusion matrices and training history."""
-    folder, best = outcome.folder, outcome.trial
-    sources = {source: ctx.stores[source] for source in outcome.spec.sources}
+    folder, best = outcome.folder, outcome.result
+    sources = {source: ctx.stores[source] for source in outcome.trial.sources}
     shape = {"feature_shape": list(sources[OUTPUT].feature_shape)} if OUTPUT in sources else {}
     save_head(outcome.model, folder, {
         "name": outcome.name, "trial": best.trial, "classes": view.classes,
         "dataset_view": ctx.view_id, "fingerprint": ctx.fingerprint.id, **shape,
         "sources": {source: store.fingerprint for source, store in sources.items()},
-        "params": outcome.spec.describe(),
+        "params": outcome.trial.describe(),
         "selected_by": json_safe({"metric": metric, "rank": best.rank,
                                   "value": getattr(best, metric)})})
     write_evaluation(outcome.scores, folder / "evaluation.json")

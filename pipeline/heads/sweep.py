@@ -28,36 +28,34 @@ from ..evaluate import evaluate
 from .kind import FittedHead
 from .leaderboard import TrialResult, rank_key
 from .splits import TrainingData
-from .trials import TrialSpec
+from .trials import Trial
 
 
-def fit_and_score(spec: TrialSpec, data: TrainingData) -> tuple[TrialResult, FittedHead | None]:
+def fit_and_score(trial: Trial, data: TrainingData) -> tuple[TrialResult, FittedHead | None]:
     """Fit one trial on the training split and score it on the validation split.
 
     Returns the leaderboard row and the fitted head (None when the trial failed). Never raises
     for a bad parameter combination: the trial is recorded as failed.
     """
-    result = TrialResult(spec.head, spec.trial, spec.config.kind, spec.describe())
+    result = TrialResult(trial.head, trial.index, trial.kind.name, trial.describe())
     # Trials run one per worker thread (or in the main thread), so recording is safe here;
     # on a cluster the warnings would otherwise be lost in the workers' logs.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fitted = _fit_and_score(spec, data, result)
+        fitted = _fit_and_score(trial, data, result)
     messages = dict.fromkeys(f"{w.category.__name__}: {' '.join(str(w.message).split())}"
                              for w in caught)
     result.warnings = " | ".join(m[:200] for m in messages)[:1000]
     return result, fitted
 
 
-def _fit_and_score(spec: TrialSpec, data: TrainingData,
+def _fit_and_score(trial: Trial, data: TrainingData,
                    result: TrialResult) -> FittedHead | None:
-    kind = spec.kind
-    chunk_rows = kind.chunk_rows(spec)
-    train, validation = data.splits(lazy=chunk_rows is not None)
+    train, validation = data.splits(lazy=trial.reads_in_chunks)
     try:
-        fitted = kind.fit(spec, train, validation, data.n_classes)
-        predicted, proba = fitted.predict_split(validation, chunk_rows)
-        train_predicted, _ = fitted.predict_split(train, chunk_rows)
+        fitted = trial.fit(train, validation, data.n_classes)
+        predicted, proba = fitted.predict_split(validation, trial.chunk_rows)
+        train_predicted, _ = fitted.predict_split(train, trial.chunk_rows)
         scores = evaluate(validation.y, predicted, proba,
                           [str(i) for i in range(data.n_classes)])
     except Exception as exc:  # noqa: BLE001 (one bad setting must not end a sweep)
@@ -104,7 +102,7 @@ class _BestPerHead:
         return {head: model for head, (_, model) in self.best.items()}
 
 
-def run_trials(trials: list[TrialSpec], data: TrainingData, cluster: ClusterConfig,
+def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
                metric: str = "val_accuracy", progress: bool = True) -> SweepOutcome:
     """Run ``trials`` where ``cluster`` says; results in the order of ``trials``.
 
@@ -117,8 +115,8 @@ def run_trials(trials: list[TrialSpec], data: TrainingData, cluster: ClusterConf
     with bar:
         if cluster.scheduler == "synchronous":
             keeper, results = _BestPerHead(metric), []
-            for order, spec in enumerate(trials):
-                result, model = fit_and_score(spec, data)
+            for order, trial in enumerate(trials):
+                result, model = fit_and_score(trial, data)
                 keeper.offer(order, result, model)
                 results.append(result)
                 bar.update()
@@ -127,7 +125,7 @@ def run_trials(trials: list[TrialSpec], data: TrainingData, cluster: ClusterConf
             return _run_on_cluster(client, trials, data, metric, bar)
 
 
-def _run_on_cluster(client, trials: list[TrialSpec], data: TrainingData, metric: str,
+def _run_on_cluster(client, trials: list[Trial], data: TrainingData, metric: str,
                     bar) -> SweepOutcome:
     from distributed import as_completed
 
@@ -135,10 +133,10 @@ def _run_on_cluster(client, trials: list[TrialSpec], data: TrainingData, metric:
     # Each trial is two tasks: the fit, whose (result, model) stays on its worker, and a tiny
     # one that brings back only the result. Models travel only when they are a head's best.
     fitted, rows = {}, {}
-    for order, spec in enumerate(trials):
-        tag = f"{spec.head}-{spec.trial}-{os.urandom(4).hex()}"
-        fitted[order] = client.submit(fit_and_score, spec, shared, pure=False,
-                                      priority=spec.expected_cost, key=f"trial-{tag}")
+    for order, trial in enumerate(trials):
+        tag = f"{trial.head}-{trial.index}-{os.urandom(4).hex()}"
+        fitted[order] = client.submit(fit_and_score, trial, shared, pure=False,
+                                      priority=trial.expected_cost, key=f"trial-{tag}")
         rows[client.submit(itemgetter(0), fitted[order], key=f"row-{tag}")] = order
     keeper = _BestPerHead(metric)
     results: list[TrialResult | None] = [None] * len(trials)
@@ -147,9 +145,9 @@ def _run_on_cluster(client, trials: list[TrialSpec], data: TrainingData, metric:
         try:
             results[order] = future.result()
         except Exception as exc:  # noqa: BLE001 (a worker died: record it, keep the others)
-            spec = trials[order]
-            results[order] = TrialResult(spec.head, spec.trial, spec.config.kind,
-                                         spec.describe(), status="failed",
+            trial = trials[order]
+            results[order] = TrialResult(trial.head, trial.index, trial.kind.name,
+                                         trial.describe(), status="failed",
                                          error=f"{type(exc).__name__}: {exc}"[:500])
         let_go = keeper.offer(order, results[order], fitted[order])
         if let_go is not None:

@@ -64,19 +64,19 @@ def probe_chart(rows: list[dict]) -> str:
     """The probe's validation accuracy per part, best at the top, taps and output views in
     two colours."""
     plt = _pyplot()
-    from ..config.heads import FEATURE_VIEWS
+    from ..config.heads import OUTPUT_PARTS
 
     rows = sorted(rows, key=lambda row: float(row["val_accuracy"]))
     figure, axes = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
     try:
-        colours = ["#9a9a9a" if row["feature"] in FEATURE_VIEWS else "#3b6ea5" for row in rows]
+        colours = ["#9a9a9a" if row["feature"] in OUTPUT_PARTS else "#3b6ea5" for row in rows]
         values = [float(row["val_accuracy"]) for row in rows]
         axes.barh([_shown(row["feature"]) for row in rows], values, color=colours)
         for y, value in enumerate(values):
             axes.text(value + 0.005, y, f"{value:.3f}", va="center", fontsize=8)
         axes.set_xlim(0, min(1.0, max(values) + 0.1))
         axes.set_xlabel("validation accuracy of a logistic regression (blue: taps; grey: "
-                        "views of the output)")
+                        "parts of the output)")
         figure.tight_layout()
         return _png(figure)
     finally:

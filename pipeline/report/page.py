@@ -202,7 +202,7 @@ def _feature_map(ctx: RunContext, runs: _RunIndex, view: DatasetView | None
         return None, "No map yet: it needs a dataset view and a trained head."
     from sklearn.decomposition import PCA
 
-    from ..heads.features import FeatureView
+    from ..heads.features import FeatureRows
     from ..heads.saving import head_sources, read_head_metadata
 
     try:
@@ -221,7 +221,7 @@ def _feature_map(ctx: RunContext, runs: _RunIndex, view: DatasetView | None
              for source, fingerprint in head_sources(metadata).items()}
     except MissingFeaturesError as exc:
         return None, f"No map: {exc}"
-    rows = FeatureView(features, params.get("normalize", "none")).transform(x)
+    rows = FeatureRows(features, params.get("normalize", "none")).transform(x)
     if len(rows) < 3:
         return None, "No map: fewer than three images."
     points = PCA(n_components=2, random_state=0).fit_transform(rows.astype(np.float64))

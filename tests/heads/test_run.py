@@ -18,10 +18,10 @@ from pipeline.context import RunContext
 from pipeline.data.view import read_view, write_view
 from pipeline.errors import MissingViewError, NoTestImagesWarning
 from pipeline.heads.leaderboard import TrialResult, rank_trials
-from pipeline.heads.registry import fit_head
 from pipeline.heads.saving import load_head
 from pipeline.heads.splits import LazySplit
-from pipeline.heads.trials import TrialSpec, expand_trials
+from pipeline.heads.trial import TrialSpec
+from pipeline.heads.trials import Trial, expand_trials
 from tests.support.projects import make_image_folder, run_named, tiny_document, write_config
 
 SWEEP = {
@@ -123,6 +123,27 @@ def test_selection_never_sees_the_test_split(cached_project):
     assert before["heads.best.test_accuracy"] != after["heads.best.test_accuracy"]
 
 
+def test_the_stage_standardises_dense_heads_with_training_rows_only(cached_project):
+    from pipeline.heads.dense import STANDARDIZE_LAYER
+    from pipeline.heads.features import FeatureRows
+    from pipeline.heads.splits import load_split
+
+    dense = {"kind": "dense", "features": "gap", "params": {"epochs": 2}}
+    project = cached_project({"dense": dense})
+    run, _ = _run(project)
+    head, _ = load_head(run.path / "heads" / "dense")
+    layer = head.model.get_layer(STANDARDIZE_LAYER)
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    view = ctx.require_view()
+    rows = {split: FeatureRows("gap").transform(load_split(ctx.stores, view, split).x)
+            for split in ("train", "validation", "test")}
+    np.testing.assert_allclose(np.ravel(layer.adapt_mean), rows["train"].mean(axis=0),
+                               rtol=1e-4, atol=1e-6)
+    everything = np.concatenate(list(rows.values()))
+    assert not np.allclose(np.ravel(layer.adapt_mean), everything.mean(axis=0), rtol=1e-4,
+                           atol=1e-6)
+
+
 def test_sweep_on_a_two_worker_local_cluster_equals_the_serial_one(cached_project):
     dense = {"kind": "dense", "features": "gap",
              "params": {"epochs": 2, "units": 8, "learning_rate": 0.01}}
@@ -214,11 +235,11 @@ def test_random_search_is_reproducible_and_bounded():
             "max_iter": {"randint": [5, 9]}}}}}}}}
     heads = parse_config(document).stages.heads
     first, again = expand_trials(heads), expand_trials(heads)
-    assert [t.overrides for t in first] == [t.overrides for t in again]
+    assert [t.spec.overrides for t in first] == [t.spec.overrides for t in again]
     assert len(first) == 6
-    assert all(1e-5 <= t.overrides["alpha"] <= 1e-1 and 5 <= t.overrides["max_iter"] <= 9
-               and isinstance(t.overrides["max_iter"], int) for t in first)
-    assert len({t.overrides["alpha"] for t in first}) == 6
+    assert all(1e-5 <= t.spec.overrides["alpha"] <= 1e-1 and 5 <= t.spec.overrides["max_iter"] <= 9
+               and isinstance(t.spec.overrides["max_iter"], int) for t in first)
+    assert len({t.spec.overrides["alpha"] for t in first}) == 6
 
 
 def test_ranking_puts_failures_last_and_minimises_log_loss():
@@ -252,7 +273,7 @@ def _peak_while_fitting(folder: Path, rows: int):
                                           incremental={"chunk_rows": 100, "epochs": 2}))
     tracemalloc.start()
     try:
-        head = fit_head(spec, split, split, n_classes=2)
+        head = Trial(spec).fit(split, split, n_classes=2)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -419,7 +440,7 @@ def test_with_keep_output_false_only_taps_are_cached_and_read(cached_project):
      "stages.heads.models.lr.features: block5_conv1.gap is not in backbone.taps (extract "
      "caches only those: block3_conv3.gap, block4_conv3.gmp)"),
     ({"keep_output": False}, {"features": "gap"},
-     "stages.heads.models.lr.features: gap is a view of the output tensor, which "
+     "stages.heads.models.lr.features: gap is a part of the output tensor, which "
      "backbone.keep_output: false leaves out of the cache"),
 ])
 def test_a_head_on_a_part_the_cache_does_not_keep_is_a_config_error(cached_project, backbone,
