@@ -29,6 +29,7 @@ from ..data.names import display_path
 from ..data.view import DatasetView
 from ..errors import NoTestImagesWarning, PipelineError, SkippedImageWarning
 from ..evaluate import SplitScores, evaluate, plot_confusion_matrix, write_evaluation
+from ..nn.callbacks import early_stopping
 from ..nn.inference import compiled_inference
 from ..nn.loading import save_keras_model
 from ..nn.outputs import class_probabilities
@@ -208,10 +209,7 @@ def train_phase(model, name: str, train: ImageBatches, validation: ImageBatches,
         # PyTorch it would import TensorFlow, which may take the GPU's memory for itself
         callbacks.append(keras.callbacks.TensorBoard(
             log_dir=str(folder / "logs" / name), histogram_freq=0, write_graph=False))
-    if patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=patience,
-            restore_best_weights=restore_best))
+    callbacks += early_stopping(patience, restore_best)
     started = time.perf_counter()
     history: dict[str, list[float]] = {}
     if epochs > 0:

@@ -206,7 +206,7 @@ class DenseKind(HeadKind):
         """Standardise with ``train``'s statistics (``scale``), then Keras' ``fit``; with
         ``patience``, Keras' ``EarlyStopping`` on ``validation``'s accuracy, ending with the
         best epoch's weights when ``restore_best`` (the first of equals)."""
-        from ..nn.runtime import keras
+        from ..nn.callbacks import early_stopping
 
         if not len(train):
             raise ValueError("the dense head needs at least one training row")
@@ -220,10 +220,7 @@ class DenseKind(HeadKind):
             set_standardization(model, *standardization_statistics(features, normalize,
                                                                    train.x))
         watched = len(validation) > 0
-        callbacks = [keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=params.patience,
-            restore_best_weights=params.restore_best)] \
-            if watched and params.patience is not None else []
+        callbacks = early_stopping(params.patience, params.restore_best) if watched else []
         history = model.fit(
             model_inputs(model, train.x), _labels(train.y, n_classes),
             validation_data=(model_inputs(model, validation.x),
