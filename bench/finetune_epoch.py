@@ -5,7 +5,7 @@ dense head), then times one training epoch over the first ``--images`` training 
 dataset view with the base frozen (phase 1), and one with block5 open (phase 2), without
 validation passes. The cache must hold the dataset view (run ``pipeline run extract`` first).
 Set against the extraction rate, this is what the augmentation-through-the-base recipes cost
-per epoch compared with cached features or cached augmented views. Run from the repository root:
+per epoch compared with cached features or cached augmented copies. Run from the repository root:
 
     python -m bench.finetune_epoch --config /tmp/heads-bench/stages-local.yaml --images 96
 """

@@ -2,7 +2,7 @@
 
 The mechanics live in :mod:`cache` (the reader, :mod:`cache.maintenance`, the writer); this
 module knows what the pipeline knows and the cache does not: which entries the dataset views
-reference (images and their augmented views), and how to say what happened. It never imports
+reference (images and their augmented copies), and how to say what happened. It never imports
 TensorFlow, never resolves a backbone and never builds a model.
 """
 
@@ -164,11 +164,11 @@ def views_referencing(store: FeatureStore) -> list[tuple[Path, DatasetView]]:
 
 
 def referenced_keys(store: FeatureStore) -> set[str]:
-    """Every cache key a dataset view names in ``store``: its images and augmented views."""
+    """Every cache key a dataset view names in ``store``: its images and augmented copies."""
     keys: set[str] = set()
     for _, view in views_referencing(store):
         keys.update(image.sha256 for image in view.images)
-        keys.update(item.key for item in view.augmented_views())
+        keys.update(item.key for item in view.augmented_copies())
     return keys
 
 

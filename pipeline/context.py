@@ -100,13 +100,13 @@ class RunContext:
 
     def require_view(self, parts: tuple[str, ...] = (), augmented: bool = False) -> DatasetView:
         """The dataset view, after checking that the cache holds ``parts`` (the output, taps)
-        of every image (and, with ``augmented``, of every augmented view):
+        of every image (and, with ``augmented``, of every augmented copy):
         :class:`MissingViewError` otherwise."""
         view = self.read_view()
         if view is None:
             raise MissingViewError(f"no dataset view for this data and backbone in "
                                    f"{self.store.path}: run `pipeline run extract` first")
-        keys = [item.key for item in view.augmented_views()] if augmented else []
+        keys = [item.key for item in view.augmented_copies()] if augmented else []
         for part in parts:
             store = self.stores.get(part)
             if store is None:
@@ -119,8 +119,8 @@ class RunContext:
                                        f"run `pipeline run extract` again")
             missing = store.missing(keys)
             if missing:
-                raise MissingViewError(f"{len(missing)} of {len(keys)} augmented views of the "
+                raise MissingViewError(f"{len(missing)} of {len(keys)} augmented copies of the "
                                        f"dataset view are not cached in {store.path}: run "
                                        f"`pipeline run extract` again, or set "
-                                       f"stages.heads.augmented_views: false")
+                                       f"stages.heads.augmented_copies: false")
         return view

@@ -101,3 +101,8 @@ class NoTestImagesWarning(PipelineWarning):
 class MultiThreadedWorkersWarning(PipelineWarning):
     """Workers of the scheduler run several threads: trials in one process share warnings
     capture and compete for cores; start them with ``--nthreads 1``."""
+
+
+class RenamedKeyWarning(PipelineWarning):
+    """stages.yaml (or a ``--set``) uses a key under its old name: it still works, read as the
+    new name, until a later release drops the old one; rename it."""

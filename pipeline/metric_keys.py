@@ -2,10 +2,15 @@
 that write them and by everything that reads them (``pipeline runs``, the report, the CLI).
 
 The README's table of keys is checked against :data:`DOCUMENTED` by a test; keys that hold a
-name or a number use the placeholders ``<stage>``, ``<name>`` (a head) and ``<phase>``.
+name or a number use the placeholders ``<stage>``, ``<name>`` (a head) and ``<phase>``. A key
+renamed in a release keeps its former name in :data:`FORMER_NAMES`, and readers of earlier
+runs' metrics go through :func:`read`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 EXTRACT_FINGERPRINT = "extract.fingerprint"
 EXTRACT_IMAGES = "extract.images"
@@ -17,9 +22,9 @@ EXTRACT_LEAKAGE_GROUPS = "extract.leakage_groups"
 EXTRACT_SECONDS = "extract.seconds"
 EXTRACT_INFERENCE_SECONDS = "extract.inference_seconds"
 EXTRACT_IMAGES_PER_SECOND = "extract.images_per_second"
-EXTRACT_AUGMENTED_VIEWS_NEW = "extract.augmented_views_new"
-EXTRACT_AUGMENTED_VIEWS_CACHED = "extract.augmented_views_cached"
-EXTRACT_AUGMENTED_VIEWS_SECONDS = "extract.augmented_views_seconds"
+EXTRACT_AUGMENTED_COPIES_NEW = "extract.augmented_copies_new"
+EXTRACT_AUGMENTED_COPIES_CACHED = "extract.augmented_copies_cached"
+EXTRACT_AUGMENTED_COPIES_SECONDS = "extract.augmented_copies_seconds"
 
 PROBE_FEATURES = "probe.features"
 PROBE_BEST_FEATURE = "probe.best.feature"
@@ -28,7 +33,7 @@ PROBE_SECONDS = "probe.seconds"
 
 HEADS_TRIALS = "heads.trials"
 HEADS_TRAIN_IMAGES = "heads.train_images"
-HEADS_TRAIN_AUGMENTED_VIEWS = "heads.train_augmented_views"
+HEADS_TRAIN_AUGMENTED_COPIES = "heads.train_augmented_copies"
 HEADS_FAILED_TRIALS = "heads.failed_trials"
 HEADS_SWEEP_SECONDS = "heads.sweep_seconds"
 HEADS_SECONDS = "heads.seconds"
@@ -75,14 +80,32 @@ def up_to_date_in(stage: str) -> str:
 
 RUN_FINISHED = "run.finished"
 
+#: Keys renamed in a release: key -> the name metrics.json of earlier runs has it under.
+FORMER_NAMES = {
+    EXTRACT_AUGMENTED_COPIES_NEW: "extract.augmented_views_new",
+    EXTRACT_AUGMENTED_COPIES_CACHED: "extract.augmented_views_cached",
+    EXTRACT_AUGMENTED_COPIES_SECONDS: "extract.augmented_views_seconds",
+    HEADS_TRAIN_AUGMENTED_COPIES: "heads.train_augmented_views",
+}
+
+
+def read(metrics: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """``metrics[key]``; for a run of an earlier release, the value under the key's former
+    name (:data:`FORMER_NAMES`); else ``default``."""
+    if key in metrics:
+        return metrics[key]
+    former = FORMER_NAMES.get(key)
+    return metrics[former] if former is not None and former in metrics else default
+
+
 #: Every key, as the README documents it.
 DOCUMENTED = (
     EXTRACT_FINGERPRINT, EXTRACT_IMAGES, EXTRACT_IMAGES_NEW, EXTRACT_IMAGES_CACHED,
     EXTRACT_IMAGES_SKIPPED, EXTRACT_DUPLICATE_GROUPS, EXTRACT_LEAKAGE_GROUPS, EXTRACT_SECONDS,
-    EXTRACT_INFERENCE_SECONDS, EXTRACT_IMAGES_PER_SECOND, EXTRACT_AUGMENTED_VIEWS_NEW,
-    EXTRACT_AUGMENTED_VIEWS_CACHED, EXTRACT_AUGMENTED_VIEWS_SECONDS,
+    EXTRACT_INFERENCE_SECONDS, EXTRACT_IMAGES_PER_SECOND, EXTRACT_AUGMENTED_COPIES_NEW,
+    EXTRACT_AUGMENTED_COPIES_CACHED, EXTRACT_AUGMENTED_COPIES_SECONDS,
     PROBE_FEATURES, PROBE_BEST_FEATURE, PROBE_BEST_VAL_ACCURACY, PROBE_SECONDS,
-    HEADS_TRIALS, HEADS_TRAIN_IMAGES, HEADS_TRAIN_AUGMENTED_VIEWS, HEADS_FAILED_TRIALS,
+    HEADS_TRIALS, HEADS_TRAIN_IMAGES, HEADS_TRAIN_AUGMENTED_COPIES, HEADS_FAILED_TRIALS,
     HEADS_SWEEP_SECONDS, HEADS_SECONDS, HEADS_BEST_NAME, HEADS_BEST_TRIAL,
     HEADS_BEST_VAL_ACCURACY, HEADS_BEST_TEST_ACCURACY, head_val_accuracy("<name>"),
     FINETUNE_VAL_ACCURACY, FINETUNE_TEST_ACCURACY, FINETUNE_SECONDS, FINETUNE_WARM_START,

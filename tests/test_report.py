@@ -121,6 +121,30 @@ def test_the_cli_writes_the_report_into_the_runs_folder(tmp_path: Path, capsys):
     assert "No dataset view yet" in page and "No recipe has run yet" in page
 
 
+def test_runs_of_an_earlier_release_show_their_augmented_copies(tmp_path: Path, capsys):
+    # metrics.json of releases before the rename has the augmented copies as "views"
+    project = split_project(tmp_path)
+    old = {"20240101-000000-extract-aaaa": {
+               "extract.images": 16, "extract.images_per_second": 3.5,
+               "extract.augmented_views_new": 14, "extract.augmented_views_cached": 2,
+               "extract.augmented_views_seconds": 1.5},
+           "20240101-000001-heads-bbbb": {
+               "heads.trials": 1, "heads.train_augmented_views": 16,
+               "heads.best.name": "dense", "heads.best.val_accuracy": 0.75}}
+    for name, metrics in old.items():
+        folder = project / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("{}\n")
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", "-c", str(project / "stages.yaml")]) == 0
+    capsys.readouterr()
+    page = (project / "runs" / "report.html").read_text()
+    assert re.search(r"<td>augmented copies new</td>\s*<td>14</td>", page)
+    assert re.search(r"<td>augmented copies cached</td>\s*<td>2</td>", page)
+    assert "cached augmented copies (16) + dense head" in page
+    assert "cached features + dense head" not in page  # that run trained on the copies
+
+
 def test_the_report_renders_in_headless_chromium(report):
     browser_path = shutil.which("chromium") or shutil.which("chromium-browser") or \
         shutil.which("google-chrome")

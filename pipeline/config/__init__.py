@@ -8,19 +8,21 @@ Nothing here imports TensorFlow.
 
 Modules: ``document`` (the whole file, loading, error wording), ``sections`` (data, backbone,
 cache, extract, runs, cluster), ``heads`` (stages.heads), ``endtoend`` (augmentation,
-augmented views, finetune, scratch).
+augmented copies, finetune, scratch).
 """
 
 from .document import (
+    RENAMED_KEYS,
     PipelineConfig,
     StagesConfig,
     apply_override,
     check_heads_read_what_is_cached,
+    current_key,
     load_cache_config,
     load_config,
     parse_config,
 )
-from .endtoend import AugmentConfig, AugmentedViewsConfig, FinetuneConfig, ScratchConfig
+from .endtoend import AugmentConfig, AugmentedCopiesConfig, FinetuneConfig, ScratchConfig
 from .heads import DenseParams, HeadConfig, HeadsConfig, IncrementalConfig, SweepConfig
 from .sections import (
     OUTPUT,
@@ -35,9 +37,9 @@ from .sections import (
     SplitConfig,
 )
 
-__all__ = ["OUTPUT", "SPLITS", "AugmentConfig", "AugmentedViewsConfig", "BackboneConfig",
-           "CacheConfig", "ClusterConfig", "DataConfig", "DenseParams", "ExtractConfig",
-           "FinetuneConfig", "HeadConfig", "HeadsConfig", "IncrementalConfig", "PipelineConfig",
-           "ProbeConfig", "RunsConfig", "ScratchConfig", "SplitConfig", "StagesConfig",
-           "SweepConfig", "apply_override", "check_heads_read_what_is_cached",
-           "load_cache_config", "load_config", "parse_config"]
+__all__ = ["OUTPUT", "RENAMED_KEYS", "SPLITS", "AugmentConfig", "AugmentedCopiesConfig",
+           "BackboneConfig", "CacheConfig", "ClusterConfig", "DataConfig", "DenseParams",
+           "ExtractConfig", "FinetuneConfig", "HeadConfig", "HeadsConfig", "IncrementalConfig",
+           "PipelineConfig", "ProbeConfig", "RunsConfig", "ScratchConfig", "SplitConfig",
+           "StagesConfig", "SweepConfig", "apply_override", "check_heads_read_what_is_cached",
+           "current_key", "load_cache_config", "load_config", "parse_config"]

@@ -7,17 +7,27 @@ it sees raw dictionaries. Errors name the file and the dotted key, before any wo
 
 Paths in the file are relative to the file's folder. ``--set key.sub=value`` overrides are applied
 to the raw document before validation, the value read as YAML, so they are checked the same way.
+
+Keys renamed in a release (:data:`RENAMED_KEYS`) get their new name here, before validation:
+the file or a ``--set`` may still use the old name, with a
+:class:`~pipeline.errors.RenamedKeyWarning`::
+
+    stages.yaml: stages.extract.augmented_views is now stages.extract.augmented_copies; rename
+    it (the old name will stop working in a later release)
+
+and both names at once are an error.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 from pydantic import Field, ValidationError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RenamedKeyWarning
 from ._base import Section, section_default
 from .endtoend import FinetuneConfig, ScratchConfig
 from .heads import OUTPUT_PARTS, HeadsConfig, feature_parts
@@ -64,8 +74,64 @@ class PipelineConfig(Section):
         return self.source.name if self.source else "stages.yaml"
 
 
+#: Keys of stages.yaml that a release renamed, old dotted key -> new (in the same section). The
+#: old name still loads, read as the new one, with a RenamedKeyWarning; both at once are an
+#: error. pipeline.lock's parameters recorded under an old name compare by the new one.
+RENAMED_KEYS: dict[str, str] = {
+    "stages.extract.augmented_views": "stages.extract.augmented_copies",
+    "stages.heads.augmented_views": "stages.heads.augmented_copies",
+}
+
+
+def current_key(key: str) -> str:
+    """The dotted ``key`` under this release's names: an old name of :data:`RENAMED_KEYS`, or
+    a key inside a section of that name, becomes the new one; any other key is left as is."""
+    for old, new in RENAMED_KEYS.items():
+        if key == old or key.startswith(f"{old}."):
+            return new + key[len(old):]
+    return key
+
+
+def _renamed_message(old: str, new: str) -> str:
+    return (f"{old} is now {new}; rename it (the old name will stop working in a later "
+            f"release)")
+
+
+def _with_section(document: dict, path: list[str], section: dict) -> dict:
+    """A copy of ``document`` with the section at ``path`` replaced (the sections on the way
+    copied, the rest shared)."""
+    if not path:
+        return section
+    return {**document, path[0]: _with_section(document[path[0]], path[1:], section)}
+
+
+def rename_old_keys(document: dict, source: str = "stages.yaml", stacklevel: int = 2) -> dict:
+    """``document`` with every old key of :data:`RENAMED_KEYS` under its new name, a
+    :class:`RenamedKeyWarning` for each (``stacklevel`` as :func:`warnings.warn`'s, counted
+    from the caller); :class:`ConfigError` where a section has both names. The caller's
+    document is not changed."""
+    for old, new in RENAMED_KEYS.items():
+        *path, old_name = old.split(".")
+        new_name = new.rsplit(".", 1)[-1]
+        section: Any = document
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        if new_name in section:
+            raise ConfigError(f"{source}: {old} and {new} are both given: they are one "
+                              f"setting, {old} its old name; keep only {new}")
+        warnings.warn(f"{source}: {_renamed_message(old, new)}", RenamedKeyWarning,
+                      stacklevel=stacklevel + 1)
+        renamed = {new_name if name == old_name else name: value
+                   for name, value in section.items()}
+        document = _with_section(document, path, renamed)
+    return document
+
+
 def apply_override(document: dict, assignment: str) -> None:
-    """Apply one ``key.sub=value`` to the raw YAML ``document`` (value parsed as YAML)."""
+    """Apply one ``key.sub=value`` to the raw YAML ``document`` (value parsed as YAML); a key
+    under an old name of :data:`RENAMED_KEYS` sets the new one, with a warning."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {assignment!r}: expected key.sub=value")
@@ -73,7 +139,13 @@ def apply_override(document: dict, assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value is not valid YAML: {_one_line(exc)}") from None
-    parts = key.strip().split(".")
+    key = key.strip()
+    if current_key(key) != key:
+        old = next(old for old in RENAMED_KEYS if key == old or key.startswith(f"{old}."))
+        warnings.warn(f"--set {key}: {_renamed_message(old, RENAMED_KEYS[old])}",
+                      RenamedKeyWarning, stacklevel=4)
+        key = current_key(key)
+    parts = key.split(".")
     node = document
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -128,6 +200,7 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
     if "source" in document:  # set by the loader itself, never by the file
         raise ConfigError(f"{source_path.name}: source: unknown key (known here: "
                           f"{', '.join(_known_keys(()))})")
+    document = rename_old_keys(document, source_path.name, stacklevel=3)
     base = base_dir if base_dir is not None else source_path.resolve().parent
     try:
         config = PipelineConfig.model_validate({**document, "source": str(source_path)},
@@ -158,7 +231,10 @@ def check_heads_read_what_is_cached(config: PipelineConfig) -> None:
                                       f"those: {', '.join(backbone.taps) or 'none'})")
 
 
-def _read_document(path: Path, overrides: tuple[str, ...] | list[str]) -> Any:
+def _read_document(path: Path, overrides: tuple[str, ...] | list[str],
+                   rename: bool = True) -> Any:
+    """The file's YAML with ``overrides`` applied; ``rename``: its old key names renamed
+    first, so that a ``--set`` of the new name lands in the file's section."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -171,6 +247,8 @@ def _read_document(path: Path, overrides: tuple[str, ...] | list[str]) -> Any:
         raise ConfigError(f"{path.name}: not valid YAML: {_one_line(exc)}") from None
     if document is None:
         document = {}
+    if rename and isinstance(document, dict):
+        document = rename_old_keys(document, path.name, stacklevel=4)
     for assignment in overrides:
         if not isinstance(document, dict):
             break  # the caller reports the bad top level
@@ -188,7 +266,7 @@ def load_cache_config(path: str | Path,
                       overrides: tuple[str, ...] | list[str] = ()) -> CacheConfig:
     """Only the ``cache`` section of ``path``: cache commands work while data.root is missing."""
     path = Path(path)
-    document = _read_document(path, overrides)
+    document = _read_document(path, overrides, rename=False)  # only the cache section counts
     section = document.get("cache") if isinstance(document, dict) else None
     try:
         return CacheConfig.model_validate(section or {},

@@ -147,12 +147,12 @@ class ScratchConfig(Section):
         return self
 
 
-class AugmentedViewsConfig(Section):
-    """``stages.extract.augmented_views``: K augmented copies of each training image, cached.
+class AugmentedCopiesConfig(Section):
+    """``stages.extract.augmented_copies``: K augmented copies of each training image, cached.
 
-    Each copy is seeded by the image's content and its view number, so the same image always
-    gets the same K views, and the cache key includes the transforms: change them and new
-    views are extracted, the old ones stay cached.
+    Each copy is seeded by the image's content and its copy number, so the same image always
+    gets the same K copies, and the cache key includes the transforms: change them and new
+    copies are extracted, the old ones stay cached.
     """
 
     count: Int = Field(0, ge=0, le=1000)
@@ -160,8 +160,8 @@ class AugmentedViewsConfig(Section):
     seed: Int = 0
 
     @model_validator(mode="after")
-    def _transforms_on(self) -> AugmentedViewsConfig:
+    def _transforms_on(self) -> AugmentedCopiesConfig:
         if self.count and not self.augmentation.enabled:
-            raise ValueError("augmented views need at least one transform on in "
+            raise ValueError("augmented copies need at least one transform on in "
                              "augmentation (K copies of the unchanged image would add nothing)")
         return self

@@ -232,9 +232,9 @@ class HeadsConfig(Section):
         default_factory=lambda: {"dense": HeadConfig(kind="dense")})
     metric: Literal[tuple(METRICS)] = "val_accuracy"  # type: ignore[valid-type]
     seed: Int = 0  # random_state of every estimator and Keras' seed
-    # Train on the cached augmented views of the training images too, when extract made them
-    # (stages.extract.augmented_views.count > 0). Validation and test are never augmented.
-    augmented_views: Bool = True
+    # Train on the cached augmented copies of the training images too, when extract made them
+    # (stages.extract.augmented_copies.count > 0). Validation and test are never augmented.
+    augmented_copies: Bool = True
 
     @field_validator("models")
     @classmethod

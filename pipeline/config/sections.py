@@ -10,7 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .. import vgg16
 from ._base import Bool, Float, Int, Section, YamlPath, resolve_path, section_default
-from .endtoend import AugmentedViewsConfig
+from .endtoend import AugmentedCopiesConfig
 
 SPLITS = ("train", "validation", "test")
 #: The part of the cache that holds ``backbone.output_layer``'s tensor; the other parts are taps.
@@ -151,7 +151,7 @@ class ExtractConfig(Section):
     # small photos/s to 150x150 here, more than VGG16 consumes on a CPU; a fast GPU wants one
     # per core.
     decode_workers: Int = Field(2, ge=1, le=64)
-    augmented_views: AugmentedViewsConfig = section_default()
+    augmented_copies: AugmentedCopiesConfig = section_default()
 
 
 class ProbeConfig(Section):

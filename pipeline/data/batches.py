@@ -8,7 +8,7 @@ being consumed are decoded ahead, so memory stays bounded. A file that fails to 
 a zero image with ``ok = False`` and its reason is kept; the batch keeps its size.
 
 It is the one decode path of the pipeline: extraction (here and on cluster workers), cached
-augmented views, the end-to-end stages' batches and prediction all read images through it.
+augmented copies, the end-to-end stages' batches and prediction all read images through it.
 
 Why not tf.data: with ``numpy_function`` decoders it was measured to stall for about 20 s at
 the end of some 1,000-image runs (the final ``next`` on an exhausted iterator), and its AUTOTUNE

@@ -46,16 +46,16 @@ class SkippedFile:
 
 
 @dataclass(frozen=True)
-class AugmentedViewsSpec:
-    """``count`` cached augmented views of every training image, made with the transforms
+class AugmentedCopiesSpec:
+    """``count`` cached augmented copies of every training image, made with the transforms
     that ``id`` identifies (see :func:`pipeline.extract.augmented.augmentation_id`)."""
 
     id: str
     count: int
 
 
-class AugmentedView(NamedTuple):
-    """One cached augmented view: its cache key, the image it was made from, its number."""
+class AugmentedCopy(NamedTuple):
+    """One cached augmented copy: its cache key, the image it was made from, its number."""
 
     key: str
     image: ViewImage
@@ -74,7 +74,7 @@ class DatasetView:
     duplicates: list[DuplicateGroup] = field(default_factory=list)
     split_folders: bool = False
     created: str = ""
-    augmented: AugmentedViewsSpec | None = None
+    augmented: AugmentedCopiesSpec | None = None
     # the taps extract cached for these images, by name: the fingerprint of each tap's store
     taps: dict[str, str] = field(default_factory=dict)
     # whether the output tensor is cached too (backbone.keep_output), in the store of
@@ -87,12 +87,12 @@ class DatasetView:
             raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return [image for image in self.images if image.split == split]
 
-    def augmented_views(self, split: str = "train") -> list[AugmentedView]:
-        """Every augmented view of ``split``'s images that extract cached (none unless
-        ``stages.extract.augmented_views.count`` > 0; only the train split has them)."""
+    def augmented_copies(self, split: str = "train") -> list[AugmentedCopy]:
+        """Every augmented copy of ``split``'s images that extract cached (none unless
+        ``stages.extract.augmented_copies.count`` > 0; only the train split has them)."""
         if self.augmented is None or split != "train":
             return []
-        return [AugmentedView(augmented_key(image.sha256, self.augmented.id, k), image, k)
+        return [AugmentedCopy(augmented_key(image.sha256, self.augmented.id, k), image, k)
                 for image in self.select(split) for k in range(self.augmented.count)]
 
     def label_index(self, label: str) -> int:
@@ -149,15 +149,16 @@ class DatasetView:
                    split_folders=bool(payload.get("split_folders", False)),
                    created=payload.get("created", ""),
                    augmented=None if augmented is None else
-                   AugmentedViewsSpec(id=augmented["id"], count=int(augmented["count"])),
+                   AugmentedCopiesSpec(id=augmented["id"], count=int(augmented["count"])),
                    taps=dict(payload.get("taps", {})),
                    keep_output=bool(payload.get("keep_output", True)))
 
 
-def augmented_key(image_sha256: str, augmentation_id: str, view: int) -> str:
-    """The cache key of augmented view ``view`` of an image: 64 hex digits like a content
-    hash, derived from the image's hash, the transforms and seed, and the view number."""
-    return sha256_text(f"augmented|{augmentation_id}|{image_sha256}|{view}")
+def augmented_key(image_sha256: str, augmentation_id: str, number: int) -> str:
+    """The cache key of augmented copy ``number`` of an image: 64 hex digits like a content
+    hash, derived from the image's hash, the transforms and seed, and the copy number. (The
+    hashed text is that of earlier releases, byte for byte: cached copies keep their keys.)"""
+    return sha256_text(f"augmented|{augmentation_id}|{image_sha256}|{number}")
 
 
 def view_id(config: PipelineConfig) -> str:

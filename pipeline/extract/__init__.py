@@ -6,5 +6,5 @@
 - :mod:`~pipeline.extract.loop`: decoded batches -> backbone -> rows, shared by the local run
   and every cluster partition (``Inference``, ``FAULT_POINTS``);
 - :mod:`~pipeline.extract.cluster`: extraction on a dask scheduler, a shard per partition;
-- :mod:`~pipeline.extract.augmented`: cached augmented views of the training images.
+- :mod:`~pipeline.extract.augmented`: cached augmented copies of the training images.
 """

@@ -1,11 +1,11 @@
-"""Cached augmented views: K augmented copies of each training image through the frozen base.
+"""Cached augmented copies: K augmented copies of each training image through the frozen base.
 
 Augmentation usually costs a pass of the base per image per epoch. Here each training image is
 augmented K times, once, and the K feature tensors are cached like any image's, under keys
-derived from the image's content hash, the transforms and seed, and the view number
-(:func:`pipeline.data.view.augmented_key`). Each view's transforms are seeded by its key, so a
-view is the same whenever and wherever it is computed, and heads then train on original + K
-views at the cost of K extra passes of the base, however many epochs and sweeps follow.
+derived from the image's content hash, the transforms and seed, and the copy number
+(:func:`pipeline.data.view.augmented_key`). Each copy's transforms are seeded by its key, so a
+copy is the same whenever and wherever it is computed, and heads then train on original + K
+copies at the cost of K extra passes of the base, however many epochs and sweeps follow.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from cache.files import sha256_text
 
-from ..config import AugmentedViewsConfig
+from ..config import AugmentedCopiesConfig
 from ..context import RunContext
 from ..data.batches import BatchReader
 from ..data.names import display_path
@@ -33,23 +33,24 @@ from ..nn.backend import check_backend
 from ._writers import open_writers
 from .loop import Inference
 
-AUGMENTED_VIEW_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
+AUGMENTATION_FORMAT = 2  # 2: independent draws per transform (1 reused one seed)
 
 
-def augmentation_id(params: AugmentedViewsConfig) -> str:
+def augmentation_id(params: AugmentedCopiesConfig) -> str:
     """Identifies the transforms, the seed, and the releases of Keras and of its backend's
     library (TensorFlow, JAX or PyTorch: their random streams draw the transforms, so each
-    backend makes views of its own): part of every augmented view's cache key."""
+    backend makes copies of its own): part of every augmented copy's cache key. (The payload
+    is that of earlier releases, key for key: cached copies keep their keys.)"""
     backend = check_backend()  # its name is its package's: tensorflow, jax, torch
-    payload = {"format": AUGMENTED_VIEW_FORMAT, "augmentation": params.augmentation.model_dump(),
+    payload = {"format": AUGMENTATION_FORMAT, "augmentation": params.augmentation.model_dump(),
                "seed": params.seed, "keras": metadata.version("keras"),
                backend: metadata.version(backend)}
     return sha256_text(json.dumps(payload, sort_keys=True))[:16]
 
 
 @dataclass
-class AugmentedViewsResult:
-    """What the augmented-view pass did."""
+class AugmentedCopiesResult:
+    """What the augmented-copies pass did."""
 
     new: int = 0
     cached: int = 0
@@ -57,15 +58,15 @@ class AugmentedViewsResult:
     seconds: float = 0.0
 
 
-def pending_views(view: DatasetView, present: Callable[[list[str]], list[str]]
-                  ) -> dict[str, list[tuple[str, int]]]:
-    """Image sha256 -> ``(key, view number)`` of its augmented views the cache lacks;
+def pending_copies(view: DatasetView, present: Callable[[list[str]], list[str]]
+                   ) -> dict[str, list[tuple[str, int]]]:
+    """Image sha256 -> ``(key, copy number)`` of its augmented copies the cache lacks;
     ``present(keys)`` returns the keys the cache does not hold (``FeatureStore.missing``)."""
-    rows = view.augmented_views("train")
+    rows = view.augmented_copies("train")
     missing = set(present([row.key for row in rows]))
     pending: dict[str, list[tuple[str, int]]] = {}
     for key, image, k in rows:
-        if key in missing:  # a file copied twice into train has its views once
+        if key in missing:  # a file twice in train has its augmented copies once
             missing.discard(key)
             pending.setdefault(image.sha256, []).append((key, k))
     return pending
@@ -79,19 +80,19 @@ def _lacking_any_part(ctx: RunContext) -> Callable[[list[str]], list[str]]:
     return lacking
 
 
-def extract_augmented_views(ctx: RunContext, view: DatasetView,
-                            inferences: Callable[[tuple[str, ...]], Inference],
-                            progress: bool) -> AugmentedViewsResult:
-    """Cache the augmented views of ``view``'s training images that the cache lacks (every
+def extract_augmented_copies(ctx: RunContext, view: DatasetView,
+                             inferences: Callable[[tuple[str, ...]], Inference],
+                             progress: bool) -> AugmentedCopiesResult:
+    """Cache the augmented copies of ``view``'s training images that the cache lacks (every
     part: the output and the taps); ``inferences(parts)`` gives the backbone computing
     ``parts``."""
     params = ctx.config.stages.extract
-    keys = {row.key for row in view.augmented_views("train")}  # a file twice: views once
+    keys = {row.key for row in view.augmented_copies("train")}  # a file twice: copies once
     lacking = _lacking_any_part(ctx)
-    result = AugmentedViewsResult()
-    if pending_views(view, lacking):
+    result = AugmentedCopiesResult()
+    if pending_copies(view, lacking):
         with open_writers(ctx, tuple(ctx.stores)) as (_, writers):
-            pending = pending_views(view, lacking)  # another run may have added some
+            pending = pending_copies(view, lacking)  # another run may have added some
             wanted = [key for items in pending.values() for key, _ in items]
             parts = tuple(part for part, store in ctx.stores.items() if store.missing(wanted))
 
@@ -101,30 +102,30 @@ def extract_augmented_views(ctx: RunContext, view: DatasetView,
 
             infer = inferences(parts)
             infer.build()
-            result = extract_views(pending, view, params.augmented_views, ctx.spec.decode,
-                                   infer, add, params.batch_size, params.decode_workers,
-                                   progress)
+            result = extract_copies(pending, view, params.augmented_copies, ctx.spec.decode,
+                                    infer, add, params.batch_size, params.decode_workers,
+                                    progress)
     result.cached = len(keys) - len(lacking(list(keys))) - result.new
     return result
 
 
-def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
-                  params: AugmentedViewsConfig, decode,
-                  infer: Callable[[np.ndarray], dict[str, np.ndarray]],
-                  add: Callable[[list[str], dict[str, np.ndarray]], None], batch_size: int,
-                  decode_workers: int, progress: bool) -> AugmentedViewsResult:
+def extract_copies(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
+                   params: AugmentedCopiesConfig, decode,
+                   infer: Callable[[np.ndarray], dict[str, np.ndarray]],
+                   add: Callable[[list[str], dict[str, np.ndarray]], None], batch_size: int,
+                   decode_workers: int, progress: bool) -> AugmentedCopiesResult:
     """Decode each image of ``pending`` once (the threaded batch reader), augment it into its
-    missing views, run the base on batches of ``batch_size`` views and ``add(keys, rows)``.
+    missing copies, run the base on batches of ``batch_size`` copies and ``add(keys, rows)``.
 
     ``infer``: (B, h, w, 3) float32 pixels -> ``{part: (B, ...)}`` features. An image that no
-    longer decodes (changed or removed since the scan) loses its views for this run, with a
+    longer decodes (changed or removed since the scan) loses its copies for this run, with a
     :class:`SkippedImageWarning`.
     """
-    from ..nn.augment import augment_image, build_augmentation, view_seed
+    from ..nn.augment import augment_image, build_augmentation, copy_seed
 
     augmentation = build_augmentation(params.augmentation, params.seed)
     started = time.perf_counter()
-    result = AugmentedViewsResult()
+    result = AugmentedCopiesResult()
     images = {image.sha256: image for image in view.select("train")}
     shas = list(pending)
     reader = BatchReader(paths=[Path(view.root) / images[s].path for s in shas], sha256=shas,
@@ -140,7 +141,7 @@ def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
             pixels.clear()
 
     total = sum(len(v) for v in pending.values())
-    with tqdm(total=total, unit="view", desc="augmented views",
+    with tqdm(total=total, unit="copy", desc="augmented copies",
               disable=None if progress else True, dynamic_ncols=True) as bar:
         for batch in reader:
             for row, position in enumerate(batch.positions):
@@ -148,7 +149,7 @@ def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
                 wanted = pending[sha]
                 if not batch.ok[row]:
                     reason = reader.failures.get(int(position), "could not be decoded")
-                    warnings.warn(f"no augmented views of {display_path(images[sha].path)}: "
+                    warnings.warn(f"no augmented copies of {display_path(images[sha].path)}: "
                                   f"{reason}", SkippedImageWarning, stacklevel=2)
                     result.failed_images += 1
                     bar.update(len(wanted))
@@ -156,7 +157,7 @@ def extract_views(pending: dict[str, list[tuple[str, int]]], view: DatasetView,
                 image = batch.pixels[row]
                 for key, _ in wanted:
                     augmented = image if augmentation is None else \
-                        augment_image(augmentation, image, view_seed(key))
+                        augment_image(augmentation, image, copy_seed(key))
                     keys.append(key)
                     pixels.append(augmented)
                     if len(keys) >= batch_size:

@@ -23,10 +23,10 @@ from ..context import RunContext
 from ..data.batches import BatchReader
 from ..data.names import display_path
 from ..data.scan import DatasetScan, scan_dataset, warn_about
-from ..data.view import AugmentedViewsSpec, DatasetView, SkippedFile, ViewImage
+from ..data.view import AugmentedCopiesSpec, DatasetView, SkippedFile, ViewImage
 from ..errors import EmptyClassWarning, SkippedImageWarning
 from ._writers import open_writers
-from .augmented import AugmentedViewsResult, augmentation_id, extract_augmented_views
+from .augmented import AugmentedCopiesResult, augmentation_id, extract_augmented_copies
 from .loop import Inference, extract_batches
 
 
@@ -44,7 +44,7 @@ class ExtractResult:
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0       # whole stage, wall clock
     inference_seconds: float = 0.0  # decode + infer + write loop, wall clock
-    augmented: AugmentedViewsResult = field(default_factory=AugmentedViewsResult)
+    augmented: AugmentedCopiesResult = field(default_factory=AugmentedCopiesResult)
 
     @property
     def images_per_second(self) -> float:
@@ -62,9 +62,9 @@ class ExtractResult:
                 keys.EXTRACT_SECONDS: round(self.seconds, 3),
                 keys.EXTRACT_INFERENCE_SECONDS: round(self.inference_seconds, 3),
                 keys.EXTRACT_IMAGES_PER_SECOND: round(self.images_per_second, 3),
-                keys.EXTRACT_AUGMENTED_VIEWS_NEW: self.augmented.new,
-                keys.EXTRACT_AUGMENTED_VIEWS_CACHED: self.augmented.cached,
-                keys.EXTRACT_AUGMENTED_VIEWS_SECONDS: round(self.augmented.seconds, 3)}
+                keys.EXTRACT_AUGMENTED_COPIES_NEW: self.augmented.new,
+                keys.EXTRACT_AUGMENTED_COPIES_CACHED: self.augmented.cached,
+                keys.EXTRACT_AUGMENTED_COPIES_SECONDS: round(self.augmented.seconds, 3)}
 
     def summary(self) -> str:
         """A short human summary: new, cached, skipped, seconds, img/s."""
@@ -77,7 +77,7 @@ class ExtractResult:
             taps = ", ".join(f"{tap} ({fp})" for tap, fp in self.view.taps.items())
             lines.append(f"  taps {taps}{kept}")
         if self.view.augmented:
-            lines.append(f"  augmented views: {self.augmented.new} new, {self.augmented.cached} "
+            lines.append(f"  augmented copies: {self.augmented.new} new, {self.augmented.cached} "
                          f"cached ({self.view.augmented.count} per training image) in "
                          f"{self.augmented.seconds:.1f} s")
         for item in self.skipped:
@@ -94,7 +94,7 @@ def _decode_context(spec: BackboneSpec) -> str:
 
 class Inferences:
     """One :class:`Inference` per set of parts, built when first asked for (the main pass and
-    the augmented views usually need the same parts, and then share the model)."""
+    the augmented copies usually need the same parts, and then share the model)."""
 
     def __init__(self, ctx: RunContext):
         self.spec = ctx.spec
@@ -147,11 +147,11 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
         failures.update(new_failures)
 
     view = _build_view(scan, ctx, failures)
-    augmented = AugmentedViewsResult()
-    views = config.stages.extract.augmented_views
-    if views.count:
-        view.augmented = AugmentedViewsSpec(id=augmentation_id(views), count=views.count)
-        augmented = extract_augmented_views(ctx, view, inferences, progress)
+    augmented = AugmentedCopiesResult()
+    copies = config.stages.extract.augmented_copies
+    if copies.count:
+        view.augmented = AugmentedCopiesSpec(id=augmentation_id(copies), count=copies.count)
+        augmented = extract_augmented_copies(ctx, view, inferences, progress)
     for item in view.skipped:
         warnings.warn(f"skipped {display_path(item.path)}: {item.reason}", SkippedImageWarning,
                       stacklevel=2)

@@ -28,7 +28,7 @@ def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | N
         return "outputs missing (the dataset view changed or is gone)"
     view = ctx.read_view()
     keys = [image.sha256 for image in view.images]
-    keys += [item.key for item in view.augmented_views()]
+    keys += [item.key for item in view.augmented_copies()]
     missing = sum(len(ctx.stores[part].missing(keys)) for part in ctx.stores)
     if missing:
         return (f"outputs missing ({missing} cached entries of the dataset view are "

@@ -98,7 +98,7 @@ class HeadsResult:
             f"heads: {len(self.ranked)} trials of {len(self.outcomes) + len(self.failed_heads)} "
             f"heads in {self.sweep_seconds:.1f} s ({self.scheduler}), on "
             f"{sizes['train']} train / {sizes['validation']} validation images"
-            + (f" + {sizes['augmented']} augmented views of the train images"
+            + (f" + {sizes['augmented']} augmented copies of the train images"
                if sizes.get("augmented") else ""),
             f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
             format_leaderboard(self.ranked),
@@ -121,7 +121,7 @@ class HeadsResult:
         values: dict[str, float | int | str] = {
             keys.HEADS_TRIALS: len(self.ranked),
             keys.HEADS_TRAIN_IMAGES: self.split_sizes["train"],
-            keys.HEADS_TRAIN_AUGMENTED_VIEWS: self.split_sizes.get("augmented", 0),
+            keys.HEADS_TRAIN_AUGMENTED_COPIES: self.split_sizes.get("augmented", 0),
             keys.HEADS_FAILED_TRIALS: sum(r.status != "ok" for r in self.ranked),
             keys.HEADS_SWEEP_SECONDS: round(self.sweep_seconds, 3),
             keys.HEADS_SECONDS: round(self.seconds, 3),
@@ -149,9 +149,9 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     trials = expand_trials(heads)
     sources = tuple(dict.fromkeys(source for trial in trials for source in trial.sources))
     stores = {source: ctx.stores[source] for source in sources}
-    view = ctx.require_view(sources, augmented=heads.augmented_views)
+    view = ctx.require_view(sources, augmented=heads.augmented_copies)
     view.check_trainable("heads are trained on train and selected on validation")
-    data = _training_data(stores, view, trials, heads.augmented_views)
+    data = _training_data(stores, view, trials, heads.augmented_copies)
 
     sweep_started = time.perf_counter()
     sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress)
@@ -186,7 +186,7 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
         _save_outcome(outcome, view, ctx, heads.metric)
     write_predictions(view, "test", predicted, proba, winner.folder / PREDICTIONS_NAME)
     sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
-    sizes["augmented"] = len(view.augmented_views()) if heads.augmented_views else 0
+    sizes["augmented"] = len(view.augmented_copies()) if heads.augmented_copies else 0
     scheduler = config.cluster.scheduler
     return HeadsResult(ctx.fingerprint.id, sizes, ranked, outcomes,
                        "one after another" if scheduler == "synchronous" else

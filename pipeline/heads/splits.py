@@ -97,12 +97,12 @@ class LazySplit:
 def split_keys_and_labels(view: DatasetView, split: str, augmented: bool = False
                           ) -> tuple[list[str], np.ndarray]:
     """Cache keys and class indices (N,) int64 of one split, in view order; with
-    ``augmented``, followed by the cached augmented views of the split's images (train only)."""
+    ``augmented``, followed by the cached augmented copies of the split's images (train only)."""
     images = view.select(split)
     keys = [i.sha256 for i in images]
     labels = [view.label_index(i.label) for i in images]
     if augmented:
-        for item in view.augmented_views(split):
+        for item in view.augmented_copies(split):
             keys.append(item.key)
             labels.append(view.label_index(item.image.label))
     return keys, np.array(labels, dtype=np.int64)
@@ -111,7 +111,7 @@ def split_keys_and_labels(view: DatasetView, split: str, augmented: bool = False
 def load_split(stores: dict[str, FeatureStore], view: DatasetView, split: str,
                augmented: bool = False) -> LabelledSplit:
     """All features of ``split`` in memory, one array per source of ``stores`` (with
-    ``augmented``, its cached augmented views too)."""
+    ``augmented``, its cached augmented copies too)."""
     keys, labels = split_keys_and_labels(view, split, augmented)
     x = {source: store.get(keys) if keys else
          np.empty((0, *store.feature_shape), np.float32) for source, store in stores.items()}

@@ -2,8 +2,8 @@
 
 One definition serves both routes. Inside an end-to-end model the layers draw new transforms
 every step (training only; at inference they pass images through unchanged). For cached
-augmented views, :func:`augment_image` applies the same layers to one image with a seed
-derived from the image's content and its view number, so a view is the same every time it is
+augmented copies, :func:`augment_image` applies the same layers to one image with a seed
+derived from the image's content and its copy number, so a copy is the same every time it is
 computed, whatever else is in the batch.
 
 Images are RGB float32 in 0..255, before VGG16's preprocessing, so fill_value 0 is black.
@@ -48,7 +48,7 @@ def augment_image(augmentation: keras.Sequential, image: np.ndarray, seed: int) 
     batch = keras.ops.convert_to_tensor(image[None].astype(np.float32))
     for position, layer in enumerate(augmentation.layers):
         # A generator, not the int: Keras reuses an int seed for every draw inside a layer,
-        # which would tie a view's horizontal shift to its vertical one and fix the shear's
+        # which would tie a copy's horizontal shift to its vertical one and fix the shear's
         # sign; a generator seeded by the int advances between draws, deterministically.
         generator = keras.random.SeedGenerator((seed + 7919 * position) % 2**31)
         transform = layer.get_random_transformation(batch, training=True, seed=generator)
@@ -56,6 +56,6 @@ def augment_image(augmentation: keras.Sequential, image: np.ndarray, seed: int) 
     return keras.ops.convert_to_numpy(batch)[0]
 
 
-def view_seed(key: str) -> int:
-    """The random seed of the view whose cache key is ``key`` (31 bits)."""
+def copy_seed(key: str) -> int:
+    """The random seed of the augmented copy whose cache key is ``key`` (31 bits)."""
     return int(key[:8], 16) % 2**31

@@ -6,7 +6,7 @@ TensorFlow. The pipeline reads the same settings the same way so that stages can
 their backend cannot do before anything heavy is imported; :mod:`pipeline.nn.runtime` checks
 that Keras agrees once it is imported.
 
-Every stage runs on every backend. Extraction (augmented views and taps included), prediction
+Every stage runs on every backend. Extraction (augmented copies and taps included), prediction
 and the scikit-learn heads never import TensorFlow on JAX or PyTorch; Keras itself imports it,
 where it is installed, to save a ``.keras`` model (dense heads, finetune, scratch). On
 TensorFlow the dense head trains with a fused RMSprop kernel and compiled epochs, elsewhere

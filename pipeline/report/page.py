@@ -129,10 +129,11 @@ def _extraction(runs: _RunIndex) -> dict | None:
              ("extraction loop, s", keys.EXTRACT_INFERENCE_SECONDS),
              ("images per second", keys.EXTRACT_IMAGES_PER_SECOND),
              ("whole stage, s", keys.EXTRACT_SECONDS),
-             ("augmented views new", keys.EXTRACT_AUGMENTED_VIEWS_NEW),
-             ("augmented views cached", keys.EXTRACT_AUGMENTED_VIEWS_CACHED),
+             ("augmented copies new", keys.EXTRACT_AUGMENTED_COPIES_NEW),
+             ("augmented copies cached", keys.EXTRACT_AUGMENTED_COPIES_CACHED),
              ("backbone fingerprint", keys.EXTRACT_FINGERPRINT)]
-    return {"run": run.name, "rows": [[name, metrics.get(key)] for name, key in shown]}
+    # keys.read: runs of earlier releases have some of these under a former name
+    return {"run": run.name, "rows": [[name, keys.read(metrics, key)] for name, key in shown]}
 
 
 def _probe(runs: _RunIndex) -> dict | None:
@@ -288,11 +289,11 @@ def _recipes(runs: _RunIndex) -> tuple[list[list], float | None]:
                      scratch.get(keys.SCRATCH_SECONDS)])
     _, extract = runs.latest(keys.EXTRACT_IMAGES)
     _, plain = runs.newest(lambda m: keys.HEADS_TRIALS in m
-                           and not m.get(keys.HEADS_TRAIN_AUGMENTED_VIEWS))
-    _, views = runs.newest(lambda m: bool(m.get(keys.HEADS_TRAIN_AUGMENTED_VIEWS)))
+                           and not keys.read(m, keys.HEADS_TRAIN_AUGMENTED_COPIES))
+    _, copies = runs.newest(lambda m: bool(keys.read(m, keys.HEADS_TRAIN_AUGMENTED_COPIES)))
     for metrics, label in ((plain, "cached features"),
-                           (views, f"cached augmented views "
-                                   f"({views.get(keys.HEADS_TRAIN_AUGMENTED_VIEWS)})")):
+                           (copies, f"cached augmented copies "
+                                    f"({keys.read(copies, keys.HEADS_TRAIN_AUGMENTED_COPIES)})")):
         if metrics:
             rows.append([f"{label} + {metrics.get(keys.HEADS_BEST_NAME)} head",
                          metrics.get(keys.HEADS_BEST_VAL_ACCURACY),

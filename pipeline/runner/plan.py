@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..config import current_key
 from ..context import RunContext
 from ..errors import BackboneWeightsError
 from ..stage import Stage
@@ -54,7 +55,9 @@ def _flatten(value, prefix: str = "") -> dict[str, object]:
 
 
 def _param_changes(old: dict, new: dict) -> list[str]:
-    before, after = _flatten(old), _flatten(new)
+    # A lock written before a key was renamed records it under the old name: the same value.
+    before = {current_key(key): value for key, value in _flatten(old).items()}
+    after = _flatten(new)
     changes = []
     for key in sorted(set(before) | set(after)):
         if before.get(key, "<unset>") != after.get(key, "<unset>"):

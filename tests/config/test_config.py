@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 
 from pipeline.config import load_config, parse_config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RenamedKeyWarning
 from tests.support.projects import tiny_document, write_config
 
 
@@ -145,3 +146,74 @@ def test_config_is_immutable(tiny_project: Path):
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="frozen"):
         config.data.image_size = (64, 64)
+
+
+# Renamed keys: the old name (stages.*.augmented_views until this release) still loads.
+OLD_AUGMENTED = {"count": 2, "seed": 5, "augmentation": {"horizontal_flip": True}}
+
+
+@pytest.mark.parametrize("section, old_value", [("extract", OLD_AUGMENTED),
+                                                ("heads", False)])
+def test_an_old_key_name_loads_as_the_new_one_with_a_warning(tiny_project: Path, section,
+                                                              old_value):
+    document = tiny_document()
+    document["stages"].setdefault(section, {})["augmented_views"] = old_value
+    path = write_config(tiny_project, document)
+    with pytest.warns(RenamedKeyWarning) as caught:
+        config = load_config(path)
+    assert [str(w.message) for w in caught if w.category is RenamedKeyWarning] == [
+        f"stages.yaml: stages.{section}.augmented_views is now "
+        f"stages.{section}.augmented_copies; rename it (the old name will stop working in a "
+        f"later release)"]
+    document["stages"][section]["augmented_copies"] = \
+        document["stages"][section].pop("augmented_views")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RenamedKeyWarning)
+        renamed = load_config(write_config(tiny_project, document))
+    assert getattr(config.stages, section) == getattr(renamed.stages, section)
+    if section == "extract":
+        assert config.stages.extract.augmented_copies.count == 2
+        assert config.stages.extract.augmented_copies.seed == 5
+    else:
+        assert config.stages.heads.augmented_copies is False
+
+
+def test_the_old_and_the_new_key_name_together_are_an_error(tiny_project: Path):
+    document = tiny_document(augmented_views={"count": 1}, augmented_copies={"count": 2})
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tiny_project, document))
+    assert str(info.value).startswith("stages.yaml: stages.extract.augmented_views and "
+                                      "stages.extract.augmented_copies are both given")
+    document = {**tiny_document(), "stages": {"heads": {"augmented_views": False,
+                                                        "augmented_copies": True}}}
+    with pytest.raises(ConfigError, match="stages.heads.augmented_views and "
+                                          "stages.heads.augmented_copies"):
+        parse_config(document, source=tiny_project / "stages.yaml")
+
+
+def test_set_of_an_old_key_name_sets_the_new_one_with_a_warning(tiny_project: Path):
+    path = write_config(tiny_project, tiny_document(augmented_copies={"seed": 3}))
+    with pytest.warns(RenamedKeyWarning, match=r"^--set stages.extract.augmented_views.count: "
+                                               r"stages.extract.augmented_views is now "
+                                               r"stages.extract.augmented_copies; rename it"):
+        config = load_config(path, ["stages.extract.augmented_views.count=2"])
+    assert config.stages.extract.augmented_copies.count == 2
+    assert config.stages.extract.augmented_copies.seed == 3  # the file's section, completed
+    with pytest.warns(RenamedKeyWarning):
+        config = load_config(path, ["stages.heads.augmented_views=false"])
+    assert config.stages.heads.augmented_copies is False
+    # a file with the old name, a --set with the new one: the file's section, completed
+    path = write_config(tiny_project, tiny_document(augmented_views={"seed": 3}))
+    with pytest.warns(RenamedKeyWarning, match="^stages.yaml: stages.extract.augmented_views"):
+        config = load_config(path, ["stages.extract.augmented_copies.count=2"])
+    assert config.stages.extract.augmented_copies.count == 2
+    assert config.stages.extract.augmented_copies.seed == 3
+
+
+def test_the_new_key_names_load_without_a_warning(tiny_project: Path):
+    path = write_config(tiny_project, tiny_document(augmented_copies={"count": 1}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        config = load_config(path, ["stages.heads.augmented_copies=false"])
+    assert config.stages.extract.augmented_copies.count == 1
+    assert config.stages.heads.augmented_copies is False

@@ -18,11 +18,12 @@ from pipeline.errors import ConfigError
 KEYS = ["data", "root", "split", "train", "validation", "test", "seed", "image_size",
         "interpolation", "exif_transpose", "max_pixels", "backbone", "weights", "output_layer",
         "cache", "dir", "lock_timeout", "stages", "extract", "batch_size", "shard_size",
-        "flush_seconds", "decode_workers", "augmented_views", "count", "augmentation",
+        "flush_seconds", "decode_workers", "augmented_copies", "count", "augmentation",
         "heads", "models", "kind", "features", "scale", "pca", "params", "sweep", "method",
         "n_trials", "incremental", "chunk_rows", "epochs", "metric", "finetune", "head_from",
         "unfreeze", "frozen_epochs", "finetune_epochs", "rotation", "zoom", "fill_mode",
-        "scratch", "filters", "runs", "cluster", "scheduler", "workers", "dense", "logreg"]
+        "scratch", "filters", "runs", "cluster", "scheduler", "workers", "dense", "logreg",
+        "augmented_views"]  # the former name of augmented_copies: renamed, or an error
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**12, 10**12),
@@ -41,8 +42,8 @@ values = st.recursive(
 PATHS = ["data", "data.root", "data.split", "data.split.train", "data.image_size",
          "data.max_pixels", "data.interpolation", "backbone", "backbone.weights",
          "backbone.output_layer", "cache", "cache.dir", "cache.lock_timeout", "stages",
-         "stages.extract", "stages.extract.batch_size", "stages.extract.augmented_views",
-         "stages.extract.augmented_views.augmentation", "stages.heads", "stages.heads.models",
+         "stages.extract", "stages.extract.batch_size", "stages.extract.augmented_copies",
+         "stages.extract.augmented_copies.augmentation", "stages.heads", "stages.heads.models",
          "stages.heads.models.h", "stages.heads.models.h.kind", "stages.heads.models.h.params",
          "stages.heads.models.h.sweep", "stages.heads.models.h.sweep.params",
          "stages.heads.models.h.incremental", "stages.heads.models.h.pca",

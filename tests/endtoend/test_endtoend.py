@@ -1,4 +1,4 @@
-"""The end-to-end stages (finetune, scratch) and cached augmented views, at 32x32 with random
+"""The end-to-end stages (finetune, scratch) and cached augmented copies, at 32x32 with random
 weights and one epoch per phase: the numbers are meaningless, the mechanics exact."""
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def test_unfreeze_by_block_name_layer_name_or_index(tmp_path: Path, unfreeze: st
     ("stages.finetune.head_from=nowhere", "no head.json"),
     ("stages.finetune.augmentation.rotation=400", "rotation"),
     ("stages.scratch.filters=[]", "filters"),
-    ("stages.extract.augmented_views={count: 2, augmentation: {horizontal_flip: false, "
+    ("stages.extract.augmented_copies={count: 2, augmentation: {horizontal_flip: false, "
      "rotation: 0, width_shift: 0, height_shift: 0, shear: 0, zoom: 0}}",
      "at least one transform"),
 ])
@@ -268,7 +268,7 @@ def _centre(image: np.ndarray) -> tuple[float, float]:
     return (rows * weights).sum() / weights.sum(), (cols * weights).sum() / weights.sum()
 
 
-def test_each_transform_of_a_view_draws_its_own_numbers():
+def test_each_transform_of_a_copy_draws_its_own_numbers():
     from pipeline.config import AugmentConfig
     from pipeline.nn.augment import augment_image, build_augmentation
 
@@ -292,7 +292,7 @@ def test_each_transform_of_a_view_draws_its_own_numbers():
     assert min(tilts) < -1 and max(tilts) > 1  # sheared both ways
 
 
-def test_augmented_views_are_deterministic_for_a_seed_and_differ_across_views():
+def test_augmented_copies_are_deterministic_for_a_seed_and_differ_across_copies():
     from pipeline.config import AugmentConfig
     from pipeline.nn.augment import augment_image, build_augmentation
 
@@ -308,55 +308,55 @@ def test_augmented_views_are_deterministic_for_a_seed_and_differ_across_views():
                                             height_shift=0, shear=0, zoom=0)) is None
 
 
-def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
+def test_extract_caches_augmented_copies_that_heads_train_on(tmp_path: Path):
     from cache import FeatureStore
     from pipeline.endtoend.training import trainable_view
 
-    views = "stages.extract.augmented_views.count=2"
+    copies = "stages.extract.augmented_copies.count=2"
     one = _split_project(tmp_path / "one")
-    run = _run(one, "extract", "heads", overrides=(views,))
+    run = _run(one, "extract", "heads", overrides=(copies,))
     metrics = json.loads((run.path / "metrics.json").read_text())
-    assert metrics["extract.augmented_views_new"] == 16  # 8 training images x 2
-    assert metrics["heads.train_augmented_views"] == 16
+    assert metrics["extract.augmented_copies_new"] == 16  # 8 training images x 2
+    assert metrics["heads.train_augmented_copies"] == 16
     assert metrics["heads.train_images"] == 8
-    again = json.loads((_run(one, "extract", overrides=(views,)).path /
+    again = json.loads((_run(one, "extract", overrides=(copies,)).path /
                         "metrics.json").read_text())
-    assert again["extract.augmented_views_new"] == 0
-    assert again["extract.augmented_views_cached"] == 16
+    assert again["extract.augmented_copies_new"] == 0
+    assert again["extract.augmented_copies_cached"] == 16
 
-    config = load_config(one / "stages.yaml", [views])
+    config = load_config(one / "stages.yaml", [copies])
     ctx = RunContext(config)
     fingerprint, view = ctx.fingerprint.id, trainable_view(ctx)
     from pipeline.cache_commands import collect_garbage
-    assert collect_garbage(config.cache.dir)[0].unreferenced == []  # gc keeps the views
-    keys = [key for key, _, _ in view.augmented_views()]
+    assert collect_garbage(config.cache.dir)[0].unreferenced == []  # gc keeps the copies
+    keys = [key for key, _, _ in view.augmented_copies()]
     assert len(set(keys)) == 16 and not set(keys) & {i.sha256 for i in view.images}
     features = FeatureStore(config.cache.dir, fingerprint).get(keys)
-    image_zero = [k for k, image, _ in view.augmented_views()
+    image_zero = [k for k, image, _ in view.augmented_copies()
                   if image == view.select("train")[0]]
     first, second = FeatureStore(config.cache.dir, fingerprint).get(image_zero)
-    assert not np.allclose(first, second)  # two views of one image differ
+    assert not np.allclose(first, second)  # two copies of one image differ
 
-    # the same views computed from scratch elsewhere are the same numbers
+    # the same copies computed from scratch elsewhere are the same numbers
     two = _split_project(tmp_path / "two")
-    _run(two, "extract", overrides=(views,))
-    config_two = load_config(two / "stages.yaml", [views])
+    _run(two, "extract", overrides=(copies,))
+    config_two = load_config(two / "stages.yaml", [copies])
     view_two = trainable_view(RunContext(config_two))
-    assert [k for k, _, _ in view_two.augmented_views()] == keys
+    assert [k for k, _, _ in view_two.augmented_copies()] == keys
     np.testing.assert_allclose(FeatureStore(config_two.cache.dir, fingerprint).get(keys),
                                features, rtol=1e-5, atol=1e-5)
 
-    # other transforms are other views; heads can leave the views out
+    # other transforms are other copies; heads can leave the copies out
     shifted = load_config(one / "stages.yaml", [
-        views, "stages.extract.augmented_views.augmentation.zoom=0.1"])
+        copies, "stages.extract.augmented_copies.augmentation.zoom=0.1"])
     from pipeline.extract.augmented import augmentation_id
-    assert augmentation_id(shifted.stages.extract.augmented_views) != \
-        augmentation_id(config.stages.extract.augmented_views)
-    plain = _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
+    assert augmentation_id(shifted.stages.extract.augmented_copies) != \
+        augmentation_id(config.stages.extract.augmented_copies)
+    plain = _run(one, "heads", overrides=(copies, "stages.heads.augmented_copies=false"))
     assert json.loads((plain.path / "metrics.json").read_text())[
-        "heads.train_augmented_views"] == 0
+        "heads.train_augmented_copies"] == 0
 
-    # a view that names views the cache lacks is refused with the way out
+    # a dataset view that names copies the cache lacks is refused with the way out
     from dataclasses import replace
 
     from pipeline.data.view import read_view, write_view
@@ -365,9 +365,9 @@ def test_extract_caches_augmented_views_that_heads_train_on(tmp_path: Path):
     damaged = read_view(view_file)
     damaged.augmented = replace(damaged.augmented, count=3)
     write_view(damaged, view_file)
-    with pytest.raises(PipelineError, match="8 of 24 augmented views"):
-        _run(one, "heads", overrides=(views,))
-    _run(one, "heads", overrides=(views, "stages.heads.augmented_views=false"))
+    with pytest.raises(PipelineError, match="8 of 24 augmented copies"):
+        _run(one, "heads", overrides=(copies,))
+    _run(one, "heads", overrides=(copies, "stages.heads.augmented_copies=false"))
 
 
 def _an_older_and_a_newer_head(finetuned, tmp_path: Path):
@@ -452,31 +452,31 @@ def test_auto_passes_over_a_dense_head_on_taps_and_a_named_one_is_refused(finetu
                         view_id(config))
 
 
-def test_augmented_views_get_taps_too_and_a_tap_added_later_sees_the_same_views(
+def test_augmented_copies_get_taps_too_and_a_tap_added_later_sees_the_same_copies(
         tmp_path: Path):
     from pipeline.endtoend.training import trainable_view
 
-    views = "stages.extract.augmented_views.count=1"
+    copies = "stages.extract.augmented_copies.count=1"
     taps = "backbone.taps=[block2_pool.gap, block3_conv1.gmp]"
     heads = 'stages.heads.models={lr: {kind: logistic_regression, features: ' \
             '[block2_pool.gap, block3_conv1.gmp], normalize: power}}'
     one = _split_project(tmp_path / "one")
-    run = _run(one, "extract", "heads", overrides=(views, taps, heads))
+    run = _run(one, "extract", "heads", overrides=(copies, taps, heads))
     metrics = json.loads((run.path / "metrics.json").read_text())
-    assert metrics["extract.augmented_views_new"] == 8
-    assert metrics["heads.train_augmented_views"] == 8  # the head on taps trained on them
-    ctx = RunContext(load_config(one / "stages.yaml", [views, taps]))
-    keys = [key for key, _, _ in trainable_view(ctx).augmented_views()]
+    assert metrics["extract.augmented_copies_new"] == 8
+    assert metrics["heads.train_augmented_copies"] == 8  # the head on taps trained on them
+    ctx = RunContext(load_config(one / "stages.yaml", [copies, taps]))
+    keys = [key for key, _, _ in trainable_view(ctx).augmented_copies()]
     for store in ctx.stores.values():
         assert store.missing(keys) == []
 
-    # elsewhere: the views first without taps, then the taps added: the same numbers
+    # elsewhere: the copies first without taps, then the taps added: the same numbers
     two = _split_project(tmp_path / "two")
-    _run(two, "extract", overrides=(views,))
-    output = RunContext(load_config(two / "stages.yaml", [views])).store
+    _run(two, "extract", overrides=(copies,))
+    output = RunContext(load_config(two / "stages.yaml", [copies])).store
     before = output.get(keys)
-    _run(two, "extract", overrides=(views, taps))
-    later = RunContext(load_config(two / "stages.yaml", [views, taps]))
+    _run(two, "extract", overrides=(copies, taps))
+    later = RunContext(load_config(two / "stages.yaml", [copies, taps]))
     output.refresh()
     np.testing.assert_array_equal(output.get(keys), before)
     for tap in ("block2_pool.gap", "block3_conv1.gmp"):

@@ -295,3 +295,31 @@ def test_float16_storage_is_its_own_store_and_serves_the_rounded_features(tiny_p
         "stages.heads.models={lr: {kind: logistic_regression, "
         "features: [gap, block3_conv3.gap], normalize: power}}"]), "heads")
     assert (run.path / "heads" / "lr" / "head.json").is_file()
+
+
+def test_augmented_copies_keep_the_cache_keys_of_earlier_releases(monkeypatch):
+    # The copies cached by earlier releases (when they were "augmented views") stay valid only
+    # while the key, the augmentation id and the seed are computed from the same bytes: the
+    # values below are those of the release before the rename.
+    from types import SimpleNamespace
+
+    import pipeline.extract.augmented as augmented
+    from pipeline.config import AugmentedCopiesConfig
+    from pipeline.data.view import DatasetView, augmented_key
+    from pipeline.nn.augment import copy_seed
+
+    versions = {"keras": "3.0.0", "tensorflow": "2.16.1"}
+    monkeypatch.setattr(augmented, "check_backend", lambda: "tensorflow")
+    monkeypatch.setattr(augmented, "metadata", SimpleNamespace(version=versions.__getitem__))
+    assert augmented.augmentation_id(AugmentedCopiesConfig(count=2, seed=7)) == \
+        "8856a7a2a6a4a738"
+    key = augmented_key("ab" * 32, "0123456789abcdef", 3)
+    assert key == "b5a93e85be55ecb3f8f11933a1df4fa518f3369d38418bc465187ed37bbfd705"
+    assert copy_seed(key) == 900284037
+    # a dataset view as earlier releases wrote it names the same copies
+    image = {"path": "cats/a.png", "label": "cats", "split": "train", "sha256": "ab" * 32}
+    view = DatasetView.from_json({"root": "/data", "classes": ["cats"], "fingerprint": "f",
+                                  "images": [image], "format": 1,
+                                  "augmented": {"id": "0123456789abcdef", "count": 4}})
+    assert [(c.key, c.number) for c in view.augmented_copies()][3] == (key, 3)
+    assert view.to_json()["augmented"] == {"id": "0123456789abcdef", "count": 4}

@@ -59,7 +59,7 @@ def test_every_stage_runs_on_the_backend_and_the_features_equal_tensorflows(
     _require(backend)
     own = f"cache.dir=cache_{backend}"
     new_image = write_image(tiny_project / "new.png", seed=99)
-    base = [own, TAPS, "cluster.scheduler=synchronous", "stages.extract.augmented_views.count=1"]
+    base = [own, TAPS, "cluster.scheduler=synchronous", "stages.extract.augmented_copies.count=1"]
     commands = [
         ["run", "extract", "--no-progress", *_sets(*base)],
         ["run", "heads", "--no-progress", *_sets(*base, HEADS)],

@@ -103,6 +103,24 @@ def test_a_view_that_extract_rewrites_identically_keeps_heads_up_to_date(project
     assert _status(capsys, project)["heads"].startswith("up to date")
 
 
+def test_a_lock_of_an_earlier_release_with_renamed_keys_keeps_stages_up_to_date(
+        project: Path, capsys):
+    import json
+    _run(capsys, project, "run", "heads", "--no-progress")
+    lock = project / "pipeline.lock"
+    text = lock.read_text()
+    assert text.count('"augmented_copies"') == 2  # stages.extract's and stages.heads'
+    lock.write_text(text.replace('"augmented_copies"', '"augmented_views"'))  # as it was
+    status = _status(capsys, project)
+    assert status["extract"].startswith("up to date") and status["heads"].startswith("up to")
+    old = json.loads(lock.read_text())
+    old["stages"]["heads"]["params"]["stages.heads"]["augmented_views"] = False
+    lock.write_text(json.dumps(old))
+    assert _status(capsys, project)["heads"] == ("stale: parameter "
+                                                 "stages.heads.augmented_copies changed "
+                                                 "(False -> True)")
+
+
 def test_entries_verify_found_damaged_make_extract_run_again(project: Path, capsys):
     _run(capsys, project, "run", "extract", "--no-progress")
     store = context(project).store
