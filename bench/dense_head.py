@@ -2,9 +2,9 @@
 
 Fits the dense head on the cached features of a project (``-c stages.yaml``, extracted first
 with ``pipeline run extract``) for each optimizer and learning rate of a grid, on two inputs:
-the (h, w, c) output tensor flattened, and the project's taps power-normalised (``--taps``),
-each standardised with the training split's statistics (the head's ``scale``), batch 32, up to
-30 epochs with early stopping on validation accuracy (patience 5, best epoch restored). Also
+the (h, w, c) output tensor flattened, and the project's taps power-normalised, each
+standardised with the training split's statistics (the head's ``scale``), batch 32, up to 50
+epochs with early stopping on validation accuracy (patience 10, best epoch restored). Also
 the source material's recipe (flatten, unscaled, RMSprop 2e-5, batch 20, 30 epochs), and the
 repository's logistic regression (taps, power, newton-cg, C chosen on validation) as the
 reference the dense head must come within 2 points of. Each dense setting is fitted with
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-GRID = {"adam": [1e-4, 3e-4, 1e-3, 3e-3], "rmsprop": [1e-4, 3e-4, 1e-3, 3e-3],
-        "nadam": [3e-4, 1e-3], "sgd": [1e-2, 3e-2, 1e-1]}
+GRID = {"adam": [1e-4, 3e-4, 1e-3, 3e-3], "rmsprop": [1e-4, 3e-4, 1e-3],
+        "sgd": [1e-2, 3e-2]}
 SOURCE_RECIPE = {"optimizer": "rmsprop", "learning_rate": 2e-5, "batch_size": 20,
                  "epochs": 30, "patience": None}
 
@@ -76,7 +76,7 @@ def logistic_reference(train, validation, taps: tuple[str, ...]) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--inputs", nargs="+", default=["flatten", "taps"],
                         choices=["flatten", "taps"])
     args = parser.parse_args()
@@ -89,7 +89,7 @@ def main() -> None:
     for name in args.inputs:
         settings += [(f"{optimizer} {rate:g}", name, True,
                       {"optimizer": optimizer, "learning_rate": rate, "batch_size": 32,
-                       "epochs": 30, "patience": 5})
+                       "epochs": 50, "patience": 10})
                      for optimizer, rates in GRID.items() for rate in rates]
     print(f"| input | setting | val accuracy (mean ± sd over {len(args.seeds)} seeds) "
           f"| epochs | fit s |")
