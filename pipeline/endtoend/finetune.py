@@ -91,7 +91,8 @@ class FinetuneResult:
 
 
 def find_warm_start(params: FinetuneConfig, runs_dir: Path, fingerprint: str,
-                    classes: list[str], view_key: str) -> Path | None:
+                    classes: list[str], view_key: str,
+                    flip_average: bool = False) -> Path | None:
     """The head folder phase 1 starts from, or None for a new head.
 
     A head fits when it is a dense head trained on this backbone's features of this dataset
@@ -99,8 +100,15 @@ def find_warm_start(params: FinetuneConfig, runs_dir: Path, fingerprint: str,
     split's validation or test images) for the same classes, and it loads.
     ``head_from: auto``: of the fitting heads under ``runs_dir``, the newest run's, and within
     a run the best ranked. A path: that head, which must fit (:class:`WarmStartError`).
+
+    With ``flip_average`` (``backbone.flip_average``) no head fits: it learned the mean of
+    each image's features and its mirror's, and the model through the base computes one pass.
     """
     if params.head_from is None:
+        return None
+    if flip_average:
+        if params.head_from != "auto":
+            raise WarmStartError(f"finetune.head_from {params.head_from}: {_FLIP_AVERAGED}")
         return None
     if params.head_from != "auto":
         problem = _unfit(params.head_from, fingerprint, classes, view_key)
@@ -120,6 +128,11 @@ def find_warm_start(params: FinetuneConfig, runs_dir: Path, fingerprint: str,
         if _unfit(folder, fingerprint, classes, view_key) is None:
             return folder
     return None
+
+
+_FLIP_AVERAGED = ("heads of this cache learned flip-averaged features (backbone.flip_average), "
+                  "which the model through the base does not compute; finetune starts from a "
+                  "new head (head_from: auto or null)")
 
 
 def _unfit(folder: Path, fingerprint: str, classes: list[str], view_key: str) -> str | None:
@@ -165,9 +178,11 @@ def build_finetune_model(ctx: RunContext, n_classes: int,
     if warm_start is not None:
         head = load_head(warm_start)[0].model
     else:
+        # the source material's head on the raw output: there are no cached training rows
+        # here to take standardising statistics from
         head = dense_model(DenseParams(units=params.units, dropout=params.dropout), "flatten",
                            "none", {OUTPUT: spec.output_shape}, n_classes, params.seed,
-                           name="dense_head_finetune")
+                           scale=False, name="dense_head_finetune")
     if tuple(head.input_shape[1:]) != tuple(base.output_shape[1:]):
         raise WarmStartError(f"the head takes {head.input_shape[1:]}, the base gives "
                              f"{base.output_shape[1:]}")
@@ -229,7 +244,7 @@ def run_finetune(ctx: RunContext, output: Path, progress: bool = True) -> Finetu
     params = config.stages.finetune
     view = trainable_view(ctx)
     warm_start = find_warm_start(params, config.runs.dir, ctx.fingerprint.id, view.classes,
-                                 ctx.view_id)
+                                 ctx.view_id, ctx.spec.flip_average)
     folder = output / "finetune"
     folder.mkdir(parents=True, exist_ok=True)
 

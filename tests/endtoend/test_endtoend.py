@@ -164,6 +164,26 @@ def test_a_head_of_another_split_is_never_the_warm_start(finetuned):
                         "other")
 
 
+def test_no_head_warm_starts_a_base_that_does_not_flip_average(finetuned):
+    # heads of a flip-averaged cache learned (f(x) + f(mirror x)) / 2, which the model
+    # through the base never computes: auto starts a new head, a named one is refused
+    from pipeline.endtoend.finetune import find_warm_start
+    from pipeline.endtoend.training import trainable_view
+    from pipeline.errors import WarmStartError
+
+    project, heads_run, _, _ = finetuned
+    config = load_config(project / "stages.yaml")
+    ctx = RunContext(config)
+    fingerprint, view = ctx.fingerprint.id, trainable_view(ctx)
+    arguments = (config.runs.dir, fingerprint, view.classes, ctx.view_id)
+    assert find_warm_start(config.stages.finetune, *arguments) is not None  # the heads' dense
+    assert find_warm_start(config.stages.finetune, *arguments, flip_average=True) is None
+    explicit = load_config(project / "stages.yaml", [
+        f"stages.finetune.head_from={heads_run.path / 'heads' / 'dense'}"])
+    with pytest.raises(WarmStartError, match="flip-averaged"):
+        find_warm_start(explicit.stages.finetune, *arguments, flip_average=True)
+
+
 def test_an_empty_test_split_trains_warns_and_reports_no_test_score(tmp_path: Path):
     import shutil
 
