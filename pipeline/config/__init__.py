@@ -12,12 +12,14 @@ augmented copies, finetune, scratch).
 """
 
 from .document import (
+    NO_DEFAULT,
     RENAMED_KEYS,
     PipelineConfig,
     StagesConfig,
     apply_override,
     check_heads_read_what_is_cached,
     current_key,
+    key_default,
     load_cache_config,
     load_config,
     parse_config,
@@ -42,4 +44,5 @@ __all__ = ["OUTPUT", "RENAMED_KEYS", "SPLITS", "AugmentConfig", "AugmentedCopies
            "ExtractConfig", "FinetuneConfig", "HeadConfig", "HeadsConfig", "IncrementalConfig",
            "PipelineConfig", "ProbeConfig", "RunsConfig", "ScratchConfig", "SplitConfig",
            "StagesConfig", "SweepConfig", "apply_override", "check_heads_read_what_is_cached",
-           "current_key", "load_cache_config", "load_config", "parse_config"]
+           "NO_DEFAULT", "current_key", "key_default", "load_cache_config", "load_config",
+           "parse_config"]

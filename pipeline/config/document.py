@@ -92,6 +92,37 @@ def current_key(key: str) -> str:
     return key
 
 
+#: What :func:`key_default` answers for a key it cannot name a plain default for.
+NO_DEFAULT = object()
+
+
+def key_default(key: str) -> Any:
+    """The default of the dotted configuration ``key`` as ``to_yaml_dict`` writes it (a plain
+    number, string, boolean, None or list of them), or :data:`NO_DEFAULT` when ``key`` is
+    inside a mapping of the user's (a head's name), required, or not a plain value.
+
+    A key added by a release has the default that keeps the earlier behaviour, so a
+    pipeline.lock written before it existed and a current value equal to its default describe
+    the same work."""
+    model: Any = PipelineConfig
+    *sections, leaf = key.split(".")
+    for name in sections:
+        field = getattr(model, "model_fields", {}).get(name)
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, Section)):
+            return NO_DEFAULT
+        model = field.annotation
+    field = getattr(model, "model_fields", {}).get(leaf)
+    if field is None or field.is_required():
+        return NO_DEFAULT
+    value = field.get_default(call_default_factory=True)
+    plain = (bool, int, float, str, type(None))
+    if isinstance(value, plain) or (isinstance(value, list)
+                                    and all(isinstance(v, plain) for v in value)):
+        return value
+    return NO_DEFAULT
+
+
 def _renamed_message(old: str, new: str) -> str:
     return (f"{old} is now {new}; rename it (the old name will stop working in a later "
             f"release)")

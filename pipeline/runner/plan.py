@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..config import current_key
+from ..config import NO_DEFAULT, current_key, key_default
 from ..context import RunContext
 from ..errors import BackboneWeightsError
 from ..stage import Stage
@@ -60,6 +60,11 @@ def _param_changes(old: dict, new: dict) -> list[str]:
     after = _flatten(new)
     changes = []
     for key in sorted(set(before) | set(after)):
+        # a key added since the lock was written, at the default that keeps what that
+        # release did (backbone.flip_average: false), changes nothing
+        default = key_default(key) if key not in before else NO_DEFAULT
+        if default is not NO_DEFAULT and after[key] == default:
+            continue
         if before.get(key, "<unset>") != after.get(key, "<unset>"):
             changes.append(f"parameter {key} changed ({before.get(key, '<unset>')} -> "
                            f"{after.get(key, '<unset>')})")

@@ -121,6 +121,22 @@ def test_a_lock_of_an_earlier_release_with_renamed_keys_keeps_stages_up_to_date(
                                                  "(False -> True)")
 
 
+def test_a_lock_written_before_a_key_existed_is_up_to_date_at_its_default(project: Path,
+                                                                          capsys):
+    # backbone.flip_average came after this lock: false is what that release did
+    import json
+    _run(capsys, project, "run", "extract", "--no-progress")
+    lock = project / "pipeline.lock"
+    old = json.loads(lock.read_text())
+    del old["stages"]["extract"]["params"]["backbone"]["flip_average"]
+    lock.write_text(json.dumps(old))
+    assert _status(capsys, project)["extract"].startswith("up to date")
+    config = project / "stages.yaml"
+    config.write_text(config.read_text().replace("backbone:", "backbone:\n  flip_average: true"))
+    assert _status(capsys, project)["extract"].startswith(
+        "stale: parameter backbone.flip_average changed (<unset> -> True)")
+
+
 def test_entries_verify_found_damaged_make_extract_run_again(project: Path, capsys):
     _run(capsys, project, "run", "extract", "--no-progress")
     store = context(project).store
