@@ -51,7 +51,7 @@ def format_store_list(cache_dir: Path) -> str:
     stores = list_stores(cache_dir)
     if not stores:
         return f"{cache_dir}: empty (no fingerprints yet; run `pipeline run extract`)"
-    header = f"{'fingerprint':<24} {'weights':<22} {'input':<9} {'layer':<16} {'shape':<12} " \
+    header = f"{'fingerprint':<24} {'weights':<22} {'input':<14} {'layer':<16} {'shape':<12} " \
              f"{'dtypes':<8} {'entries':>8} {'shards':>6} {'bytes':>10}"
     lines = [f"cache {cache_dir}", header, "-" * len(header)]
     total_entries = total_bytes = 0
@@ -59,9 +59,11 @@ def format_store_list(cache_dir: Path) -> str:
         d = store.description
         stats = store.stats()
         size = "x".join(str(s) for s in d.get("input", {}).get("size", []))
+        if d.get("flip_average"):  # features of the image and its mirror, averaged
+            size += "+flip"
         shape = "x".join(str(s) for s in d.get("output_shape", []))
         layer = d.get("output_layer") or d.get("tap") or "?"
-        lines.append(f"{store.fingerprint:<24} {_weights_label(d):<22} {size:<9} "
+        lines.append(f"{store.fingerprint:<24} {_weights_label(d):<22} {size:<14} "
                      f"{layer:<16} {shape:<12} {_numbers_label(d):<8} {stats.entries:>8,} "
                      f"{stats.shards:>6} {format_bytes(stats.bytes):>10}")
         total_entries += stats.entries

@@ -73,3 +73,9 @@ def test_run_extract_with_flip_average_caches_beside_the_plain_features(tiny_pro
     shas = plain.sha256s()
     assert len(shas) == 12 and sorted(averaged.sha256s()) == sorted(shas)
     assert not np.allclose(plain.get(shas), averaged.get(shas))
+    # cache ls tells the two stores apart without their fingerprints
+    from pipeline.cache_commands import format_store_list
+    rows = {row.split()[0]: row for row in format_store_list(plain.path.parent).splitlines()
+            if row.startswith("vgg16-")}
+    assert " 32x32+flip " in rows[averaged.fingerprint]
+    assert " 32x32 " in rows[plain.fingerprint] and "+flip" not in rows[plain.fingerprint]
