@@ -36,7 +36,7 @@ from ..config import HeadConfig
 from ..config.heads import NORMALIZATIONS, PIPELINE_KEYS, check_features
 from ..errors import ConfigError, HeadLoadError
 from . import features
-from .features import FORMER_PATH, FeatureRows, rows_of
+from .features import FORMER_NAMES, FORMER_PATH, FeatureRows, rows_of
 from .kind import FittedHead, HeadKind
 from .splits import LabelledSplit, LazySplit, subset
 from .trial import TrialSpec
@@ -44,8 +44,7 @@ from .trial import TrialSpec
 # Types skops does not trust by default that our heads legitimately contain.
 TRUSTED_SKOPS_TYPES = (
     f"{FeatureRows.__module__}.FeatureRows",
-    f"{FeatureRows.__module__}.FeatureView",  # its name before 0.3
-    FORMER_PATH,
+    *FORMER_NAMES,
     "sklearn.tree._tree.Tree",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.neighbors._kd_tree.KDTree",
@@ -143,7 +142,7 @@ class SklearnKind(HeadKind):
         """Fit the pipeline on ``train`` (``validation`` is not used); an incremental trial
         with ``partial_fit`` over ``train``'s chunks, in bounded memory."""
         started = time.perf_counter()
-        if trial.config.incremental is not None:
+        if self.chunk_rows(trial) is not None:
             model = self._fit_incremental(trial, train, n_classes)
         else:
             model = self.pipeline(trial).fit(train.x, train.y)
@@ -239,7 +238,7 @@ def _pca_ok(value) -> bool:
 
 @contextlib.contextmanager
 def _former_module_path(needed: bool):
-    """Heads saved before the package layout of 0.2 name FeatureRows by its old module; skops
+    """Heads saved before the heads package existed name FeatureRows by its old module; skops
     imports that module by name, so it is the current one while such a file loads."""
     former = FORMER_PATH.rsplit(".", 1)[0]
     if not needed or former in sys.modules:

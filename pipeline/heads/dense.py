@@ -44,6 +44,8 @@ from .trial import TrialSpec
 _POOLS = {"flatten": "Flatten", "gap": "GlobalAveragePooling2D", "gmp": "GlobalMaxPooling2D"}
 #: The name of the standardising layer in a dense head that has one.
 STANDARDIZE_LAYER = "standardize"
+# Rows per chunk while the statistics are summed (memory, not maths)
+_STATISTICS_CHUNK = 4096
 # A standard deviation below this is no scale to divide by
 _SMALLEST_STD = 10 * float(np.finfo(np.float32).eps)
 
@@ -70,8 +72,8 @@ def _source_named(name: str, x: Features) -> str:
 
 
 def dense_model(params: DenseParams, features: str | list[str], normalize: str,
-                input_shapes: dict[str, tuple[int, ...]], n_classes: int, seed: int,
-                name: str = "dense_head", scale: bool = False):
+                input_shapes: dict[str, tuple[int, ...]], n_classes: int, seed: int, *,
+                scale: bool, name: str = "dense_head"):
     """The dense head on ``features`` (parts of sources whose one-row shapes are
     ``input_shapes``), compiled with ``params``' optimizer, its loss and accuracy; needs Keras.
 
@@ -131,8 +133,8 @@ def standardization_statistics(parts: str | list[str], normalize: str,
     count = len(next(iter(x.values())))
     rows = FeatureRows(parts, normalize)
     total = squares = None
-    for start in range(0, count, VALIDATION_BATCH):
-        chunk = rows.transform({source: array[start:start + VALIDATION_BATCH]
+    for start in range(0, count, _STATISTICS_CHUNK):
+        chunk = rows.transform({source: array[start:start + _STATISTICS_CHUNK]
                                 for source, array in x.items()}).astype(np.float64)
         total = chunk.sum(axis=0) if total is None else total + chunk.sum(axis=0)
         squares = (chunk ** 2).sum(axis=0) if squares is None else \

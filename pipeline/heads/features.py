@@ -21,10 +21,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from ..config import OUTPUT
 from ..config.heads import OUTPUT_PARTS, feature_parts
 
-#: The names heads saved by earlier releases give :class:`FeatureRows` (skops files name the
-#: class): its module before the package layout of 0.2, and its name before 0.3. Both load as
-#: :class:`FeatureRows` (:mod:`pipeline.heads._sklearn`).
+#: The names earlier releases gave :class:`FeatureRows` in the skops files of saved heads: its
+#: module before the heads package existed (``FORMER_PATH``), and its name before it was
+#: renamed from FeatureView. Both load as :class:`FeatureRows` (:mod:`pipeline.heads._sklearn`).
 FORMER_PATH = "pipeline.features.FeatureView"
+FORMER_NAMES = (FORMER_PATH, f"{__name__}.FeatureView")
 _EPSILON = 1e-12
 
 #: Cached features of some images, by source: the output tensor, or a tap.
@@ -93,7 +94,7 @@ class FeatureRows(TransformerMixin, BaseEstimator):
         self.normalize = normalize
 
     def __setstate__(self, state: dict) -> None:
-        # heads saved before 0.3 name the parts ``view``
+        # heads saved while the class was FeatureView name the parts ``view``
         if "view" in state:
             state = {("parts" if key == "view" else key): value for key, value in state.items()}
         super().__setstate__(state)
@@ -119,5 +120,5 @@ class FeatureRows(TransformerMixin, BaseEstimator):
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
-# skops finds a class by its module and name, and files saved before 0.3 ask for this one.
+# skops finds a class by its module and name: files saved while it was FeatureView ask for it.
 FeatureView = FeatureRows

@@ -19,11 +19,11 @@ from .features import sources_of
 @dataclass(frozen=True)
 class TrialSpec:
     """One set of parameters for one head: the head's name, the trial's number within its
-    sweep, the head's configuration, the sweep values of this trial (``overrides``) and the
-    seed of every random choice it makes."""
+    sweep (``index``), the head's configuration, the sweep values of this trial
+    (``overrides``) and the seed of every random choice it makes."""
 
     head: str
-    trial: int
+    index: int
     config: HeadConfig
     overrides: dict[str, Any] = field(default_factory=dict)
     seed: int = 0

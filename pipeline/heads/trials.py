@@ -23,12 +23,15 @@ from .splits import LabelledSplit, LazySplit
 from .trial import TrialSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Trial:
-    """A trial's settings and the kind that fits them (resolved when the trial is made)."""
+    """A trial's settings and the kind that fits them (resolved when the trial is made).
+
+    Trials compare by identity: a sweep holds each once, and one sent to a dask worker is a
+    copy of it, not another trial."""
 
     spec: TrialSpec
-    kind: HeadKind = field(init=False)
+    kind: HeadKind = field(init=False, repr=False)
     #: rows per chunk when the trial reads the cache a chunk at a time, else None
     chunk_rows: int | None = field(init=False)
 
@@ -45,7 +48,7 @@ class Trial:
     @property
     def index(self) -> int:
         """The trial's number within its head's sweep (0 without a sweep)."""
-        return self.spec.trial
+        return self.spec.index
 
     @property
     def reads_in_chunks(self) -> bool:

@@ -61,8 +61,8 @@ def curves(title: str, history: dict[str, list[float]]) -> str:
 
 
 def probe_chart(rows: list[dict]) -> str:
-    """The probe's validation accuracy per part, best at the top, taps and output views in
-    two colours."""
+    """The probe's validation accuracy per part, best at the top, taps and parts of the output
+    in two colours."""
     plt = _pyplot()
     from ..config.heads import OUTPUT_PARTS
 

@@ -126,14 +126,14 @@ def test_dense_without_validation_rows_trains_every_epoch_and_records_no_validat
     assert len(head.history["loss"]) == FAST_DENSE["epochs"]
 
 
-@pytest.mark.parametrize("view, width", [("flatten", 32), ("gap", 8), ("gmp", 8)])
-def test_feature_views(view: str, width: int):
+@pytest.mark.parametrize("part, width", [("flatten", 32), ("gap", 8), ("gmp", 8)])
+def test_the_parts_of_the_output(part: str, width: int):
     x, _ = _blobs(2)
-    rows = FeatureRows(view).fit_transform(x)
+    rows = FeatureRows(part).fit_transform(x)
     assert rows.shape == (6, width)
-    if view == "gap":
+    if part == "gap":
         np.testing.assert_allclose(rows, x.mean(axis=(1, 2)), rtol=1e-6)
-    if view == "gmp":
+    if part == "gmp":
         np.testing.assert_array_equal(rows, x.max(axis=(1, 2)))
 
 
@@ -260,8 +260,8 @@ def test_the_registry_implements_every_kind_the_configuration_accepts():
 
 @pytest.mark.parametrize("module", ["pipeline.features", "pipeline.heads.features"])
 def test_a_head_saved_by_an_earlier_release_still_loads(module: str, tmp_path, monkeypatch):
-    # skops files of earlier releases name the class FeatureView (before 0.3), with its parts
-    # under ``view``, in its old module pipeline.features (before 0.2) or in this one
+    # skops files of earlier releases name the class FeatureView, with its parts under
+    # ``view``, in its old module pipeline.features or in this one
     import sys
 
     import pipeline.heads.features as features
@@ -283,7 +283,7 @@ def test_a_head_saved_by_an_earlier_release_still_loads(module: str, tmp_path, m
     assert "pipeline.features" not in sys.modules  # the alias lasts only while loading
 
 
-TAP_PARTS = ["block4_conv3.gmp", "block3_conv3.gap", "gap"]  # two taps and a view, this order
+TAP_PARTS = ["block4_conv3.gmp", "block3_conv3.gap", "gap"]  # two taps, an output part
 
 
 def _tap_splits():
@@ -335,7 +335,7 @@ def test_every_kind_on_concatenated_normalised_taps_trains_saves_reloads_and_pre
     np.testing.assert_array_equal(again.predict(extra), predicted)
 
 
-def test_the_dense_head_on_taps_normalises_as_the_feature_view_does():
+def test_the_dense_head_on_taps_normalises_as_feature_rows_does():
     from pipeline.heads.dense import model_inputs
 
     train, validation = _tap_splits()
@@ -402,17 +402,57 @@ def test_dense_standardisation_statistics_come_from_the_training_rows_only():
     assert len(set(np.round(np.ravel(layer.adapt_variance), 3))) == 3
 
 
-def test_a_feature_constant_on_the_training_rows_is_not_divided_by_zero():
-    train, validation = _splits()
-    x = train.x.copy()
-    x[..., 0] = 0.0  # never fires on a training image
-    xv = validation.x.copy()
-    xv[..., 0] = 1.0  # fires on every new one
-    head = fit_head(_spec("dense"), LabelledSplit("train", x, train.y, ()),
+def test_standardisation_centres_each_feature_and_scales_each_part_as_a_whole():
+    from pipeline.heads.dense import standardization_statistics
+
+    train, _ = _tap_splits()
+    mean, variance = standardization_statistics(TAP_PARTS, "none", train.x)
+    rows = FeatureRows(TAP_PARTS).transform(train.x).astype(np.float64)
+    np.testing.assert_allclose(mean, rows.mean(axis=0), rtol=1e-5, atol=1e-6)
+    for piece, part_rows in zip(np.split(variance, [10, 16]), np.split(rows, [10, 16], axis=1)):
+        # one number per part: the mean of its features' variances (the x1000 and x0.001 taps
+        # end near 1e6 and 1e-6, so each part comes to unit scale)
+        np.testing.assert_allclose(piece, part_rows.var(axis=0).mean(), rtol=1e-4)
+    # chunked sums give what one pass over the rows gives
+    many = {k: np.concatenate([v] * 300) for k, v in train.x.items()}  # 9,000 rows
+    again = standardization_statistics(TAP_PARTS, "none", many)
+    np.testing.assert_allclose(again[0], mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(again[1], variance, rtol=1e-4)
+
+
+def test_a_part_constant_on_the_training_rows_is_not_divided_by_zero():
+    from pipeline.heads.dense import STANDARDIZE_LAYER
+
+    train, validation = _tap_splits()
+    # the block3 tap never fires on a training image, and fires on every new one
+    x = {**train.x, "block3_conv3.gap": np.zeros_like(train.x["block3_conv3.gap"])}
+    xv = {**validation.x, "block3_conv3.gap": np.ones_like(validation.x["block3_conv3.gap"])}
+    head = fit_head(_spec("dense", features=TAP_PARTS), LabelledSplit("train", x, train.y, ()),
                     LabelledSplit("validation", xv, validation.y, ()), 3)
+    variance = np.ravel(head.model.get_layer(STANDARDIZE_LAYER).adapt_variance)
+    np.testing.assert_array_equal(variance[10:16], 1.0)  # left unscaled
+    assert (variance[:10] != 1.0).all() and (variance[16:] != 1.0).all()
     proba = head.predict_proba(xv)
     assert np.isfinite(proba).all()
-    assert np.mean(proba.argmax(axis=1) == validation.y) >= 0.8
+    assert np.mean(proba.argmax(axis=1) == validation.y) >= 0.8  # the other parts still tell
+
+
+def test_the_dense_head_hears_a_small_part_beside_a_loud_one():
+    # the class is only in the x0.001 tap; the x1000 tap is noise: standardised per part, the
+    # small one weighs as much as the loud one
+    train, validation = _tap_splits()
+    rng = np.random.default_rng(8)
+
+    def noisy(split):
+        loud = rng.normal(0, 1000.0, split.x["block3_conv3.gap"].shape).astype(np.float32)
+        return LabelledSplit(split.name, {"block3_conv3.gap": loud,
+                                          "block4_conv3.gmp": split.x["block4_conv3.gmp"]},
+                             split.y, ())
+
+    parts = ["block3_conv3.gap", "block4_conv3.gmp"]
+    head = fit_head(_spec("dense", features=parts, params={"patience": None}), noisy(train),
+                    noisy(validation), 3)
+    assert np.mean(head.predict(noisy(validation).x) == validation.y) >= 0.85
 
 
 def test_the_source_recipe_stays_reachable_by_configuration():
@@ -423,3 +463,5 @@ def test_the_source_recipe_stays_reachable_by_configuration():
     assert "Normalization" not in layers
     assert type(head.model.optimizer).__name__ == "RMSprop"
     assert float(head.model.optimizer.learning_rate) == pytest.approx(2e-5)
+    # 20 training rows in batches of 20, 2 epochs: two steps
+    assert len(head.history["loss"]) == 2 and int(head.model.optimizer.iterations) == 2
