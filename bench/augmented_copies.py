@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.dense_head import SOURCE_HEAD
 from bench.heads_sweep import pipeline_run
 
 HEADS = {
@@ -26,7 +27,7 @@ HEADS = {
                "sweep": {"params": {"features": ["gap", "flatten"], "C": [0.01, 0.1]}}},
     "svm": {"kind": "linear_svm", "features": "gap", "scale": True, "params": {"C": 0.01}},
     "boosting": {"kind": "gradient_boosting", "features": "gap"},
-    "dense": {"kind": "dense", "params": {"patience": None}},
+    "dense": SOURCE_HEAD,
 }
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.dense_head import SOURCE_HEAD
+
 SWEEP = {
     "logreg": {"kind": "logistic_regression", "scale": True,
                "sweep": {"params": {"features": ["gap", "flatten"], "C": [0.01, 0.1, 1.0]}}},
@@ -47,8 +49,7 @@ SWEEP = {
                  "sweep": {"params": {"learning_rate": [0.05, 0.1]}}},
     "mlp": {"kind": "mlp", "features": "gap", "scale": True,
             "sweep": {"params": {"alpha": [0.0001, 0.01]}}},
-    "dense": {"kind": "dense", "params": {"patience": None},
-              "sweep": {"params": {"learning_rate": [2e-5, 1e-4]}}},
+    "dense": {**SOURCE_HEAD, "sweep": {"params": {"learning_rate": [2e-5, 1e-4]}}},
 }
 SWEEP_TRIALS = 6 + 3 + 4 + 3 + 2 + 2 + 2 + 2 + 2
 
@@ -109,7 +110,7 @@ def dense_seconds(config: Path, rows: int = 2000, validation_rows: int = 1000) -
     noisy = x[pick] + rng.normal(0, 0.01, x[pick].shape).astype(np.float32)
     train = LabelledSplit("train", noisy[:rows], y[pick[:rows]], ())
     validation = LabelledSplit("validation", noisy[rows:], y[pick[rows:]], ())
-    spec = TrialSpec("dense", 0, HeadConfig(kind="dense", params={"patience": None}))
+    spec = TrialSpec("dense", 0, HeadConfig(**SOURCE_HEAD))
     # TensorFlow's import is paid once per process (or dask worker), not per fit: timed apart
     started = time.perf_counter()
     import pipeline.nn.runtime  # noqa: F401

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import yaml
 
+from bench.dense_head import SOURCE_HEAD
+
 # The heads of the repository's stages.yaml before taps, unchanged: the baseline.
 PREVIOUS_HEADS = {
-    "dense": {"kind": "dense", "params": {"epochs": 30, "batch_size": 20,
-                                          "learning_rate": 2.0e-5, "patience": 5}},
+    "dense": {**SOURCE_HEAD, "params": {**SOURCE_HEAD["params"], "patience": 5}},
     "logreg": {"kind": "logistic_regression", "scale": True,
                "sweep": {"params": {"features": ["gap", "flatten"], "C": [0.01, 0.1, 1.0]}}},
     "knn": {"kind": "knn", "features": "gap", "scale": True,
