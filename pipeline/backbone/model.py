@@ -104,7 +104,7 @@ def part_layer(spec: BackboneSpec, part: str) -> str:
 
 def build_feature_extractor(spec: BackboneSpec,
                             parts: tuple[str, ...] | None = None) -> keras.Model:
-    """Raw RGB (N, h, w, 3) float32 in 0..255 -> ``{part: features}`` in one forward pass.
+    """Raw RGB (N, h, w, 3) float32 in 0..255 -> ``{part: features}`` in one call.
 
     ``parts`` (default: ``spec.parts``) are :data:`~pipeline.backbone.spec.OUTPUT` for the
     (N, *spec.output_shape) tensor and tap names for (N, c) pooled vectors of earlier layers;
@@ -114,8 +114,11 @@ def build_feature_extractor(spec: BackboneSpec,
 
     With ``spec.flip_average`` the same base (the same weights) also runs on the left-right
     mirror of the pixels, and every part is the float32 mean of the two: the mirror's output
-    tensor flipped back along the width first, so that each position averages the same
-    pixels' features; each tap pooled from both. Twice the compute, one model.
+    tensor flipped back along the width first, so that each position averages features of the
+    same region; each tap pooled from both. The regions match exactly when the width divides by
+    the pools' strides before the layer (224 for block5_pool); otherwise the max pools' floor
+    (150 -> 75 -> 37 -> 18) drops the last column of one pass and the first of the other, so
+    they differ by up to one column of the layer below. Twice the compute, one model.
     """
     parts = tuple(parts or spec.parts)
     layers = {part: part_layer(spec, part) for part in parts}

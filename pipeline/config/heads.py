@@ -70,9 +70,10 @@ def check_features(features: Any) -> None:
 
 class DenseParams(Section):
     """The dense head (the source material's: Dense ``units`` relu, Dropout, the class layer)
-    and how it is trained. The defaults were measured on flowers-1000 (docs/benchmarks.md);
-    the source material's recipe is ``optimizer: rmsprop``, ``learning_rate: 2.0e-5``,
-    ``batch_size: 20``, ``epochs: 30`` on unscaled features (the head's ``scale: false``)."""
+    and how it is trained. The optimizer and learning rate were chosen by measurement on
+    flowers-1000 (docs/benchmarks.md), with this batch size, epochs and patience; the source
+    material's recipe is ``optimizer: rmsprop``, ``learning_rate: 2.0e-5``, ``batch_size: 20``,
+    ``epochs: 30``, ``patience: null`` on unscaled features (the head's ``scale: false``)."""
 
     units: Int = Field(256, ge=1, le=65_536)
     dropout: Float = Field(0.5, ge=0, lt=1)
@@ -166,9 +167,11 @@ class HeadConfig(Section):
     # a part of the output tensor, a tap of backbone.taps, or a list of them (concatenated)
     features: Union[str, list[str]] = "flatten"
     normalize: Literal[NORMALIZATIONS] = "none"  # type: ignore[valid-type]
-    # Standardise every feature with the training split's mean and standard deviation
-    # (StandardScaler; in a dense head a Normalization layer inside the saved model). Left out:
-    # on for Keras kinds, whose gradient steps need inputs of one scale, off for scikit-learn.
+    # Standardise with the training split's statistics: before a scikit-learn estimator a
+    # StandardScaler (each feature by its own mean and deviation); in a dense head a
+    # Normalization layer inside the saved model (each feature centred, each part scaled as a
+    # whole). Left out: on for Keras kinds, whose gradient steps need inputs of one scale, off
+    # for scikit-learn.
     scale: Bool = False
     # PCA components: a whole number, or a fraction of variance to keep in (0, 1)
     pca: Optional[Union[Int, Float]] = None

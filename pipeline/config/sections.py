@@ -86,8 +86,9 @@ class BackboneConfig(Section):
     # float32 whatever it is.
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
     # Test-time augmentation stored once: cache the mean of the features of each image and of
-    # its left-right mirror (the output tensor mirrored back first, so positions line up). Two
-    # forward passes per image; part of the fingerprint.
+    # its left-right mirror (the mirror's output tensor flipped back first, so each position
+    # averages features of the same region). Two forward passes per image; part of the
+    # fingerprint.
     flip_average: Bool = False
 
     # field validators run in declaration order, so output_layer and taps are known here

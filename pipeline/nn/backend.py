@@ -8,9 +8,8 @@ that Keras agrees once it is imported.
 
 Every stage runs on every backend. Extraction (augmented copies and taps included), prediction
 and the scikit-learn heads never import TensorFlow on JAX or PyTorch; Keras itself imports it,
-where it is installed, to save a ``.keras`` model (dense heads, finetune, scratch). On
-TensorFlow the dense head trains with a fused RMSprop kernel and compiled epochs, elsewhere
-with Keras' ``fit`` (the same maths); TensorBoard logs are written on TensorFlow only.
+where it is installed, to save a ``.keras`` model (dense heads, finetune, scratch). Every
+Keras model trains through Keras' ``fit``; TensorBoard logs are written on TensorFlow only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The one place that imports Keras (and, on the TensorFlow backend, TensorFlow), quietly.
 
 Modules that build or run a model import Keras from here (``from pipeline.nn.runtime import
-keras``). The few TensorFlow-only speed-ups (its inference function, the dense head's compiled
-epochs and fused RMSprop) import ``tf`` from here too, only when ``BACKEND`` is tensorflow; on
+keras``). The few TensorFlow-only pieces (its inference function, the unwrapping of errors
+raised inside its graphs) import ``tf`` from here too, only when ``BACKEND`` is tensorflow; on
 another backend ``tf`` is a :class:`~pipeline.errors.BackendError` that says so. The
 configuration, the dataset scan, the backbone fingerprint and the cache never import this
 module.
