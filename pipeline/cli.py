@@ -104,13 +104,8 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
     if scheduler is not None:
         overrides = (*overrides, f"cluster.scheduler={scheduler}")
     ctx = RunContext(_load(config_path, overrides))
-    from .runner.execute import run_stages
-    from .runner.plan import plan
-    targets = list(dict.fromkeys(stages))
-    order = plan(ctx, targets)
-    forced = {stage.name for stage in order} if "all" in targets else set(targets)
-    run_folder, report = run_stages(ctx, order, progress=progress, use_lock=True,
-                                    force=frozenset(forced if force else ()))
+    from .runner.execute import run_targets
+    run_folder, report = run_targets(ctx, list(stages), force=force, progress=progress)
     click.echo(report)
     click.echo(f"run folder: {run_folder.path}")
     skipped = run_folder.metrics.get(metric_keys.EXTRACT_IMAGES_SKIPPED, 0)

@@ -60,6 +60,20 @@ def run_stages(ctx: RunContext, stages: list[Stage], progress: bool = True,
     return run, "\n".join(reports)
 
 
+def run_targets(ctx: RunContext, targets: list[str], force: bool = False,
+                progress: bool = True) -> tuple[RunFolder, str]:
+    """``pipeline run TARGETS``: the named stages (``all``: every stage) and the stages they
+    need, in pipeline order, against pipeline.lock; with ``force`` the named ones run even
+    when up to date (every one for ``all``). Returns the run folder and the report."""
+    from .plan import plan
+
+    targets = list(dict.fromkeys(targets))
+    order = plan(ctx, targets)
+    forced = {stage.name for stage in order} if "all" in targets else set(targets)
+    return run_stages(ctx, order, progress=progress, use_lock=True,
+                      force=frozenset(forced if force else ()))
+
+
 def _report(run: RunFolder, result, reports: list[str]) -> None:
     """Record ``result``'s metrics and add its summary to the run's summary.txt."""
     run.record(result.metrics())
