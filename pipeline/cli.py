@@ -158,6 +158,33 @@ def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Pat
 
 
 @cli.command()
+@click.option("--split", default="train", show_default=True,
+              type=click.Choice(["train", "validation", "test"]), help="The split to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The file to write: .parquet (pyarrow) or .npz (numpy).")
+@click.option("--parts", metavar="PART[,PART...]",
+              help="What each row holds, as a head's features: flatten, gap, gmp of the "
+                   "output, or taps, comma-separated (default: every tap, else flatten).")
+@click.option("--normalize", default="none", show_default=True,
+              type=click.Choice(["none", "l2", "power"]),
+              help="Per part, before the parts are put side by side.")
+@config_option
+@set_option
+def export(split: str, output: Path, parts: str | None, normalize: str, config_path: str,
+           overrides: tuple[str, ...]) -> None:
+    """Write a split's cached features to a file other tools read.
+
+    One row per image of the split, in the dataset view's order: path, sha256, label, the
+    label's index and the features (float32). Streams a chunk of rows at a time, so an export
+    larger than memory works; reads the cache only (run `pipeline run extract` first).
+    """
+    from .export import export_features
+    ctx = RunContext(_load(config_path, overrides), allow_download=False)
+    chosen = [part.strip() for part in parts.split(",") if part.strip()] if parts else None
+    click.echo(export_features(ctx, split, output, chosen, normalize).summary())
+
+
+@cli.command()
 @config_option
 @set_option
 def status(config_path: str, overrides: tuple[str, ...]) -> None:

@@ -138,6 +138,16 @@ class Project:
             np.empty((0, 0), np.float32)
         return rows.astype(np.float32, copy=False), labelled.y
 
+    def export(self, path: str | os.PathLike, split: str = "train",
+               parts: str | Sequence[str] | None = None, normalize: str = "none"):
+        """``pipeline export``: :meth:`features` of ``split`` with path, sha256 and label,
+        written to ``path`` (``.parquet`` or ``.npz``) a chunk of rows at a time; returns an
+        :class:`~pipeline.export.ExportResult` (file, rows, width)."""
+        from .export import export_features
+
+        chosen = [parts] if isinstance(parts, str) else parts
+        return export_features(self.context, split, Path(path), chosen, normalize)
+
     # -- predicting --------------------------------------------------------------------------
 
     def predict(self, paths: Sequence[str | os.PathLike], head: str | os.PathLike | None = None,

@@ -1,0 +1,149 @@
+"""``pipeline export``: a split's cached features as a file other tools read, written a chunk of
+rows at a time so that an export larger than memory works.
+
+The format follows the file's suffix:
+
+- ``.parquet`` (pyarrow): columns ``path``, ``sha256``, ``label`` (strings), ``label_index``
+  (int64) and ``features``, a fixed-size list of d float32 per row: one row group per chunk.
+- ``.npz`` (numpy): arrays ``features`` (N, d) float32, ``label_index`` (N,) int64, and
+  ``path``, ``sha256``, ``label`` (N,) unicode, plus ``classes`` (the label of each index);
+  ``np.load`` reads it, ``mmap_mode`` aside. Each member is streamed into the zip.
+
+Rows follow the dataset view's order for the split (:meth:`pipeline.project.Project.dataset`);
+the features are the parts a head reads (:class:`~pipeline.heads.features.FeatureRows`). The
+file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cache.files import replacing
+
+from .context import RunContext
+from .errors import PipelineError
+from .heads.features import FeatureRows, source_of
+
+#: The suffixes ``pipeline export`` writes, and what each is.
+FORMATS = {".parquet": "Apache Parquet (pyarrow)", ".npz": "numpy .npz"}
+#: Rows read and written at a time (memory, not maths).
+CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote: the file, its rows and the width of a feature row."""
+
+    path: Path
+    rows: int
+    width: int
+    parts: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        return (f"export: {self.rows} rows x {self.width} features "
+                f"({', '.join(self.parts)}) -> {self.path}")
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    paths: list[str]
+    sha256: list[str]
+    labels: list[str]
+    label_index: np.ndarray   # (n,) int64
+    features: np.ndarray      # (n, d) float32
+
+
+def export_features(ctx: RunContext, split: str, output: Path,
+                    parts: Sequence[str] | None = None, normalize: str = "none",
+                    chunk_rows: int = CHUNK_ROWS) -> ExportResult:
+    """Write the cached features of ``split`` to ``output`` (format from its suffix).
+
+    ``parts`` default to every tap of ``backbone.taps``, or ``flatten`` when there is none.
+    Raises :class:`~pipeline.errors.PipelineError` for an unknown suffix and
+    :class:`~pipeline.errors.MissingViewError` when the features are not cached.
+    """
+    suffix = output.suffix.lower()
+    if suffix not in FORMATS:
+        raise PipelineError(f"{output}: cannot tell the format from the suffix; use "
+                            f"{' or '.join(FORMATS)}")
+    parts = tuple(parts or ctx.config.backbone.taps or ("flatten",))
+    sources = tuple(dict.fromkeys(source_of(part) for part in parts))
+    view = ctx.require_view(sources)
+    images = view.select(split)
+    to_rows = FeatureRows(list(parts), normalize)
+    width = _width(ctx, parts, to_rows)
+
+    def chunks() -> Iterator[_Chunk]:
+        for start in range(0, len(images), chunk_rows):
+            batch = images[start:start + chunk_rows]
+            keys = [image.sha256 for image in batch]
+            x = {source: ctx.stores[source].get(keys) for source in sources}
+            yield _Chunk([image.path for image in batch], keys,
+                         [image.label for image in batch],
+                         np.array([view.label_index(image.label) for image in batch],
+                                  np.int64),
+                         to_rows.transform(x).astype(np.float32, copy=False))
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(output, keep_suffix=True) as temporary:
+        if suffix == ".parquet":
+            _write_parquet(temporary, chunks(), width)
+        else:
+            _write_npz(temporary, chunks(), len(images), width, view.classes)
+    return ExportResult(output, len(images), width, parts)
+
+
+def _width(ctx: RunContext, parts: tuple[str, ...], to_rows: FeatureRows) -> int:
+    """The length of one feature row, from the stores' shapes (no row is read)."""
+    one = {source: np.zeros((1, *ctx.stores[source].feature_shape), np.float32)
+           for source in dict.fromkeys(source_of(part) for part in parts)}
+    return to_rows.transform(one).shape[1]
+
+
+def _write_parquet(path: Path, chunks: Iterator[_Chunk], width: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("path", pa.string()), ("sha256", pa.string()),
+                        ("label", pa.string()), ("label_index", pa.int64()),
+                        ("features", pa.list_(pa.float32(), width))])
+    with pq.ParquetWriter(path, schema) as writer:
+        for chunk in chunks:
+            values = pa.array(chunk.features.reshape(-1), pa.float32())
+            writer.write_table(pa.table({
+                "path": chunk.paths, "sha256": chunk.sha256, "label": chunk.labels,
+                "label_index": chunk.label_index,
+                "features": pa.FixedSizeListArray.from_arrays(values, width)}, schema=schema))
+
+
+def _write_npz(path: Path, chunks: Iterator[_Chunk], rows: int, width: int,
+               classes: list[str]) -> None:
+    """Each array a .npy member of the zip, written as the chunks come: the strings are
+    small and kept until the end, the features go straight to the file."""
+    paths: list[str] = []
+    shas: list[str] = []
+    labels: list[str] = []
+    indices: list[np.ndarray] = []
+    with zipfile.ZipFile(path, "w", allowZip64=True) as archive:
+        with archive.open("features.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_2_0(member, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": (rows, width)})
+            for chunk in chunks:
+                member.write(np.ascontiguousarray(chunk.features, np.float32).tobytes())
+                paths += chunk.paths
+                shas += chunk.sha256
+                labels += chunk.labels
+                indices.append(chunk.label_index)
+        small = {"label_index": np.concatenate(indices) if indices else np.empty(0, np.int64),
+                 "path": np.array(paths, dtype=str), "sha256": np.array(shas, dtype=str),
+                 "label": np.array(labels, dtype=str), "classes": np.array(classes, dtype=str)}
+        for name, array in small.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
