@@ -21,7 +21,7 @@ from . import metric_keys
 from .config import PipelineConfig, load_cache_config, load_config
 from .context import RunContext
 from .errors import PipelineError
-from .runner.registry import all_stages, stage_names
+from .runner.registry import all_stages, stage_names, unknown_stages
 
 EXIT_FILES_SKIPPED = 3  # `pipeline run` finished, but some image files were left out
 
@@ -96,11 +96,9 @@ and why.
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
         scheduler: str | None, force: bool, progress: bool) -> int:
-    known = stage_names()
-    unknown = [s for s in stages if s not in (*known, "all")]
-    if unknown:
-        raise click.UsageError(f"unknown stage {', '.join(unknown)}; stages: "
-                               f"{', '.join(known)}, or all")
+    problem = unknown_stages(stages)
+    if problem:
+        raise click.UsageError(problem)
     if scheduler is not None:
         overrides = (*overrides, f"cluster.scheduler={scheduler}")
     ctx = RunContext(_load(config_path, overrides))

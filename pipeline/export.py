@@ -19,6 +19,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from cache.files import replacing
 
 from .context import RunContext
+from .data.view import DatasetView, ViewImage
 from .errors import PipelineError
 from .heads.features import FeatureRows, source_of
 
@@ -51,62 +53,116 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
-class _Chunk:
+class SplitRows:
+    """A chunk of one split's rows: image paths, sha256, labels, class indices (n,) int64 and
+    features (n, d) float32."""
+
     paths: list[str]
     sha256: list[str]
     labels: list[str]
-    label_index: np.ndarray   # (n,) int64
-    features: np.ndarray      # (n, d) float32
+    label_index: np.ndarray
+    features: np.ndarray
+
+
+@dataclass(frozen=True)
+class SplitReader:
+    """The rows of one split as heads read them (``parts`` normalised by ``normalize``,
+    concatenated), in the dataset view's order, read from the cache a chunk at a time.
+
+    Make one with :meth:`of`, which checks the split and that the cache holds the parts.
+    """
+
+    ctx: RunContext
+    split: str
+    parts: tuple[str, ...]
+    normalize: str = "none"
+
+    @classmethod
+    def of(cls, ctx: RunContext, split: str, parts: str | Sequence[str] | None = None,
+           normalize: str = "none") -> SplitReader:
+        """The reader of ``split``; ``parts`` default to every tap of ``backbone.taps``, or
+        ``flatten`` when there is none. :class:`~pipeline.errors.MissingViewError` when the
+        cache lacks them, ValueError for an unknown split or normalisation."""
+        if isinstance(parts, str):
+            parts = [parts]
+        reader = cls(ctx, split, tuple(parts or ctx.config.backbone.taps or ("flatten",)),
+                     normalize)
+        reader.view.select(split)  # an unknown split is an error here, not mid-file
+        reader.to_rows.transform({source: np.ones((1, *ctx.stores[source].feature_shape),
+                                                  np.float32) for source in reader.sources})
+        return reader
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The cached sources the parts read."""
+        return tuple(dict.fromkeys(source_of(part) for part in self.parts))
+
+    @cached_property
+    def view(self) -> DatasetView:
+        """The dataset view, every source's features checked to be cached."""
+        return self.ctx.require_view(self.sources)
+
+    @cached_property
+    def to_rows(self) -> FeatureRows:
+        """The parts -> rows transform a head uses."""
+        return FeatureRows(list(self.parts), self.normalize)
+
+    @property
+    def images(self) -> list[ViewImage]:
+        """The split's images, in view order."""
+        return self.view.select(self.split)
+
+    @property
+    def width(self) -> int:
+        """The length d of one row, from the stores' shapes (no row is read)."""
+        one = {source: np.zeros((1, *self.ctx.stores[source].feature_shape), np.float32)
+               for source in self.sources}
+        return self.to_rows.transform(one).shape[1]
+
+    def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[SplitRows]:
+        """The split's rows, ``chunk_rows`` at a time (one read per source per chunk)."""
+        images = self.images
+        for start in range(0, len(images), chunk_rows):
+            batch = images[start:start + chunk_rows]
+            keys = [image.sha256 for image in batch]
+            x = {source: self.ctx.stores[source].get(keys) for source in self.sources}
+            yield SplitRows([image.path for image in batch], keys,
+                            [image.label for image in batch],
+                            np.array([self.view.label_index(image.label) for image in batch],
+                                     np.int64),
+                            self.to_rows.transform(x).astype(np.float32, copy=False))
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row at once: ``(X (N, d) float32, y (N,) int64)``."""
+        chunks = list(self.chunks())
+        if not chunks:
+            return np.empty((0, self.width), np.float32), np.empty(0, np.int64)
+        return (np.concatenate([chunk.features for chunk in chunks]),
+                np.concatenate([chunk.label_index for chunk in chunks]))
 
 
 def export_features(ctx: RunContext, split: str, output: Path,
-                    parts: Sequence[str] | None = None, normalize: str = "none",
+                    parts: str | Sequence[str] | None = None, normalize: str = "none",
                     chunk_rows: int = CHUNK_ROWS) -> ExportResult:
-    """Write the cached features of ``split`` to ``output`` (format from its suffix).
-
-    ``parts`` default to every tap of ``backbone.taps``, or ``flatten`` when there is none.
-    Raises :class:`~pipeline.errors.PipelineError` for an unknown suffix and
-    :class:`~pipeline.errors.MissingViewError` when the features are not cached.
-    """
+    """Write the rows of ``split`` (:class:`SplitReader`) to ``output``, the format from its
+    suffix; :class:`~pipeline.errors.PipelineError` for an unknown suffix, before anything is
+    read or written."""
     suffix = output.suffix.lower()
     if suffix not in FORMATS:
         raise PipelineError(f"{output}: cannot tell the format from the suffix; use "
                             f"{' or '.join(FORMATS)}")
-    parts = tuple(parts or ctx.config.backbone.taps or ("flatten",))
-    sources = tuple(dict.fromkeys(source_of(part) for part in parts))
-    view = ctx.require_view(sources)
-    images = view.select(split)
-    to_rows = FeatureRows(list(parts), normalize)
-    width = _width(ctx, parts, to_rows)
-
-    def chunks() -> Iterator[_Chunk]:
-        for start in range(0, len(images), chunk_rows):
-            batch = images[start:start + chunk_rows]
-            keys = [image.sha256 for image in batch]
-            x = {source: ctx.stores[source].get(keys) for source in sources}
-            yield _Chunk([image.path for image in batch], keys,
-                         [image.label for image in batch],
-                         np.array([view.label_index(image.label) for image in batch],
-                                  np.int64),
-                         to_rows.transform(x).astype(np.float32, copy=False))
-
+    reader = SplitReader.of(ctx, split, parts, normalize)
+    rows, width = len(reader.images), reader.width
     output.parent.mkdir(parents=True, exist_ok=True)
     with replacing(output, keep_suffix=True) as temporary:
         if suffix == ".parquet":
-            _write_parquet(temporary, chunks(), width)
+            _write_parquet(temporary, reader.chunks(chunk_rows), width)
         else:
-            _write_npz(temporary, chunks(), len(images), width, view.classes)
-    return ExportResult(output, len(images), width, parts)
+            _write_npz(temporary, reader.chunks(chunk_rows), rows, width, reader.view.classes)
+    return ExportResult(output, rows, width, reader.parts)
 
 
-def _width(ctx: RunContext, parts: tuple[str, ...], to_rows: FeatureRows) -> int:
-    """The length of one feature row, from the stores' shapes (no row is read)."""
-    one = {source: np.zeros((1, *ctx.stores[source].feature_shape), np.float32)
-           for source in dict.fromkeys(source_of(part) for part in parts)}
-    return to_rows.transform(one).shape[1]
-
-
-def _write_parquet(path: Path, chunks: Iterator[_Chunk], width: int) -> None:
+def _write_parquet(path: Path, chunks: Iterator[SplitRows], width: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -122,7 +178,7 @@ def _write_parquet(path: Path, chunks: Iterator[_Chunk], width: int) -> None:
                 "features": pa.FixedSizeListArray.from_arrays(values, width)}, schema=schema))
 
 
-def _write_npz(path: Path, chunks: Iterator[_Chunk], rows: int, width: int,
+def _write_npz(path: Path, chunks: Iterator[SplitRows], rows: int, width: int,
                classes: list[str]) -> None:
     """Each array a .npy member of the zip, written as the chunks come: the strings are
     small and kept until the end, the features go straight to the file."""

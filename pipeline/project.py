@@ -29,8 +29,8 @@ import numpy as np
 from .config import PipelineConfig, load_config
 from .context import RunContext
 from .data.view import DatasetView
-from .heads.features import FeatureRows, source_of
-from .heads.splits import load_split
+from .export import SplitReader, export_features
+from .heads.features import source_of
 from .predict import Prediction, image_files, newest_best_head, predict_with_head
 
 #: The columns of :meth:`Project.dataset`, in order.
@@ -73,12 +73,11 @@ class Project:
         """``pipeline run STAGES``: the stages and what they need, skipping those that are up
         to date (unless ``force``), recorded in pipeline.lock; a new run folder either way."""
         from .runner.execute import run_targets
-        from .runner.registry import stage_names
+        from .runner.registry import unknown_stages
 
-        unknown = [stage for stage in stages if stage not in (*stage_names(), "all")]
-        if not stages or unknown:
-            raise ValueError(f"unknown stage {', '.join(unknown) or '(none given)'}; stages: "
-                             f"{', '.join(stage_names())}, or all")
+        problem = unknown_stages(stages)
+        if problem:
+            raise ValueError(problem)
         folder, report = run_targets(self.context, list(stages), force=force,
                                      progress=progress)
         # a run may have written a new dataset view: read it afresh next time
@@ -127,26 +126,14 @@ class Project:
         :attr:`classes`. Rows follow :meth:`dataset`'s order for that split. Reads the cache
         only: no image is decoded and TensorFlow is not imported.
         """
-        if parts is None:
-            parts = list(self.config.backbone.taps) or ["flatten"]
-        parts = [parts] if isinstance(parts, str) else list(parts)
-        view = self._view(parts)
-        stores = {source: self.context.stores[source]
-                  for source in dict.fromkeys(source_of(part) for part in parts)}
-        labelled = load_split(stores, view, split)
-        rows = FeatureRows(parts, normalize).transform(labelled.x) if len(labelled) else \
-            np.empty((0, 0), np.float32)
-        return rows.astype(np.float32, copy=False), labelled.y
+        return SplitReader.of(self.context, split, parts, normalize).read()
 
     def export(self, path: str | os.PathLike, split: str = "train",
                parts: str | Sequence[str] | None = None, normalize: str = "none"):
         """``pipeline export``: :meth:`features` of ``split`` with path, sha256 and label,
         written to ``path`` (``.parquet`` or ``.npz``) a chunk of rows at a time; returns an
         :class:`~pipeline.export.ExportResult` (file, rows, width)."""
-        from .export import export_features
-
-        chosen = [parts] if isinstance(parts, str) else parts
-        return export_features(self.context, split, Path(path), chosen, normalize)
+        return export_features(self.context, split, Path(path), parts, normalize)
 
     # -- predicting --------------------------------------------------------------------------
 

@@ -55,6 +55,12 @@ def test_extract_then_the_dataset_table_and_features_in_its_order(project: Path)
     # parts default to every tap; the output tensor flattened is there too
     assert p.features("train")[0].shape[1] == 256 + 512
     assert p.features("train", parts="flatten")[0].shape[1] == 512  # 32x32: (1, 1, 512)
+    with pytest.raises(ValueError, match="unknown split 'training'"):
+        p.features("training")
+    with pytest.raises(ValueError, match="unknown normalize 'unit'"):
+        p.features("train", normalize="unit")
+    with pytest.raises(MissingViewError, match="keeps no block5_conv1.gap"):
+        p.features("train", parts="block5_conv1.gap")
     again = p.extract()  # the command's lock: nothing to do
     assert "extract: up to date, skipped" in again.report
 

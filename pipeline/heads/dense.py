@@ -125,11 +125,10 @@ def standardization_statistics(parts: str | list[str], normalize: str,
 
     Centring each feature and scaling each part as a whole keeps the geometry of a part's
     vectors (a unit-length, power-normalised tap stays a direction, as the linear heads see
-    it), while parts of very different magnitudes are brought to one scale. Scaling every
-    feature on its own (StandardScaler's rule) lifts features that barely vary to the weight
-    of the informative ones; on flowers-1000 it did as well or a little worse for the dense
-    head (docs/benchmarks.md) and worse for a logistic regression. Computed a chunk of rows at
-    a time, in float64.
+    it), while parts of very different magnitudes are brought to one scale, and a feature that
+    barely varies on the training rows is never divided by its own tiny deviation. Scaling
+    every feature on its own (StandardScaler's rule) measured the same on flowers-1000
+    (docs/benchmarks.md). Computed a chunk of rows at a time, in float64.
     """
     x = as_features(x)
     count = len(next(iter(x.values())))

@@ -31,6 +31,15 @@ def stage_names() -> tuple[str, ...]:
     return tuple(stage.name for stage in all_stages())
 
 
+def unknown_stages(names: list[str] | tuple[str, ...]) -> str | None:
+    """Why ``names`` cannot be run (a name that is no stage, or none given), or None."""
+    unknown = [name for name in names if name not in (*stage_names(), "all")]
+    if names and not unknown:
+        return None
+    return (f"unknown stage {', '.join(unknown) or '(none given)'}; stages: "
+            f"{', '.join(stage_names())}, or all")
+
+
 def stage_named(name: str) -> Stage:
     """The stage called ``name`` (KeyError when there is none)."""
     for stage in all_stages():
