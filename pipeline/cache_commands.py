@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from cache import CacheError, FeatureStore, list_stores, open_writer
 from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
@@ -28,8 +29,61 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _weights_label(description: dict) -> str:
-    weights = description.get("weights", {})
+def store_summary(store: FeatureStore, views: bool = False) -> dict[str, Any]:
+    """One fingerprint as plain data (the rows of ``cache ls --json`` and ``cache info
+    --json``): ``fingerprint``, ``folder``, ``layer`` (the cut layer, or the tap),
+    ``input_size`` ([height, width] pixels), ``flip_average``, ``shape`` (one entry's array
+    shape), ``precision`` and ``storage`` (dtypes), ``weights`` (source, sha256 or seed),
+    ``entries``, ``shards``, ``bytes``, ``unlisted_shards`` (complete shards an interrupted run
+    left out of the manifest) and ``description`` (everything the fingerprint hashes);
+    with ``views``, the dataset views stored there (see :func:`view_summaries`)."""
+    d = store.description
+    stats = store.stats()
+    summary: dict[str, Any] = {
+        "fingerprint": store.fingerprint, "folder": str(store.path),
+        "layer": d.get("output_layer") or d.get("tap"),
+        "input_size": list(d.get("input", {}).get("size", [])),
+        "flip_average": bool(d.get("flip_average", False)),
+        "shape": list(d.get("output_shape", [])),
+        # fingerprints from before either key existed describe float32 by leaving it out
+        "precision": d.get("precision", "float32"), "storage": d.get("storage", "float32"),
+        "weights": dict(d.get("weights", {})),
+        "entries": stats.entries, "shards": stats.shards, "bytes": stats.bytes,
+        "unlisted_shards": stats.unlisted_shards, "description": d}
+    if views:
+        summary["views"] = view_summaries(store)
+    return summary
+
+
+def view_summaries(store: FeatureStore) -> list[dict[str, Any]]:
+    """The dataset views kept in ``store``: ``id``, ``images``, ``classes``, ``skipped``
+    (counts), ``root`` and ``created`` (ISO 8601); an unreadable view file has ``error``."""
+    folder = store.views_dir()
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            view = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            found.append({"id": path.stem, "error": f"unreadable: {exc}"})
+            continue
+        found.append({"id": path.stem, "images": len(view.get("images", [])),
+                      "classes": len(view.get("classes", [])),
+                      "skipped": len(view.get("skipped", [])),
+                      "root": view.get("root"), "created": view.get("created")})
+    return found
+
+
+def cache_json(cache_dir: Path, fingerprint: str | None = None,
+               views: bool = False) -> dict[str, Any]:
+    """``cache ls --json`` (and, with ``views``, ``cache info --json``): ``{"format": 1,
+    "cache": folder, "stores": [store_summary ...], "entries": total, "bytes": total}``."""
+    stores = [store_summary(store, views) for store in select_stores(cache_dir, fingerprint)]
+    return {"format": 1, "cache": str(cache_dir), "stores": stores,
+            "entries": sum(s["entries"] for s in stores),
+            "bytes": sum(s["bytes"] for s in stores)}
+
+
+def _weights_label(weights: dict) -> str:
     source = weights.get("source", "?")
     if source == "random":
         return f"random(seed={weights.get('seed')})"
@@ -39,38 +93,25 @@ def _weights_label(description: dict) -> str:
 _SHORT_DTYPES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 
 
-def _numbers_label(description: dict) -> str:
-    """``compute/storage`` dtypes, e.g. ``bf16/f32`` (fingerprints from before either existed
-    describe float32 by leaving them out)."""
-    return "/".join(_SHORT_DTYPES.get(description.get(key, "float32"), "?")
-                    for key in ("precision", "storage"))
-
-
 def format_store_list(cache_dir: Path) -> str:
     """One row per fingerprint under ``cache_dir``, with totals."""
-    stores = list_stores(cache_dir)
-    if not stores:
+    listing = cache_json(cache_dir)
+    if not listing["stores"]:
         return f"{cache_dir}: empty (no fingerprints yet; run `pipeline run extract`)"
     header = f"{'fingerprint':<24} {'weights':<22} {'input':<14} {'layer':<16} {'shape':<12} " \
              f"{'dtypes':<8} {'entries':>8} {'shards':>6} {'bytes':>10}"
     lines = [f"cache {cache_dir}", header, "-" * len(header)]
-    total_entries = total_bytes = 0
-    for store in stores:
-        d = store.description
-        stats = store.stats()
-        size = "x".join(str(s) for s in d.get("input", {}).get("size", []))
-        if d.get("flip_average"):  # features of the image and its mirror, averaged
-            size += "+flip"
-        shape = "x".join(str(s) for s in d.get("output_shape", []))
-        layer = d.get("output_layer") or d.get("tap") or "?"
-        lines.append(f"{store.fingerprint:<24} {_weights_label(d):<22} {size:<14} "
-                     f"{layer:<16} {shape:<12} {_numbers_label(d):<8} {stats.entries:>8,} "
-                     f"{stats.shards:>6} {format_bytes(stats.bytes):>10}")
-        total_entries += stats.entries
-        total_bytes += stats.bytes
+    for row in listing["stores"]:
+        size = "x".join(map(str, row["input_size"])) + ("+flip" if row["flip_average"] else "")
+        shape = "x".join(map(str, row["shape"]))
+        dtypes = "/".join(_SHORT_DTYPES.get(row[key], "?") for key in ("precision", "storage"))
+        lines.append(f"{row['fingerprint']:<24} {_weights_label(row['weights']):<22} "
+                     f"{size:<14} {row['layer'] or '?':<16} {shape:<12} {dtypes:<8} "
+                     f"{row['entries']:>8,} {row['shards']:>6} "
+                     f"{format_bytes(row['bytes']):>10}")
     lines += ["-" * len(header),
-              f"{len(stores)} fingerprint(s), {total_entries:,} entries, "
-              f"{format_bytes(total_bytes)}"]
+              f"{len(listing['stores'])} fingerprint(s), {listing['entries']:,} entries, "
+              f"{format_bytes(listing['bytes'])}"]
     return "\n".join(lines)
 
 
@@ -88,33 +129,27 @@ def select_stores(cache_dir: Path, fingerprint: str | None) -> list[FeatureStore
 
 def format_store_info(cache_dir: Path, fingerprint: str | None = None) -> str:
     """What a fingerprint is made of, its counts, and the dataset views that use it."""
-    stores = select_stores(cache_dir, fingerprint)
+    stores = cache_json(cache_dir, fingerprint, views=True)["stores"]
     if not stores:
         return f"{cache_dir}: empty"
-    blocks = [_store_info(store) for store in stores]
-    return "\n\n".join(blocks)
+    return "\n\n".join(_store_info(store) for store in stores)
 
 
-def _store_info(store: FeatureStore) -> str:
-    stats = store.stats()
-    lines = [f"fingerprint {store.fingerprint}", f"  folder   {store.path}",
-             f"  entries  {stats.entries:,} in {stats.shards} shard(s), "
-             f"{format_bytes(stats.bytes)}"]
-    if stats.unlisted_shards:
-        lines.append(f"  note     {stats.unlisted_shards} complete shard(s) not yet in the "
+def _store_info(store: dict[str, Any]) -> str:
+    lines = [f"fingerprint {store['fingerprint']}", f"  folder   {store['folder']}",
+             f"  entries  {store['entries']:,} in {store['shards']} shard(s), "
+             f"{format_bytes(store['bytes'])}"]
+    if store["unlisted_shards"]:
+        lines.append(f"  note     {store['unlisted_shards']} complete shard(s) not yet in the "
                      f"manifest (left by an interrupted run; the next extract lists them)")
-    lines.append("  made of  " + json.dumps(store.description, sort_keys=True))
-    views = sorted(store.views_dir().glob("*.json")) if store.views_dir().is_dir() else []
-    for path in views:
-        try:
-            view = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            lines.append(f"  view     {path.name}: unreadable")
+    lines.append("  made of  " + json.dumps(store["description"], sort_keys=True))
+    for view in store["views"]:
+        if "error" in view:
+            lines.append(f"  view     {view['id']}.json: unreadable")
             continue
-        lines.append(f"  view     {path.stem}: {len(view.get('images', []))} images, "
-                     f"{len(view.get('classes', []))} classes, "
-                     f"{len(view.get('skipped', []))} skipped, root {view.get('root')}, "
-                     f"written {view.get('created', '?')}")
+        lines.append(f"  view     {view['id']}: {view['images']} images, "
+                     f"{view['classes']} classes, {view['skipped']} skipped, "
+                     f"root {view['root']}, written {view['created'] or '?'}")
     return "\n".join(lines)
 
 

@@ -1,13 +1,17 @@
 """The ``pipeline`` command: parses arguments and calls functions that tests call too.
 
-Exit codes: 0 success; 1 a failure explained in one line on stderr (``error: ...``);
-2 wrong usage (unknown option or stage); 3 (``pipeline run``) every stage finished, but the
-dataset view leaves out files that could not be used (named in the summary and skipped.csv);
-130 interrupted by Ctrl-C (finished work is kept).
+Exit codes: 0 success; 1 a failure explained on stderr (``error: ...``), or ``status --check``
+found a stale stage; 2 wrong usage (unknown option or stage; ``error: ...`` after the usage
+line); 3 finished, but some inputs were left out: ``pipeline run``'s dataset view leaves out
+files that could not be used (named in the summary and skipped.csv), or ``pipeline predict``
+could not read some of its files (when it could read none: 1); 130 interrupted by Ctrl-C
+(finished work is kept). Messages for people go to stderr as ``error: ...`` and
+``warning: <WarningClass>: ...``; stdout carries the results (JSON with ``--json``).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import warnings
@@ -23,11 +27,18 @@ from .context import RunContext
 from .errors import PipelineError
 from .runner.registry import all_stages, stage_names, unknown_stages
 
-EXIT_FILES_SKIPPED = 3  # `pipeline run` finished, but some image files were left out
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_FILES_SKIPPED = 3  # finished, but some image files were left out
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     click.echo(f"warning: {category.__name__}: {message}", err=True)
+
+
+def _echo_json(payload: object) -> None:
+    """``payload`` as indented JSON on stdout (NaN is not JSON: it would be a bug here)."""
+    click.echo(json.dumps(payload, indent=2, allow_nan=False))
 
 
 def _load(config_path: str, overrides: tuple[str, ...]) -> PipelineConfig:
@@ -47,6 +58,9 @@ def _stages_help() -> str:
 config_option = click.option(
     "-c", "--config", "config_path", default="stages.yaml", show_default=True,
     type=click.Path(dir_okay=False), help="The pipeline's stages.yaml.")
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print JSON (schema in the docs' outputs page) instead of text.")
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a stages.yaml key, value read as YAML (repeatable), "
@@ -123,18 +137,19 @@ def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
               help="An end-to-end model instead: runs/<run>/finetune or runs/<run>/scratch.")
 @click.option("-k", "--top-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="How many classes to show per image.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option
 @config_option
 @set_option
 def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Path | None,
-            top_k: int, as_json: bool, config_path: str, overrides: tuple[str, ...]) -> None:
+            top_k: int, as_json: bool, config_path: str, overrides: tuple[str, ...]) -> int:
     """Classify image files (or every image under folders) with a trained head or model.
 
     \b
     Each line: the file, its top classes with probabilities, and where its features came
     from: `cache` (already extracted: no decoding, no convnet), `backbone` (computed now;
     nothing is written to the cache) or `model` (an end-to-end model). Files that cannot be
-    read or decoded get an error line and the others are still classified.
+    read or decoded get an error line and the others are still classified; the exit code is
+    then 3, or 1 when no file could be classified.
     """
     from .predict import (
         format_predictions,
@@ -153,6 +168,14 @@ def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Pat
         results = predict_with_head(ctx, head_folder or newest_best_head(ctx.config.runs.dir),
                                     files, top_k)
     click.echo(format_predictions(results, as_json))
+    failed = sum(1 for r in results if r.error)
+    if failed == len(results):
+        raise PipelineError(f"none of the {failed} file(s) could be classified")
+    if failed:
+        click.echo(f"finished, but {failed} of {len(results)} file(s) could not be "
+                   f"classified (exit code {EXIT_FILES_SKIPPED})", err=True)
+        return EXIT_FILES_SKIPPED
+    return 0
 
 
 @cli.command()
@@ -183,10 +206,16 @@ def export(split: str, output: Path, parts: str | None, normalize: str, config_p
 
 
 @cli.command()
+@click.argument("stages", nargs=-1)
+@click.option("--check", is_flag=True,
+              help="Exit with 1 when a stage shown is stale (for scripts and CI).")
+@json_option
 @config_option
 @set_option
-def status(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Say, per stage, whether it is up to date or stale, and why.
+def status(stages: tuple[str, ...], check: bool, as_json: bool, config_path: str,
+           overrides: tuple[str, ...]) -> int:
+    """Say, per stage (default: every stage; or the STAGES named), whether it is up to date or
+    stale, and why.
 
     Compares each stage's inputs (data folder, backbone, dataset view, warm-start head),
     parameters and outputs with what pipeline.lock recorded when it last succeeded, and
@@ -194,8 +223,18 @@ def status(config_path: str, overrides: tuple[str, ...]) -> None:
     downloads weights or builds a model (missing weights make the stages that need them
     stale, with the reason).
     """
-    from .runner.plan import format_status
-    click.echo(format_status(RunContext(_load(config_path, overrides), allow_download=False)))
+    problem = unknown_stages(stages) if stages and "all" not in stages else None
+    if problem:
+        raise click.UsageError(problem)
+    from .runner.plan import format_status, pipeline_status, status_json
+    states = pipeline_status(RunContext(_load(config_path, overrides), allow_download=False))
+    if stages and "all" not in stages:
+        states = [state for state in states if state.stage in stages]
+    if as_json:
+        _echo_json(status_json(states))
+    else:
+        click.echo(format_status(states))
+    return EXIT_FAILED if check and not all(s.up_to_date for s in states) else 0
 
 
 @cli.command()
@@ -216,18 +255,23 @@ def report(output: Path | None, config_path: str, overrides: tuple[str, ...]) ->
 
 
 @cli.command("runs")
+@json_option
 @config_option
 @set_option
-def runs_command(config_path: str, overrides: tuple[str, ...]) -> None:
+def runs_command(as_json: bool, config_path: str, overrides: tuple[str, ...]) -> None:
     """List the run folders under runs.dir, oldest first, with status and headline metrics.
 
     A run is ok, failed, interrupted or unfinished (still running, or killed); the columns
     are images extracted and new, the best head with its validation and test accuracy, and
     the finetune and scratch test accuracy, each from the run's metrics.json.
     """
-    from .runs import format_runs, list_runs
+    from .runs import format_runs, list_runs, runs_json
     config = _load(config_path, overrides)
-    click.echo(format_runs(list_runs(config.runs.dir), config.runs.dir))
+    runs = list_runs(config.runs.dir)
+    if as_json:
+        _echo_json(runs_json(runs, config.runs.dir))
+    else:
+        click.echo(format_runs(runs, config.runs.dir))
 
 
 @cli.group()
@@ -267,25 +311,36 @@ cache_dir_option = click.option("--dir", "cache_dir", type=click.Path(file_okay=
 
 
 @cache.command("ls")
+@json_option
 @config_option
 @set_option
 @cache_dir_option
-def cache_ls(config_path: str, overrides: tuple[str, ...], cache_dir: str | None) -> None:
+def cache_ls(as_json: bool, config_path: str, overrides: tuple[str, ...],
+             cache_dir: str | None) -> None:
     """One line per backbone fingerprint: weights, input, entries, shards, bytes."""
-    from .cache_commands import format_store_list
-    click.echo(format_store_list(_cache_dir(config_path, overrides, cache_dir)))
+    from .cache_commands import cache_json, format_store_list
+    folder = _cache_dir(config_path, overrides, cache_dir)
+    if as_json:
+        _echo_json(cache_json(folder))
+    else:
+        click.echo(format_store_list(folder))
 
 
 @cache.command("info")
 @click.argument("fingerprint", required=False)
+@json_option
 @config_option
 @set_option
 @cache_dir_option
-def cache_info(fingerprint: str | None, config_path: str, overrides: tuple[str, ...],
-               cache_dir: str | None) -> None:
+def cache_info(fingerprint: str | None, as_json: bool, config_path: str,
+               overrides: tuple[str, ...], cache_dir: str | None) -> None:
     """Details of one fingerprint (default: every fingerprint) and its dataset views."""
-    from .cache_commands import format_store_info
-    click.echo(format_store_info(_cache_dir(config_path, overrides, cache_dir), fingerprint))
+    from .cache_commands import cache_json, format_store_info
+    folder = _cache_dir(config_path, overrides, cache_dir)
+    if as_json:
+        _echo_json(cache_json(folder, fingerprint, views=True))
+    else:
+        click.echo(format_store_info(folder, fingerprint))
 
 
 @cache.command("verify")
@@ -331,6 +386,16 @@ def cache_gc(apply: bool, fingerprint: str | None, config_path: str,
                               folder))
 
 
+def _show_click_error(exc: click.ClickException) -> None:
+    """click's errors in the pipeline's one style: the usage line and help hint for wrong
+    usage, then ``error: ...`` (click's own ``Error: ...`` would be a second style)."""
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        click.echo(ctx.get_usage(), err=True)
+        click.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.", err=True)
+    click.echo(f"error: {exc.format_message()}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     shown_before = warnings.showwarning
@@ -345,19 +410,19 @@ def main(argv: list[str] | None = None) -> int:
                    err=True)
         return 130
     except click.ClickException as exc:
-        exc.show()
+        _show_click_error(exc)
         return exc.exit_code
     except (PipelineError, CacheError) as exc:
         click.echo(f"error: {'; '.join(str(exc).splitlines())}", err=True)
-        return 1
+        return EXIT_FAILED
     except OSError as exc:  # a folder that is a file, a full disk, no permission
         where = f"{exc.filename}: " if exc.filename else ""
         click.echo(f"error: {where}{exc.strerror or exc}", err=True)
-        return 1
+        return EXIT_FAILED
     except MemoryError:
         click.echo("error: out of memory; lower stages.extract.batch_size or data.image_size",
                    err=True)
-        return 1
+        return EXIT_FAILED
     finally:
         warnings.showwarning = shown_before
     return code if isinstance(code, int) else 0

@@ -107,6 +107,15 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
     return runs
 
 
+def runs_json(runs: list[RunSummary], runs_dir: Path) -> dict:
+    """``pipeline runs --json``: ``{"format": 1, "runs_dir": str, "runs": [{"name", "path",
+    "status", "metrics"}]}``, oldest first; ``metrics`` is the run's metrics.json as written
+    (flat keys, see :mod:`pipeline.metric_keys`)."""
+    return {"format": 1, "runs_dir": str(runs_dir),
+            "runs": [{"name": run.name, "path": str(runs_dir / run.name), "status": run.status,
+                      "metrics": dict(run.metrics)} for run in runs]}
+
+
 def format_runs(runs: list[RunSummary], runs_dir: Path) -> str:
     """A table of runs with their headline metrics (``-`` where a run has none)."""
     if not runs:

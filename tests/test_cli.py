@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,86 @@ def test_config_errors_are_one_line_with_exit_code_1(tiny_project: Path, capsys)
     code, out, err = _run(capsys, "run", "extract", "-c", str(tiny_project / "stages.yaml"),
                           "--set", "stages.extract.batch_size=-1", "--set", "data.colour=red")
     assert code == 1 and out == ""
-    assert err.count("\n") == 1 and err.startswith("error: stages.yaml: ")
-    assert "stages.extract.batch_size" in err and "data.colour: unknown key" in err
+    # both keys came from --set: the message names the command line, not the file
+    assert err.count("\n") == 1 and err.startswith("error: --set ")
+    assert "--set stages.extract.batch_size (command line): Input should be greater" in err
+    assert "--set data.colour (command line): unknown key" in err
+
+
+def test_set_typos_name_the_key_the_command_line_and_a_close_match(tiny_project: Path, capsys):
+    config = str(tiny_project / "stages.yaml")
+    code, _, err = _run(capsys, "status", "-c", config, "--set", "backbone.tapz=[]")
+    assert code == 1
+    assert err.startswith("error: --set backbone.tapz (command line): unknown key; did you "
+                          "mean taps? (known here: weights, ")
+    code, _, err = _run(capsys, "status", "-c", config, "--set", "heads.x.kind=knn")
+    assert code == 1 and "heads: unknown key; did you mean stages.heads?" in err
+    code, _, err = _run(capsys, "cache", "ls", "-c", config, "--set", "cache.lock_timout=3")
+    assert code == 1 and err.startswith("error: --set cache.lock_timout (command line): "
+                                        "unknown key; did you mean lock_timeout?")
+    # a typo in the file names the file
+    text = (tiny_project / "stages.yaml").read_text()
+    (tiny_project / "stages.yaml").write_text(text.replace("backbone:", "backbone:\n  waits: 1",
+                                                           1))
+    code, _, err = _run(capsys, "status", "-c", config)
+    assert code == 1 and err.startswith("error: stages.yaml: backbone.waits: unknown key; "
+                                        "did you mean weights?")
+
+
+def test_every_error_has_one_style(tiny_project: Path, capsys):
+    """click's own errors (bad option, bad choice) read like the pipeline's: ``error: ...``,
+    after the usage line when the command line was wrong."""
+    config = str(tiny_project / "stages.yaml")
+    for args in (["status", "--bogus"], ["export", "--split", "train2", "-o", "x.npz"],
+                 ["run", "extrct", "-c", config]):
+        code, _, err = _run(capsys, *args)
+        assert code == 2, args
+        lines = err.splitlines()
+        assert lines[0].startswith("Usage: pipeline ") and lines[-1].startswith("error: ")
+        assert "Error:" not in err
+    assert "unknown stage extrct (did you mean extract?)" in err
+
+
+def test_status_json_and_check_exit_code(tiny_project: Path, capsys):
+    config = str(tiny_project / "stages.yaml")
+    code, out, _ = _run(capsys, "status", "-c", config, "--json", "--check")
+    assert code == 1
+    payload = json.loads(out)
+    assert payload["format"] == 1 and payload["up_to_date"] is False
+    assert [s["stage"] for s in payload["stages"]][:3] == ["extract", "probe", "heads"]
+    assert payload["stages"][0]["reasons"] == ["never run (no entry in pipeline.lock)"]
+    assert _run(capsys, "status", "-c", config)[0] == 0  # without --check: only a report
+    assert _run(capsys, "run", "extract", "-c", config, "--no-progress")[0] == 0
+    code, out, _ = _run(capsys, "status", "extract", "--check", "-c", config, "--json")
+    assert code == 0
+    (extract,) = json.loads(out)["stages"]
+    assert extract["up_to_date"] is True and Path(extract["run"]).parent == tiny_project / "runs"
+    assert _run(capsys, "status", "extract", "heads", "--check", "-c", config)[0] == 1
+    code, _, err = _run(capsys, "status", "extrakt", "-c", config)
+    assert code == 2 and "did you mean extract?" in err
+
+
+def test_runs_and_cache_as_json(tiny_project: Path, capsys):
+    config = str(tiny_project / "stages.yaml")
+    assert json.loads(_run(capsys, "runs", "--json", "-c", config)[1])["runs"] == []
+    assert _run(capsys, "run", "extract", "-c", config, "--no-progress")[0] == 0
+    code, out, _ = _run(capsys, "runs", "--json", "-c", config)
+    (run,) = json.loads(out)["runs"]
+    assert code == 0 and run["status"] == "ok" and run["metrics"]["extract.images"] == 12
+    assert Path(run["path"]).is_dir() and run["name"] == Path(run["path"]).name
+    code, out, _ = _run(capsys, "cache", "ls", "--json", "-c", config)
+    listing = json.loads(out)
+    (store,) = listing["stores"]
+    assert code == 0 and listing["entries"] == store["entries"] == 12
+    assert store["input_size"] == [32, 32] and store["shape"] == [1, 1, 512]
+    assert store["weights"]["source"] == "random" and store["precision"] == "float32"
+    assert listing["bytes"] == store["bytes"] > 0 and "views" not in store
+    code, out, _ = _run(capsys, "cache", "info", store["fingerprint"][:10], "--json", "-c",
+                        config)
+    (info,) = json.loads(out)["stores"]
+    (view,) = info["views"]
+    assert code == 0 and view["images"] == 12 and view["classes"] == 3
+    assert info["description"] == store["description"]
 
 
 def test_unknown_stage_is_a_usage_error(tiny_project: Path, capsys):
@@ -136,7 +215,8 @@ def test_cache_commands_need_only_the_cache_section(tiny_project: Path, capsys):
     code, out, _ = _run(capsys, "cache", "ls", "-c", config)
     assert code == 0 and "12 entries" in out
     code, _, err = _run(capsys, "cache", "ls", "-c", config, "--set", "cache.lock_timeout=x")
-    assert code == 1 and "stages.yaml: cache.lock_timeout:" in err
+    assert code == 1 and err == ("error: --set cache.lock_timeout (command line): Input should "
+                                 "be a valid number (got 'x')\n")
 
 
 def test_run_heads_prints_the_leaderboard_and_names_bad_params(cached_project, capsys):

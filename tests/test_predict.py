@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
 def _predict(capsys, project: Path, *args: str) -> tuple[int, list[dict], str]:
     code = main(["predict", *args, "--json", "-c", str(project / "stages.yaml")])
     out, err = capsys.readouterr()
-    return code, json.loads(out) if code == 0 else [], err
+    return code, json.loads(out) if out.strip() else [], err
 
 
 def test_cached_images_are_classified_from_the_cache_as_the_head_would(trained, capsys):
@@ -85,7 +85,7 @@ def test_a_new_image_goes_through_the_backbone_and_a_bad_file_gets_an_error(trai
     bad.write_text("not an image")
     code, results, _ = _predict(capsys, project, str(new), str(bad), "--head",
                                 str(run / "heads" / "logreg"))
-    assert code == 0
+    assert code == 3  # finished, but a file was left out
     fresh, broken = results
     assert fresh["source"] == "backbone"
     spec = backbone_spec(load_config(project / "stages.yaml"))
@@ -152,6 +152,13 @@ def test_predict_errors_are_one_line(trained, capsys, tmp_path: Path):
     code = main(["predict", str(project / "data"), "-c", str(project / "stages.yaml"),
                  "--set", f"runs.dir={empty}"])
     assert code == 1 and "no trained head" in capsys.readouterr().err
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    code = main(["predict", str(bad), "--head", str(run / "heads" / "logreg"), "-c",
+                 str(project / "stages.yaml")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "not an image" in out  # the file's line, then why the command failed
+    assert err == "error: none of the 1 file(s) could be classified\n"
 
 
 TAPS = ["block1_conv2.gap", "block2_pool.gmp"]

@@ -63,6 +63,9 @@ def test_extract_then_the_dataset_table_and_features_in_its_order(project: Path)
         p.features("train", parts="block5_conv1.gap")
     again = p.extract()  # the command's lock: nothing to do
     assert "extract: up to date, skipped" in again.report
+    states = p.status()
+    assert list(states)[:3] == ["extract", "probe", "heads"]
+    assert states["extract"].up_to_date and not states["heads"].up_to_date
 
 
 def test_heads_and_predict_call_the_commands_code(project: Path, tmp_path: Path):

@@ -20,6 +20,7 @@ and both names at once are an error.
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -204,24 +205,64 @@ def _known_keys(loc: tuple) -> list[str]:
     return [name for name, f in fields.items() if not f.exclude]
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
+def _nested_named(loc: tuple, name: str) -> list[str]:
+    """``section.name`` for each section at ``loc`` that has a key ``name`` (a key given one
+    level too high, as ``heads`` for ``stages.heads``)."""
+    return [f"{section}.{name}" for section in _known_keys(loc)
+            if name in _known_keys((*loc, section))]
+
+
+def _override_key(loc: str, overridden: tuple[str, ...]) -> str | None:
+    """The ``--set`` key whose value an error at ``loc`` is about (None: the file's)."""
+    for key in reversed(overridden):  # the last --set of a key is the one that counts
+        if loc == key or loc.startswith(f"{key}.") or key.startswith(f"{loc}."):
+            return key
+    return None
+
+
+def _format_validation_error(source: str, exc: ValidationError,
+                             overridden: tuple[str, ...] = (), section: tuple[str, ...] = ()
+                             ) -> str:
+    """One line per error: where (the file, or the ``--set`` that set the key), the key's
+    path (``section`` first, for a section validated alone) and what is wrong."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = (*section, *err["loc"])
+        loc = ".".join(str(p) for p in path) or "(top level)"
         if err["type"] == "extra_forbidden":
-            known = _known_keys(err["loc"][:-1])
-            msg = "unknown key" + (f" (known here: {', '.join(known)})" if known else "")
+            known = _known_keys(path[:-1])
+            close = difflib.get_close_matches(str(path[-1]), known, n=1) or \
+                _nested_named(path[:-1], str(path[-1]))
+            msg = "unknown key" + (f"; did you mean {close[0]}?" if close else "") + \
+                (f" (known here: {', '.join(known)})" if known else "")
         elif err["type"] == "missing":
             msg = "required key is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: {loc}: {msg}")
+            given = err.get("input")
+            if isinstance(given, (str, int, float, bool)) and len(repr(given)) <= 40:
+                msg += f" (got {given!r})"
+        key = _override_key(loc, overridden)
+        if key is None:
+            lines.append(f"{source}: {loc}: {msg}")
+        else:  # the user typed the key: name it once, and where it came from
+            lines.append(f"--set {key} (command line): "
+                         f"{msg if key == loc else f'{loc}: {msg}'}")
     return "\n".join(lines)
 
 
+def override_keys(overrides: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The keys that ``--set`` assignments set, under their current names."""
+    keys = (assignment.partition("=")[0].strip() for assignment in overrides)
+    return tuple(current_key(key) for key in keys if key)
+
+
 def parse_config(document: Any, source: Path | str = "stages.yaml",
-                 base_dir: Path | None = None) -> PipelineConfig:
-    """Validate a raw YAML ``document`` into a :class:`PipelineConfig` or raise ConfigError."""
+                 base_dir: Path | None = None,
+                 overridden: tuple[str, ...] = ()) -> PipelineConfig:
+    """Validate a raw YAML ``document`` into a :class:`PipelineConfig` or raise ConfigError;
+    errors about a key in ``overridden`` (set by ``--set``) name the command line, not the
+    file."""
     source_path = Path(source)
     if document is None:
         document = {}
@@ -237,7 +278,8 @@ def parse_config(document: Any, source: Path | str = "stages.yaml",
         config = PipelineConfig.model_validate({**document, "source": str(source_path)},
                                                context={"base_dir": base})
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source_path.name, exc)) from None
+        raise ConfigError(_format_validation_error(source_path.name, exc, overridden)) \
+            from None
     return config
 
 
@@ -290,7 +332,8 @@ def _read_document(path: Path, overrides: tuple[str, ...] | list[str],
 def load_config(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> PipelineConfig:
     """Read ``path`` (stages.yaml), apply ``--set`` overrides and validate it."""
     path = Path(path)
-    return parse_config(_read_document(path, overrides), source=path)
+    return parse_config(_read_document(path, overrides), source=path,
+                        overridden=override_keys(overrides))
 
 
 def load_cache_config(path: str | Path,
@@ -303,5 +346,5 @@ def load_cache_config(path: str | Path,
         return CacheConfig.model_validate(section or {},
                                           context={"base_dir": path.resolve().parent})
     except ValidationError as exc:
-        message = _format_validation_error(path.name, exc)
-        raise ConfigError(message.replace(f"{path.name}: ", f"{path.name}: cache.")) from None
+        raise ConfigError(_format_validation_error(path.name, exc, override_keys(overrides),
+                                                   section=("cache",))) from None

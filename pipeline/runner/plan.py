@@ -114,20 +114,41 @@ def record_stage(ctx: RunContext, stage: Stage, run: Path | None) -> None:
     update_lock(ctx.config, stage.name, entry)
 
 
-def format_status(ctx: RunContext) -> str:
-    """One line per stage: up to date (and where its outputs are) or stale, and why."""
+def pipeline_status(ctx: RunContext) -> list[StageState]:
+    """The state of every declared stage, in pipeline order; a stage that runs after a stale
+    one is stale too (``depends on stale <names>``), as their new outputs may change its
+    inputs. Reads only."""
     locked = locked_stages(ctx.config)
-    lines, stale = [], set()
+    states: list[StageState] = []
+    stale: set[str] = set()
     for stage in all_stages():
         state = stage_state(ctx, stage, locked)
         upstream = [name for name in stage.needs(ctx.config) if name in stale]
-        reasons = list(state.reasons)
-        if upstream:  # it runs after them, and their new outputs may change its inputs
-            reasons.append(f"depends on stale {', '.join(upstream)}")
-        if reasons:
+        if upstream:
+            state = StageState(stage.name, False,
+                               (*state.reasons, f"depends on stale {', '.join(upstream)}"))
+        if not state.up_to_date:
             stale.add(stage.name)
-            lines.append(f"{stage.name}: stale: {'; '.join(reasons)}")
-        else:
+        states.append(state)
+    return states
+
+
+def format_status(states: list[StageState]) -> str:
+    """One line per stage: up to date (and where its outputs are) or stale, and why."""
+    lines = []
+    for state in states:
+        if state.up_to_date:
             where = f" (outputs in {state.run})" if state.run else ""
-            lines.append(f"{stage.name}: up to date{where}")
+            lines.append(f"{state.stage}: up to date{where}")
+        else:
+            lines.append(f"{state.stage}: stale: {'; '.join(state.reasons)}")
     return "\n".join(lines)
+
+
+def status_json(states: list[StageState]) -> dict[str, Any]:
+    """``pipeline status --json``: ``{"format": 1, "up_to_date": bool, "stages": [{"stage",
+    "up_to_date", "reasons": [str], "run": str | null}]}`` in pipeline order (``run``: the run
+    folder holding an up-to-date stage's outputs)."""
+    return {"format": 1, "up_to_date": all(s.up_to_date for s in states),
+            "stages": [{"stage": s.stage, "up_to_date": s.up_to_date,
+                        "reasons": list(s.reasons), "run": s.run or None} for s in states]}

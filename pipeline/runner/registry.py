@@ -6,6 +6,8 @@ the runner, ``pipeline run``, ``pipeline status`` and the CLI's list of stages r
 
 from __future__ import annotations
 
+import difflib
+
 from ..endtoend.stages import FINETUNE, SCRATCH
 from ..extract.stage import STAGE as EXTRACT
 from ..heads.stage import STAGE as HEADS
@@ -36,7 +38,10 @@ def unknown_stages(names: list[str] | tuple[str, ...]) -> str | None:
     unknown = [name for name in names if name not in (*stage_names(), "all")]
     if names and not unknown:
         return None
-    return (f"unknown stage {', '.join(unknown) or '(none given)'}; stages: "
+    known = (*stage_names(), "all")
+    close = [match for name in unknown for match in difflib.get_close_matches(name, known, n=1)]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return (f"unknown stage {', '.join(unknown) or '(none given)'}{hint}; stages: "
             f"{', '.join(stage_names())}, or all")
 
 

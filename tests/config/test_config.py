@@ -120,7 +120,8 @@ def test_set_overrides_any_key_with_yaml_values(tiny_project: Path):
 
 
 def test_set_errors_are_validated_like_the_file(tiny_project: Path):
-    with pytest.raises(ConfigError, match=r"data.rooot: unknown key"):
+    with pytest.raises(ConfigError, match=r"^--set data.rooot \(command line\): unknown key; "
+                                          r"did you mean root\?"):
         load_config(tiny_project / "stages.yaml", ["data.rooot=x"])
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         load_config(tiny_project / "stages.yaml", ["data.root"])
