@@ -79,7 +79,7 @@ def main() -> None:
     import dask
     from distributed import LocalCluster
 
-    from pipeline.cluster import WORKER_ENVIRONMENT, environment_kept
+    from pipeline.cluster import SCHEDULER_HTTP, WORKER_ENVIRONMENT, environment_kept
 
     with tempfile.TemporaryDirectory() as folder:
         project = Path(folder)
@@ -101,7 +101,8 @@ def main() -> None:
             with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}), \
                     environment_kept():
                 with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=logging.ERROR) as local:
+                                  dashboard_address=None, scheduler_kwargs=SCHEDULER_HTTP,
+                                  silence_logs=logging.ERROR) as local:
                     for mode in ("cluster (cold)", "cluster (warm)"):
                         cache = f"{mode.split()[1][1:-1]}-{round_}"
                         metrics = run_extract(project, cache, "--scheduler",

@@ -26,6 +26,12 @@ WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_
                       "TF_NUM_INTRAOP_THREADS": 1, "TF_NUM_INTEROP_THREADS": 1,
                       "TF_CPP_MIN_LOG_LEVEL": 2}
 
+# The HTTP server of a LocalCluster's scheduler (health checks, metrics; the dashboard is off)
+# on a free port of this machine. With no address it asks for 8787, and where that port is
+# taken (another cluster, a Jupyter proxy, a second run) dask moves to a free one anyway and
+# warns the user about a server nobody uses (distributed 2026.8, node.start_http_server).
+SCHEDULER_HTTP = {"dashboard_address": "127.0.0.1:0"}
+
 
 def check_scheduler_address(address: str) -> None:
     """:class:`SchedulerUnreachableError` unless ``address`` is one dask can connect to (a
@@ -89,7 +95,8 @@ def sweep_client(cluster: ClusterConfig):
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}), \
             environment_kept() as restore:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None, silence_logs=logging.ERROR) as local:
+                          dashboard_address=None, scheduler_kwargs=SCHEDULER_HTTP,
+                          silence_logs=logging.ERROR) as local:
             restore()  # the workers have their environment; this process gets its own back
             with Client(local) as client:
                 yield client

@@ -72,6 +72,12 @@ def test_the_report_has_every_section_and_inlines_every_figure(report):
     assert "Skipped files (0)" in page and "Duplicates (0 groups" in page
     assert "images per second" in page
     assert "dense" in page and "val_accuracy" in page  # leaderboard
+    # each head's parameters said once, beside the table, not as a JSON blob in every row
+    board = page[page.index('<section id="leaderboard">'):page.index('<section id="mistakes">')]
+    assert "<li><b>taps</b> (logistic_regression): features=block1_conv2.gap+block2_pool.gmp" \
+        in board and "normalize=power" in board
+    assert board.count("block1_conv2.gap+block2_pool.gmp") == 1 and "{" not in board
+    assert re.search(r"<td>[01]\.\d{3}</td>", board)  # accuracies to 0.001, not 0.1234
     for title in ("dense head dense", "finetune phase1", "finetune phase2", "scratch train"):
         assert f'alt="{title} curves"' in page
     best = json.loads((run / "metrics.json").read_text())["heads.best.name"]

@@ -31,12 +31,14 @@ from ..data.decode import decode_file
 from ..data.names import display_path
 from ..data.view import DatasetView
 from ..errors import BackboneWeightsError, HeadLoadError, ImageDecodeError
+from ..heads.leaderboard import leaderboard_table, read_leaderboard
 from ..runs import list_runs
 from . import figures
 
 SECTIONS = ("data", "extraction", "probe", "leaderboard", "mistakes", "map", "curves",
             "confusion", "recipes")
 GALLERY = 24          # mistakes shown at most, the surest first
+LEADERBOARD_ROWS = 20  # trials shown at most, the best first (all are in leaderboard.csv)
 MAP_POINTS = 3000     # images drawn at most on the feature map (a seeded sample beyond)
 # per end-to-end stage: (its test accuracy, its validation accuracy)
 _STAGE_ACCURACY = {"finetune": (keys.FINETUNE_TEST_ACCURACY, keys.FINETUNE_VAL_ACCURACY),
@@ -151,17 +153,25 @@ def _probe(runs: _RunIndex) -> dict | None:
 
 
 def _leaderboard(runs: _RunIndex) -> dict | None:
+    """The newest heads run's leaderboard as the terminal shows it: a column per parameter
+    that varies within a head, the others said once per head. Read from leaderboard.json,
+    which keeps every parameter (the CSV leaves out those said once per head)."""
     run, metrics = runs.latest(keys.HEADS_TRIALS)
-    if run is None or not (run / "leaderboard.csv").is_file():
+    if run is None:
         return None
-    with open(run / "leaderboard.csv", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    header = ["rank", "head", "kind", "status", "val_accuracy", "val_f1_macro", "fit_seconds",
-              "params"]
-    return {"run": run.name, "trials": metrics[keys.HEADS_TRIALS], "header": header,
+    try:
+        ranked = read_leaderboard(run / "leaderboard.json")
+    except (OSError, ValueError):
+        return None
+    table = leaderboard_table(ranked, LEADERBOARD_ROWS)
+    failed = any(table.errors)  # an error column only where a shown trial failed
+    return {"run": run.name, "trials": metrics[keys.HEADS_TRIALS],
+            "header": [*table.header, *(["error"] if failed else [])],
             "best": str(metrics.get(keys.HEADS_BEST_NAME)),
             "test_accuracy": metrics.get(keys.HEADS_BEST_TEST_ACCURACY),
-            "rows": [[r.get(c, "") for c in header] for r in rows[:20]]}
+            "rows": [[*row, *([error] if failed else [])]
+                     for row, error in zip(table.rows, table.errors)],
+            "constant": table.constant, "hidden": table.hidden}
 
 
 def _thumbnail(ctx: RunContext, view: DatasetView | None, path: str) -> str | None:

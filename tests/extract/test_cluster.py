@@ -17,7 +17,7 @@ import pytest
 
 from cache import FeatureStore, faults
 from cache.manifest import load_manifest
-from pipeline.cluster import WORKER_ENVIRONMENT, scheduler_client
+from pipeline.cluster import SCHEDULER_HTTP, WORKER_ENVIRONMENT, scheduler_client
 from pipeline.config import load_config
 from pipeline.errors import SchedulerUnreachableError
 from tests.support.projects import (
@@ -39,7 +39,7 @@ def cluster():
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}):
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                           resources={"GPU": 1}, dashboard_address=None,
-                          silence_logs=logging.ERROR) as local:
+                          scheduler_kwargs=SCHEDULER_HTTP, silence_logs=logging.ERROR) as local:
             with Client(local) as client:
                 yield local, client
 
@@ -196,6 +196,28 @@ def test_a_local_sweep_cluster_leaves_this_process_environment_alone():
         assert client.run(lambda: os.environ.get("TF_NUM_INTRAOP_THREADS")) == \
             {address: "1" for address in client.scheduler_info()["workers"]}
     assert dict(os.environ) == before
+
+
+def test_a_local_sweep_cluster_says_nothing_of_a_taken_dashboard_port():
+    # The scheduler serves HTTP (health, metrics) even with the dashboard off, on port 8787
+    # unless told otherwise; where that port is taken dask moved to another one and warned
+    # ("Port 8787 is already in use"), on the user's terminal, about a server nobody uses.
+    import socket
+    import warnings
+
+    from pipeline.cluster import sweep_client
+    from pipeline.config import ClusterConfig
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 8787))
+            taken.listen()
+        except OSError:
+            pass  # someone else holds it: the case under test all the same
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with sweep_client(ClusterConfig(scheduler="local", workers=1)) as client:
+                assert client.submit(abs, -1).result() == 1
+    assert [str(w.message) for w in caught if "already in use" in str(w.message)] == []
 
 
 def test_resources_no_worker_offers_are_an_error_not_a_silent_wait(cluster, project: Path):
