@@ -106,3 +106,9 @@ class MultiThreadedWorkersWarning(PipelineWarning):
 class RenamedKeyWarning(PipelineWarning):
     """stages.yaml (or a ``--set``) uses a key under its old name: it still works, read as the
     new name, until a later release drops the old one; rename it."""
+
+
+class MissingImageWarning(SkippedImageWarning):
+    """Files that the labels table (``data.labels``) lists do not exist under ``data.root``:
+    they are left out (listed in the run's skipped.csv) and the run goes on. One warning names
+    the first few and the count; a table none of whose files exist is a DataError instead."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cache.files import sha256_text
+from cache.files import sha256_file, sha256_text
 
 from .config import PipelineConfig
 from .context import RunContext
@@ -123,8 +123,13 @@ def digest(value: Any) -> str:
 
 def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
     """Every file under ``data.root``: count and a hash of (path, size, mtime), read cheaply
-    (no file is opened)."""
-    root = ctx.config.data.root
+    (no file is opened); and the sha256 of the labels table (``data.labels``) when there is
+    one, wherever it lives, so that editing it makes extract stale. Its content, not its
+    mtime: relabelling a row keeps the size, and an edit within the timestamp's resolution
+    would go unseen; one table costs little to read. Without a table the value is what it
+    was before tables existed, so locks of the folder layouts stay up to date."""
+    data = ctx.config.data
+    root = data.root
     entries = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -135,7 +140,13 @@ def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
             except OSError:
                 continue
             entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
-    return {"files": len(entries), "hash": digest(entries)}
+    listing: dict[str, Any] = {"files": len(entries), "hash": digest(entries)}
+    if data.labels is not None:
+        try:
+            listing["labels"] = sha256_file(data.labels)
+        except OSError as exc:  # gone since the configuration was read: changed, certainly
+            listing["labels"] = f"unreadable: {exc.strerror or type(exc).__name__}"
+    return listing
 
 
 def dataset_view_hash(ctx: RunContext) -> str | None:

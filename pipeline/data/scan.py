@@ -1,6 +1,6 @@
 """The labelled image folder: find images, identify them by content, split them, find duplicates.
 
-Two layouts are understood (the README's stages.yaml table, ``data.root``):
+Two folder layouts are understood (the README's stages.yaml table, ``data.root``):
 
 - ``root/<class>/<image>``: the split is decided per image by a seeded hash of its content, so a
   given image always lands in the same split, whatever else is added or removed;
@@ -9,10 +9,47 @@ Two layouts are understood (the README's stages.yaml table, ``data.root``):
 Image files are those ending in .jpg, .jpeg, .png, .bmp or .gif (any case); class folders are
 searched recursively without following symlinked folders (so a symlink loop cannot trap the
 scan). Everything is listed in sorted order, so the result does not depend on the filesystem.
+
+Or a labels table, ``data.labels``: a CSV file (UTF-8, an Excel byte-order mark allowed, comma
+separated, standard double-quote quoting) whose first line names its columns:
+
+- ``path`` (required): the image file, relative to ``data.root``, '/'-separated; it may go
+  through subfolders (``a/b/c.jpg``). ``./`` and doubled slashes are ignored; an absolute path,
+  a ``..`` component or a backslash is an error, so that every path stays inside the root (the
+  dataset view records paths relative to it). Any file name is accepted, not only the image
+  extensions above: a listed file that is not an image is skipped at decoding, with the reason.
+- ``label`` (required): the class, any non-empty text; the classes are the sorted set of them.
+- ``split`` (optional): ``train``, ``validation`` or ``test``, or blank. A blank cell (or no
+  split column) gets the seeded content-hash split of ``data.split``, as the flat layout does,
+  so a table may fix some splits only: to keep a given test set and split the rest 80/20, fill
+  in ``test`` on those rows and set ``data.split`` to ``{train: 0.8, validation: 0.2, test: 0}``.
+
+Columns may come in any order. Spaces around cells and column names are ignored (so a file
+whose name starts or ends with a space cannot be listed); lines of blank cells only are skipped;
+a row shorter than the header has blank cells at its end, and a trailing comma (blank cells
+past the header's last column, or a blank last column name) is ignored. Labels and splits are
+case-sensitive. Rows are kept in table order. Paths are relative to ``data.root`` wherever the
+table itself lives.
+
+The problems of the header, and then all those of the rows, are one :class:`DataError` each,
+raised before any image is read, that names the file and, for each kind of problem, how many
+rows have it and the line numbers of the first :data:`SHOWN_ROWS`: no header row; a missing
+``path`` or ``label`` column, an unknown column (the allowed ones are named) or one named twice;
+a row with more non-blank cells than the header has columns; an empty path or label; a path
+outside the root or with a backslash; an unknown split; the same path on two rows (after
+normalising); no rows at all. A listed file that does not exist is left out, with one
+:class:`~pipeline.errors.MissingImageWarning` for all of them, and recorded in
+``DatasetScan.missing`` (the run's skipped.csv lists them); when none exists, it is an error
+(the paths are probably not relative to the root). Images under the root that the table does not
+list are not part of the dataset, without a warning: the table is the dataset. Duplicates and
+leakage are found by content, as for the folder layouts.
 """
 
 from __future__ import annotations
 
+import csv
+import errno
+import io
 import os
 import stat
 import warnings
@@ -20,14 +57,26 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cache.files import sha256_file, sha256_text
 
 from ..config import SPLITS, DataConfig
-from ..errors import DataError, DuplicateImageWarning, EmptyClassWarning, LeakageWarning
+from ..errors import (
+    DataError,
+    DuplicateImageWarning,
+    EmptyClassWarning,
+    LeakageWarning,
+    MissingImageWarning,
+)
 from .names import display_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+#: The columns of a labels table: required, then optional.
+LABEL_COLUMNS = ("path", "label")
+OPTIONAL_LABEL_COLUMNS = ("split",)
+#: How many offending rows an error or warning names (it always gives the count).
+SHOWN_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -36,7 +85,7 @@ class ImageRecord:
 
     path: Path        # absolute path
     relpath: str      # path relative to the data root, '/'-separated
-    label: str        # class folder name
+    label: str        # class folder name, or the labels table's label
     split: str        # train | validation | test
     sha256: str       # hex sha256 of the file's bytes
     size: int         # bytes
@@ -48,6 +97,7 @@ class UnreadableFile:
 
     relpath: str
     reason: str
+    line: int = 0     # the line of the labels table that lists it; 0 for the folder layouts
 
 
 @dataclass(frozen=True)
@@ -91,6 +141,9 @@ class DatasetScan:
     split_folders: bool
     unreadable: list[UnreadableFile] = field(default_factory=list)
     duplicates: list[DuplicateGroup] = field(default_factory=list)
+    labels: Path | None = None  # the labels table the images come from; None: class folders
+    # files the labels table lists that do not exist (reason: "no such file (<table> line N)")
+    missing: list[UnreadableFile] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class: {split: {class: n}}."""
@@ -143,13 +196,85 @@ def _relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+class _Candidate(NamedTuple):
+    """A file to identify: where it is, its label, its split (None: the hash decides) and the
+    line of the labels table that lists it (0 for the folder layouts)."""
+
+    path: Path
+    relpath: str
+    label: str
+    split: str | None
+    line: int = 0
+
+
 def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
-    """Find, hash and split every image under ``data.root``; report duplicates and leakage.
+    """Find, hash and split every image under ``data.root`` (or every file ``data.labels``
+    lists); report duplicates and leakage.
 
     Raises :class:`DataError` when the folder has no class folders or mixes split folders with
-    class folders. Unreadable files are listed in ``unreadable``, not raised.
+    class folders, and for the problems of a labels table the module's docstring lists.
+    Unreadable files are listed in ``unreadable`` and files a labels table lists that do not
+    exist in ``missing``, not raised.
     """
     root = data.root
+    folder_errors: list[OSError] = []  # folders os.walk could not list
+    if data.labels is not None:
+        candidates, classes = _candidates_from_table(data.labels, root)
+        split_folders = False
+    else:
+        candidates, classes, split_folders = _candidates_from_folders(root, folder_errors)
+
+    def identify(item: _Candidate):
+        try:
+            info = item.path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                # a named pipe or device would block the read forever or never end
+                return None, 0, "not a regular file"
+            return sha256_file(item.path), info.st_size, None
+        except OSError as exc:
+            if item.line and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None, 0, _MISSING  # listed by the table, not there
+            return None, 0, f"unreadable: {exc.strerror or type(exc).__name__}"
+
+    with ThreadPoolExecutor(max_workers=hash_workers) as pool:
+        hashed = list(pool.map(identify, candidates))
+
+    fractions = (data.split.train, data.split.validation, data.split.test)
+    images, unreadable, missing = [], [], []
+    for item, (sha, size, error) in zip(candidates, hashed):
+        if error is _MISSING:
+            missing.append(UnreadableFile(item.relpath, f"no such file (line {item.line} of "
+                                                        f"{data.labels.name})", item.line))
+        elif sha is None:
+            unreadable.append(UnreadableFile(item.relpath, error, item.line))
+        else:
+            images.append(ImageRecord(path=item.path, relpath=item.relpath, label=item.label,
+                                      split=item.split or split_for(sha, fractions,
+                                                                    data.split.seed),
+                                      sha256=sha, size=size))
+    if missing and len(missing) == len(candidates):
+        raise DataError(f"{data.labels}: none of the {len(missing)} files it lists exists; "
+                        f"paths are relative to data.root ({root}): "
+                        f"{_rows_shown(missing)}")
+    for error in folder_errors:
+        folder = Path(error.filename) if error.filename else root
+        unreadable.append(UnreadableFile(_relpath(folder, root) + "/",
+                                         f"unreadable folder: {error.strerror}"))
+    scan = DatasetScan(root=root, classes=sorted(classes), images=images,
+                       split_folders=split_folders, unreadable=unreadable,
+                       labels=data.labels, missing=missing)
+    scan.duplicates = find_duplicates(images)
+    return scan
+
+
+#: What ``identify`` answers for a listed file that does not exist (compared by identity).
+_MISSING = "no such file"
+
+
+def _candidates_from_folders(root: Path, folder_errors: list[OSError]
+                             ) -> tuple[list[_Candidate], set[str], bool]:
+    """The images of the folder layouts: (candidates, classes, whether there are split
+    folders)."""
     top = _list_class_folders(root)
     names = [p.name for p in top]
     split_names = [n for n in names if n in SPLITS]
@@ -158,56 +283,171 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
         raise DataError(f"{root}: has split folders ({', '.join(split_names)}) and other folders "
                         f"({', '.join(others)}); use either <split>/<class>/ or <class>/ only")
     split_folders = bool(split_names)
-    candidates: list[tuple[Path, str, str | None]] = []  # (path, label, split or None)
-    folder_errors: list[OSError] = []  # folders os.walk could not list
+    candidates: list[_Candidate] = []
     classes: set[str] = set()
-    if split_folders:
-        for split_dir in top:
-            for class_dir in _list_class_folders(split_dir):
-                classes.add(class_dir.name)
-                candidates += [(p, class_dir.name, split_dir.name)
-                               for p in _list_images(class_dir, folder_errors)]
-    else:
-        for class_dir in top:
+    # (split or None, its class folders): the split folders', or the root's own
+    groups = ([(d.name, _list_class_folders(d)) for d in top] if split_folders
+              else [(None, top)])
+    for split, class_dirs in groups:
+        for class_dir in class_dirs:
             classes.add(class_dir.name)
-            candidates += [(p, class_dir.name, None)
+            candidates += [_Candidate(p, _relpath(p, root), class_dir.name, split)
                            for p in _list_images(class_dir, folder_errors)]
     if not classes:
         raise DataError(f"{root}: no class folders found; expected <class>/<image> or "
                         f"<split>/<class>/<image>")
+    return candidates, classes, split_folders
 
-    def identify(item: tuple[Path, str, str | None]):
-        path = item[0]
-        try:
-            info = path.stat()
-            if not stat.S_ISREG(info.st_mode):
-                # a named pipe or device would block the read forever or never end
-                return None, 0, "not a regular file"
-            return sha256_file(path), info.st_size, None
-        except OSError as exc:
-            return None, 0, f"unreadable: {exc.strerror or type(exc).__name__}"
 
-    with ThreadPoolExecutor(max_workers=hash_workers) as pool:
-        hashed = list(pool.map(identify, candidates))
+def _table_path(cell: str) -> tuple[str, str | None]:
+    """A labels table's path cell as a '/'-separated path relative to the root, or the kind of
+    problem it has. Checked by its text alone, not on disk: '..' could otherwise climb out of
+    the root through a symlinked folder, and the view's relative paths would be wrong."""
+    if "\\" in cell:
+        return "", "backslash"
+    if cell.startswith("/"):
+        return "", "outside"
+    parts = [part for part in cell.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return "", "outside"
+    if not parts:
+        return "", "empty path"
+    return "/".join(parts), None
 
-    fractions = (data.split.train, data.split.validation, data.split.test)
-    images, unreadable = [], []
-    for (path, label, split), (sha, size, error) in zip(candidates, hashed):
-        rel = _relpath(path, root)
-        if sha is None:
-            unreadable.append(UnreadableFile(rel, error))
-            continue
-        images.append(ImageRecord(path=path, relpath=rel, label=label,
-                                  split=split or split_for(sha, fractions, data.split.seed),
-                                  sha256=sha, size=size))
-    for error in folder_errors:
-        folder = Path(error.filename) if error.filename else root
-        unreadable.append(UnreadableFile(_relpath(folder, root) + "/",
-                                         f"unreadable folder: {error.strerror}"))
-    scan = DatasetScan(root=root, classes=sorted(classes), images=images,
-                       split_folders=split_folders, unreadable=unreadable)
-    scan.duplicates = find_duplicates(images)
-    return scan
+
+#: The problems a labels table's rows can have, in the order an error lists them.
+_ROW_PROBLEMS = {
+    "cells": "more cells than the header has columns (quote a cell that holds a comma)",
+    "empty path": "an empty path",
+    "outside": "a path outside data.root (absolute, or with a '..' component)",
+    "backslash": "a backslash in the path (paths are '/'-separated)",
+    "empty label": "an empty label",
+    "split": f"an unknown split (allowed: {', '.join(SPLITS)}, or blank for the hash split "
+             f"of data.split)",
+    "duplicate": "a path listed on an earlier row (a file has one row)",
+}
+
+
+def _rows_shown(rows: list[tuple[int, str]] | list[UnreadableFile]) -> str:
+    """The first :data:`SHOWN_ROWS` of ``rows`` as 'line N path', and how many more."""
+    pairs = [(row.line, display_path(row.relpath)) if isinstance(row, UnreadableFile) else row
+             for row in rows]
+    shown = ", ".join(f"line {line} {text}" for line, text in pairs[:SHOWN_ROWS])
+    more = len(pairs) - SHOWN_ROWS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _candidates_from_table(table: Path, root: Path) -> tuple[list[_Candidate], set[str]]:
+    """The rows of a labels table: (candidates in table order, classes). The header's
+    problems, and then all the rows' problems, are one DataError each: a user fixes the table
+    in one go rather than one error per run."""
+    problems: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    bad_lines: set[int] = set()
+    candidates: list[_Candidate] = []
+    first_line: dict[str, int] = {}   # normalised path -> line of its row
+
+    def problem(kind: str, line: int, text: str) -> None:
+        problems[kind].append((line, text))
+        bad_lines.add(line)
+
+    try:
+        raw = table.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {table}: {exc.strerror or exc}") from None
+    try:
+        # utf-8-sig: Excel starts its CSV files with a byte-order mark. Decoded at once, not
+        # streamed, so that a bad byte's line is known exactly.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{table} line {bad_line}: not UTF-8 text; "
+                        f"save the table as UTF-8 (\"CSV UTF-8\" in spreadsheets)") from None
+    del raw
+    line = 0
+    try:
+        # newline="": the csv module handles line breaks, also inside quoted cells
+        with io.StringIO(text, newline="") as fh:
+            reader = csv.reader(fh)
+            header, header_line = None, 0
+            for cells in reader:
+                if any(cell.strip() for cell in cells):
+                    header, header_line = [cell.strip() for cell in cells], reader.line_num
+                    while not header[-1]:  # a trailing comma, as rows may have too
+                        header.pop()
+                    break
+            if header is None:
+                raise DataError(f"{table}: no header row; the first line must name the columns "
+                                f"{','.join(LABEL_COLUMNS)}[,{','.join(OPTIONAL_LABEL_COLUMNS)}]")
+            index = _columns(table, header_line, header)
+            line = reader.line_num
+            for cells in reader:
+                # a row starts on the line after the previous one ended (quoted cells may
+                # span lines); rows of blank cells only, as spreadsheets leave, are skipped
+                start, line = line + 1, reader.line_num
+                cells = [cell.strip() for cell in cells]
+                if not any(cells):
+                    continue
+                cells += [""] * (len(header) - len(cells))  # short rows: blank cells, as pandas
+                cell, label = cells[index["path"]], cells[index["label"]]
+                split = cells[index["split"]] if "split" in index else ""
+                shown = display_path(cell) if cell else "(no path)"
+                if any(cells[len(header):]):  # blank extra cells: a trailing comma, harmless
+                    problem("cells", start, f"{shown} ({len(cells)} cells)")
+                    continue
+                relpath, kind = _table_path(cell)
+                if kind:
+                    problem(kind, start, shown)
+                if not label:
+                    problem("empty label", start, shown)
+                if split and split not in SPLITS:
+                    problem("split", start, f"{shown}: {split!r}")
+                if kind:
+                    continue
+                if relpath in first_line:
+                    problem("duplicate", start, f"{shown} (also line {first_line[relpath]})")
+                    continue
+                first_line[relpath] = start
+                candidates.append(_Candidate(root / relpath, relpath, label, split or None,
+                                             start))
+    except csv.Error as exc:
+        raise DataError(f"{table} line {line + 1}: not a readable CSV table: {exc}") from None
+    if problems:
+        lines = [f"{len(problems[kind])} row(s) with {description}: "
+                 f"{_rows_shown(problems[kind])}"
+                 for kind, description in _ROW_PROBLEMS.items() if problems.get(kind)]
+        raise DataError(f"{table}: {len(bad_lines)} row(s) cannot be used\n" + "\n".join(lines))
+    if not candidates:
+        raise DataError(f"{table}: no rows below the header; list one image a row "
+                        f"(path,label[,split])")
+    return candidates, {item.label for item in candidates}
+
+
+def _columns(table: Path, line: int, header: list[str]) -> dict[str, int]:
+    """Column name -> position, from a labels table's header row; a DataError naming every
+    problem of the header."""
+    allowed = LABEL_COLUMNS + OPTIONAL_LABEL_COLUMNS
+    unknown = [name for name in header if name not in allowed]
+    doubled = sorted({name for name in header if name in allowed and header.count(name) > 1})
+    absent = [name for name in LABEL_COLUMNS if name not in header]
+    problems = []
+    if absent:
+        problems.append(f"no {' or '.join(absent)} column")
+    if unknown:
+        def named(name: str) -> str:
+            hint = (" (an empty column name)" if name == "" else
+                    f" (did you mean {name.lower()}?)" if name.lower() in allowed else "")
+            return repr(display_path(name)) + hint
+
+        problems.append(f"unknown column(s) {', '.join(map(named, unknown))}")
+    if doubled:
+        problems.append(f"column(s) named twice: {', '.join(doubled)}")
+    if problems:
+        hint = (" (the first line must be the header row)" if absent == list(LABEL_COLUMNS)
+                else "")
+        raise DataError(f"{table} line {line}: {'; '.join(problems)}{hint}; allowed columns: "
+                        f"{', '.join(LABEL_COLUMNS)} (required), "
+                        f"{', '.join(OPTIONAL_LABEL_COLUMNS)} (optional)")
+    return {name: header.index(name) for name in header}
 
 
 def find_duplicates(images: list[ImageRecord]) -> list[DuplicateGroup]:
@@ -224,6 +464,10 @@ def find_duplicates(images: list[ImageRecord]) -> list[DuplicateGroup]:
 
 def warn_about(scan: DatasetScan) -> None:
     """Emit the named warnings a user must see about this dataset."""
+    if scan.missing:
+        warnings.warn(f"{scan.labels}: {len(scan.missing)} listed file(s) do not exist under "
+                      f"{scan.root} and are left out: {_rows_shown(scan.missing)}",
+                      MissingImageWarning, stacklevel=2)
     for group in scan.duplicates:
         files = ", ".join(map(display_path, group.paths))
         if group.kind == "leakage":

@@ -2,9 +2,10 @@
 
 The cache holds features by content; labels and paths belong here, because the same image can
 sit in two experiments with different labels or splits. The extract stage writes one view per
-(data root, split settings) into the fingerprint's cache folder, ``<store>/views/<id>.json``,
-so later stages find the images they train on, and cache maintenance knows which entries are
-still referenced. Human-readable CSV copies go into the run folder.
+(data root, split settings, labels table) into the fingerprint's cache folder,
+``<store>/views/<id>.json``, so later stages find the images they train on, and cache
+maintenance knows which entries are still referenced. Human-readable CSV copies go into the
+run folder.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class DatasetView:
     # whether the output tensor is cached too (backbone.keep_output), in the store of
     # ``fingerprint``, which holds the view either way
     keep_output: bool = True
+    # the labels table (data.labels) the labels and splits come from; "": the folder layout
+    labels: str = ""
 
     def select(self, split: str) -> list[ViewImage]:
         """Images of one split, in view order."""
@@ -109,13 +112,16 @@ class DatasetView:
     def check_trainable(self, selected_on: str) -> None:
         """:class:`PipelineError` unless the view has 2+ classes and non-empty train and
         validation splits; ``selected_on`` says what validation is for, in the message."""
+        # where the classes and splits came from, for the messages
+        classes, splits = (("labels", f"the split column of {self.labels}") if self.labels
+                           else ("class folders", "the split folders"))
         if len(self.classes) < 2:
             raise PipelineError(f"the dataset view has {len(self.classes)} class(es); a "
-                                f"classifier needs at least 2 class folders")
+                                f"classifier needs at least 2 {classes}")
         for split in ("train", "validation"):
             if not self.select(split):
                 raise PipelineError(f"the {split} split has no images; {selected_on} (check "
-                                    f"data.split or the split folders)")
+                                    f"data.split or {splits})")
 
     def stores(self) -> dict[str, str]:
         """The fingerprint of the store of each part cached for the view's images."""
@@ -123,7 +129,7 @@ class DatasetView:
 
     def to_json(self) -> dict:
         """Plain data for ``json.dump`` (without taps, as views were before them, when none
-        are cached)."""
+        are cached, and without labels for the folder layouts)."""
         payload = {"root": self.root, "classes": list(self.classes),
                    "fingerprint": self.fingerprint,
                    "images": [image.__dict__ for image in self.images],
@@ -134,6 +140,8 @@ class DatasetView:
                    {"id": self.augmented.id, "count": self.augmented.count}}
         if self.taps or not self.keep_output:
             payload.update(taps=dict(self.taps), keep_output=self.keep_output)
+        if self.labels:  # only then, so views of the folder layouts keep their content hash
+            payload["labels"] = self.labels
         return {**payload, "format": VIEW_FORMAT}
 
     @classmethod
@@ -151,7 +159,8 @@ class DatasetView:
                    augmented=None if augmented is None else
                    AugmentedCopiesSpec(id=augmented["id"], count=int(augmented["count"])),
                    taps=dict(payload.get("taps", {})),
-                   keep_output=bool(payload.get("keep_output", True)))
+                   keep_output=bool(payload.get("keep_output", True)),
+                   labels=payload.get("labels", ""))
 
 
 def augmented_key(image_sha256: str, augmentation_id: str, number: int) -> str:
@@ -162,10 +171,16 @@ def augmented_key(image_sha256: str, augmentation_id: str, number: int) -> str:
 
 
 def view_id(config: PipelineConfig) -> str:
-    """Identifies a view by what decides its contents: data root and split settings."""
-    split = config.data.split
-    return sha256_text(f"{config.data.root}|{split.train}|{split.validation}|{split.test}|"
-                       f"{split.seed}")[:16]
+    """Identifies a view by what decides its contents: data root, split settings and the
+    labels table, when there is one (named by its path: an edited table rewrites the same
+    view). The text hashed for the folder layouts is that of earlier releases, byte for
+    byte, so their views keep their ids."""
+    data = config.data
+    split = data.split
+    text = f"{data.root}|{split.train}|{split.validation}|{split.test}|{split.seed}"
+    if data.labels is not None:
+        text += f"|labels={data.labels}"
+    return sha256_text(text)[:16]
 
 
 def write_view(view: DatasetView, path: Path) -> None:

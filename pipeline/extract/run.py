@@ -114,9 +114,9 @@ def lacking(ctx: RunContext, keys: list[str]) -> dict[str, set[str]]:
 
 
 def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
-    """Extract the output and the taps of every image under ``data.root`` that the cache
-    lacks (an image that lacks one part goes through the backbone once, for the parts it
-    lacks; what a store already holds is never written again).
+    """Extract the output and the taps of every image under ``data.root`` (or that
+    ``data.labels`` lists) that the cache lacks (an image that lacks one part goes through the
+    backbone once, for the parts it lacks; what a store already holds is never written again).
 
     Raises PipelineError subclasses for bad configuration or weights before any image is read.
     On an exception or Ctrl-C during extraction, every finished batch is committed to the cache
@@ -152,9 +152,13 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     if copies.count:
         view.augmented = AugmentedCopiesSpec(id=augmentation_id(copies), count=copies.count)
         augmented = extract_augmented_copies(ctx, view, inferences, progress)
+    # files the labels table lists but that do not exist had one MissingImageWarning for all
+    # (warn_about): a table of a larger collection may well name thousands
+    not_there = {item.relpath for item in scan.missing}
     for item in view.skipped:
-        warnings.warn(f"skipped {display_path(item.path)}: {item.reason}", SkippedImageWarning,
-                      stacklevel=2)
+        if item.path not in not_there:
+            warnings.warn(f"skipped {display_path(item.path)}: {item.reason}",
+                          SkippedImageWarning, stacklevel=2)
     _warn_about_empty_classes(view, scan)
     view_file = ctx.write_view(view)
     return ExtractResult(fingerprint=ctx.fingerprint.id, store_path=store.path,
@@ -235,10 +239,12 @@ def _build_view(scan: DatasetScan, ctx: RunContext, failures: dict[str, str]) ->
               for i in scan.images if i.sha256 not in failures]
     skipped = [SkippedFile(path=i.relpath, sha256=i.sha256, reason=failures[i.sha256])
                for i in scan.images if i.sha256 in failures]
-    skipped += [SkippedFile(path=u.relpath, sha256="", reason=u.reason) for u in scan.unreadable]
+    skipped += [SkippedFile(path=u.relpath, sha256="", reason=u.reason)
+                for u in scan.unreadable + scan.missing]
     skipped.sort(key=lambda s: s.path)  # one listing in folder order, whatever failed where
     return DatasetView(root=str(scan.root), classes=scan.classes,
                        fingerprint=ctx.fingerprint.id, images=images, skipped=skipped,
                        duplicates=list(scan.duplicates), split_folders=scan.split_folders,
                        taps={tap: fp.id for tap, fp in ctx.tap_fingerprints.items()},
-                       keep_output=ctx.spec.keep_output)
+                       keep_output=ctx.spec.keep_output,
+                       labels=str(scan.labels) if scan.labels else "")
