@@ -7,7 +7,7 @@ project's taps power-normalised. Two tables:
 - ``grid``: each optimizer and learning rate of a grid, the inputs standardised as the head
   does by default (each feature centred, each part scaled as a whole), batch 32, up to 50
   epochs with early stopping on validation accuracy (patience 10, best epoch restored);
-- ``ablation``: what made the head learn, one change at a time from the source material's
+- ``ablation``: what made the head learn, one change at a time from the reference recipe's
   recipe (RMSprop 2e-5, batch 20, 30 epochs, unscaled) to the default (Adam 1e-3, batch 32,
   up to 50 epochs, patience 10, scaled per part), and scaling per feature (scikit-learn's
   StandardScaler's rule) against per part on the same cache;
@@ -35,7 +35,7 @@ GRID = {"adam": [1e-4, 3e-4, 1e-3, 3e-3], "rmsprop": [1e-4, 3e-4, 1e-3],
         "sgd": [1e-2, 3e-2]}
 SOURCE_RECIPE = {"optimizer": "rmsprop", "learning_rate": 2e-5, "batch_size": 20,
                  "epochs": 30, "patience": None}
-#: The source material's dense head as a head of stages.yaml: what ``kind: dense`` trained
+#: The reference recipe's dense head as a head of stages.yaml: what ``kind: dense`` trained
 #: before issue 20 (the other benchmarks' baseline).
 SOURCE_HEAD = {"kind": "dense", "features": "flatten", "normalize": "none", "scale": False,
                "params": SOURCE_RECIPE}

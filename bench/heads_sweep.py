@@ -1,10 +1,10 @@
 """Benchmark: the dense head on 2,000 cached features, and a sweep with dask vs serial.
 
-1. dense:  the source material's dense head (Flatten, Dense 256, Dropout 0.5, RMSprop 2e-5,
+1. dense:  the reference recipe's dense head (Flatten, Dense 256, Dropout 0.5, RMSprop 2e-5,
            batch 20, 30 epochs, no early stopping) on 2,000 training and 1,000 validation rows
-           of (4, 4, 512) features read from a feature cache, as in the source's cats-vs-dogs
-           setting. The rows are the cached flowers-1000 features, repeated with a little noise
-           to reach 2,000 + 1,000 (the fit's cost does not depend on their values).
+           of (4, 4, 512) features read from a feature cache, as in the reference recipe's
+           cats-vs-dogs setting. The rows are the cached flowers-1000 features, repeated with a
+           little noise to reach 2,000 + 1,000 (the fit's cost does not depend on their values).
 2. sweep:  ``pipeline run heads`` with a sweep of SWEEP_TRIALS trials over several head types on
            the flowers-1000 cache, on a dask LocalCluster (one single-threaded worker per core),
            then with ``cluster.scheduler: synchronous`` (one trial after another, in process)

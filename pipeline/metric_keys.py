@@ -1,8 +1,9 @@
 """The keys of a run's ``metrics.json``: one constant (or key function) each, used by the stages
 that write them and by everything that reads them (``pipeline runs``, the report, the CLI).
 
-The README's table of keys is checked against :data:`DOCUMENTED` by a test; keys that hold a
-name or a number use the placeholders ``<stage>``, ``<name>`` (a head) and ``<phase>``. A key
+The table of keys in docs/reference/outputs.md is checked against :data:`DOCUMENTED` by a
+test; keys that hold a name or a number use the placeholders ``<stage>``, ``<name>`` (a head)
+and ``<phase>``. A key
 renamed in a release keeps its former name in :data:`FORMER_NAMES`, and readers of earlier
 runs' metrics go through :func:`read`.
 """
@@ -98,7 +99,7 @@ def read(metrics: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return metrics[former] if former is not None and former in metrics else default
 
 
-#: Every key, as the README documents it.
+#: Every key, as docs/reference/outputs.md documents it.
 DOCUMENTED = (
     EXTRACT_FINGERPRINT, EXTRACT_IMAGES, EXTRACT_IMAGES_NEW, EXTRACT_IMAGES_CACHED,
     EXTRACT_IMAGES_SKIPPED, EXTRACT_DUPLICATE_GROUPS, EXTRACT_LEAKAGE_GROUPS, EXTRACT_SECONDS,

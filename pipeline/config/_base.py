@@ -27,9 +27,13 @@ OPTIMIZERS = ("rmsprop", "adam", "nadam", "sgd")
 
 
 class Section(BaseModel):
-    """A strict, immutable section: unknown keys and wrongly typed values are errors."""
+    """A strict, immutable section: unknown keys and wrongly typed values are errors.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+    A key's meaning is the docstring written under it (pydantic's attribute docstrings): the
+    generated stages.yaml reference (:mod:`pipeline.reference`) prints it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 def section_default() -> Any:

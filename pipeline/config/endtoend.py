@@ -27,7 +27,7 @@ from ._base import OPTIMIZERS, Bool, Float, Int, Section, resolve_path
 
 
 class AugmentConfig(Section):
-    """Random image transforms, each off at 0 / false. Defaults are the source material's.
+    """Random image transforms, each off at 0 / false. Defaults are the reference recipe's.
 
     ``rotation`` is in degrees (up to +-40); shifts and zoom are fractions of the image side;
     ``shear`` is the horizontal shear as a fraction of the width (Keras' ``RandomShear``; the
@@ -36,13 +36,21 @@ class AugmentConfig(Section):
     """
 
     horizontal_flip: Bool = True
+    """Mirror left-right at random."""
     rotation: Float = Field(40.0, ge=0, le=180)
+    """Largest random rotation, degrees either way."""
     width_shift: Float = Field(0.2, ge=0, lt=1)
+    """Largest horizontal shift, a fraction of the width."""
     height_shift: Float = Field(0.2, ge=0, lt=1)
+    """Largest vertical shift, a fraction of the height."""
     shear: Float = Field(0.2, ge=0, le=1)
+    """Largest horizontal shear, a fraction of the width."""
     zoom: Float = Field(0.2, ge=0, lt=1)
+    """Largest zoom in or out, a fraction of the side."""
     fill_mode: Literal["constant", "nearest", "reflect", "wrap"] = "constant"
+    """How uncovered areas are filled: ``constant``, ``nearest``, ``reflect`` or ``wrap``."""
     fill_value: Float = Field(0.0, ge=0, le=255)
+    """The pixel value ``constant`` fills with (0: black)."""
 
     @property
     def enabled(self) -> bool:
@@ -61,24 +69,38 @@ class FinetuneConfig(Section):
     """The end-to-end stage: augmentation through the frozen base, then block5 fine-tuning."""
 
     augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
-    # auto: the newest dense head that the heads stage trained on this backbone's cache for
-    # the same classes; a path: that head's folder (runs/<run>/heads/<name>); null: a new head.
+    """Random transforms of the training images, applied in the model on every epoch."""
     head_from: Optional[Union[Literal["auto"], Path]] = "auto"
-    units: Int = Field(256, ge=1, le=65_536)      # a new head's hidden layer
+    """``auto``: the newest dense head the heads stage trained on this backbone's cache for the
+    same classes; a path: that head's folder (``runs/<run>/heads/<name>``); null: a new head of
+    ``units`` and ``dropout``."""
+    units: Int = Field(256, ge=1, le=65_536)
+    """A new head's hidden layer."""
     dropout: Float = Field(0.5, ge=0, lt=1)
+    """A new head's dropout rate."""
     batch_size: Int = Field(20, ge=1, le=4096)
+    """Images per gradient step."""
     frozen_epochs: Int = Field(30, ge=0, le=100_000)
+    """Phase 1, base frozen: most epochs (0 skips the phase)."""
     frozen_optimizer: Literal[OPTIMIZERS] = "rmsprop"  # type: ignore[valid-type]
+    """Phase 1's Keras optimizer."""
     frozen_learning_rate: Float = Field(2e-5, gt=0, le=10)
+    """Phase 1's learning rate."""
     finetune_epochs: Int = Field(100, ge=0, le=100_000)
+    """Phase 2, ``unfreeze`` opened: most epochs (0 skips the phase)."""
     finetune_optimizer: Literal[OPTIMIZERS] = "rmsprop"  # type: ignore[valid-type]
+    """Phase 2's Keras optimizer."""
     finetune_learning_rate: Float = Field(1e-5, gt=0, le=10)
-    # Base layers phase 2 trains: names of blocks (block5) or layers (block4_conv3), or the
-    # index of the first trainable base layer (15 = block5_conv1, as "from layer 15 on").
+    """Phase 2's learning rate (lower, so the opened layers move little)."""
     unfreeze: Union[Int, list[str]] = Field(default_factory=lambda: ["block5"])
-    patience: Optional[Int] = Field(10, ge=0)    # early stopping on val_accuracy; null: off
+    """Base layers phase 2 trains: blocks (``block5``), layers (``block4_conv3``), or the index
+    of the first trainable base layer (15 = block5_conv1)."""
+    patience: Optional[Int] = Field(10, ge=0)
+    """Early stopping on validation accuracy, per phase; null: off."""
     restore_best: Bool = True
+    """With early stopping, end each phase with its best validation epoch's weights."""
     seed: Int = 0
+    """Seed of the augmentation, the new head's weights and the batch order."""
 
     @field_validator("unfreeze")
     @classmethod
@@ -130,15 +152,25 @@ class ScratchConfig(Section):
     """The from-scratch CNN baseline: rescale 1/255, conv + max-pool blocks, two dense layers."""
 
     filters: list[Int] = Field(default_factory=lambda: [16, 32, 64], min_length=1, max_length=6)
+    """Filters of each conv + max-pool block (1 to 6 blocks)."""
     units: Int = Field(128, ge=1, le=65_536)
+    """Units of the hidden dense layer."""
     augmentation: AugmentConfig = Field(default_factory=_no_augmentation)
+    """Random transforms of the training images (all off by default)."""
     epochs: Int = Field(5, ge=1, le=100_000)
+    """Most epochs."""
     batch_size: Int = Field(32, ge=1, le=4096)
+    """Images per gradient step."""
     optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    """Keras optimizer."""
     learning_rate: Float = Field(1e-3, gt=0, le=10)
+    """The optimizer's learning rate."""
     patience: Optional[Int] = Field(5, ge=0)
+    """Early stopping on validation accuracy; null: off."""
     restore_best: Bool = True
+    """With early stopping, end with the best validation epoch's weights."""
     seed: Int = 0
+    """Seed of the weights, the augmentation and the batch order."""
 
     @model_validator(mode="after")
     def _positive_filters(self) -> ScratchConfig:
@@ -156,8 +188,12 @@ class AugmentedCopiesConfig(Section):
     """
 
     count: Int = Field(0, ge=0, le=1000)
+    """Augmented copies cached per training image (0: none)."""
     augmentation: AugmentConfig = Field(default_factory=AugmentConfig)
+    """The copies' transforms (keys as ``stages.finetune.augmentation``); part of each copy's
+    cache key."""
     seed: Int = 0
+    """Part of every copy's seed and cache key."""
 
     @model_validator(mode="after")
     def _transforms_on(self) -> AugmentedCopiesConfig:

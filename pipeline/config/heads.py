@@ -6,7 +6,7 @@ features it reads, and its parameters; an optional ``sweep`` lists values to sea
     stages:
       heads:
         models:
-          dense: {kind: dense}                 # the source material's dense head
+          dense: {kind: dense}                 # the reference recipe's dense head
           logreg:
             kind: logistic_regression
             features: [block4_conv3.gap, gap]  # taps and parts of the output, concatenated
@@ -69,22 +69,29 @@ def check_features(features: Any) -> None:
 
 
 class DenseParams(Section):
-    """The dense head (the source material's: Dense ``units`` relu, Dropout, the class layer)
+    """The dense head (the reference recipe's: Dense ``units`` relu, Dropout, the class layer)
     and how it is trained. The optimizer and learning rate were chosen by measurement on
     flowers-1000 (docs/benchmarks.md), with this batch size, epochs and patience; the source
     material's recipe is ``optimizer: rmsprop``, ``learning_rate: 2.0e-5``, ``batch_size: 20``,
     ``epochs: 30``, ``patience: null`` on unscaled features (the head's ``scale: false``)."""
 
     units: Int = Field(256, ge=1, le=65_536)
+    """Units of the hidden Dense layer (relu)."""
     dropout: Float = Field(0.5, ge=0, lt=1)
+    """Dropout rate after the hidden layer."""
     optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    """Keras optimizer: adam, rmsprop, nadam or sgd."""
     learning_rate: Float = Field(1e-3, gt=0, le=10)
+    """The optimizer's learning rate."""
     epochs: Int = Field(50, ge=1, le=100_000)
+    """Most epochs to train."""
     batch_size: Int = Field(32, ge=1, le=1_000_000)
-    # Early stopping on validation accuracy (Keras' EarlyStopping); null turns it off.
+    """Rows per gradient step."""
     patience: Optional[Int] = Field(10, ge=0)
-    # with early stopping, end with the weights of the best validation epoch
+    """Early stopping on validation accuracy (Keras' EarlyStopping): epochs without a better
+    one before training stops; null turns it off."""
     restore_best: Bool = True
+    """With early stopping, end with the weights of the best validation epoch."""
 
 
 class SweepConfig(Section):
@@ -96,9 +103,15 @@ class SweepConfig(Section):
     """
 
     method: Literal["grid", "random"] = "grid"
+    """``grid`` (every combination of the listed values) or ``random`` (``n_trials`` draws)."""
     params: dict[str, Any]
-    n_trials: Int = Field(10, ge=1, le=100_000)  # random search only
+    """Parameter name -> list of values, or (random only) ``{loguniform: [low, high]}``,
+    ``{uniform: [low, high]}`` or ``{randint: [low, high]}``. Names are estimator parameters,
+    dense head parameters, or ``features``, ``normalize``, ``scale``, ``pca``."""
+    n_trials: Int = Field(10, ge=1, le=100_000)
+    """Trials a random search draws."""
     seed: Int = 0
+    """Seed of the random search's draws."""
 
     @field_validator("params")
     @classmethod
@@ -157,27 +170,43 @@ class IncrementalConfig(Section):
     """Train from the lazy on-disk features a chunk at a time (``sgd`` only)."""
 
     chunk_rows: Int = Field(1024, ge=1, le=10_000_000)
+    """Rows read from the cache and passed to ``partial_fit`` at a time."""
     epochs: Int = Field(5, ge=1, le=100_000)
+    """Passes over the training rows."""
 
 
 class HeadConfig(Section):
     """One head trained on cached features."""
 
     kind: Literal[HEAD_KINDS]  # type: ignore[valid-type]
-    # a part of the output tensor, a tap of backbone.taps, or a list of them (concatenated)
+    """What the head is: ``dense`` (Keras), or a scikit-learn estimator:
+    ``logistic_regression``, ``linear_svm``, ``sgd``, ``random_forest``, ``extra_trees``,
+    ``gradient_boosting``, ``knn``, ``mlp``."""
     features: Union[str, list[str]] = "flatten"
+    """What the head reads: ``flatten`` (the whole output tensor), ``gap`` or ``gmp`` (its
+    global average or max pool), a tap of ``backbone.taps``, or a list of them (concatenated
+    in order)."""
     normalize: Literal[NORMALIZATIONS] = "none"  # type: ignore[valid-type]
-    # Standardise with the training split's statistics: before a scikit-learn estimator a
-    # StandardScaler (each feature by its own mean and deviation); in a dense head a
-    # Normalization layer inside the saved model (each feature centred, each part scaled as a
-    # whole). Left out: on for Keras kinds, whose gradient steps need inputs of one scale, off
-    # for scikit-learn.
+    """Per part, before the parts are concatenated: ``none``, ``l2`` (unit length) or
+    ``power`` (signed square root, then unit length)."""
     scale: Bool = False
-    # PCA components: a whole number, or a fraction of variance to keep in (0, 1)
+    """Standardise with the training split's statistics: before a scikit-learn estimator a
+    StandardScaler (each feature by its own mean and deviation); in a dense head a
+    Normalization layer inside the saved model (each feature centred, each part scaled as a
+    whole). Left out: true for ``dense`` (gradient steps need inputs of one scale), false for
+    scikit-learn kinds."""
+    # Left out, the default is true for Keras kinds: see _scale_by_kind.
     pca: Optional[Union[Int, Float]] = None
+    """PCA before a scikit-learn estimator: a number of components, or the fraction of
+    variance to keep in (0, 1); null: none."""
     params: dict[str, Any] = Field(default_factory=dict)
+    """Parameters of the estimator (scikit-learn's names, checked before the run starts) or,
+    for ``dense``, of the dense head (``stages.heads.models.<name>.params`` of a dense head
+    below)."""
     sweep: Optional[SweepConfig] = None
+    """Values to search; every trial is ranked on validation (null: one trial)."""
     incremental: Optional[IncrementalConfig] = None
+    """``sgd`` only: train from the cache a chunk of rows at a time, in bounded memory."""
 
     @field_validator("features")
     @classmethod
@@ -233,11 +262,16 @@ class HeadsConfig(Section):
 
     models: dict[str, HeadConfig] = Field(
         default_factory=lambda: {"dense": HeadConfig(kind="dense")})
+    """The heads to train, by name (letters, digits, ``_`` and ``-``: names are folders)."""
     metric: Literal[tuple(METRICS)] = "val_accuracy"  # type: ignore[valid-type]
-    seed: Int = 0  # random_state of every estimator and Keras' seed
-    # Train on the cached augmented copies of the training images too, when extract made them
-    # (stages.extract.augmented_copies.count > 0). Validation and test are never augmented.
+    """Ranks trials and picks the best head: ``val_accuracy``, ``val_f1_macro`` or
+    ``val_log_loss`` (lower is better)."""
+    seed: Int = 0
+    """``random_state`` of every estimator, and Keras' seed."""
     augmented_copies: Bool = True
+    """Train on the cached augmented copies of the training images too, when extract made
+    them (``stages.extract.augmented_copies.count`` > 0). Validation and test are never
+    augmented."""
 
     @field_validator("models")
     @classmethod

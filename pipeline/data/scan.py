@@ -1,6 +1,6 @@
 """The labelled image folder: find images, identify them by content, split them, find duplicates.
 
-Two folder layouts are understood (the README's stages.yaml table, ``data.root``):
+Two folder layouts are understood (``data.root`` in the stages.yaml reference):
 
 - ``root/<class>/<image>``: the split is decided per image by a seeded hash of its content, so a
   given image always lands in the same split, whatever else is added or removed;

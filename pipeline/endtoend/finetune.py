@@ -178,7 +178,7 @@ def build_finetune_model(ctx: RunContext, n_classes: int,
     if warm_start is not None:
         head = load_head(warm_start)[0].model
     else:
-        # the source material's head on the raw output: there are no cached training rows
+        # the reference recipe's head on the raw output: there are no cached training rows
         # here to take standardising statistics from
         head = dense_model(DenseParams(units=params.units, dropout=params.dropout), "flatten",
                            "none", {OUTPUT: spec.output_shape}, n_classes, params.seed,
@@ -267,7 +267,7 @@ def run_finetune(ctx: RunContext, output: Path, progress: bool = True) -> Finetu
                       loss=loss, metrics=["accuracy"])
         table = format_layer_table(layer_table(model))
         write_atomic(folder / f"layers_{name}.txt", table + "\n")
-        if progress:  # shown before the phase starts, as the source material does
+        if progress:  # shown before the phase starts, as the reference recipe does
             print(f"finetune {name}: layers before training\n{table}", flush=True)
         counts[name] = base_parameter_counts(base)
         phases.append(train_phase(model, name, batches["train"], batches["validation"],

@@ -1,4 +1,4 @@
-"""The scratch stage: the source material's CNN trained from nothing, as a baseline.
+"""The scratch stage: the reference recipe's CNN trained from nothing, as a baseline.
 
 ``pixels -> [augmentation] -> rescale 1/255 -> (conv 3x3 relu + max-pool) x len(filters) ->
 flatten -> dense relu -> dense softmax``, on the dataset view's train/validation/test splits,

@@ -58,7 +58,7 @@ FINETUNE = Stage(
 
 SCRATCH = Stage(
     name="scratch",
-    help="trains the source material's small CNN from scratch on the same splits, as a "
+    help="trains the reference recipe's small CNN from scratch on the same splits, as a "
          "baseline.",
     run=_run_scratch,
     params=("stages.scratch",),

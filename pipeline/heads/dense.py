@@ -1,4 +1,4 @@
-"""The dense head kind: the source material's Keras head on cached features.
+"""The dense head kind: the reference recipe's Keras head on cached features.
 
 ``features -> each part taken (the output: Flatten | GlobalAveragePooling2D |
 GlobalMaxPooling2D; a tap as it is) and normalised -> concatenated -> standardised -> Dense

@@ -299,6 +299,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def format_score(value: float | None, digits: int = 4) -> str:
-    """A score for tables: ``-`` for a missing (None or NaN) one."""
+def format_score(value: float | None, digits: int = 3) -> str:
+    """A score for people: 3 decimals (a thousandth is finer than any test set here
+    resolves), ``-`` for a missing (None or NaN) one."""
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"

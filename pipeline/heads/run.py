@@ -103,13 +103,13 @@ class HeadsResult:
             f"  features read from cache {self.fingerprint}: no image decoded, no extraction",
             format_leaderboard(self.ranked),
             f"best: {best.name} (trial {best.result.trial}), selected by {self.metric}: "
-            f"validation accuracy {format_score(best.scores['validation'].accuracy, 3)}, "
-            f"test accuracy {format_score(best.scores['test'].accuracy, 3)} "
+            f"validation accuracy {format_score(best.scores['validation'].accuracy)}, "
+            f"test accuracy {format_score(best.scores['test'].accuracy)} "
             f"({sizes['test']} test images; the only model evaluated on test)",
         ]
         for outcome in self.outcomes:
             lines.append(f"  {outcome.name:<20} val "
-                         f"{format_score(outcome.scores['validation'].accuracy, 3)}"
+                         f"{format_score(outcome.scores['validation'].accuracy)}"
                          f"  {outcome.folder}")
         for name in self.failed_heads:
             lines.append(f"  {name:<20} every trial failed; see leaderboard.csv")

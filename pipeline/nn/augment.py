@@ -1,4 +1,4 @@
-"""Augmentation: the source material's random transforms as Keras preprocessing layers.
+"""Augmentation: the reference recipe's random transforms as Keras preprocessing layers.
 
 One definition serves both routes. Inside an end-to-end model the layers draw new transforms
 every step (training only; at inference they pass images through unchanged). For cached

@@ -7,7 +7,7 @@ single file from a Jinja2 template (autoescaped), every figure and thumbnail inl
 network, no side files, and it opens nowhere by itself. It never builds a model and never
 needs the backbone's weights. Sections: data, extraction, the probe, the leaderboard, the test
 images the best head gets wrong, a map of the features, training curves (raw and smoothed
-with an exponential moving average, as the source material plots them), confusion matrices,
+with an exponential moving average, as the reference recipe plots them), confusion matrices,
 and the recipes compared by accuracy and time.
 """
 
