@@ -11,7 +11,6 @@ could not read some of its files (when it could read none: 1); 130 interrupted b
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 import warnings
@@ -25,10 +24,10 @@ from . import metric_keys
 from .config import PipelineConfig, load_cache_config, load_config
 from .context import RunContext
 from .errors import PipelineError
+from .json_values import json_text
 from .runner.registry import all_stages, stage_names, unknown_stages
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_FILES_SKIPPED = 3  # finished, but some image files were left out
 
 
@@ -37,8 +36,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def _echo_json(payload: object) -> None:
-    """``payload`` as indented JSON on stdout (NaN is not JSON: it would be a bug here)."""
-    click.echo(json.dumps(payload, indent=2, allow_nan=False))
+    """``payload`` as indented JSON on stdout."""
+    click.echo(json_text(payload))
 
 
 def _load(config_path: str, overrides: tuple[str, ...]) -> PipelineConfig:
@@ -151,6 +150,7 @@ def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Pat
     read or decoded get an error line and the others are still classified; the exit code is
     then 3, or 1 when no file could be classified.
     """
+    from .data.scan import IMAGE_EXTENSIONS
     from .predict import (
         format_predictions,
         image_files,
@@ -162,6 +162,9 @@ def predict(paths: tuple[Path, ...], head_folder: Path | None, model_folder: Pat
         raise click.UsageError("give --head or --model, not both")
     ctx = RunContext(_load(config_path, overrides))
     files = image_files(list(paths))
+    if not files:
+        raise PipelineError(f"no image files under {', '.join(map(str, paths))} (image files "
+                            f"end in {', '.join(IMAGE_EXTENSIONS)})")
     if model_folder:
         results = predict_with_model(ctx, model_folder, files, top_k)
     else:
@@ -223,7 +226,7 @@ def status(stages: tuple[str, ...], check: bool, as_json: bool, config_path: str
     downloads weights or builds a model (missing weights make the stages that need them
     stale, with the reason).
     """
-    problem = unknown_stages(stages) if stages and "all" not in stages else None
+    problem = unknown_stages(stages) if stages else None
     if problem:
         raise click.UsageError(problem)
     from .runner.plan import format_status, pipeline_status, status_json

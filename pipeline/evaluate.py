@@ -21,6 +21,7 @@ from sklearn.metrics import (
 from cache.files import write_atomic
 
 from .data.names import display_path
+from .json_values import json_safe
 
 
 @dataclass(frozen=True)
@@ -96,18 +97,6 @@ def write_evaluation(scores: dict[str, SplitScores], path: Path) -> None:
     """``{split: scores}`` as ``evaluation.json`` (NaN written as null)."""
     write_atomic(path, json.dumps({split: s.to_json() for split, s in scores.items()},
                                   indent=2) + "\n")
-
-
-def json_safe(value):
-    """``value`` with every NaN float, however deep in dicts and lists, replaced by None
-    (JSON has no NaN; a missing score reads as null)."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def plot_confusion_matrix(scores: SplitScores, path: Path, title: str) -> None:

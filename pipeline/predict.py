@@ -30,6 +30,7 @@ from .data.names import display_path
 from .data.scan import IMAGE_EXTENSIONS
 from .errors import PipelineError
 from .heads.saving import head_sources, load_head
+from .json_values import json_text
 from .nn.outputs import class_probabilities
 from .runs import list_runs
 
@@ -182,7 +183,7 @@ def predict_with_model(ctx: RunContext, model_folder: Path, files: list[Path],
 def format_predictions(results: list[Prediction], as_json: bool = False) -> str:
     """A table (one line per file: top classes with probabilities, and the source) or JSON."""
     if as_json:
-        return json.dumps([r.to_json() for r in results], indent=2)
+        return json_text([r.to_json() for r in results])
     lines = []
     shown = [display_path(r.path) for r in results]
     width = max(map(len, shown), default=0)

@@ -32,7 +32,7 @@ from .data.view import DatasetView
 from .export import SplitReader, export_features
 from .heads.features import source_of
 from .predict import Prediction, image_files, newest_best_head, predict_with_head
-from .runner.plan import StageState
+from .runner.plan import StageState, pipeline_status
 
 #: The columns of :meth:`Project.dataset`, in order.
 DATASET_COLUMNS = ("path", "sha256", "label", "split")
@@ -97,8 +97,6 @@ class Project:
     def status(self) -> dict[str, StageState]:
         """``pipeline status``: each stage's :class:`~pipeline.runner.plan.StageState` by name,
         in pipeline order (``up_to_date``, and the ``reasons`` when it is not). Reads only."""
-        from .runner.plan import pipeline_status
-
         return {state.stage: state
                 for state in pipeline_status(RunContext(self.config, allow_download=False))}
 

@@ -40,6 +40,7 @@ class KeyDoc:
     default: str | None     # None: a section, whose keys have the defaults
     description: str
     section: bool = False   # a mapping of further keys, documented in its own table
+    owner: str = ""         # the configuration class that declares the key
 
 
 def _type_name(annotation: Any) -> str:
@@ -141,14 +142,15 @@ def config_keys(model: type[BaseModel] = PipelineConfig, prefix: str = "",
         inner, named = _model_in(field.annotation)
         if inner is None:
             yield KeyDoc(path, _type_name(field.annotation),
-                         _yaml(_default(field, default, name)), _description(field))
+                         _yaml(_default(field, default, name)), _description(field),
+                         owner=model.__name__)
             continue
         shown = _default(field, default, name)
         yield KeyDoc(path, _type_name(field.annotation),
                      None if isinstance(shown, BaseModel) or (isinstance(shown, dict) and
                                                               not named and not shown)
                      else "(required)" if shown == "(required)" else _yaml(shown),
-                     _description(field, inner), section=True)
+                     _description(field, inner), section=True, owner=model.__name__)
         if named:
             yield from config_keys(inner, f"{path}.{NAME}.")
         else:

@@ -21,6 +21,7 @@ from cache.files import write_atomic
 
 from . import metric_keys as keys
 from .config import PipelineConfig
+from .json_values import json_safe
 
 SUMMARY_NAME = "summary.txt"
 INTERRUPTED = "interrupted"
@@ -113,7 +114,8 @@ def runs_json(runs: list[RunSummary], runs_dir: Path) -> dict:
     (flat keys, see :mod:`pipeline.metric_keys`)."""
     return {"format": 1, "runs_dir": str(runs_dir),
             "runs": [{"name": run.name, "path": str(runs_dir / run.name), "status": run.status,
-                      "metrics": dict(run.metrics)} for run in runs]}
+                      # a metrics.json edited by hand may hold NaN, which JSON has not
+                      "metrics": json_safe(dict(run.metrics))} for run in runs]}
 
 
 def format_runs(runs: list[RunSummary], runs_dir: Path) -> str:

@@ -123,13 +123,8 @@ def digest(value: Any) -> str:
 
 def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
     """Every file under ``data.root``: count and a hash of (path, size, mtime), read cheaply
-    (no file is opened); and the sha256 of the labels table (``data.labels``) when there is
-    one, wherever it lives, so that editing it makes extract stale. Its content, not its
-    mtime: relabelling a row keeps the size, and an edit within the timestamp's resolution
-    would go unseen; one table costs little to read. Without a table the value is what it
-    was before tables existed, so locks of the folder layouts stay up to date."""
-    data = ctx.config.data
-    root = data.root
+    (no file is opened)."""
+    root = ctx.config.data.root
     entries = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -140,13 +135,17 @@ def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
             except OSError:
                 continue
             entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
-    listing: dict[str, Any] = {"files": len(entries), "hash": digest(entries)}
-    if data.labels is not None:
-        try:
-            listing["labels"] = sha256_file(data.labels)
-        except OSError as exc:  # gone since the configuration was read: changed, certainly
-            listing["labels"] = f"unreadable: {exc.strerror or type(exc).__name__}"
-    return listing
+    return {"files": len(entries), "hash": digest(entries)}
+
+
+def _labels_table(ctx: RunContext, locked: LockedStages) -> str:
+    """The sha256 of the labels table (``data.labels``), wherever it lives. Its content, not
+    its mtime: relabelling a row keeps the size, and an edit within the timestamp's resolution
+    would go unseen; one table costs little to read."""
+    try:
+        return sha256_file(ctx.config.data.labels)
+    except OSError as exc:  # gone since the configuration was read: changed, certainly
+        return f"unreadable: {exc.strerror or type(exc).__name__}"
 
 
 def dataset_view_hash(ctx: RunContext) -> str | None:
@@ -161,6 +160,9 @@ def dataset_view_hash(ctx: RunContext) -> str | None:
 
 DATA_FOLDER = Dependency("data", "data folder changed (files added, removed or modified)",
                          _data_listing)
+# Its own input, so that status names it, and absent from the folder layouts' locks.
+LABELS_TABLE = Dependency("labels", "labels table changed (data.labels)", _labels_table,
+                          applies=lambda config: config.data.labels is not None)
 BACKBONE = Dependency("backbone", "backbone fingerprint changed",
                       lambda ctx, locked: ctx.fingerprint.id)
 DATASET_VIEW = Dependency("dataset_view", "dataset view changed (extract found other images)",

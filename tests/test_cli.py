@@ -82,6 +82,10 @@ def test_set_typos_name_the_key_the_command_line_and_a_close_match(tiny_project:
     code, _, err = _run(capsys, "cache", "ls", "-c", config, "--set", "cache.lock_timout=3")
     assert code == 1 and err.startswith("error: --set cache.lock_timout (command line): "
                                         "unknown key; did you mean lock_timeout?")
+    # a rule over a section that a --set took part in names both
+    code, _, err = _run(capsys, "status", "-c", config, "--set", "data.split.train=0.8")
+    assert code == 1 and err.startswith("error: stages.yaml with --set data.split.train: "
+                                        "data.split: train + validation + test must be 1")
     # a typo in the file names the file
     text = (tiny_project / "stages.yaml").read_text()
     (tiny_project / "stages.yaml").write_text(text.replace("backbone:", "backbone:\n  waits: 1",
@@ -120,8 +124,9 @@ def test_status_json_and_check_exit_code(tiny_project: Path, capsys):
     (extract,) = json.loads(out)["stages"]
     assert extract["up_to_date"] is True and Path(extract["run"]).parent == tiny_project / "runs"
     assert _run(capsys, "status", "extract", "heads", "--check", "-c", config)[0] == 1
-    code, _, err = _run(capsys, "status", "extrakt", "-c", config)
-    assert code == 2 and "did you mean extract?" in err
+    for typo in (["extrakt"], ["all", "extrakt"]):
+        code, _, err = _run(capsys, "status", *typo, "-c", config)
+        assert code == 2 and "did you mean extract?" in err
 
 
 def test_runs_and_cache_as_json(tiny_project: Path, capsys):
@@ -132,6 +137,12 @@ def test_runs_and_cache_as_json(tiny_project: Path, capsys):
     (run,) = json.loads(out)["runs"]
     assert code == 0 and run["status"] == "ok" and run["metrics"]["extract.images"] == 12
     assert Path(run["path"]).is_dir() and run["name"] == Path(run["path"]).name
+    # a metrics.json edited by hand with numbers JSON has not: null, not a crash
+    metrics = Path(run["path"]) / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("{", '{"x.nan": NaN, "x.inf": Infinity,', 1))
+    code, out, _ = _run(capsys, "runs", "--json", "-c", config)
+    (run,) = json.loads(out)["runs"]
+    assert code == 0 and run["metrics"]["x.nan"] is None and run["metrics"]["x.inf"] is None
     code, out, _ = _run(capsys, "cache", "ls", "--json", "-c", config)
     listing = json.loads(out)
     (store,) = listing["stores"]

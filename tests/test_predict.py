@@ -159,6 +159,9 @@ def test_predict_errors_are_one_line(trained, capsys, tmp_path: Path):
     out, err = capsys.readouterr()
     assert code == 1 and "not an image" in out  # the file's line, then why the command failed
     assert err == "error: none of the 1 file(s) could be classified\n"
+    (tmp_path / "empty").mkdir()
+    code = main(["predict", str(tmp_path / "empty"), "-c", str(project / "stages.yaml")])
+    assert code == 1 and "no image files under" in capsys.readouterr().err
 
 
 TAPS = ["block1_conv2.gap", "block2_pool.gmp"]

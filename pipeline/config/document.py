@@ -212,12 +212,18 @@ def _nested_named(loc: tuple, name: str) -> list[str]:
             if name in _known_keys((*loc, section))]
 
 
-def _override_key(loc: str, overridden: tuple[str, ...]) -> str | None:
-    """The ``--set`` key whose value an error at ``loc`` is about (None: the file's)."""
+def _override_key(loc: str, overridden: tuple[str, ...]) -> tuple[str | None, bool]:
+    """The ``--set`` key an error at ``loc`` is about, and whether it is that key's alone:
+    (key, True) for the key or a key inside it; (key, False) when the error is about a section
+    the key is in (a rule over several keys, some from the file); (None, False) for the
+    file's."""
     for key in reversed(overridden):  # the last --set of a key is the one that counts
-        if loc == key or loc.startswith(f"{key}.") or key.startswith(f"{loc}."):
-            return key
-    return None
+        if loc == key or loc.startswith(f"{key}."):
+            return key, True
+    for key in reversed(overridden):
+        if key.startswith(f"{loc}."):
+            return key, False
+    return None, False
 
 
 def _format_validation_error(source: str, exc: ValidationError,
@@ -242,9 +248,11 @@ def _format_validation_error(source: str, exc: ValidationError,
             given = err.get("input")
             if isinstance(given, (str, int, float, bool)) and len(repr(given)) <= 40:
                 msg += f" (got {given!r})"
-        key = _override_key(loc, overridden)
+        key, alone = _override_key(loc, overridden)
         if key is None:
             lines.append(f"{source}: {loc}: {msg}")
+        elif not alone:
+            lines.append(f"{source} with --set {key}: {loc}: {msg}")
         else:  # the user typed the key: name it once, and where it came from
             lines.append(f"--set {key} (command line): "
                          f"{msg if key == loc else f'{loc}: {msg}'}")

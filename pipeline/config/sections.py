@@ -51,8 +51,8 @@ class DataConfig(Section):
     """A CSV table of labels, and optionally splits, instead of class folders: a header row
     ``path,label[,split]``, one image a row, paths relative to ``root`` ('/'-separated, inside
     it); a blank or absent split gets the hash split of ``split``. Null: the folder layouts.
-    The table's own path is relative to stages.yaml, like every path there. The full contract
-    is in the docstring of ``pipeline.data.scan``."""
+    The table's own path is relative to stages.yaml, like every path there; the guide's
+    "Labels from a table" gives every rule."""
     split: SplitConfig = section_default()
     image_size: tuple[Int, Int] = (150, 150)
     """(height, width) in pixels the images are resized to, at least 32 each; 150x150 gives

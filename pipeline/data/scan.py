@@ -267,8 +267,12 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4) -> DatasetScan:
     return scan
 
 
-#: What ``identify`` answers for a listed file that does not exist (compared by identity).
-_MISSING = "no such file"
+class _Missing(str):
+    """The reason ``identify`` gives for a listed file that does not exist: a class of its own,
+    so that no other reason can be taken for it."""
+
+
+_MISSING = _Missing("no such file")
 
 
 def _candidates_from_folders(root: Path, folder_errors: list[OSError]
@@ -322,6 +326,7 @@ _ROW_PROBLEMS = {
     "outside": "a path outside data.root (absolute, or with a '..' component)",
     "backslash": "a backslash in the path (paths are '/'-separated)",
     "empty label": "an empty label",
+    "control": "a label with a control character (a line break, a tab, NUL)",
     "split": f"an unknown split (allowed: {', '.join(SPLITS)}, or blank for the hash split "
              f"of data.split)",
     "duplicate": "a path listed on an earlier row (a file has one row)",
@@ -399,6 +404,9 @@ def _candidates_from_table(table: Path, root: Path) -> tuple[list[_Candidate], s
                     problem(kind, start, shown)
                 if not label:
                     problem("empty label", start, shown)
+                elif any(ord(char) < 32 or ord(char) == 127 for char in label):
+                    # a class name is a folder name and a line of every table and summary
+                    problem("control", start, f"{shown}: {label!r}")
                 if split and split not in SPLITS:
                     problem("split", start, f"{shown}: {split!r}")
                 if kind:
@@ -444,6 +452,8 @@ def _columns(table: Path, line: int, header: list[str]) -> dict[str, int]:
     if problems:
         hint = (" (the first line must be the header row)" if absent == list(LABEL_COLUMNS)
                 else "")
+        if any(";" in name or "\t" in name for name in unknown):
+            hint += " (cells are separated by commas, not ';' or tabs)"
         raise DataError(f"{table} line {line}: {'; '.join(problems)}{hint}; allowed columns: "
                         f"{', '.join(LABEL_COLUMNS)} (required), "
                         f"{', '.join(OPTIONAL_LABEL_COLUMNS)} (optional)")

@@ -9,7 +9,15 @@ from typing import Any
 from .. import metric_keys
 from ..context import RunContext
 from ..data.view import write_duplicates_csv, write_skipped_csv, write_view_csv
-from ..stage import BACKBONE, DATA_FOLDER, Output, Stage, StageReport, dataset_view_hash
+from ..stage import (
+    BACKBONE,
+    DATA_FOLDER,
+    LABELS_TABLE,
+    Output,
+    Stage,
+    StageReport,
+    dataset_view_hash,
+)
 
 
 def _run(ctx: RunContext, folder: Path, progress: bool):
@@ -54,7 +62,7 @@ STAGE = Stage(
          "backbone fingerprint, appends them to HDF5 shards, and writes the dataset view.",
     run=_run,
     params=("data", "backbone", "cache.dir", "stages.extract"),
-    deps=(DATA_FOLDER, BACKBONE),
+    deps=(DATA_FOLDER, LABELS_TABLE, BACKBONE),
     outputs=(Output(missing=_view_and_entries_missing,
                     record=lambda ctx: {"dataset_view": dataset_view_hash(ctx)}),),
     when_up_to_date=_files_still_left_out,

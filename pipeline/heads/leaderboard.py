@@ -39,7 +39,7 @@ from typing import Any
 from cache.files import write_atomic
 
 from ..config.heads import METRICS
-from ..evaluate import json_safe
+from ..json_values import json_safe
 
 #: The fields of a leaderboard.json row, in order.
 LEADERBOARD_COLUMNS = ("rank", "head", "trial", "kind", "status", "val_accuracy", "val_f1_macro",
@@ -55,7 +55,7 @@ PARAM_PREFIX = "param."
 DECIMALS = {"val_accuracy": 3, "val_f1_macro": 3, "val_log_loss": 3, "train_accuracy": 3,
             "fit_seconds": 1}
 #: The columns of :func:`leaderboard_table` before the parameters.
-TABLE_COLUMNS = ("rank", "head", "trial", "status", "val_accuracy", "val_f1_macro",
+TABLE_COLUMNS = ("rank", "head", "trial", "kind", "status", "val_accuracy", "val_f1_macro",
                  "fit_seconds")
 # Shorter headings for the terminal, where every character of width counts.
 _TERMINAL_HEADINGS = {"val_accuracy": "val_acc", "val_f1_macro": "val_f1",
@@ -243,7 +243,7 @@ def leaderboard_table(ranked: list[TrialResult], limit: int | None = None) -> Le
     heads = {result.head for result in shown}
     split = split_params(r for r in ranked if r.head in heads)
     kinds = {result.head: result.kind for result in shown}
-    rows = [(str(r.rank), r.head, str(r.trial), r.status,
+    rows = [(str(r.rank), r.head, str(r.trial), r.kind, r.status,
              *(format_score(getattr(r, c), DECIMALS[c])
                for c in ("val_accuracy", "val_f1_macro", "fit_seconds")),
              *(_shown(r.params[key]) if key in r.params else "" for key in split.columns))
@@ -268,8 +268,9 @@ def format_leaderboard(ranked: list[TrialResult], limit: int = 10) -> str:
     within a head, then one line per head shown with the parameters all its trials share. A
     failed trial shows ``-`` for its scores and its error, shortened, after its row."""
     table = leaderboard_table(ranked, limit)
-    # The status column is left out: a failed row says so, with its error, at its end.
-    keep = [i for i, column in enumerate(table.header) if column != "status"]
+    # Kind and status are left out for width: each head's kind is on its "every trial" line,
+    # and a failed row says so, with its error, at its end.
+    keep = [i for i, column in enumerate(table.header) if column not in ("kind", "status")]
     header = [_TERMINAL_HEADINGS.get(table.header[i], table.header[i]) for i in keep]
     rows = [[row[i] for i in keep] for row in table.rows]
     # Numbers line up on the right, words on the left.

@@ -34,7 +34,8 @@ from ..config import OUTPUT, check_heads_read_what_is_cached
 from ..context import RunContext
 from ..data.view import DatasetView
 from ..errors import NoTestImagesWarning, PipelineError
-from ..evaluate import SplitScores, evaluate, json_safe, plot_confusion_matrix, write_evaluation
+from ..evaluate import SplitScores, evaluate, plot_confusion_matrix, write_evaluation
+from ..json_values import json_safe
 from .kind import FittedHead
 from .leaderboard import (
     TrialResult,

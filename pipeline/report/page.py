@@ -31,7 +31,7 @@ from ..data.decode import decode_file
 from ..data.names import display_path
 from ..data.view import DatasetView
 from ..errors import BackboneWeightsError, HeadLoadError, ImageDecodeError
-from ..heads.leaderboard import leaderboard_table, read_leaderboard
+from ..heads.leaderboard import format_score, leaderboard_table, read_leaderboard
 from ..runs import list_runs
 from . import figures
 
@@ -86,7 +86,7 @@ class _RunIndex:
 
 
 def cell(value) -> str:
-    """A table cell: ``-`` for nothing, 4 decimals for a number (also one read from a CSV)."""
+    """A table cell: ``-`` for nothing, a score to 0.001 (also one read from a CSV)."""
     if value is None or value == "":
         return "-"
     if isinstance(value, str) and "." in value:
@@ -94,7 +94,7 @@ def cell(value) -> str:
             value = float(value)
         except ValueError:
             pass
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return format_score(value) if isinstance(value, float) else str(value)
 
 
 def _view(ctx: RunContext) -> tuple[DatasetView | None, str]:

@@ -204,6 +204,8 @@ def test_unknown_columns_are_named_with_the_allowed_ones(project: Path):
     assert "line 1: unknown column(s) '' (an empty column name), 'weight';" in message
     assert "allowed columns: path, label (required), split (optional)" in message
     assert "'Label' (did you mean label?)" in _error(project, "path,Label\na.png,x\n")
+    assert "(cells are separated by commas, not ';' or tabs)" in \
+        _error(project, "path;label\na.png;x\n")
 
 
 def test_a_missing_label_column_or_a_column_named_twice_is_an_error(project: Path):
@@ -232,6 +234,8 @@ def test_a_table_that_is_not_utf8_names_the_line(project: Path):
     ("cats\\img_01.png,cat,train", "1 row(s) with a backslash in the path (paths are "
                                    "'/'-separated): line 3 cats\\\\img_01.png"),
     ("cats/img_01.png, ,train", "1 row(s) with an empty label: line 3 cats/img_01.png"),
+    ('cats/img_01.png,"ca\nt",train', "1 row(s) with a label with a control character (a line "
+                                       "break, a tab, NUL): line 3 cats/img_01.png: 'ca\\nt'"),
     ("cats/img_01.png,cat,val", "1 row(s) with an unknown split (allowed: train, validation, "
                                 "test, or blank for the hash split of data.split): line 3 "
                                 "cats/img_01.png: 'val'"),
@@ -352,7 +356,7 @@ def test_editing_the_table_outside_the_root_makes_extract_stale_and_changes_the_
                      + "\n", encoding="utf-8")
     assert table.stat().st_size == stat.st_size
     os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert _status(capsys, config_file)["extract"].startswith("stale: data folder changed")
+    assert _status(capsys, config_file)["extract"] == "stale: labels table changed (data.labels)"
 
     code, out, err = _cli(capsys, "run", "extract", "-c", config_file, "--no-progress")
     assert code == 3, err
