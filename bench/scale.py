@@ -1,0 +1,184 @@
+"""Benchmark: the cache's bookkeeping at 10^4 to 10^6 images (issue 22).
+
+Makes N synthetic 32x32 JPEGs in 10 class folders (kept in ``--workdir`` and reused by later
+runs), points the repository's stages.yaml at them with ``backbone.weights: null`` and 32x32
+inputs, then times each step as a fresh ``pipeline`` process:
+
+    first extract    pipeline run extract (fresh cache)
+    rerun            pipeline run extract, nothing changed
+    status           pipeline status
+    force            pipeline run extract --force, every image cached
+    touched          one file's mtime changed, its bytes not, then pipeline run extract
+    one new image    one new image, then pipeline run extract
+    heads            pipeline run heads (with --heads; bounded by --heads-timeout)
+
+Each step reports wall seconds, the command process's peak RSS and the bytes it read
+(``rchar`` of /proc/self/io: every read() call, the Python modules it imports included), and
+the largest peak RSS among the processes it started (dask workers). Prints a Markdown table;
+run it from the repository root:
+
+    python -m bench.scale --sizes 10000 100000 --workdir /tmp/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = 10
+STEPS = ("first extract", "rerun", "status", "force", "touched", "one new image", "heads")
+
+
+def make_images(folder: Path, count: int) -> Path:
+    """``count`` distinct 32x32 JPEGs under ``folder/<class>/`` (made once, reused)."""
+    import numpy as np
+    from PIL import Image
+
+    marker = folder / f".complete-v2-{count}"
+    if marker.exists():
+        return folder
+    rng = np.random.default_rng(0)
+    for c in range(CLASSES):
+        (folder / f"class{c:02d}").mkdir(parents=True, exist_ok=True)
+    base = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    for i in range(count):
+        pixels = base.copy()
+        pixels.reshape(-1)[:8] = np.frombuffer(i.to_bytes(8, "little"), dtype=np.uint8)
+        pixels[8:16, :, i % 3] = (i * 37) % 256  # distinct bytes, and a little content
+        # the comment makes every file's bytes distinct, whatever the compression keeps
+        Image.fromarray(pixels).save(folder / f"class{i % CLASSES:02d}" / f"img{i:07d}.jpg",
+                                     quality=90, comment=f"image {i}".encode())
+    marker.touch()
+    return folder
+
+
+def write_config(project: Path, data: Path) -> Path:
+    """The repository's stages.yaml, on ``data``, with random weights and 32x32 inputs."""
+    document = yaml.safe_load((REPO / "stages.yaml").read_text(encoding="utf-8"))
+    document["data"]["root"] = str(data)
+    document["data"]["image_size"] = [32, 32]
+    document["backbone"]["weights"] = None
+    document["cache"] = {"dir": str(project / "cache")}
+    document.setdefault("runs", {})["dir"] = str(project / "runs")
+    path = project / "stages.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def measure(args: list[str], timeout: float | None = None) -> dict:
+    """Run ``pipeline ARGS`` in a child process: seconds, its peak RSS and bytes read, and the
+    largest peak RSS among its own children (MB)."""
+    report = Path(os.environ.get("TMPDIR", "/tmp")) / f"scale-{os.getpid()}.json"
+    start = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "bench.scale", "--child", str(report),
+                              *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return {"seconds": time.perf_counter() - start, "timed_out": True}
+    seconds = time.perf_counter() - start
+    if child.returncode not in (0, 3):
+        raise RuntimeError(f"pipeline {' '.join(args)} failed ({child.returncode}):\n"
+                           f"{err.decode(errors='replace')[-2000:]}")
+    measured = json.loads(report.read_text())
+    report.unlink()
+    return {"seconds": seconds, **measured, "output": out.decode(errors="replace")}
+
+
+def _child(report: str, args: list[str]) -> int:
+    """Inside the measured process: run the command, then record what it used."""
+
+    def record() -> None:
+        io = dict(line.split(": ") for line in
+                  Path("/proc/self/io").read_text().splitlines())
+        Path(report).write_text(json.dumps({
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "children_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "read_mb": int(io["rchar"]) / 1e6}))
+
+    atexit.register(record)
+    from pipeline.cli import main
+    return main(args)
+
+
+def run_size(count: int, workdir: Path, heads: bool, heads_timeout: float) -> dict[str, dict]:
+    """Every step at ``count`` images, on a fresh cache."""
+    import shutil
+
+    data = make_images(workdir / f"images-{count}", count)
+    project = workdir / f"project-{count}"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    config = ["-c", str(write_config(project, data)), "--no-progress"]
+    results = {"first extract": measure(["run", "extract", *config])}
+    results["rerun"] = measure(["run", "extract", *config])
+    results["status"] = measure(["status", "-c", config[1]])
+    results["force"] = measure(["run", "extract", "--force", *config])
+    touched = next((data / "class00").iterdir())
+    os.utime(touched)
+    results["touched"] = measure(["run", "extract", *config])
+    new = data / "class01" / "zz-new.jpg"
+    shutil.copy(touched, new)
+    with open(new, "ab") as fh:
+        fh.write(b"\0")  # other bytes, so another image to the cache
+    try:
+        results["one new image"] = measure(["run", "extract", *config])
+    finally:
+        new.unlink()
+    if heads:
+        results["heads"] = measure(["run", "heads", *config], timeout=heads_timeout)
+    return results
+
+
+def format_table(results: dict[int, dict[str, dict]]) -> str:
+    """Markdown: a row per step, a column per size (seconds / MB peak RSS / MB read)."""
+    sizes = sorted(results)
+    lines = ["| step | " + " | ".join(f"{n:,} images" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for step in STEPS:
+        cells = []
+        for n in sizes:
+            m = results[n].get(step)
+            if m is None:
+                cells.append("-")
+            elif m.get("timed_out"):
+                cells.append(f"did not finish in {m['seconds']:.0f} s")
+            else:
+                children = (f" (+{m['children_rss_mb']:,.0f} MB children)"
+                            if m["children_rss_mb"] > m["rss_mb"] / 10 else "")
+                cells.append(f"{m['seconds']:.2f} s / {m['rss_mb']:,.0f} MB{children} / "
+                             f"{m['read_mb']:,.0f} MB read")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sys.exit(_child(sys.argv[2], sys.argv[3:]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/scale"))
+    parser.add_argument("--heads", action="store_true", help="also time pipeline run heads")
+    parser.add_argument("--heads-timeout", type=float, default=900)
+    options = parser.parse_args()
+    results = {}
+    for count in options.sizes:
+        results[count] = run_size(count, options.workdir, options.heads, options.heads_timeout)
+        print(f"{count:,} images done", file=sys.stderr, flush=True)
+    print(format_table(results))
+
+
+if __name__ == "__main__":
+    main()
