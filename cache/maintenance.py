@@ -16,8 +16,12 @@ it or refuses, and never touches a shard being written.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -27,6 +31,7 @@ from .reader import FeatureStore
 from .shard import row_checksums
 
 VERIFY_CHUNK_ROWS = 256  # rows read at a time: memory stays bounded on big shards
+PARALLEL_SHARDS = 16     # fewer shards than this are verified in the calling process
 
 
 @dataclass
@@ -44,9 +49,9 @@ class VerifyReport:
         return not self.damaged
 
 
-def _check_shard(store: FeatureStore, name: str, shas: tuple[str, ...],
+def _check_shard(folder: Path, fingerprint: str, name: str, shas: tuple[str, ...],
                  checksums: tuple[int, ...]) -> list[DamagedEntry]:
-    path = store.path / name
+    path = folder / name
 
     def every_row(reason: str) -> list[DamagedEntry]:
         return [DamagedEntry(sha, name, row, reason) for row, sha in enumerate(shas)]
@@ -56,7 +61,7 @@ def _check_shard(store: FeatureStore, name: str, shas: tuple[str, ...],
     damaged = []
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("fingerprint") != store.fingerprint:
+            if f.attrs.get("fingerprint") != fingerprint:
                 return every_row("shard belongs to another fingerprint")
             features, stored = f["features"], f["sha256"]
             for start in range(0, len(shas), VERIFY_CHUNK_ROWS):
@@ -81,15 +86,29 @@ def _check_shard(store: FeatureStore, name: str, shas: tuple[str, ...],
     return damaged
 
 
-def verify_store(store: FeatureStore, record: bool = True) -> VerifyReport:
+def verify_store(store: FeatureStore, record: bool = True,
+                 workers: int | None = None) -> VerifyReport:
     """Check every manifest row of ``store``; with ``record``, write the damaged entries to
-    ``damaged.json`` (or remove it when all is well) so the store treats them as missing."""
+    ``damaged.json`` (or remove it when all is well) so the store treats them as missing.
+
+    Shards are checked in ``workers`` processes at once (default: one per core), as reading
+    and checksumming a shard is CPU work that one process would do on one core; a store of
+    few shards is checked in this process, where starting workers would cost more."""
     manifest = load_manifest(store.path)
     report = VerifyReport(store.fingerprint)
-    for shard in manifest.shards.values():
+    shards = list(manifest.shards.values())
+    workers = workers or os.cpu_count() or 1
+    jobs = [(store.path, store.fingerprint, s.name, s.sha256, s.checksums) for s in shards]
+    if workers > 1 and len(shards) >= PARALLEL_SHARDS:
+        # spawn: a fork of a process with threads (a dask client, a progress bar) may hang
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) \
+                as pool:
+            results = list(pool.map(_check_shard, *zip(*jobs), chunksize=4))
+    else:
+        results = [_check_shard(*job) for job in jobs]
+    for shard, damaged in zip(shards, results):
         report.shards += 1
         report.rows += shard.rows
-        damaged = _check_shard(store, shard.name, shard.sha256, shard.checksums)
         if damaged and not (store.path / shard.name).exists() and \
                 shard.name not in load_manifest(store.path).shards:
             continue  # retired by a repair or gc that ran meanwhile, not lost

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -92,7 +93,26 @@ class Manifest:
 
     def remove(self, name: str) -> None:
         """Forget the shard ``name``; its entries map to another shard's copy, if any."""
-        self.shards.pop(name, None)
+        self.remove_many([name])
+
+    def remove_many(self, names: Iterable[str]) -> None:
+        """Forget the shards ``names`` at once (one pass over the entries, however many)."""
+        for name in names:
+            self.shards.pop(name, None)
+        self.rebuild_entries()
+
+    def detach(self, name: str) -> ShardRecord:
+        """Forget the shard ``name`` and the entries that point at it, in time proportional to
+        its rows; an entry another shard also holds stays missing until
+        :meth:`rebuild_entries` (call it once after detaching several shards)."""
+        record = self.shards.pop(name)
+        for row, sha in enumerate(record.sha256):
+            if self.entries.get(sha) == (name, row):
+                del self.entries[sha]
+        return record
+
+    def rebuild_entries(self) -> None:
+        """The sha256 -> (shard, row) map again from the shard records (first one wins)."""
         self.entries = {}
         for record in self.shards.values():
             for row, sha in enumerate(record.sha256):

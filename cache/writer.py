@@ -190,56 +190,67 @@ class ShardWriter:
 
     def remove_entries(self, sha256: Iterable[str]) -> int:
         """Remove the entries ``sha256`` from the store (garbage collection); returns the bytes
-        of shard files deleted or shrunk. Shards left with no entry are deleted; the others
-        are rewritten with the rows they keep."""
+        of shard files deleted or shrunk. Shards left with no entry are deleted; the rows the
+        others keep are written into new shards together, and the manifest is rewritten once,
+        so the work grows with the entries, not with entries times shards."""
         drop = set(sha256)
-        freed = 0
-        for name, record in list(self.manifest.shards.items()):
-            rows = {i for i, sha in enumerate(record.sha256) if sha in drop}
-            if rows:
-                freed += self.rewrite_without(name, rows)
-        return freed
+        plans = [(name, {i for i, sha in enumerate(record.sha256) if sha in drop})
+                 for name, record in self.manifest.shards.items()]
+        return self._rewrite([(name, rows) for name, rows in plans if rows])
 
     def rewrite_without(self, name: str, rows: set[int], keep_file_as: str | None = None) -> int:
         """Replace shard ``name`` by a new shard of its rows not in ``rows``; returns the bytes
-        freed. The old file is deleted, or moved aside as ``.<name><keep_file_as>``.
+        freed. The old file is deleted, or moved aside as ``.<name><keep_file_as>``."""
+        return self._rewrite([(name, rows)], keep_file_as)
+
+    def _rewrite(self, plans: list[tuple[str, set[int]]], keep_file_as: str | None = None
+                 ) -> int:
+        """Replace each shard of ``plans`` (name, rows to drop) by the rows it keeps; returns
+        the bytes freed.
 
         Kept rows are checked against their write-time checksums first; one that fails is
         dropped too (its entry becomes missing and is recomputed), never copied with a fresh
         checksum. A shard that cannot be read stays as it is and raises :class:`CacheError`
         (nothing is destroyed unread), unless it is being moved aside (``keep_file_as``,
         a repair): then every row is recomputed. Order matters for crashes: the kept rows are
-        committed to a new shard, then the old file goes, then the manifest is rewritten. A
-        crash between steps leaves every kept row readable, and the next writer's recovery
-        drops the record of a shard whose file is gone.
+        committed to new shards, then the old files go, then the manifest is rewritten. A
+        crash between steps leaves every kept row readable (the old shard's record, listed
+        first, wins while its file exists), and the next writer's recovery drops the record of
+        a shard whose file is gone.
         """
-        record = self.manifest.shards[name]
-        path = self.store.path / name
-        keep = [i for i in range(record.rows) if i not in rows] if path.exists() else []
-        kept_rows = np.empty((0,))
-        if keep:
-            try:
-                kept_rows = read_shard_rows(path, np.asarray(keep))
-            except (OSError, KeyError, ValueError) as exc:
-                if keep_file_as is None:
-                    raise CacheError(f"{path}: cannot read to rewrite it ({exc}); run "
-                                     f"`pipeline cache verify`") from None
-                keep = []  # every row is recomputed
-            if keep and record.checksums:
-                good = [j for j, crc in enumerate(row_checksums(kept_rows))
-                        if crc == record.checksums[keep[j]]]
-                keep, kept_rows = [keep[j] for j in good], kept_rows[good]
-        before = path.stat().st_size if path.exists() else 0
+        before = 0
         written_before = self._bytes_written
-        self.manifest.remove(name)
-        if keep:
-            self.add([record.sha256[i] for i in keep], kept_rows)
-            self.flush()
-        if path.exists():
-            if keep_file_as:
-                path.rename(path.with_name(f".{name}{keep_file_as}"))
-            else:
-                path.unlink()
+        for name, rows in plans:
+            # out of the in-memory manifest first, so that the writer takes the kept rows as
+            # new (the journal on disk keeps listing the shard until it is rewritten below)
+            record = self.manifest.detach(name)
+            path = self.store.path / name
+            keep = [i for i in range(record.rows) if i not in rows] if path.exists() else []
+            kept_rows = np.empty((0,))
+            if keep:
+                try:
+                    kept_rows = read_shard_rows(path, np.asarray(keep))
+                except (OSError, KeyError, ValueError) as exc:
+                    if keep_file_as is None:
+                        raise CacheError(f"{path}: cannot read to rewrite it ({exc}); run "
+                                         f"`pipeline cache verify`") from None
+                    keep = []  # every row is recomputed
+                if keep and record.checksums:
+                    good = [j for j, crc in enumerate(row_checksums(kept_rows))
+                            if crc == record.checksums[keep[j]]]
+                    keep, kept_rows = [keep[j] for j in good], kept_rows[good]
+            before += path.stat().st_size if path.exists() else 0
+            if keep:
+                self.add([record.sha256[i] for i in keep], kept_rows)
+        self.flush()
+        for name, _ in plans:
+            path = self.store.path / name
+            if path.exists():
+                if keep_file_as:
+                    path.rename(path.with_name(f".{name}{keep_file_as}"))
+                else:
+                    path.unlink()
+        self.manifest.rebuild_entries()  # an entry a removed shard shared maps to its copy
         rewrite_manifest(self.store.path, self.manifest)
         self.store.refresh()
         return before - (self._bytes_written - written_before)

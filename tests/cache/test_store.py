@@ -301,3 +301,50 @@ def test_an_unknown_storage_dtype_is_refused(tmp_path: Path):
     with pytest.raises(CacheError, match="storage dtype 'int8': shards store float32 or float16"):
         open_writer(store, {"storage": "int8"})
     assert not store.path.exists()  # refused before anything was written
+
+
+def test_removing_entries_of_many_shards_rewrites_the_manifest_once(tmp_path: Path,
+                                                                     monkeypatch):
+    """gc's cost grows with the entries: the rows the shards keep go into new shards together
+    and the journal is rewritten once, not once per shard."""
+    import cache.writer as writer_module
+    from cache.maintenance import verify_store
+
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(40)
+    _fill(store, shas, features, shard_rows=4)   # 10 shards
+    rewrites = []
+    real = writer_module.rewrite_manifest
+    monkeypatch.setattr(writer_module, "rewrite_manifest",
+                        lambda *a: (rewrites.append(a), real(*a)))
+    dropped = shas[::3]   # a row or two of every shard
+    with open_writer(store, {}, shard_rows=16) as writer:
+        writer.remove_entries(dropped)
+    assert len(rewrites) == 1
+    store.refresh()
+    kept = [s for s in shas if s not in dropped]
+    assert sorted(store.sha256s()) == sorted(kept)
+    np.testing.assert_array_equal(store.get(kept), features[[shas.index(s) for s in kept]])
+    assert len(store.shards()) == 2   # 26 kept rows in shards of 16, not 10 small shards
+    assert verify_store(store).ok
+
+
+def test_verify_in_several_processes_finds_what_one_process_finds(tmp_path: Path):
+    import h5py
+
+    from cache.maintenance import PARALLEL_SHARDS, verify_store
+
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(4 * PARALLEL_SHARDS)
+    _fill(store, shas, features, shard_rows=4)
+    shard = store.path / store.locate([shas[41]])[0][0]
+    with h5py.File(shard, "r+") as f:   # flip one value of row 41
+        row = f["features"][1]
+        row[0, 0, 0] = -row[0, 0, 0] - 1
+        f["features"][1] = row
+    serial = verify_store(store, record=False, workers=1)
+    parallel = verify_store(store, record=False, workers=2)
+    assert [e.sha256 for e in parallel.damaged] == [e.sha256 for e in serial.damaged] == \
+        [shas[41]]
+    assert parallel.shards == serial.shards == PARALLEL_SHARDS
+    assert parallel.rows == serial.rows == len(shas)
