@@ -33,3 +33,13 @@ class InjectedFault(CacheError):
 
 class CacheLockWaitWarning(UserWarning):
     """Another process holds the write lock, and this one waits for it (cache.lock_timeout)."""
+
+
+class CacheDatabaseWarning(UserWarning):
+    """The cache folder's index.sqlite could not be read and was started afresh: images are
+    hashed and manifests indexed once more; nothing is lost."""
+
+
+class CacheIndexedWarning(UserWarning):
+    """A large store written before the entry index existed was indexed from its manifest
+    (once; nothing is recomputed)."""

@@ -25,7 +25,16 @@ import h5py
 import numpy as np
 
 from .errors import CacheError, MissingFeaturesError
-from .manifest import Manifest, ShardRecord, load_manifest, read_damaged
+from .files import sha256_text
+from .index import EntryIndex, open_index
+from .manifest import (
+    DAMAGED_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    ShardRecord,
+    load_manifest,
+    read_damaged,
+)
 from .shard import list_shard_files, read_shard_fingerprint_and_sha256, read_shard_rows
 
 DESCRIPTION_NAME = "fingerprint.json"
@@ -60,6 +69,11 @@ class FeatureStore:
         self.path = self.cache_dir / fingerprint
         self._manifest: Manifest | None = None
         self._unlisted: list[str] = []
+        self._indexed: _IndexedState | None | bool = None  # False: the index cannot answer
+
+    def __getstate__(self) -> dict:
+        # what was read from disk (a database connection among it) stays in this process
+        return {**self.__dict__, "_manifest": None, "_unlisted": [], "_indexed": None}
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.cache_dir)!r}, {self.fingerprint!r})"
@@ -75,6 +89,18 @@ class FeatureStore:
     def refresh(self) -> None:
         """Forget what was read from disk; the next access reads the manifest again."""
         self._manifest = None
+        if isinstance(self._indexed, _IndexedState):
+            self._indexed.index.close()
+        self._indexed = None
+
+    def _fast(self) -> _IndexedState | None:
+        """The entry index's view of the store, where it answers exactly what the manifest
+        would: not when a shard file it lists is gone or verify recorded damaged entries
+        (rare states whose entries the full manifest sorts out), nor without a writable
+        database. None then: use :meth:`_state`."""
+        if self._indexed is None:
+            self._indexed = _IndexedState.of(self) or False
+        return self._indexed or None
 
     def _state(self) -> Manifest:
         if self._manifest is None:
@@ -97,11 +123,31 @@ class FeatureStore:
             self._manifest = manifest
         return self._manifest
 
+    def version(self) -> str:
+        """A short token that changes whenever entries may have been added to or removed from
+        the store: from the manifest journal's inode and size, the names of the shard files and
+        whether damaged entries are recorded. Costs a directory listing, reads no entry; a
+        caller that recorded it can tell that nothing was removed since (nothing else removes
+        an entry: gc and repairs rewrite the journal, verify records damage)."""
+        try:
+            journal = (self.path / MANIFEST_NAME).stat()
+            state = [journal.st_ino, journal.st_size]
+        except FileNotFoundError:
+            state = [0, 0]
+        state += [(self.path / DAMAGED_NAME).exists(),
+                  *sorted(p.name for p in list_shard_files(self.path))]
+        return sha256_text(json.dumps(state))[:32]
+
     def __len__(self) -> int:
+        fast = self._fast()
+        if fast is not None:
+            return fast.index.count() + len(fast.unlisted_only())
         return len(self._state().entries)
 
     def __contains__(self, sha256: object) -> bool:
-        return sha256 in self._state().entries
+        if not isinstance(sha256, str):
+            return False
+        return not self.missing([sha256])
 
     def shards(self) -> list[ShardRecord]:
         """Committed shards in commit order (plus complete shards found but not yet listed)."""
@@ -109,16 +155,35 @@ class FeatureStore:
 
     def sha256s(self) -> list[str]:
         """Every cached image sha256, in storage order."""
+        fast = self._fast()
+        if fast is not None:
+            return [*fast.index.sha256s(), *fast.unlisted_only()]
         return list(self._state().entries)
+
+    def _entries(self, sha256: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """(shard, row) of each of ``sha256`` that is cached (absent ones left out)."""
+        wanted = list(dict.fromkeys(sha256))
+        fast = self._fast()
+        if fast is not None:
+            found = fast.index.locate(wanted)
+            found.update((s, fast.unlisted[s]) for s in wanted
+                         if s not in found and s in fast.unlisted)
+            return found
+        entries = self._state().entries
+        return {s: entries[s] for s in wanted if s in entries}
 
     def missing(self, sha256: Iterable[str]) -> list[str]:
         """The sha256 of ``sha256`` that have no features here, unique, in first-seen order."""
-        entries = self._state().entries
-        return list(dict.fromkeys(s for s in sha256 if s not in entries))
+        wanted = list(dict.fromkeys(sha256))
+        fast = self._fast()
+        if fast is not None:
+            return [s for s in fast.index.missing(wanted) if s not in fast.unlisted]
+        found = self._entries(wanted)
+        return [s for s in wanted if s not in found]
 
     def locate(self, sha256: Sequence[str]) -> list[tuple[str, int]]:
         """(shard name, row) of each sha256; :class:`MissingFeaturesError` names absent ones."""
-        entries = self._state().entries
+        entries = self._entries(sha256)
         absent = [s for s in sha256 if s not in entries]
         if absent:
             raise MissingFeaturesError(
@@ -192,12 +257,58 @@ class FeatureStore:
     def stats(self) -> StoreStats:
         """Entry, shard and byte counts, read from disk now."""
         self.refresh()
-        state = self._state()
+        entries = len(self)
+        fast = self._indexed if isinstance(self._indexed, _IndexedState) else None
+        unlisted = len(fast.unlisted_shards) if fast is not None else len(self._unlisted)
         files = list_shard_files(self.path)
         views = list(self.views_dir().glob("*.json")) if self.views_dir().is_dir() else []
-        return StoreStats(fingerprint=self.fingerprint, entries=len(state.entries),
+        return StoreStats(fingerprint=self.fingerprint, entries=entries,
                           shards=len(files), bytes=sum(p.stat().st_size for p in files),
-                          views=len(views), unlisted_shards=len(self._unlisted))
+                          views=len(views), unlisted_shards=unlisted)
+
+
+class _IndexedState:
+    """A store as the entry index sees it, plus the complete shards the journal does not list
+    yet (left by a crash), read from their files as :meth:`FeatureStore._state` does."""
+
+    def __init__(self, index: EntryIndex, unlisted: dict[str, tuple[str, int]],
+                 unlisted_shards: list[str]):
+        self.index = index
+        self.unlisted = unlisted
+        self.unlisted_shards = unlisted_shards
+
+    @classmethod
+    def of(cls, store: FeatureStore) -> _IndexedState | None:
+        """The indexed state of ``store``, or None where the index cannot answer exactly."""
+        if not store.path.is_dir() or read_damaged(store.path):
+            return None
+        index = open_index(store.path)
+        if index is None:
+            return None
+        on_disk = {p.name for p in list_shard_files(store.path)}
+        indexed = index.shard_names()
+        if any(name not in on_disk for name in indexed):
+            index.close()
+            return None
+        listed = set(indexed)
+        unlisted: dict[str, tuple[str, int]] = {}
+        names = sorted(on_disk - listed)
+        for name in names:
+            try:
+                fingerprint, shas = read_shard_fingerprint_and_sha256(store.path / name)
+            except (OSError, KeyError):
+                continue
+            if fingerprint == store.fingerprint:
+                for row, sha in enumerate(shas):
+                    unlisted.setdefault(sha, (name, row))
+        return cls(index, unlisted, names)
+
+    def unlisted_only(self) -> list[str]:
+        """Entries of unlisted shards that no indexed shard holds."""
+        if not self.unlisted:
+            return []
+        held = self.index.locate(self.unlisted)
+        return [sha for sha in self.unlisted if sha not in held]
 
 
 def read_located(folder: Path, located: Sequence[tuple[str, int]],

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cache import CacheError, FeatureStore, list_stores, open_writer
+from cache.index import EntryIndex
 from cache.maintenance import GarbageReport, VerifyReport, plan_garbage, verify_store
 from cache.manifest import load_manifest
 
@@ -151,6 +152,17 @@ def _store_info(store: dict[str, Any]) -> str:
                      f"{view['classes']} classes, {view['skipped']} skipped, "
                      f"root {view['root']}, written {view['created'] or '?'}")
     return "\n".join(lines)
+
+
+def reindex_cache(cache_dir: Path, fingerprint: str | None = None) -> list[tuple[str, int]]:
+    """Index every store's manifest (or those whose fingerprint starts with ``fingerprint``)
+    from the start, in the cache folder's index.sqlite: (fingerprint, entries) per store."""
+    done = []
+    for store in select_stores(cache_dir, fingerprint):
+        with EntryIndex(store.path) as index:
+            index.reindex()
+            done.append((store.fingerprint, index.count()))
+    return done
 
 
 def verify_cache(cache_dir: Path, fingerprint: str | None = None) -> list[VerifyReport]:

@@ -106,15 +106,19 @@ and why.
                    "(default: cluster.scheduler of stages.yaml).")
 @click.option("--force", is_flag=True,
               help="Run the named stages even when they are up to date.")
+@click.option("--rehash", is_flag=True,
+              help="Read every image to hash it again, even those whose size and time of "
+                   "change are what they were when last hashed (the hash state in the "
+                   "cache folder's index.sqlite).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def run(stages: tuple[str, ...], config_path: str, overrides: tuple[str, ...],
-        scheduler: str | None, force: bool, progress: bool) -> int:
+        scheduler: str | None, force: bool, rehash: bool, progress: bool) -> int:
     problem = unknown_stages(stages)
     if problem:
         raise click.UsageError(problem)
     if scheduler is not None:
         overrides = (*overrides, f"cluster.scheduler={scheduler}")
-    ctx = RunContext(_load(config_path, overrides))
+    ctx = RunContext(_load(config_path, overrides), rehash=rehash)
     from .runner.execute import run_targets
     run_folder, report = run_targets(ctx, list(stages), force=force, progress=progress)
     click.echo(report)
@@ -344,6 +348,25 @@ def cache_info(fingerprint: str | None, as_json: bool, config_path: str,
         _echo_json(cache_json(folder, fingerprint, views=True))
     else:
         click.echo(format_store_info(folder, fingerprint))
+
+
+@cache.command("reindex")
+@click.argument("fingerprint", required=False)
+@config_option
+@set_option
+@cache_dir_option
+def cache_reindex(fingerprint: str | None, config_path: str, overrides: tuple[str, ...],
+                  cache_dir: str | None) -> None:
+    """Index the cache's entries again from each fingerprint's manifest.
+
+    The entry index (index.sqlite in the cache folder) answers which images are cached
+    without reading every entry; it follows the manifests by itself. This rebuilds it from
+    scratch, should it ever be in doubt. Reads the manifests only; features are untouched.
+    """
+    from .cache_commands import reindex_cache
+    for name, entries in reindex_cache(_cache_dir(config_path, overrides, cache_dir),
+                                       fingerprint):
+        click.echo(f"{name}: {entries:,} entries indexed")
 
 
 @cache.command("verify")

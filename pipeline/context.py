@@ -19,8 +19,10 @@ instead of starting Keras' 58 MB download.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Any, TypeVar
 
 from cache import FeatureStore
 
@@ -29,14 +31,28 @@ from .config import OUTPUT, PipelineConfig
 from .data.view import DatasetView, read_view, view_id, write_view
 from .errors import MissingViewError
 
+T = TypeVar("T")
+
 
 class RunContext:
     """The resolved backbone, fingerprint, store and dataset view of one command's config."""
 
-    def __init__(self, config: PipelineConfig, allow_download: bool = True):
+    def __init__(self, config: PipelineConfig, allow_download: bool = True,
+                 rehash: bool = False):
         self.config = config
         self.allow_download = allow_download
+        # read every image's bytes again, not trusting the hash state's recorded stats
+        self.rehash = rehash
         self._view: DatasetView | None = None
+        self._once: dict[str, Any] = {}
+
+    def once(self, key: str, compute: Callable[[], T]) -> T:
+        """``compute()`` the first time this command asks for ``key``, the same value after:
+        for inputs that one command should read once (the data folder's listing, asked before
+        a stage runs and recorded after)."""
+        if key not in self._once:
+            self._once[key] = compute()
+        return self._once[key]
 
     def __repr__(self) -> str:
         return f"RunContext({self.config.source_name!r})"

@@ -24,6 +24,7 @@ from cache.files import sha256_file, sha256_text
 
 from .config import PipelineConfig
 from .context import RunContext
+from .data.view import view_digest
 
 
 class StageResult(Protocol):
@@ -123,18 +124,23 @@ def digest(value: Any) -> str:
 
 def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
     """Every file under ``data.root``: count and a hash of (path, size, mtime), read cheaply
-    (no file is opened)."""
-    root = ctx.config.data.root
+    (no file is opened), once per command: the lock records the listing the stage saw before
+    it ran, so a file added while it ran makes the next status stale."""
+    return ctx.once("data_listing", lambda: _list_data(ctx.config.data.root))
+
+
+def _list_data(root: Path) -> dict:
+    prefix = len(str(root)) + 1
     entries = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
-            path = Path(folder) / name
+            path = os.path.join(folder, name)
             try:
-                stat = path.stat()
+                stat = os.stat(path)
             except OSError:
                 continue
-            entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+            entries.append((path[prefix:], stat.st_size, stat.st_mtime_ns))
     return {"files": len(entries), "hash": digest(entries)}
 
 
@@ -149,13 +155,9 @@ def _labels_table(ctx: RunContext, locked: LockedStages) -> str:
 
 
 def dataset_view_hash(ctx: RunContext) -> str | None:
-    """The content of the dataset view (its write time left out), or None when there is none."""
-    try:
-        view = json.loads(ctx.view_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    view.pop("created", None)
-    return digest(view)
+    """The identity of the dataset view's content (its write time left out), or None when
+    there is none; from the digest extract recorded beside it, without reading the view."""
+    return view_digest(ctx.view_file)
 
 
 DATA_FOLDER = Dependency("data", "data folder changed (files added, removed or modified)",

@@ -156,6 +156,10 @@ def test_runs_and_cache_as_json(tiny_project: Path, capsys):
     (view,) = info["views"]
     assert code == 0 and view["images"] == 12 and view["classes"] == 3
     assert info["description"] == store["description"]
+    (tiny_project / "cache" / "index.sqlite").write_bytes(b"not a database")
+    code, out, err = _run(capsys, "cache", "reindex", "-c", config)
+    assert code == 0 and out == f"{store['fingerprint']}: 12 entries indexed\n"
+    assert "CacheDatabaseWarning" in err   # the damaged index was set aside, then rebuilt
 
 
 def test_unknown_stage_is_a_usage_error(tiny_project: Path, capsys):

@@ -183,12 +183,45 @@ def view_id(config: PipelineConfig) -> str:
     return sha256_text(text)[:16]
 
 
+def _content_digest(payload: dict) -> str:
+    """The identity of a view's content: the sha256 of its JSON with sorted keys and without
+    its write time (the value locks written by earlier releases recorded)."""
+    content = {key: value for key, value in payload.items() if key != "created"}
+    return sha256_text(json.dumps(content, sort_keys=True, default=str))
+
+
+def digest_file(path: Path) -> Path:
+    """Where the digest of the view at ``path`` is kept: ``<id>.digest`` beside it."""
+    return path.with_suffix(".digest")
+
+
 def write_view(view: DatasetView, path: Path) -> None:
-    """Write ``view`` to ``path`` atomically, stamped with the time of writing."""
+    """Write ``view`` to ``path`` atomically, stamped with the time of writing, and its
+    content digest beside it (computed here, once, so that no reader parses the view to learn
+    its identity). The old digest goes first: a crash in between leaves no digest, which
+    readers then compute, never a digest of other content."""
     view.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = view.to_json()
+    digest_file(path).unlink(missing_ok=True)
     # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) writable
-    write_atomic(path, json.dumps(view.to_json(), ensure_ascii=True))
+    write_atomic(path, json.dumps(payload, ensure_ascii=True))
+    write_atomic(digest_file(path), _content_digest(payload) + "\n")
+
+
+def view_digest(path: Path) -> str | None:
+    """The content digest of the view at ``path`` (None when there is no view): read from its
+    digest file, or, for a view written without one, computed from the view."""
+    try:
+        recorded = digest_file(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded = ""
+    if len(recorded) == 64 and path.is_file():
+        return recorded
+    try:
+        return _content_digest(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
 
 
 def read_view(path: Path) -> DatasetView:

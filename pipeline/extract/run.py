@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cache.hashstate import HashState
+
 from .. import metric_keys as keys
 from ..backbone import BackboneSpec
 from ..context import RunContext
@@ -124,7 +126,8 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     """
     started = time.perf_counter()
     config, store = ctx.config, ctx.store
-    scan = scan_dataset(config.data)
+    with HashState(config.cache.dir) as hash_state:
+        scan = scan_dataset(config.data, hash_state=hash_state, rehash=ctx.rehash)
     warn_about(scan)
 
     first_path: dict[str, Path] = {}

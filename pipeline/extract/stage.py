@@ -31,9 +31,23 @@ def _run(ctx: RunContext, folder: Path, progress: bool):
     return result
 
 
+def _store_versions(ctx: RunContext) -> dict[str, str]:
+    return {part: store.version() for part, store in ctx.stores.items()}
+
+
+def _outputs(ctx: RunContext) -> dict[str, Any]:
+    """What the lock records of extract's outputs: the view's identity, and each store's
+    version, so that a later check can tell that no entry was removed without asking for
+    each image."""
+    return {"dataset_view": dataset_view_hash(ctx), "stores": _store_versions(ctx)}
+
+
 def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | None:
-    if dataset_view_hash(ctx) != entry.get("outs", {}).get("dataset_view"):
+    outs = entry.get("outs", {})
+    if dataset_view_hash(ctx) != outs.get("dataset_view"):
         return "outputs missing (the dataset view changed or is gone)"
+    if outs.get("stores") and outs["stores"] == _store_versions(ctx):
+        return None  # no store lost an entry since extract recorded them all present
     view = ctx.read_view()
     keys = [image.sha256 for image in view.images]
     keys += [item.key for item in view.augmented_copies()]
@@ -63,7 +77,6 @@ STAGE = Stage(
     run=_run,
     params=("data", "backbone", "cache.dir", "stages.extract"),
     deps=(DATA_FOLDER, LABELS_TABLE, BACKBONE),
-    outputs=(Output(missing=_view_and_entries_missing,
-                    record=lambda ctx: {"dataset_view": dataset_view_hash(ctx)}),),
+    outputs=(Output(missing=_view_and_entries_missing, record=_outputs),),
     when_up_to_date=_files_still_left_out,
 )

@@ -192,6 +192,35 @@ def test_view_and_run_folder(tiny_project: Path):
     assert [s.path for s in view.skipped] == ["owls/bad.png"]
 
 
+def test_the_view_s_identity_is_recorded_once_and_is_what_earlier_releases_computed(
+        tiny_project: Path, monkeypatch):
+    import json
+
+    from pipeline.data import view as view_module
+    from pipeline.stage import digest
+
+    config = load_config(tiny_project / "stages.yaml")
+    run_named(config, "extract")
+    (view_file,) = config.cache.dir.glob("*/views/*.json")
+    legacy = json.loads(view_file.read_text())  # how locks of earlier releases hashed it
+    legacy.pop("created")
+    recorded = view_module.digest_file(view_file).read_text().strip()
+    assert recorded == digest(legacy)
+    # reading the identity parses no view
+    monkeypatch.setattr(view_module.json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    assert view_module.view_digest(view_file) == recorded
+    monkeypatch.undo()
+    # a view written without a digest file (an earlier release): computed, the same
+    view_module.digest_file(view_file).unlink()
+    assert view_module.view_digest(view_file) == recorded
+    # other content, another identity; no view, none
+    write_image(tiny_project / "data" / "owls" / "new.png", 999)
+    run_named(config, "extract")
+    assert view_module.view_digest(view_file) not in (None, recorded)
+    view_file.unlink()
+    assert view_module.view_digest(view_file) is None
+
+
 @pytest.mark.filterwarnings("ignore::pipeline.errors.SkippedImageWarning")
 def test_a_class_with_only_bad_files_is_named(tiny_project: Path):
     from pipeline.errors import EmptyClassWarning

@@ -137,6 +137,26 @@ def test_a_lock_written_before_a_key_existed_is_up_to_date_at_its_default(projec
         "stale: parameter backbone.flip_average changed (<unset> -> True)")
 
 
+def test_entries_lost_after_extract_make_it_stale_whatever_removed_them(project: Path,
+                                                                        capsys):
+    """The lock records each store's version, so an unchanged store is not asked for every
+    image; a shard deleted by hand or entries collected by gc change the version."""
+    _run(capsys, project, "run", "extract", "--no-progress")
+    assert _status(capsys, project)["extract"].startswith("up to date")
+    store = context(project).store
+    (store.path / store.shards()[-1].name).unlink()   # by hand: the journal still lists it
+    assert _status(capsys, project)["extract"].startswith(
+        "stale: outputs missing (4 cached entries of the dataset view are missing")
+    _run(capsys, project, "run", "extract", "--no-progress")
+    assert _status(capsys, project)["extract"].startswith("up to date")
+    from cache import open_writer
+    store = context(project).store
+    with open_writer(store, store.description) as writer:   # as gc does
+        writer.remove_entries(store.sha256s()[:1])
+    assert _status(capsys, project)["extract"].startswith(
+        "stale: outputs missing (1 cached entries of the dataset view are missing")
+
+
 def test_entries_verify_found_damaged_make_extract_run_again(project: Path, capsys):
     _run(capsys, project, "run", "extract", "--no-progress")
     store = context(project).store

@@ -1,0 +1,83 @@
+"""The cache folder's SQLite database, ``<cache dir>/index.sqlite``: one connection recipe for
+what it holds (the hash state, :mod:`cache.hashstate`; the entry index, :mod:`cache.index`).
+
+Everything in it is derived (from files' bytes, or from the stores' manifests) and can be
+derived again, so a database that cannot be read is set aside as ``index.sqlite.unreadable-*``
+with a :class:`~cache.errors.CacheDatabaseWarning` and started afresh: that costs time, never
+features. Several processes use it at once: WAL mode, and a busy timeout for writers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import CacheDatabaseWarning
+
+INDEX_NAME = "index.sqlite"
+BATCH = 900  # values per query, under SQLite's default limit of bound parameters
+_BUSY_TIMEOUT_S = 60.0
+
+
+def open_database(cache_dir: Path, schema: str) -> sqlite3.Connection:
+    """A connection to ``cache_dir/index.sqlite`` (made when needed) with ``schema`` (``CREATE
+    ... IF NOT EXISTS`` statements) in place; a file that is not a readable database is set
+    aside with a warning and replaced by an empty one."""
+    path = cache_dir / INDEX_NAME
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _connect(path, schema)
+    except sqlite3.DatabaseError as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
+        warnings.warn(f"{path}: cannot be read ({exc}); moved aside to {aside.name} and "
+                      f"started afresh (what it remembered is worked out again)",
+                      CacheDatabaseWarning, stacklevel=3)
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                source.rename(aside.with_name(aside.name + suffix))
+        return _connect(path, schema)
+
+
+def _connect(path: Path, schema: str) -> sqlite3.Connection:
+    # callers serialise their use of a connection; it may be another thread than the maker
+    db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None,
+                         check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        # a lost last transaction is worked out again, never wrong: no fsync per commit
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(schema)
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception): one writer at a
+    time, waiting up to the busy timeout for another process's."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def batches(items: Iterable, size: int = BATCH) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,123 @@
+"""The hash state: which sha256 a file had when its stat was what it is now, as DVC keeps one.
+
+A table in the cache's SQLite database, ``<cache dir>/index.sqlite``::
+
+    file_hashes(path BLOB PRIMARY KEY, device, inode, size, mtime_ns, sha256, hashed_ns)
+
+Hashing every image of a large data set on every command costs minutes; a ``stat`` costs
+microseconds. A file whose (device, inode, size, mtime_ns) equal the recorded ones is taken to
+have the recorded content, with one exception, the racy-timestamp rule (as git's index): a
+file modified within :data:`RACY_NS` of the moment it was hashed could have been changed again
+within the same timestamp tick, so such a record is never trusted and the file is hashed again.
+``path`` is the file's absolute path as bytes (file names need not be valid UTF-8).
+
+The state is only ever a shortcut: a lost or damaged database costs a re-hash, never a wrong
+answer (see :mod:`cache.database` for what happens to one that cannot be read).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .database import BATCH, INDEX_NAME, batches, open_database, transaction
+
+#: A record whose file was modified less than this before it was hashed is not trusted: 2 s
+#: covers the coarsest timestamps in use (FAT's) and clocks a little apart on a network mount.
+RACY_NS = 2_000_000_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path BLOB PRIMARY KEY,
+    device INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    hashed_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What the hash state compares: a file's identity and version, from one ``stat``."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> FileStat:
+        """The fields of ``info`` (from ``os.stat`` or ``DirEntry.stat``) the state keys on."""
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _key(path: Path | str) -> bytes:
+    return os.fsencode(os.path.abspath(path))
+
+
+class HashState:
+    """The recorded sha256 of files under one cache folder's database.
+
+    ``HashState(cache_dir)`` opens (creating when needed) ``cache_dir/index.sqlite``;
+    :meth:`known` answers from it, :meth:`record` adds what was hashed. Use as a context
+    manager, or call :meth:`close`.
+    """
+
+    def __init__(self, cache_dir: Path):
+        self.path = Path(cache_dir) / INDEX_NAME
+        self._db = open_database(Path(cache_dir), _SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def __enter__(self) -> HashState:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def known(self, files: Iterable[tuple[Path, FileStat]]) -> dict[Path, str]:
+        """The sha256 of each of ``files`` whose recorded stat equals the given one and whose
+        record is not racy; files absent from the result must be hashed."""
+        found: dict[Path, str] = {}
+        for batch in batches(files, BATCH):
+            wanted = {_key(path): (path, stat) for path, stat in batch}
+            marks = ",".join("?" * len(wanted))
+            rows = self._db.execute(
+                f"SELECT path, device, inode, size, mtime_ns, sha256, hashed_ns "
+                f"FROM file_hashes WHERE path IN ({marks})", list(wanted))
+            for key, device, inode, size, mtime_ns, sha256, hashed_ns in rows:
+                path, stat = wanted[key]
+                if stat == FileStat(device, inode, size, mtime_ns) and \
+                        hashed_ns - mtime_ns >= RACY_NS:
+                    found[path] = sha256
+        return found
+
+    def record(self, hashed: Iterable[tuple[Path, FileStat, str, int]]) -> None:
+        """Remember ``(path, stat, sha256, hashed_ns)`` for each file hashed: ``stat`` taken
+        before reading it, ``hashed_ns`` the time (``time.time_ns()``) reading began."""
+        rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, sha256,
+                 hashed_ns) for path, stat, sha256, hashed_ns in hashed]
+        if not rows:
+            return
+        with transaction(self._db):
+            self._db.executemany(
+                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def forget(self, paths: Iterable[Path] | None = None) -> int:
+        """Drop the records of ``paths`` (every record when None): the way to force those
+        files to be hashed again. Returns how many records were dropped."""
+        with transaction(self._db):
+            if paths is None:
+                return self._db.execute("DELETE FROM file_hashes").rowcount
+            dropped = 0
+            for batch in batches(((_key(p),) for p in paths), BATCH):
+                dropped += self._db.executemany("DELETE FROM file_hashes WHERE path = ?",
+                                                batch).rowcount
+            return dropped

@@ -1,0 +1,147 @@
+"""The hash state: no image is read whose stat is what it was when it was hashed, a changed
+file is read again, and a file changed too close to its hashing is never trusted."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from cache.database import INDEX_NAME
+from cache.errors import CacheDatabaseWarning
+from cache.hashstate import RACY_NS, FileStat, HashState
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data import scan as scan_module
+from pipeline.data.scan import scan_dataset
+from tests.support.projects import make_image_folder, tiny_document, write_config
+
+OLD = 1_600_000_000 * 10**9  # a time long before any test runs, in ns
+
+
+def _age(paths, ns: int = OLD) -> None:
+    for path in paths:
+        os.utime(path, ns=(ns, ns))
+
+
+@pytest.fixture
+def hashed_files(monkeypatch) -> list[Path]:
+    """Every path the scan reads to hash, in the order read (the spy of sha256_file)."""
+    read: list[Path] = []
+    real = scan_module.sha256_file
+
+    def spy(path):
+        read.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(scan_module, "sha256_file", spy)
+    return read
+
+
+def test_a_record_is_trusted_only_while_the_stat_is_the_same_and_not_racy(tmp_path: Path):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"one")
+    _age([image])
+    stat = FileStat.of(image.stat())
+    with HashState(tmp_path / "cache") as state:
+        assert state.known([(image, stat)]) == {}
+        state.record([(image, stat, "a" * 64, time.time_ns())])
+        assert state.known([(image, stat)]) == {image: "a" * 64}
+        for changed in (FileStat(stat.device, stat.inode, stat.size + 1, stat.mtime_ns),
+                        FileStat(stat.device, stat.inode, stat.size, stat.mtime_ns + 1),
+                        FileStat(stat.device, stat.inode + 1, stat.size, stat.mtime_ns),
+                        FileStat(stat.device + 1, stat.inode, stat.size, stat.mtime_ns)):
+            assert state.known([(image, changed)]) == {}
+        # hashed less than RACY_NS after its last change: it may have changed again unseen
+        state.record([(image, stat, "b" * 64, stat.mtime_ns + RACY_NS - 1)])
+        assert state.known([(image, stat)]) == {}
+        state.record([(image, stat, "b" * 64, stat.mtime_ns + RACY_NS)])
+        assert state.known([(image, stat)]) == {image: "b" * 64}
+        assert state.forget([image]) == 1 and state.known([(image, stat)]) == {}
+    # the state outlives the process that wrote it
+    with HashState(tmp_path / "cache") as state:
+        state.record([(image, stat, "c" * 64, time.time_ns())])
+    with HashState(tmp_path / "cache") as state:
+        assert state.known([(image, stat)]) == {image: "c" * 64}
+
+
+def test_file_names_that_are_not_utf8_are_recorded(tmp_path: Path):
+    image = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png"))
+    image.write_bytes(b"x")
+    _age([image])
+    stat = FileStat.of(image.stat())
+    with HashState(tmp_path / "cache") as state:
+        state.record([(image, stat, "d" * 64, time.time_ns())])
+        assert state.known([(image, stat)]) == {image: "d" * 64}
+
+
+def test_a_database_that_cannot_be_read_is_set_aside_and_started_afresh(tmp_path: Path):
+    (tmp_path / INDEX_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.warns(CacheDatabaseWarning, match="moved aside"):
+        state = HashState(tmp_path)
+    with state:
+        assert state.known([(tmp_path / "x", FileStat(1, 2, 3, 4))]) == {}
+    assert len(list(tmp_path.glob(f"{INDEX_NAME}.unreadable-*"))) == 1
+    sqlite3.connect(tmp_path / INDEX_NAME).execute("SELECT * FROM file_hashes").fetchall()
+
+
+def test_a_second_scan_reads_no_image_and_a_touched_one_is_read_again(tmp_path: Path,
+                                                                      hashed_files):
+    images = make_image_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
+    _age(images)
+    write_config(tmp_path, tiny_document())
+    data = load_config(tmp_path / "stages.yaml").data
+    with HashState(tmp_path / "cache") as state:
+        first = scan_dataset(data, hash_state=state)
+        assert sorted(hashed_files) == sorted(images)
+        hashed_files.clear()
+        again = scan_dataset(data, hash_state=state)
+        assert hashed_files == []
+        assert [(i.relpath, i.sha256, i.split) for i in again.images] == \
+            [(i.relpath, i.sha256, i.split) for i in first.images]
+        _age(images[:1], OLD + 10**9)  # touched: a new time, the same bytes
+        images[1].write_bytes(images[2].read_bytes())  # another content, written later
+        _age(images[1:2], OLD + 2 * 10**9)
+        third = scan_dataset(data, hash_state=state)
+        assert sorted(hashed_files) == sorted(images[:2])
+        by_path = {i.path: i.sha256 for i in third.images}
+        assert by_path[images[0]] == first.images[0].sha256
+        assert by_path[images[1]] == by_path[images[2]]
+        hashed_files.clear()
+        scan_dataset(data, hash_state=state, rehash=True)
+        assert sorted(hashed_files) == sorted(images)
+
+
+def test_a_file_changed_just_before_it_was_hashed_is_hashed_on_every_scan(tmp_path: Path,
+                                                                         hashed_files):
+    images = make_image_folder(tmp_path / "data", {"cats": 2, "dogs": 2})
+    now = time.time_ns()
+    _age(images)
+    _age(images[:1], now)  # written a moment ago: its next change could keep this time
+    write_config(tmp_path, tiny_document())
+    data = load_config(tmp_path / "stages.yaml").data
+    with HashState(tmp_path / "cache") as state:
+        scan_dataset(data, hash_state=state)
+        hashed_files.clear()
+        scan_dataset(data, hash_state=state)
+        scan_dataset(data, hash_state=state)
+    assert hashed_files == [images[0], images[0]]
+
+
+def test_extract_reruns_and_force_read_no_image_and_rehash_reads_them_all(tiny_project: Path,
+                                                                          hashed_files,
+                                                                          capsys):
+    config = str(tiny_project / "stages.yaml")
+    _age((tiny_project / "data").rglob("*.png"))
+    assert main(["run", "extract", "-c", config, "--no-progress"]) == 0
+    assert len(hashed_files) == 12
+    hashed_files.clear()
+    assert main(["run", "extract", "--force", "-c", config, "--no-progress"]) == 0
+    assert hashed_files == []
+    assert main(["run", "extract", "--force", "--rehash", "-c", config, "--no-progress"]) == 0
+    assert len(hashed_files) == 12
+    assert "extract: 0 new, 12 cached" in capsys.readouterr().out
+    assert (tiny_project / "cache" / INDEX_NAME).is_file()

@@ -1,0 +1,157 @@
+"""The entry index answers what the manifest would, without reading every entry; it follows the
+journal as it grows or is rewritten, and falls back to the journal where it cannot answer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cache.index as index_module
+import cache.reader as reader_module
+from cache import FeatureStore, open_writer
+from cache.database import INDEX_NAME
+from cache.errors import CacheIndexedWarning, InjectedFault
+from cache.faults import inject
+from cache.index import EntryIndex
+from cache.manifest import MANIFEST_NAME, load_manifest
+
+DESCRIPTION = {"kind": "test"}
+
+
+def _rows(n: int, start: int = 0) -> tuple[list[str], np.ndarray]:
+    shas = [f"{i:064x}" for i in range(start, start + n)]
+    rng = np.random.default_rng(start)
+    return shas, rng.standard_normal((n, 2, 3)).astype(np.float32)
+
+
+def _write(store: FeatureStore, shas, features, shard_rows: int = 4) -> None:
+    with open_writer(store, DESCRIPTION, shard_rows=shard_rows) as writer:
+        writer.add(shas, features)
+    store.refresh()
+
+
+def _as_manifest_says(store: FeatureStore, asked: list[str]) -> tuple[list, dict]:
+    manifest = load_manifest(store.path)
+    missing = list(dict.fromkeys(s for s in asked if s not in manifest.entries))
+    return missing, {s: manifest.entries[s] for s in asked if s in manifest.entries}
+
+
+def test_the_index_answers_as_the_manifest_and_follows_appends(tmp_path: Path, monkeypatch):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(10)
+    _write(store, shas, features)
+    more, more_features = _rows(6, start=100)
+    asked = [shas[3], more[0], shas[3], "f" * 64, shas[9]]
+    assert store.missing(asked) == [more[0], "f" * 64]
+    _write(store, more, more_features)   # the journal grows: only the new lines are read
+    expected_missing, located = _as_manifest_says(store, asked)
+    monkeypatch.setattr(reader_module, "load_manifest",
+                        lambda folder: pytest.fail("read the whole manifest"))
+    fresh = FeatureStore(tmp_path, "fp")
+    assert fresh.missing(asked) == expected_missing == ["f" * 64]
+    assert fresh.locate([shas[3], more[0]]) == [located[shas[3]], located[more[0]]]
+    assert len(fresh) == 16 and more[5] in fresh and "f" * 64 not in fresh
+    assert fresh.sha256s() == [*shas, *more]
+    np.testing.assert_array_equal(fresh.get([more[2], shas[0]]),
+                                  np.stack([more_features[2], features[0]]))
+    with EntryIndex(store.path) as index:
+        assert index.sync() == 0   # up to date: nothing read
+
+
+def test_a_rewritten_journal_is_indexed_again(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(12)
+    _write(store, shas, features)
+    assert len(store) == 12
+    with open_writer(store, DESCRIPTION, shard_rows=4) as writer:   # gc
+        writer.remove_entries(shas[:5])
+    store.refresh()
+    assert store.missing(shas) == shas[:5]
+    assert len(store) == 7 and store.sha256s() == list(load_manifest(store.path).entries)
+    np.testing.assert_array_equal(store.get(shas[5:]), features[5:])
+
+
+def test_a_line_being_written_waits_and_a_torn_line_is_skipped(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(8)
+    _write(store, shas, features)
+    journal = store.path / MANIFEST_NAME
+    whole = journal.read_bytes()
+    first, second = whole.splitlines(keepends=True)
+    journal.write_bytes(first + second[:40])   # the second line half written (same inode)
+    with EntryIndex(store.path) as index:
+        index.reindex()
+        assert index.count() == 4
+        with open(journal, "ab") as fh:   # ... and then finished
+            fh.write(second[40:])
+        assert index.sync() == 1 and index.count() == 8
+        with open(journal, "ab") as fh:   # a line torn by a crash, then a good one glued on
+            fh.write(b'{"shard": "x", "sha2\n')
+        assert index.sync() == 1 and index.count() == 8
+
+
+def test_where_the_index_cannot_answer_exactly_the_manifest_does(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(8)
+    _write(store, shas, features)
+    ((gone, _),) = store.locate([shas[0]])
+    (store.path / gone).unlink()   # a shard deleted by hand: its entries are missing
+    store.refresh()
+    assert store.missing(shas) == shas[:4] and len(store) == 4
+    # a shard complete on disk but not yet in the journal (a crash): its entries count
+    store2 = FeatureStore(tmp_path, "fp2")
+    _write(store2, shas, features)
+    journal = store2.path / MANIFEST_NAME
+    journal.write_bytes(journal.read_bytes().splitlines(keepends=True)[0])
+    os.replace(journal, journal.with_suffix(".tmp"))   # a new inode, as a rewrite makes
+    os.replace(journal.with_suffix(".tmp"), journal)
+    store2.refresh()
+    assert store2.missing(shas) == [] and len(store2) == 8
+    assert store2.stats().unlisted_shards == 1
+
+
+def test_a_crash_while_indexing_leaves_the_index_as_it_was(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(12)
+    _write(store, shas, features)
+    assert store.missing(shas) == []   # indexed, then the index is lost
+    (tmp_path / INDEX_NAME).unlink()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"{INDEX_NAME}{suffix}").unlink(missing_ok=True)
+    inject("index.ingest:2:raise")
+    try:
+        with pytest.raises(InjectedFault):
+            FeatureStore(tmp_path, "fp").missing(shas)
+    finally:
+        inject(None)
+    with EntryIndex(store.path) as index:
+        assert index.count() == 0   # the transaction was rolled back
+    assert FeatureStore(tmp_path, "fp").missing(shas) == []
+
+
+def test_a_large_store_from_before_the_index_is_indexed_once_with_a_warning(tmp_path: Path,
+                                                                          monkeypatch):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(12)
+    _write(store, shas, features)
+    assert not (tmp_path / INDEX_NAME).exists()   # as an earlier release left the cache
+    monkeypatch.setattr(index_module, "ANNOUNCE_ENTRIES", 10)
+    with pytest.warns(CacheIndexedWarning, match="indexed its 12 entries"):
+        assert FeatureStore(tmp_path, "fp").missing(shas) == []
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(FeatureStore(tmp_path, "fp")) == 12   # once
+
+
+def test_a_cache_folder_the_index_cannot_be_written_in_is_read_from_the_journal(
+        tmp_path: Path, monkeypatch):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(8)
+    _write(store, shas, features)
+    monkeypatch.setattr(reader_module, "open_index", lambda folder: None)
+    fresh = FeatureStore(tmp_path, "fp")
+    assert fresh.missing([*shas, "f" * 64]) == ["f" * 64] and len(fresh) == 8
