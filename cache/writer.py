@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .errors import CacheError, CacheWriteError
+from .index import open_index
 from .lock import WriteLock
 from .manifest import DAMAGED_NAME, MANIFEST_NAME, Manifest, append_shard, rewrite_manifest
 from .reader import REJECTS_NAME, FeatureStore
@@ -258,9 +259,14 @@ class ShardWriter:
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Commit what is buffered and release the lock."""
+        """Commit what is buffered, bring the entry index up to date with what was committed
+        (so that the next command's first question does not pay for it) and release the
+        lock."""
         try:
             self.flush()
+            index = open_index(self.store.path)   # None where it cannot be written: fine
+            if index is not None:
+                index.close()
         finally:
             self._lock.release()
 

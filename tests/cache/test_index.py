@@ -39,6 +39,14 @@ def _as_manifest_says(store: FeatureStore, asked: list[str]) -> tuple[list, dict
     return missing, {s: manifest.entries[s] for s in asked if s in manifest.entries}
 
 
+def test_a_writer_leaves_the_index_up_to_date(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(10)
+    _write(store, shas, features)
+    with EntryIndex(store.path) as index:
+        assert index.sync() == 0 and index.count() == 10
+
+
 def test_the_index_answers_as_the_manifest_and_follows_appends(tmp_path: Path, monkeypatch):
     store = FeatureStore(tmp_path, "fp")
     shas, features = _rows(10)
@@ -137,7 +145,8 @@ def test_a_large_store_from_before_the_index_is_indexed_once_with_a_warning(tmp_
     store = FeatureStore(tmp_path, "fp")
     shas, features = _rows(12)
     _write(store, shas, features)
-    assert not (tmp_path / INDEX_NAME).exists()   # as an earlier release left the cache
+    for suffix in ("", "-wal", "-shm"):   # as an earlier release left the cache
+        (tmp_path / f"{INDEX_NAME}{suffix}").unlink(missing_ok=True)
     monkeypatch.setattr(index_module, "ANNOUNCE_ENTRIES", 10)
     with pytest.warns(CacheIndexedWarning, match="indexed its 12 entries"):
         assert FeatureStore(tmp_path, "fp").missing(shas) == []
