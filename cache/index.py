@@ -2,44 +2,51 @@
 
 Tables in the cache folder's ``index.sqlite`` (:mod:`cache.database`)::
 
-    journals(fingerprint PRIMARY KEY, inode, ingested)   how much of manifest.jsonl is indexed
-    shards(fingerprint, name, rows, position)            one per committed shard
-    entries(fingerprint, sha256, shard, row)             one per cached image
+    journal_state(fingerprint PRIMARY KEY, inode, ingested, tail)  how much of the journal
+    shards(fingerprint, name, rows, position)                       one per committed shard
+    entries(fingerprint, sha256, shard, row)                        one per cached image
 
-The manifest journal (:mod:`cache.manifest`) stays the record of what is committed, written
-as before, so every crash guarantee of the cache is the journal's; the index is derived from
-it and kept up to date by whoever reads: :func:`synced` ingests the lines appended since it
-last looked (``ingested`` bytes, complete lines only, so a line being written is left for
-later), and indexes the whole journal again when it was replaced (a new inode: gc, repair and
-recovery rewrite it) or cut back. Ingesting is one transaction, so a crash half-way leaves the
-index where it was, and ingesting the same lines again changes nothing (the first shard that
-lists an image wins, as in the journal). ``pipeline cache reindex`` drops a store's rows and
-indexes its journal from the start.
+The manifest journal (:mod:`cache.manifest`) stays the record of what is committed, written as
+before, so every crash guarantee of the cache is the journal's; the index is derived from it
+and kept up to date by whoever reads (and by a writer when it closes): :meth:`EntryIndex.sync`
+ingests the lines appended since it last looked (``ingested`` bytes, complete lines only, so a
+line being written is left for later), and indexes the whole journal again when it is not the
+same file grown: another inode (gc, repair and recovery rewrite it), fewer bytes, or other
+bytes just before where indexing stopped (``tail``: a hash of those 4 KB, as a rewritten
+journal may be given the inode of the one it replaced). Ingesting is one transaction, so a
+crash half-way leaves the index where it was, and ingesting the same lines again changes
+nothing (the first shard that lists an image wins, as in the journal). ``pipeline cache
+reindex`` drops a store's rows and indexes its journal from the start.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import warnings
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 
 from .database import batches, open_database, transaction
 from .errors import CacheIndexedWarning
 from .faults import fault_point
+from .files import sha256_bytes
 from .manifest import MANIFEST_NAME
 
 #: A store with more entries than this, indexed for the first time, says so (a one-off read of
 #: its whole journal, seconds at a million entries).
 ANNOUNCE_ENTRIES = 100_000
+_TAIL_BYTES = 4096
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS journals (
+CREATE TABLE IF NOT EXISTS journal_state (
     fingerprint TEXT PRIMARY KEY,
     inode INTEGER NOT NULL,
-    ingested INTEGER NOT NULL
+    ingested INTEGER NOT NULL,
+    tail TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shards (
     fingerprint TEXT NOT NULL,
@@ -86,28 +93,36 @@ class EntryIndex:
             return self._sync()
 
     def _sync(self) -> int:
-        path = self.folder / MANIFEST_NAME
         try:
-            info = path.stat()
+            journal = open(self.folder / MANIFEST_NAME, "rb")
         except FileNotFoundError:
-            info = None
-        row = self._db.execute("SELECT inode, ingested FROM journals WHERE fingerprint = ?",
-                               (self.fingerprint,)).fetchone()
+            journal = None
+        with journal or nullcontext():
+            return self._ingest(journal)
+
+    def _ingest(self, journal) -> int:
+        # the file read is the file stat'ed, even if a rewrite renames another over its name
+        info = os.fstat(journal.fileno()) if journal else None
         inode, size = (info.st_ino, info.st_size) if info else (0, 0)
-        if row is not None and row[0] == inode and row[1] == size:
-            return 0  # nothing new: one stat and one lookup
-        fresh = row is None or row[0] != inode or size < row[1]
-        start = 0 if fresh else row[1]
+        row = self._db.execute(
+            "SELECT inode, ingested, tail FROM journal_state WHERE fingerprint = ?",
+            (self.fingerprint,)).fetchone()
+        # The same journal, grown: the same inode (a rewrite makes a new file, but inodes are
+        # reused) and the same bytes just before where indexing stopped.
+        continued = (row is not None and row[0] == inode and size >= row[1]
+                     and _tail(journal, row[1]) == row[2])
+        if continued and row[1] == size:
+            return 0  # nothing new: a stat, a lookup and a 4 KB read
+        start = row[1] if continued else 0
         data = b""
-        if info is not None:
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                data = fh.read(size - start)
+        if journal is not None:
+            journal.seek(start)
+            data = journal.read(size - start)
         end = data.rfind(b"\n") + 1  # complete lines only: a line being written waits
         lines = data[:end].splitlines()
         indexed = 0
         with transaction(self._db):
-            if fresh:
+            if not continued:
                 for table in ("shards", "entries"):
                     self._db.execute(f"DELETE FROM {table} WHERE fingerprint = ?",
                                      (self.fingerprint,))
@@ -130,8 +145,9 @@ class EntryIndex:
                     ((self.fingerprint, sha, name, i) for i, sha in enumerate(shas)))
                 indexed += len(shas)
                 fault_point("index.ingest")
-            self._db.execute("INSERT OR REPLACE INTO journals VALUES (?, ?, ?)",
-                             (self.fingerprint, inode, start + end))
+            self._db.execute("INSERT OR REPLACE INTO journal_state VALUES (?, ?, ?, ?)",
+                             (self.fingerprint, inode, start + end,
+                              _tail(journal, start + end)))
         if row is None and indexed > ANNOUNCE_ENTRIES:
             warnings.warn(f"{self.folder}: indexed its {indexed:,} entries from manifest.jsonl "
                           f"into {self.folder.parent / 'index.sqlite'} (once: later commands "
@@ -142,7 +158,7 @@ class EntryIndex:
         """Forget this store's rows and index its journal from the start; the lines read."""
         with self._lock:
             with transaction(self._db):
-                for table in ("journals", "shards", "entries"):
+                for table in ("journal_state", "shards", "entries"):
                     self._db.execute(f"DELETE FROM {table} WHERE fingerprint = ?",
                                      (self.fingerprint,))
             return self._sync()
@@ -198,6 +214,14 @@ class EntryIndex:
                 "SELECT e.sha256 FROM entries e JOIN shards s ON s.fingerprint = e.fingerprint "
                 "AND s.name = e.shard WHERE e.fingerprint = ? ORDER BY s.position, e.row",
                 (self.fingerprint,))]
+
+
+def _tail(journal, offset: int) -> str:
+    """A hash of the (up to) 4 KB of ``journal`` before ``offset``; "" at 0 or without one."""
+    if journal is None or offset == 0:
+        return ""
+    journal.seek(max(0, offset - _TAIL_BYTES))
+    return sha256_bytes(journal.read(min(offset, _TAIL_BYTES)))[:32]
 
 
 def _parse(line: bytes) -> tuple[str, list[str]] | None:

@@ -164,3 +164,24 @@ def test_a_cache_folder_the_index_cannot_be_written_in_is_read_from_the_journal(
     monkeypatch.setattr(reader_module, "open_index", lambda folder: None)
     fresh = FeatureStore(tmp_path, "fp")
     assert fresh.missing([*shas, "f" * 64]) == ["f" * 64] and len(fresh) == 8
+
+
+def test_a_journal_rewritten_under_the_same_inode_is_indexed_again(tmp_path: Path):
+    """A rewrite makes a new file, but the file system may give it the inode of the one it
+    replaced: the bytes before where indexing stopped tell the two apart."""
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(8)
+    _write(store, shas, features)
+    more, more_features = _rows(4, start=50)
+    other = FeatureStore(tmp_path, "other")
+    _write(other, more, more_features)
+    journal = store.path / MANIFEST_NAME
+    first, second = journal.read_bytes().splitlines(keepends=True)
+    (extra,) = (other.path / MANIFEST_NAME).read_bytes().splitlines(keepends=True)
+    inode = journal.stat().st_ino
+    with open(journal, "r+b") as fh:   # other lines, longer, in the same file
+        fh.write(second + first + extra)
+    assert journal.stat().st_ino == inode
+    with EntryIndex(store.path) as index:
+        assert index.sync() == 3
+        assert index.sha256s() == [*shas[4:], *shas[:4], *more]
