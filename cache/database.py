@@ -21,18 +21,23 @@ from .errors import CacheDatabaseWarning
 INDEX_NAME = "index.sqlite"
 BATCH = 900  # values per query, under SQLite's default limit of bound parameters
 _BUSY_TIMEOUT_S = 60.0
+_DAMAGED = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)  # what makes a file worth setting aside
 _MMAP_BYTES = 1024 * 1024 ** 2  # of the database file mapped (address space, not memory)
 
 
 def open_database(cache_dir: Path, schema: str) -> sqlite3.Connection:
     """A connection to ``cache_dir/index.sqlite`` (made when needed) with ``schema`` (``CREATE
-    ... IF NOT EXISTS`` statements) in place; a file that is not a readable database is set
-    aside with a warning and replaced by an empty one."""
+    ... IF NOT EXISTS`` statements) in place; a file that is not a database, or a damaged one,
+    is set aside with a warning and replaced by an empty one. Other failures (a read-only
+    folder, a lock held too long, a file system without the locks WAL needs) raise
+    :class:`sqlite3.Error`: the callers then do without the database."""
     path = cache_dir / INDEX_NAME
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _connect(path, schema)
     except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", None) not in _DAMAGED:
+            raise  # locked, read-only, no WAL on this file system: not the file's fault
         aside = path.with_name(f"{path.name}.unreadable-{time.time_ns()}")
         warnings.warn(f"{path}: cannot be read ({exc}); moved aside to {aside.name} and "
                       f"started afresh (what it remembered is worked out again)",

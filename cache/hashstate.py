@@ -2,13 +2,17 @@
 
 A table in the cache's SQLite database, ``<cache dir>/index.sqlite``::
 
-    file_hashes(path BLOB PRIMARY KEY, device, inode, size, mtime_ns, sha256, hashed_ns)
+    file_states(path BLOB PRIMARY KEY, device, inode, size, mtime_ns, ctime_ns, sha256,
+                hashed_ns)
 
 Hashing every image of a large data set on every command costs minutes; a ``stat`` costs
-microseconds. A file whose (device, inode, size, mtime_ns) equal the recorded ones is taken to
-have the recorded content, with one exception, the racy-timestamp rule (as git's index): a
-file modified within :data:`RACY_NS` of the moment it was hashed could have been changed again
-within the same timestamp tick, so such a record is never trusted and the file is hashed again.
+microseconds. A file whose (device, inode, size, mtime_ns, ctime_ns) equal the recorded ones
+is taken to have the recorded content (the ctime catches a rewrite that puts the old mtime
+back), with one exception, the racy-timestamp rule (as git's index): a file modified within
+:data:`RACY_NS` of the moment it was hashed could have been changed again within the same
+timestamp tick, so such a record is never trusted and the file is hashed again. The rule
+compares this machine's clock with the file's time stamps: a file server whose clock is behind
+by more than that can defeat it (``run --rehash`` then reads everything).
 ``path`` is the file's absolute path as bytes (file names need not be valid UTF-8).
 
 The state is only ever a shortcut: a lost or damaged database costs a re-hash, never a wrong
@@ -18,23 +22,27 @@ answer (see :mod:`cache.database` for what happens to one that cannot be read).
 from __future__ import annotations
 
 import os
+import sqlite3
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .database import BATCH, INDEX_NAME, batches, open_database, transaction
+from .errors import CacheDatabaseWarning
 
 #: A record whose file was modified less than this before it was hashed is not trusted: 2 s
 #: covers the coarsest timestamps in use (FAT's) and clocks a little apart on a network mount.
 RACY_NS = 2_000_000_000
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS file_hashes (
+CREATE TABLE IF NOT EXISTS file_states (
     path BLOB PRIMARY KEY,
     device INTEGER NOT NULL,
     inode INTEGER NOT NULL,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     hashed_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -49,11 +57,12 @@ class FileStat:
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int   # changes with a rewrite that puts the old mtime back (cp -p, rsync -t)
 
     @classmethod
     def of(cls, info: os.stat_result) -> FileStat:
         """The fields of ``info`` (from ``os.stat`` or ``DirEntry.stat``) the state keys on."""
-        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def _key(path: Path | str) -> bytes:
@@ -86,38 +95,64 @@ class HashState:
         """The sha256 of each of ``files`` whose recorded stat equals the given one and whose
         record is not racy; files absent from the result must be hashed."""
         found: dict[Path, str] = {}
+        try:
+            self._known(files, found)
+        except sqlite3.Error as exc:  # a shortcut only: hash what it cannot vouch for
+            warnings.warn(f"{self.path}: the hash state cannot be read ({exc}); the files it "
+                          f"did not answer for are hashed", CacheDatabaseWarning, stacklevel=2)
+        return found
+
+    def _known(self, files: Iterable[tuple[Path, FileStat]], found: dict[Path, str]) -> None:
         for batch in batches(files, BATCH):
             wanted = {_key(path): (path, stat) for path, stat in batch}
             marks = ",".join("?" * len(wanted))
             rows = self._db.execute(
-                f"SELECT path, device, inode, size, mtime_ns, sha256, hashed_ns "
-                f"FROM file_hashes WHERE path IN ({marks})", list(wanted))
-            for key, device, inode, size, mtime_ns, sha256, hashed_ns in rows:
+                f"SELECT path, device, inode, size, mtime_ns, ctime_ns, sha256, hashed_ns "
+                f"FROM file_states WHERE path IN ({marks})", list(wanted))
+            for key, device, inode, size, mtime_ns, ctime_ns, sha256, hashed_ns in rows:
                 path, stat = wanted[key]
-                if stat == FileStat(device, inode, size, mtime_ns) and \
+                if stat == FileStat(device, inode, size, mtime_ns, ctime_ns) and \
                         hashed_ns - mtime_ns >= RACY_NS:
                     found[path] = sha256
-        return found
 
     def record(self, hashed: Iterable[tuple[Path, FileStat, str, int]]) -> None:
         """Remember ``(path, stat, sha256, hashed_ns)`` for each file hashed: ``stat`` taken
         before reading it, ``hashed_ns`` the time (``time.time_ns()``) reading began."""
-        rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, sha256,
+        rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, stat.ctime_ns,
+                 sha256,
                  hashed_ns) for path, stat, sha256, hashed_ns in hashed]
         if not rows:
             return
-        with transaction(self._db):
-            self._db.executemany(
-                "INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        try:
+            with transaction(self._db):
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO file_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:  # the next command hashes these files again: no more
+            warnings.warn(f"{self.path}: the hash state cannot be written ({exc}); these "
+                          f"files are hashed again next time", CacheDatabaseWarning,
+                          stacklevel=2)
 
     def forget(self, paths: Iterable[Path] | None = None) -> int:
         """Drop the records of ``paths`` (every record when None): the way to force those
         files to be hashed again. Returns how many records were dropped."""
         with transaction(self._db):
             if paths is None:
-                return self._db.execute("DELETE FROM file_hashes").rowcount
+                return self._db.execute("DELETE FROM file_states").rowcount
             dropped = 0
             for batch in batches(((_key(p),) for p in paths), BATCH):
-                dropped += self._db.executemany("DELETE FROM file_hashes WHERE path = ?",
+                dropped += self._db.executemany("DELETE FROM file_states WHERE path = ?",
                                                 batch).rowcount
             return dropped
+
+
+def open_hash_state(cache_dir: Path) -> HashState | None:
+    """The hash state of ``cache_dir``, or None where its database cannot be used (a read-only
+    cache folder, a file system without the locks SQLite's WAL needs): every file is then
+    hashed, as without a state. A cache folder that cannot be made at all raises OSError, as
+    it would for the shards."""
+    try:
+        return HashState(cache_dir)
+    except sqlite3.Error as exc:
+        warnings.warn(f"{Path(cache_dir) / INDEX_NAME}: cannot be used ({exc}); every image "
+                      f"is hashed this time", CacheDatabaseWarning, stacklevel=2)
+        return None

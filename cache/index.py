@@ -40,6 +40,7 @@ from .manifest import MANIFEST_NAME
 #: its whole journal, seconds at a million entries).
 ANNOUNCE_ENTRIES = 100_000
 _TAIL_BYTES = 4096
+_ATTEMPTS = 5  # times a sync starts again when the journal was replaced while it read it
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_state (
@@ -67,7 +68,9 @@ CREATE TABLE IF NOT EXISTS entries (
 
 class EntryIndex:
     """The index of one store (``folder``, whose name is its fingerprint) in the database of
-    the cache folder above it; every query first brings it up to date with the journal."""
+    the cache folder above it. :meth:`sync` brings it up to date with the journal
+    (:func:`open_index` does so first); the database is shared, so a query answers what the
+    index holds now, which another process's sync may have moved on."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -92,76 +95,114 @@ class EntryIndex:
         with self._lock:
             return self._sync()
 
-    def _sync(self) -> int:
-        try:
-            journal = open(self.folder / MANIFEST_NAME, "rb")
-        except FileNotFoundError:
-            journal = None
-        with journal or nullcontext():
-            return self._ingest(journal)
+    def _sync(self, again: bool = False) -> int:
+        for _ in range(_ATTEMPTS):
+            try:
+                journal = open(self.folder / MANIFEST_NAME, "rb")
+            except FileNotFoundError:
+                journal = None
+            with journal or nullcontext():
+                lines = self._ingest(journal, again)
+            if lines is not None:
+                return lines
+        raise sqlite3.OperationalError(f"{self.folder / MANIFEST_NAME} kept being replaced "
+                                       f"while it was indexed")
 
-    def _ingest(self, journal) -> int:
-        # the file read is the file stat'ed, even if a rewrite renames another over its name
-        info = os.fstat(journal.fileno()) if journal else None
-        inode, size = (info.st_ino, info.st_size) if info else (0, 0)
-        row = self._db.execute(
-            "SELECT inode, ingested, tail FROM journal_state WHERE fingerprint = ?",
-            (self.fingerprint,)).fetchone()
-        # The same journal, grown: the same inode (a rewrite makes a new file, but inodes are
-        # reused) and the same bytes just before where indexing stopped.
-        continued = (row is not None and row[0] == inode and size >= row[1]
-                     and _tail(journal, row[1]) == row[2])
-        if continued and row[1] == size:
-            return 0  # nothing new: a stat, a lookup and a 4 KB read
-        start = row[1] if continued else 0
-        data = b""
-        if journal is not None:
-            journal.seek(start)
-            data = journal.read(size - start)
-        end = data.rfind(b"\n") + 1  # complete lines only: a line being written waits
-        lines = data[:end].splitlines()
-        indexed = 0
+    def _ingest(self, journal, again: bool) -> int | None:
+        """Index ``journal`` (an open file, None when there is none) from where the index
+        stopped (from the start when ``again``); None when the file is no longer the journal.
+
+        Everything happens inside one write transaction, the journal's state read in it: two
+        processes syncing at once take turns, and one that opened the journal before gc
+        replaced it finds out (its file is not the one under the name any more) instead of
+        indexing the old journal over the new one."""
+        if not again and self._up_to_date(journal):
+            return 0  # the usual answer, without taking the write lock
         with transaction(self._db):
-            if not continued:
-                for table in ("shards", "entries"):
-                    self._db.execute(f"DELETE FROM {table} WHERE fingerprint = ?",
-                                     (self.fingerprint,))
-            position = self._db.execute(
-                "SELECT COALESCE(MAX(position), -1) + 1 FROM shards WHERE fingerprint = ?",
-                (self.fingerprint,)).fetchone()[0]
-            for line in lines:
-                record = _parse(line)
-                if record is None:
-                    continue  # a torn line: load_manifest skips it too
-                name, shas = record
-                added = self._db.execute(
-                    "INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?)",
-                    (self.fingerprint, name, len(shas), position)).rowcount
-                if not added:
-                    continue  # listed twice: the first record counts, as in the journal
-                position += 1
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?)",
-                    ((self.fingerprint, sha, name, i) for i, sha in enumerate(shas)))
-                indexed += len(shas)
-                fault_point("index.ingest")
+            try:
+                current = os.stat(self.folder / MANIFEST_NAME).st_ino
+            except FileNotFoundError:
+                current = 0
+            # the file read is the file stat'ed, even if a rewrite renames another over it
+            info = os.fstat(journal.fileno()) if journal else None
+            inode, size = (info.st_ino, info.st_size) if info else (0, 0)
+            if inode != current:
+                return None
+            row = None if again else self._db.execute(
+                "SELECT inode, ingested, tail FROM journal_state WHERE fingerprint = ?",
+                (self.fingerprint,)).fetchone()
+            # The same journal, grown: the same inode (a rewrite makes a new file, but inodes
+            # are reused) and the same bytes just before where indexing stopped.
+            continued = (row is not None and row[0] == inode and size >= row[1]
+                         and _tail(journal, row[1]) == row[2])
+            if continued and row[1] == size:
+                return 0  # nothing new: a stat, a lookup and a 4 KB read
+            start = row[1] if continued else 0
+            data = b""
+            if journal is not None:
+                journal.seek(start)
+                data = journal.read(size - start)
+            end = data.rfind(b"\n") + 1  # complete lines only: a line being written waits
+            lines = data[:end].splitlines()
+            indexed = self._index_lines(lines, continued)
             self._db.execute("INSERT OR REPLACE INTO journal_state VALUES (?, ?, ?, ?)",
                              (self.fingerprint, inode, start + end,
                               _tail(journal, start + end)))
-        if row is None and indexed > ANNOUNCE_ENTRIES:
+        if row is None and not again and indexed > ANNOUNCE_ENTRIES:
             warnings.warn(f"{self.folder}: indexed its {indexed:,} entries from manifest.jsonl "
                           f"into {self.folder.parent / 'index.sqlite'} (once: later commands "
-                          f"read the index)", CacheIndexedWarning, stacklevel=3)
+                          f"read the index)", CacheIndexedWarning, stacklevel=4)
         return len(lines)
 
+    def _up_to_date(self, journal) -> bool:
+        """Whether the index holds all of ``journal``, which is still the file under the name:
+        a stat, an fstat, a lookup and a 4 KB read."""
+        info = os.fstat(journal.fileno()) if journal else None
+        inode, size = (info.st_ino, info.st_size) if info else (0, 0)
+        try:
+            current = os.stat(self.folder / MANIFEST_NAME).st_ino
+        except FileNotFoundError:
+            current = 0
+        row = self._db.execute(
+            "SELECT inode, ingested, tail FROM journal_state WHERE fingerprint = ?",
+            (self.fingerprint,)).fetchone()
+        return (row is not None and inode == current == row[0] and size == row[1]
+                and _tail(journal, size) == row[2])
+
+    def _index_lines(self, lines: list[bytes], continued: bool) -> int:
+        """Add the shards and entries of journal ``lines`` (after dropping this store's rows,
+        unless ``continued``); the entries added."""
+        indexed = 0
+        if not continued:
+            for table in ("shards", "entries"):
+                self._db.execute(f"DELETE FROM {table} WHERE fingerprint = ?",
+                                 (self.fingerprint,))
+        position = self._db.execute(
+            "SELECT COALESCE(MAX(position), -1) + 1 FROM shards WHERE fingerprint = ?",
+            (self.fingerprint,)).fetchone()[0]
+        for line in lines:
+            record = _parse(line)
+            if record is None:
+                continue  # a torn line: load_manifest skips it too
+            name, shas = record
+            added = self._db.execute(
+                "INSERT OR IGNORE INTO shards VALUES (?, ?, ?, ?)",
+                (self.fingerprint, name, len(shas), position)).rowcount
+            if not added:
+                continue  # listed twice: the first record counts, as in the journal
+            position += 1
+            self._db.executemany(
+                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?)",
+                ((self.fingerprint, sha, name, i) for i, sha in enumerate(shas)))
+            indexed += len(shas)
+            fault_point("index.ingest")
+        return indexed
+
     def reindex(self) -> int:
-        """Forget this store's rows and index its journal from the start; the lines read."""
+        """Index this store's journal from the start, its old rows dropped in the same
+        transaction (readers never see it empty); the lines read."""
         with self._lock:
-            with transaction(self._db):
-                for table in ("journal_state", "shards", "entries"):
-                    self._db.execute(f"DELETE FROM {table} WHERE fingerprint = ?",
-                                     (self.fingerprint,))
-            return self._sync()
+            return self._sync(again=True)
 
     # -- questions ------------------------------------------------------------------------
 
@@ -233,15 +274,16 @@ def _parse(line: bytes) -> tuple[str, list[str]] | None:
 
 
 def open_index(folder: Path) -> EntryIndex | None:
-    """The synced index of the store at ``folder``, or None where the database cannot be
-    written (a read-only cache folder): callers then read the journal as before."""
+    """The synced index of the store at ``folder``, or None where the database cannot be used
+    (a read-only cache folder, a file system without the locks SQLite's WAL needs, a damaged
+    database): callers then read the journal as before."""
     try:
         index = EntryIndex(folder)
-    except (sqlite3.OperationalError, PermissionError, OSError):
+    except (sqlite3.Error, OSError):
         return None
     try:
         index.sync()
-    except (sqlite3.OperationalError, PermissionError):
+    except (sqlite3.Error, OSError):
         index.close()
         return None
     except BaseException:

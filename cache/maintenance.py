@@ -97,7 +97,9 @@ def verify_store(store: FeatureStore, record: bool = True,
     manifest = load_manifest(store.path)
     report = VerifyReport(store.fingerprint)
     shards = list(manifest.shards.values())
-    workers = workers or os.cpu_count() or 1
+    # the cores this process may use (a container's share, not the host's count), and no more
+    # workers than shards
+    workers = min(workers or len(os.sched_getaffinity(0)), max(len(shards), 1))
     jobs = [(store.path, store.fingerprint, s.name, s.sha256, s.checksums) for s in shards]
     if workers > 1 and len(shards) >= PARALLEL_SHARDS:
         # spawn: a fork of a process with threads (a dask client, a progress bar) may hang

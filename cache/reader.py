@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import h5py
 import numpy as np
 
 from .errors import CacheError, MissingFeaturesError
-from .files import sha256_text
+from .files import sha256_bytes, sha256_text
 from .index import EntryIndex, open_index
 from .manifest import (
     DAMAGED_NAME,
@@ -126,23 +127,36 @@ class FeatureStore:
     def version(self) -> str:
         """A short token that changes whenever entries may have been added to or removed from
         the store: from the manifest journal's inode and size, the names of the shard files and
-        whether damaged entries are recorded. Costs a directory listing, reads no entry; a
-        caller that recorded it can tell that nothing was removed since (nothing else removes
-        an entry: gc and repairs rewrite the journal, verify records damage)."""
+        the damaged entries recorded (the record's bytes). Costs a directory listing, reads no
+        entry; a caller that recorded it can tell that nothing was removed since (nothing else
+        removes an entry: gc and repairs rewrite the journal, verify records damage)."""
         try:
             journal = (self.path / MANIFEST_NAME).stat()
             state = [journal.st_ino, journal.st_size]
         except FileNotFoundError:
             state = [0, 0]
-        state += [(self.path / DAMAGED_NAME).exists(),
-                  *sorted(p.name for p in list_shard_files(self.path))]
+        try:
+            damaged = sha256_bytes((self.path / DAMAGED_NAME).read_bytes())
+        except FileNotFoundError:
+            damaged = ""
+        state += [damaged, *sorted(p.name for p in list_shard_files(self.path))]
         return sha256_text(json.dumps(state))[:32]
 
-    def __len__(self) -> int:
+    def _with_index(self, use, fallback):
+        """``use(indexed state)`` where the index can answer, else (or when its database
+        fails mid-way: it is a shortcut only) ``fallback()`` from the journal."""
         fast = self._fast()
         if fast is not None:
-            return fast.index.count() + len(fast.unlisted_only())
-        return len(self._state().entries)
+            try:
+                return use(fast)
+            except sqlite3.Error:
+                fast.index.close()
+                self._indexed = False
+        return fallback()
+
+    def __len__(self) -> int:
+        return self._with_index(lambda fast: fast.index.count() + len(fast.unlisted_only()),
+                                lambda: len(self._state().entries))
 
     def __contains__(self, sha256: object) -> bool:
         if not isinstance(sha256, str):
@@ -155,31 +169,36 @@ class FeatureStore:
 
     def sha256s(self) -> list[str]:
         """Every cached image sha256, in storage order."""
-        fast = self._fast()
-        if fast is not None:
-            return [*fast.index.sha256s(), *fast.unlisted_only()]
-        return list(self._state().entries)
+        return self._with_index(lambda fast: [*fast.index.sha256s(), *fast.unlisted_only()],
+                                lambda: list(self._state().entries))
 
     def _entries(self, sha256: Iterable[str]) -> dict[str, tuple[str, int]]:
         """(shard, row) of each of ``sha256`` that is cached (absent ones left out)."""
         wanted = list(dict.fromkeys(sha256))
-        fast = self._fast()
-        if fast is not None:
+
+        def indexed(fast: _IndexedState) -> dict[str, tuple[str, int]]:
             found = fast.index.locate(wanted)
             found.update((s, fast.unlisted[s]) for s in wanted
                          if s not in found and s in fast.unlisted)
             return found
-        entries = self._state().entries
-        return {s: entries[s] for s in wanted if s in entries}
+
+        def journal() -> dict[str, tuple[str, int]]:
+            entries = self._state().entries
+            return {s: entries[s] for s in wanted if s in entries}
+
+        return self._with_index(indexed, journal)
 
     def missing(self, sha256: Iterable[str]) -> list[str]:
         """The sha256 of ``sha256`` that have no features here, unique, in first-seen order."""
         wanted = list(dict.fromkeys(sha256))
-        fast = self._fast()
-        if fast is not None:
-            return [s for s in fast.index.missing(wanted) if s not in fast.unlisted]
-        found = self._entries(wanted)
-        return [s for s in wanted if s not in found]
+
+        def journal() -> list[str]:
+            found = self._entries(wanted)
+            return [s for s in wanted if s not in found]
+
+        return self._with_index(
+            lambda fast: [s for s in fast.index.missing(wanted) if s not in fast.unlisted],
+            journal)
 
     def locate(self, sha256: Sequence[str]) -> list[tuple[str, int]]:
         """(shard name, row) of each sha256; :class:`MissingFeaturesError` names absent ones."""
@@ -194,7 +213,8 @@ class FeatureStore:
     def get(self, sha256: Sequence[str]) -> np.ndarray:
         """Features of ``sha256`` in the order given, as (N, h, w, c) float32 in memory
         (float32 whatever the store keeps: float16 rows are widened, exactly)."""
-        return read_located(self.path, self.locate(list(sha256)), self.feature_shape)
+        sha256 = list(sha256)
+        return read_located(self.path, self.locate(sha256), self.feature_shape, sha256)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -226,7 +246,8 @@ class FeatureStore:
         parts = []
         for start in range(0, len(located), chunk_rows):
             chunk = located[start:start + chunk_rows]
-            block = dask.delayed(read_located, pure=True)(self.path, chunk, shape)
+            block = dask.delayed(read_located, pure=True)(self.path, chunk, shape,
+                                                          sha256[start:start + chunk_rows])
             parts.append(da.from_delayed(block, shape=(len(chunk), *shape), dtype=np.float32))
         return da.concatenate(parts, axis=0)
 
@@ -286,7 +307,11 @@ class _IndexedState:
         if index is None:
             return None
         on_disk = {p.name for p in list_shard_files(store.path)}
-        indexed = index.shard_names()
+        try:
+            indexed = index.shard_names()
+        except sqlite3.Error:
+            index.close()
+            return None
         if any(name not in on_disk for name in indexed):
             index.close()
             return None
@@ -312,9 +337,11 @@ class _IndexedState:
 
 
 def read_located(folder: Path, located: Sequence[tuple[str, int]],
-                 shape: tuple[int, ...]) -> np.ndarray:
+                 shape: tuple[int, ...], expect: Sequence[str] | None = None) -> np.ndarray:
     """Rows at ``located`` [(shard name, row), ...] under ``folder``, as (N, *shape) float32
-    (a float16 shard's rows widened)."""
+    (a float16 shard's rows widened). With ``expect``, the sha256 each row must hold: a row
+    holding another image raises :class:`CacheError` (the shard's own sha256 column is the
+    last word, whatever an index said)."""
     out = np.empty((len(located), *shape), dtype=np.float32)
     by_shard: dict[str, tuple[list[int], list[int]]] = {}
     for i, (shard, row) in enumerate(located):
@@ -322,7 +349,8 @@ def read_located(folder: Path, located: Sequence[tuple[str, int]],
         positions.append(i)
         rows.append(row)
     for shard, (positions, rows) in by_shard.items():
-        out[positions] = read_shard_rows(folder / shard, np.asarray(rows))
+        wanted = None if expect is None else [expect[i] for i in positions]
+        out[positions] = read_shard_rows(folder / shard, np.asarray(rows), wanted)
     return out
 
 

@@ -131,13 +131,23 @@ def read_shard(path: Path) -> ShardContents:
                              features=f["features"][:])
 
 
-def read_shard_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+def read_shard_rows(path: Path, rows: np.ndarray, expect: list[str] | None = None
+                    ) -> np.ndarray:
     """Rows ``rows`` (any order, repeats allowed) of one shard: (len(rows), h, w, c) in the
-    stored dtype."""
+    stored dtype. With ``expect`` (the sha256 each row should hold), a row that holds another
+    image's features raises :class:`~cache.errors.CacheError` instead of being returned."""
     rows = np.asarray(rows, dtype=np.int64)
     # h5py fancy indexing wants strictly increasing indices: read the unique sorted rows once,
     # then put them back in the order asked for.
     unique, inverse = np.unique(rows, return_inverse=True)
     with h5py.File(path, "r") as f:
         block = f["features"][unique]
+        if expect is not None:
+            held = f["sha256"][unique][inverse]
+            wrong = [i for i, (sha, want) in enumerate(zip(held, expect))
+                     if sha.decode("ascii", "replace") != want]
+            if wrong:
+                raise CacheError(f"{path}: row {int(rows[wrong[0]])} holds another image than "
+                                 f"the index says ({len(wrong)} row(s)); run `pipeline cache "
+                                 f"reindex`, then `pipeline cache verify`")
     return block[inverse]

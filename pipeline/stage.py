@@ -130,7 +130,7 @@ def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
 
 
 def _list_data(root: Path) -> dict:
-    prefix = len(str(root)) + 1
+    prefix = len(os.path.join(str(root), ""))  # root and its separator ("/" is one character)
     entries = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()

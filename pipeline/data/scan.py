@@ -335,7 +335,7 @@ def _candidates_from_folders(root: Path, folder_errors: list[OSError]
     # (split or None, its class folders): the split folders', or the root's own
     groups = ([(d.name, _list_class_folders(d)) for d in top] if split_folders
               else [(None, top)])
-    prefix = len(str(root)) + 1
+    prefix = len(os.path.join(str(root), ""))  # root and its separator ("/" is one character)
     for split, class_dirs in groups:
         for class_dir in class_dirs:
             classes.add(class_dir.name)

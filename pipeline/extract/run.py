@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cache.hashstate import HashState
+from cache.hashstate import open_hash_state
 
 from .. import metric_keys as keys
 from ..backbone import BackboneSpec
@@ -126,8 +126,12 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     """
     started = time.perf_counter()
     config, store = ctx.config, ctx.store
-    with HashState(config.cache.dir) as hash_state:
+    hash_state = open_hash_state(config.cache.dir)
+    try:
         scan = scan_dataset(config.data, hash_state=hash_state, rehash=ctx.rehash)
+    finally:
+        if hash_state is not None:
+            hash_state.close()
     warn_about(scan)
 
     first_path: dict[str, Path] = {}

@@ -25,10 +25,16 @@ def _run(ctx: RunContext, folder: Path, progress: bool):
     from .run import run_extract
 
     result = run_extract(ctx, progress=progress)
+    # the stores as this run left them: what the lock records, not what a gc started meanwhile
+    # made of them
+    ctx.once(_VERSIONS, lambda: _store_versions(ctx))
     write_view_csv(result.view, folder / "dataset.csv")
     write_skipped_csv(result.skipped, folder / "skipped.csv")
     write_duplicates_csv(result.view, folder / "duplicates.csv")
     return result
+
+
+_VERSIONS = "extract.store_versions"
 
 
 def _store_versions(ctx: RunContext) -> dict[str, str]:
@@ -39,7 +45,8 @@ def _outputs(ctx: RunContext) -> dict[str, Any]:
     """What the lock records of extract's outputs: the view's identity, and each store's
     version, so that a later check can tell that no entry was removed without asking for
     each image."""
-    return {"dataset_view": dataset_view_hash(ctx), "stores": _store_versions(ctx)}
+    return {"dataset_view": dataset_view_hash(ctx),
+            "stores": ctx.once(_VERSIONS, lambda: _store_versions(ctx))}
 
 
 def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | None:

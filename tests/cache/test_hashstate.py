@@ -50,10 +50,12 @@ def test_a_record_is_trusted_only_while_the_stat_is_the_same_and_not_racy(tmp_pa
         assert state.known([(image, stat)]) == {}
         state.record([(image, stat, "a" * 64, time.time_ns())])
         assert state.known([(image, stat)]) == {image: "a" * 64}
-        for changed in (FileStat(stat.device, stat.inode, stat.size + 1, stat.mtime_ns),
-                        FileStat(stat.device, stat.inode, stat.size, stat.mtime_ns + 1),
-                        FileStat(stat.device, stat.inode + 1, stat.size, stat.mtime_ns),
-                        FileStat(stat.device + 1, stat.inode, stat.size, stat.mtime_ns)):
+        from dataclasses import replace
+        for changed in (replace(stat, size=stat.size + 1),
+                        replace(stat, mtime_ns=stat.mtime_ns + 1),
+                        replace(stat, ctime_ns=stat.ctime_ns + 1),
+                        replace(stat, inode=stat.inode + 1),
+                        replace(stat, device=stat.device + 1)):
             assert state.known([(image, changed)]) == {}
         # hashed less than RACY_NS after its last change: it may have changed again unseen
         state.record([(image, stat, "b" * 64, stat.mtime_ns + RACY_NS - 1)])
@@ -83,9 +85,9 @@ def test_a_database_that_cannot_be_read_is_set_aside_and_started_afresh(tmp_path
     with pytest.warns(CacheDatabaseWarning, match="moved aside"):
         state = HashState(tmp_path)
     with state:
-        assert state.known([(tmp_path / "x", FileStat(1, 2, 3, 4))]) == {}
+        assert state.known([(tmp_path / "x", FileStat(1, 2, 3, 4, 5))]) == {}
     assert len(list(tmp_path.glob(f"{INDEX_NAME}.unreadable-*"))) == 1
-    sqlite3.connect(tmp_path / INDEX_NAME).execute("SELECT * FROM file_hashes").fetchall()
+    sqlite3.connect(tmp_path / INDEX_NAME).execute("SELECT * FROM file_states").fetchall()
 
 
 def test_a_second_scan_reads_no_image_and_a_touched_one_is_read_again(tmp_path: Path,
@@ -145,3 +147,29 @@ def test_extract_reruns_and_force_read_no_image_and_rehash_reads_them_all(tiny_p
     assert len(hashed_files) == 12
     assert "extract: 0 new, 12 cached" in capsys.readouterr().out
     assert (tiny_project / "cache" / INDEX_NAME).is_file()
+
+
+def test_the_racy_rule_counts_from_before_the_file_was_read(tmp_path: Path, monkeypatch):
+    """A file changed 1.5 s before a read that took 1 s is racy: the time that counts is when
+    reading began (the file could have changed again while it was read)."""
+    images = make_image_folder(tmp_path / "data", {"cats": 1, "dogs": 1})
+    _age(images)
+    _age(images[:1], time.time_ns() - 1_500_000_000)
+    write_config(tmp_path, tiny_document())
+    data = load_config(tmp_path / "stages.yaml").data
+    real = scan_module.sha256_file
+    read: list[Path] = []
+
+    def slow(path):
+        read.append(Path(path))
+        time.sleep(1.0)
+        return real(path)
+
+    monkeypatch.setattr(scan_module, "sha256_file", slow)
+    with HashState(tmp_path / "cache") as state:
+        scan_dataset(data, hash_state=state, hash_workers=2)
+        read.clear()
+        monkeypatch.setattr(scan_module, "sha256_file", lambda p: (read.append(Path(p)),
+                                                                   real(p))[1])
+        scan_dataset(data, hash_state=state)
+    assert read == images[:1]

@@ -113,9 +113,9 @@ def test_where_the_index_cannot_answer_exactly_the_manifest_does(tmp_path: Path)
     store2 = FeatureStore(tmp_path, "fp2")
     _write(store2, shas, features)
     journal = store2.path / MANIFEST_NAME
-    journal.write_bytes(journal.read_bytes().splitlines(keepends=True)[0])
-    os.replace(journal, journal.with_suffix(".tmp"))   # a new inode, as a rewrite makes
-    os.replace(journal.with_suffix(".tmp"), journal)
+    rewritten = journal.with_suffix(".tmp")   # a new file, as a rewrite makes
+    rewritten.write_bytes(journal.read_bytes().splitlines(keepends=True)[0])
+    os.replace(rewritten, journal)
     store2.refresh()
     assert store2.missing(shas) == [] and len(store2) == 8
     assert store2.stats().unlisted_shards == 1
@@ -185,3 +185,60 @@ def test_a_journal_rewritten_under_the_same_inode_is_indexed_again(tmp_path: Pat
     with EntryIndex(store.path) as index:
         assert index.sync() == 3
         assert index.sha256s() == [*shas[4:], *shas[:4], *more]
+
+
+def test_a_reader_that_opened_the_journal_before_gc_replaced_it_indexes_nothing(tmp_path: Path):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(12)
+    _write(store, shas, features)
+    index = EntryIndex(store.path)
+    stale = open(store.path / MANIFEST_NAME, "rb")   # a reader, just before gc
+    try:
+        with open_writer(store, DESCRIPTION, shard_rows=4) as writer:
+            writer.remove_entries(shas[:8])   # rewrites the journal; its close syncs the index
+        assert index._ingest(stale, again=False) is None   # not the journal any more
+        assert sorted(index.locate(shas)) == sorted(shas[8:])
+    finally:
+        stale.close()
+        index.close()
+
+
+def test_damage_recorded_changes_the_store_s_version(tmp_path: Path):
+    from cache.manifest import DamagedEntry, write_damaged
+
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(8)
+    _write(store, shas, features)
+    clean = store.version()
+    ((shard, row),) = store.locate([shas[0]])
+    write_damaged(store.path, [DamagedEntry(shas[0], shard, row, "checksum mismatch")])
+    one = store.version()
+    write_damaged(store.path, [DamagedEntry(shas[1], shard, row + 1, "checksum mismatch")])
+    assert len({clean, one, store.version()}) == 3
+
+
+def test_a_damaged_index_is_worked_around_and_never_serves_another_row(tmp_path: Path):
+    import sqlite3
+
+    from cache.errors import CacheError
+
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(8)
+    _write(store, shas, features)
+    # an index that points an image at another row: the shard's own sha256 column says no
+    db = sqlite3.connect(tmp_path / INDEX_NAME)
+    db.execute("UPDATE entries SET row = (row + 1) % 4 WHERE sha256 = ?", (shas[0],))
+    db.commit()
+    db.close()
+    with pytest.raises(CacheError, match="holds another image than the index says"):
+        FeatureStore(tmp_path, "fp").get([shas[0]])
+    # pages of the database overwritten: a query fails half-way, the journal answers
+    index = tmp_path / INDEX_NAME
+    data = bytearray(index.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)
+    index.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"{INDEX_NAME}{suffix}").unlink(missing_ok=True)
+    fresh = FeatureStore(tmp_path, "fp")
+    assert fresh.missing([*shas, "f" * 64]) == ["f" * 64]
+    np.testing.assert_array_equal(fresh.get(shas[3:5]), features[3:5])
