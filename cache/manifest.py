@@ -91,12 +91,9 @@ class Manifest:
     entries: dict[str, tuple[str, int]] = field(default_factory=dict)
     damaged_lines: int = 0   # lines that could not be parsed (a torn write), skipped
 
-    def remove(self, name: str) -> None:
-        """Forget the shard ``name``; its entries map to another shard's copy, if any."""
-        self.remove_many([name])
-
-    def remove_many(self, names: Iterable[str]) -> None:
-        """Forget the shards ``names`` at once (one pass over the entries, however many)."""
+    def remove(self, names: Iterable[str]) -> None:
+        """Forget the shards ``names``, at once (one pass over the entries, however many);
+        their entries map to another shard's copy, if any."""
         for name in names:
             self.shards.pop(name, None)
         self.rebuild_entries()

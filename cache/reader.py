@@ -118,8 +118,8 @@ class FeatureStore:
                 if fingerprint != self.fingerprint:
                     continue  # not ours; the next writer moves it aside
                 manifest.add(ShardRecord(name=name, sha256=tuple(shas), checksums=(), bytes=0))
-            for name in [n for n in manifest.shards if not (self.path / n).exists()]:
-                manifest.remove(name)  # a shard file gone: its entries are missing, not broken
+            # a shard file gone: its entries are missing, not broken
+            manifest.remove([n for n in manifest.shards if not (self.path / n).exists()])
             manifest.forget_damaged(read_damaged(self.path))  # extract computes them again
             self._manifest = manifest
         return self._manifest

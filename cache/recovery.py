@@ -76,8 +76,7 @@ def recover(folder: Path, fingerprint: str, description: dict) -> Recovered:
     remove_temporary_files(folder)
     manifest = load_manifest(folder)
     gone = [name for name in manifest.shards if not (folder / name).exists()]
-    for name in gone:
-        manifest.remove(name)
+    manifest.remove(gone)
     if manifest.damaged_lines or gone:
         rewrite_manifest(folder, manifest)
     recovered = Recovered(manifest)

@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from cache.files import sha256_text
+
 
 def json_safe(value):
     """``value`` with every NaN or infinite float, however deep in dicts and lists, replaced by
@@ -23,3 +25,9 @@ def json_text(payload: Any) -> str:
     """``payload`` as indented JSON for people and scripts (``--json``): non-finite numbers as
     null, so that any JSON parser reads it."""
     return json.dumps(json_safe(payload), indent=2, allow_nan=False)
+
+
+def json_digest(value: Any) -> str:
+    """The sha256 (hex) of ``value`` as canonical JSON (sorted keys, anything else as its
+    ``str``): the identity the lock records of a bulky input, and of a dataset view."""
+    return sha256_text(json.dumps(value, sort_keys=True, default=str))

@@ -13,18 +13,18 @@ so ``pipeline status`` never imports TensorFlow.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cache.files import sha256_file, sha256_text
+from cache.files import sha256_file
 
 from .config import PipelineConfig
 from .context import RunContext
 from .data.view import view_digest
+from .json_values import json_digest
 
 
 class StageResult(Protocol):
@@ -117,11 +117,6 @@ class Stage:
                 if dep.applies(ctx.config)}
 
 
-def digest(value: Any) -> str:
-    """A sha256 of ``value`` as canonical JSON: what the lock records of a bulky input."""
-    return sha256_text(json.dumps(value, sort_keys=True, default=str))
-
-
 def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
     """Every file under ``data.root``: count and a hash of (path, size, mtime), read cheaply
     (no file is opened), once per command: the lock records the listing the stage saw before
@@ -141,7 +136,7 @@ def _list_data(root: Path) -> dict:
             except OSError:
                 continue
             entries.append((path[prefix:], stat.st_size, stat.st_mtime_ns))
-    return {"files": len(entries), "hash": digest(entries)}
+    return {"files": len(entries), "hash": json_digest(entries)}
 
 
 def _labels_table(ctx: RunContext, locked: LockedStages) -> str:

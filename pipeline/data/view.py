@@ -22,6 +22,7 @@ from cache.files import sha256_text, write_atomic
 
 from ..config import OUTPUT, SPLITS, PipelineConfig
 from ..errors import PipelineError
+from ..json_values import json_digest
 from .scan import DuplicateGroup
 
 VIEW_FORMAT = 1
@@ -186,8 +187,7 @@ def view_id(config: PipelineConfig) -> str:
 def _content_digest(payload: dict) -> str:
     """The identity of a view's content: the sha256 of its JSON with sorted keys and without
     its write time (the value locks written by earlier releases recorded)."""
-    content = {key: value for key, value in payload.items() if key != "created"}
-    return sha256_text(json.dumps(content, sort_keys=True, default=str))
+    return json_digest({key: value for key, value in payload.items() if key != "created"})
 
 
 def digest_file(path: Path) -> Path:
