@@ -1,0 +1,154 @@
+"""Benchmark: ``pipeline run heads`` against the same fits in a plain loop (issue 22, item 4).
+
+On a cache of synthetic 32x32 images (``bench.scale``'s images and configuration: the
+repository's stages.yaml, ``weights: null``), runs the repository's scikit-learn heads (the
+dense head left out unless ``--dense``) two ways, each in a fresh process:
+
+    pipeline    pipeline run heads --force (the configured scheduler, or --scheduler)
+    plain loop  the same estimators (the same parameters and seeds, the sweep's draws
+                included) fitted one after another on in-memory arrays read once through
+                ``Project.features``, each scored on validation
+
+and prints wall seconds, peak RSS (the command's own and the largest of its children) and the
+ratio of the two wall times, with one float32 copy of the largest training matrix for scale.
+The images and cache are made on first use (``--images`` synthetic images, about 70% of them
+training rows) and reused. Run from the repository root:
+
+    python -m bench.heads_scale --images 2860 --workdir /tmp/heads-scale
+    python -m bench.heads_scale --project /tmp/scale/project-100000   # bench.scale's cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.scale import REPO, make_images, write_config
+
+
+def prepare(workdir: Path, images: int) -> Path:
+    """A project on ``images`` synthetic images with its features extracted; its config."""
+    data = make_images(workdir / f"images-{images}", images)
+    project = workdir / f"project-{images}"
+    project.mkdir(parents=True, exist_ok=True)
+    config = write_config(project, data)
+    subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "extract", "-c", str(config),
+                    "--no-progress"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return config
+
+
+def heads_config(config: Path, dense: bool, scheduler: str | None) -> Path:
+    """``config`` with the dense head left out (unless ``dense``) and ``scheduler`` set."""
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if not dense:
+        document["stages"]["heads"]["models"].pop("dense", None)
+    if scheduler:
+        document.setdefault("cluster", {})["scheduler"] = scheduler
+    path = config.with_name(f"heads-{scheduler or 'configured'}-{int(dense)}.yaml")
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def measure(mode: str, config: Path) -> dict:
+    """Run one mode in a child process: wall seconds, peak RSS of it and of its children."""
+    report = Path(os.environ.get("TMPDIR", "/tmp")) / f"heads-scale-{os.getpid()}.json"
+    started = time.perf_counter()
+    child = subprocess.run([sys.executable, "-m", "bench.heads_scale", "--child", mode,
+                            str(report), str(config)], cwd=REPO, capture_output=True)
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"{mode} failed ({child.returncode}):\n"
+                           f"{child.stderr.decode(errors='replace')[-3000:]}")
+    measured = json.loads(report.read_text())
+    report.unlink()
+    return {"seconds": seconds, **measured}
+
+
+def _plain_loop(config: Path) -> dict:
+    """The configured scikit-learn trials fitted directly on arrays read once per feature
+    setting: what a user writes by hand."""
+    import numpy as np
+
+    from pipeline import Project
+    from pipeline.config import load_config
+    from pipeline.heads.trials import expand_trials
+
+    project = Project(config)
+    trials = [t for t in expand_trials(load_config(config).stages.heads)
+              if t.kind.name != "dense"]
+    arrays, fit_seconds, largest = {}, 0.0, 0
+    for trial in trials:
+        setting = (tuple(np.atleast_1d(trial.spec.setting("features"))),
+                   trial.spec.setting("normalize"))
+        if setting not in arrays:
+            arrays[setting] = (project.features("train", list(setting[0]), setting[1]),
+                               project.features("validation", list(setting[0]), setting[1]))
+        (x, y), (xv, yv) = arrays[setting]
+        largest = max(largest, x.nbytes)
+        started = time.perf_counter()
+        model = trial.kind.build_estimator(trial.spec.estimator_params(), trial.spec.seed)
+        model.fit(x, y)
+        float(np.mean(model.predict(xv) == yv))
+        fit_seconds += time.perf_counter() - started
+    return {"trials": len(trials), "fit_seconds": fit_seconds, "matrix_mb": largest / 1e6}
+
+
+def _child(mode: str, report: str, config: str) -> None:
+    measured = {}
+    if mode == "plain":
+        measured = _plain_loop(Path(config))
+    else:
+        from pipeline.cli import main
+        code = main(["run", "heads", "--force", "-c", config, "--no-progress"])
+        if code not in (0, None):
+            sys.exit(code)
+    Path(report).write_text(json.dumps({
+        **measured,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(*sys.argv[2:5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--images", type=int, default=2860,
+                       help="synthetic images to make and extract (default: 2,000 train rows)")
+    where.add_argument("--project", type=Path, help="a bench.scale project folder to reuse")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/heads-scale"))
+    parser.add_argument("--scheduler", help="cluster.scheduler for the pipeline run")
+    parser.add_argument("--dense", action="store_true", help="keep the dense head")
+    parser.add_argument("--repeat", type=int, default=1)
+    options = parser.parse_args()
+    config = (options.project / "stages.yaml" if options.project
+              else prepare(options.workdir, options.images))
+    run_config = heads_config(config, options.dense, options.scheduler)
+    rows = []
+    for _ in range(options.repeat):
+        plain = measure("plain", run_config)
+        piped = measure("pipeline", run_config)
+        rows.append((plain, piped))
+    matrix = rows[0][0]["matrix_mb"]
+    print(f"{rows[0][0]['trials']} trials; largest training matrix {matrix:,.0f} MB float32")
+    print("| run | plain loop (fits) | pipeline run heads | ratio | pipeline peak RSS |")
+    print("|---|---|---|---|---|")
+    for i, (plain, piped) in enumerate(rows):
+        rss = piped["rss_mb"] + piped["children_rss_mb"]
+        print(f"| {i + 1} | {plain['seconds']:.2f} s ({plain['fit_seconds']:.2f} s) / "
+              f"{plain['rss_mb']:,.0f} MB | {piped['seconds']:.2f} s / {piped['rss_mb']:,.0f} MB"
+              f" (+{piped['children_rss_mb']:,.0f} MB children) | "
+              f"{piped['seconds'] / plain['seconds']:.2f}x | {rss / matrix:.1f}x the matrix |")
+
+
+if __name__ == "__main__":
+    main()
