@@ -101,7 +101,7 @@ and why.
 @config_option
 @set_option
 @click.option("--scheduler", metavar="ADDRESS",
-              help="Where sweeps and extraction run: local, synchronous, or a dask scheduler "
+              help="Where sweeps and extraction run: auto, local, synchronous, or a dask scheduler "
                    "address such as tcp://host:8786, whose workers then extract and fit "
                    "(default: cluster.scheduler of stages.yaml).")
 @click.option("--force", is_flag=True,

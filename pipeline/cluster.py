@@ -74,6 +74,15 @@ def scheduler_client(address: str, timeout: str = "30s"):
         yield client
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system says, else every
+    core of the machine)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def sweep_client(cluster: ClusterConfig):
     """A dask client for a sweep: on the scheduler of ``cluster.scheduler``, or on a new
@@ -81,7 +90,7 @@ def sweep_client(cluster: ClusterConfig):
     import dask
     from distributed import Client, LocalCluster
 
-    if cluster.scheduler != "local":
+    if cluster.on_scheduler:
         with scheduler_client(cluster.scheduler) as client:
             threads = client.nthreads()
             if any(n > 1 for n in threads.values()):
@@ -91,7 +100,7 @@ def sweep_client(cluster: ClusterConfig):
                               MultiThreadedWorkersWarning, stacklevel=3)
             yield client
         return
-    workers = cluster.workers or os.cpu_count() or 1
+    workers = cluster.workers or usable_cores()
     with dask.config.set({"distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT}), \
             environment_kept() as restore:
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -207,6 +207,11 @@ class HeadConfig(Section):
     """Values to search; every trial is ranked on validation (null: one trial)."""
     incremental: Optional[IncrementalConfig] = None
     """``sgd`` only: train from the cache a chunk of rows at a time, in bounded memory."""
+    max_train_rows: Optional[Int] = Field(None, ge=1)
+    """The most training rows a trial of this head fits on; with more, the trial fails with
+    a message and the others run. null: the kind's own limit, 200,000 for ``knn`` (each image
+    it classifies is compared with every training row, so scoring grows with training rows x
+    scored rows) and none for the others."""
 
     @field_validator("features")
     @classmethod
@@ -272,6 +277,10 @@ class HeadsConfig(Section):
     """Train on the cached augmented copies of the training images too, when extract made
     them (``stages.extract.augmented_copies.count`` > 0). Validation and test are never
     augmented."""
+    memory_budget_mb: Int = Field(1024, ge=16)
+    """Megabytes of cached features the heads stage may hold in memory for a sweep: with
+    ``cluster.scheduler: auto``, a sweep whose features would not fit once in this process
+    and once in every LocalCluster worker runs in this process instead."""
 
     @field_validator("models")
     @classmethod

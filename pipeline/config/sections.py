@@ -221,11 +221,18 @@ class RunsConfig(Section):
     """Where run folders go (one per ``pipeline run``)."""
 
 
+#: The values of ``cluster.scheduler`` that keep the work on this machine.
+ON_THIS_MACHINE = ("auto", "local", "synchronous")
+
+
 class ClusterConfig(Section):
     """Where sweeps and extraction run (dask.distributed)."""
 
-    scheduler: str = "local"
-    """``local``: sweeps on a LocalCluster of this machine, extraction in this process;
+    scheduler: str = "auto"
+    """``auto``: a sweep runs in this process when a LocalCluster would not pay for itself
+    (few or small trials, or features too large to copy into each worker within
+    ``stages.heads.memory_budget_mb``), else on a LocalCluster; extraction in this process;
+    ``local``: sweeps always on a LocalCluster of this machine, extraction in this process;
     ``synchronous``: both in this process, one trial after another; or a running scheduler's
     address (``tcp://10.0.0.5:8786``), whose workers run sweeps and extraction."""
     workers: Optional[Int] = Field(None, ge=1, le=1024)
@@ -246,12 +253,12 @@ class ClusterConfig(Section):
     @field_validator("scheduler")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value in ("local", "synchronous") or "://" in value:
+        if value in ON_THIS_MACHINE or "://" in value:
             return value
-        raise ValueError("local, synchronous, or a scheduler address such as "
+        raise ValueError("auto, local, synchronous, or a scheduler address such as "
                          "tcp://host:8786")
 
     @property
     def on_scheduler(self) -> bool:
-        """Whether ``scheduler`` names a running scheduler (not local or synchronous)."""
-        return self.scheduler not in ("local", "synchronous")
+        """Whether ``scheduler`` names a running scheduler (not auto, local or synchronous)."""
+        return self.scheduler not in ON_THIS_MACHINE

@@ -61,13 +61,17 @@ class SklearnKind(HeadKind):
 
     model_file = "model.skops"
     preprocessing = PIPELINE_KEYS
+    takes_rows = True
 
     def __init__(self, name: str, estimator: type[BaseEstimator], defaults: dict[str, Any],
-                 relative_cost: int = 1):
+                 relative_cost: int = 1, max_train_rows: int | None = None,
+                 max_train_rows_reason: str = ""):
         self.name = name
         self.estimator = estimator
         self.defaults = defaults
         self.relative_cost = relative_cost
+        self.max_train_rows = max_train_rows
+        self.max_train_rows_reason = max_train_rows_reason
 
     # -- checking --------------------------------------------------------------------------
 
@@ -195,19 +199,19 @@ class SklearnKind(HeadKind):
 
     def save(self, model: Pipeline, folder: Path) -> Path:
         """``model.skops`` (skops, no pickle)."""
-        import skops.io
+        skops_io = _skops_io()
 
         path = folder / self.model_file
         with replacing(path, keep_suffix=True) as temp:
-            skops.io.dump(model, temp)
+            skops_io.dump(model, temp)
         return path
 
     def load(self, path: Path) -> Pipeline:
         """A ``model.skops`` whose every type is on the allowlist of what our heads contain."""
-        import skops.io
+        skops_io = _skops_io()
 
         try:
-            untrusted = skops.io.get_untrusted_types(file=path)
+            untrusted = skops_io.get_untrusted_types(file=path)
         except Exception as exc:  # noqa: BLE001 (a damaged zip raises many kinds)
             raise HeadLoadError(f"{path}: cannot read: {exc}") from None
         refused = [t for t in untrusted
@@ -216,7 +220,32 @@ class SklearnKind(HeadKind):
             raise HeadLoadError(f"{path}: refusing to load types no head of this pipeline "
                                 f"contains: {', '.join(refused)}")
         with _former_module_path(FORMER_PATH in untrusted):
-            return skops.io.load(path, trusted=untrusted)
+            return skops_io.load(path, trusted=untrusted)
+
+
+#: Array libraries whose scikit-learn wrappers skops imports for nothing a head uses.
+_NOT_FOR_SKOPS = ("torch", "dask")
+
+
+def _skops_io():
+    """``skops.io``, imported without importing torch or dask. On import, skops lists every
+    scikit-learn estimator by importing every scikit-learn package, the array-API wrappers of
+    torch and dask among them, which import those libraries where they are installed (the
+    PyTorch backend's extra; dask for sweeps): 1.3 s of every heads run for nothing a head
+    uses (0.27 s without them). The wrappers' imports fail quietly while the libraries are
+    marked absent; they import as usual afterwards."""
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    # import x raises ImportError while sys.modules["x"] is None
+    absent = [name for name in _NOT_FOR_SKOPS if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(absent))
+    try:
+        import skops.io
+    finally:
+        for name in absent:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+    return skops.io
 
 
 def _features_ok(value) -> bool:
@@ -261,7 +290,11 @@ SKLEARN_HEAD_KINDS = (
     SklearnKind("random_forest", RandomForestClassifier, {"n_estimators": 200}, relative_cost=2),
     SklearnKind("extra_trees", ExtraTreesClassifier, {"n_estimators": 200}, relative_cost=2),
     SklearnKind("gradient_boosting", HistGradientBoostingClassifier, {}, relative_cost=2),
-    SklearnKind("knn", KNeighborsClassifier, {}),
+    SklearnKind("knn", KNeighborsClassifier, {}, max_train_rows=200_000,
+                max_train_rows_reason=(
+                    "kNN compares every image it scores with every training row, so scoring "
+                    "the validation split alone would take hours; a linear head "
+                    "(logistic_regression, sgd) trains on millions of rows")),
     SklearnKind("mlp", MLPClassifier, {"max_iter": 500, "early_stopping": True},
                 relative_cost=2),
 )

@@ -13,13 +13,13 @@ starts with :class:`FeatureRows`; the dense head builds the same steps from Kera
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..config import OUTPUT
-from ..config.heads import OUTPUT_PARTS, feature_parts
+from ..config.heads import NORMALIZATIONS, OUTPUT_PARTS, feature_parts
 
 #: The names earlier releases gave :class:`FeatureRows` in the skops files of saved heads: its
 #: module before the heads package existed (``FORMER_PATH``), and its name before it was
@@ -48,21 +48,74 @@ def as_features(x: Features | np.ndarray) -> Features:
     return {OUTPUT: x} if isinstance(x, np.ndarray) else x
 
 
-def rows_of(x: Features | np.ndarray) -> int:
+def rows_of(x: Features | np.ndarray | PreparedRows) -> int:
     """How many images ``x`` holds."""
+    if isinstance(x, PreparedRows):
+        return len(x)
     return len(next(iter(as_features(x).values())))
 
 
-def normalized(rows: np.ndarray, normalize: str) -> np.ndarray:
-    """(N, d) ``rows`` normalised: ``none``, ``l2`` (unit length) or ``power`` (signed square
-    root, then unit length)."""
+class PreparedRows:
+    """Rows that :class:`FeatureRows` of ``parts`` and ``normalize`` has already made: (N, d)
+    float32. A sweep makes them once per feature setting and passes them to every trial of
+    that setting; the FeatureRows step of each trial's pipeline hands them on as they are."""
+
+    __slots__ = ("rows", "parts", "normalize")
+
+    def __init__(self, rows: np.ndarray, parts: tuple[str, ...], normalize: str):
+        self.rows = rows
+        self.parts = tuple(parts)
+        self.normalize = normalize
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> PreparedRows:
+        return PreparedRows(self.rows[index], self.parts, self.normalize)
+
+
+def normalize_in_place(rows: np.ndarray, normalize: str) -> np.ndarray:
+    """Normalise (N, d) float32 ``rows`` in place and return them: ``none``, ``l2`` (unit
+    length) or ``power`` (signed square root, then unit length). ``rows`` may be a view of
+    some columns of a larger array; no copy of the same size is made."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; expected none, l2 or power")
     if normalize == "none":
         return rows
     if normalize == "power":
-        rows = np.sign(rows) * np.sqrt(np.abs(rows))
-    elif normalize != "l2":
-        raise ValueError(f"unknown normalize {normalize!r}; expected none, l2 or power")
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), _EPSILON)
+        negative = np.signbit(rows)
+        np.sqrt(np.abs(rows, out=rows), out=rows)
+        np.negative(rows, out=rows, where=negative)
+    lengths = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    rows /= np.maximum(lengths, _EPSILON)[:, None]
+    return rows
+
+
+def part_width(part: str, shape: tuple[int, ...]) -> int:
+    """Numbers per row of ``part`` when its source holds ``shape`` per image ((h, w, c) for
+    the output tensor, (c,) for a tap)."""
+    if part == "flatten":
+        return int(np.prod(shape))
+    return int(shape[-1])
+
+
+def feature_rows(read: Callable[[str], np.ndarray], shapes: Mapping[str, tuple[int, ...]],
+                 parts: str | list[str] | tuple[str, ...], normalize: str,
+                 count: int) -> np.ndarray:
+    """(count, d) float32 rows of ``parts``: each part taken from its source (``read(source)``
+    gives the (count, ...) array of one source; ``shapes`` its shape per image), normalised on
+    its own by ``normalize``, the parts side by side in the order given. Each source is read
+    when its part is made, so only the rows and one source are in memory at once."""
+    parts = feature_parts(parts)
+    widths = [part_width(part, shapes[source_of(part)]) for part in parts]
+    rows = np.empty((count, sum(widths)), np.float32)
+    start = 0
+    for part, width in zip(parts, widths):
+        block = rows[:, start:start + width]
+        block[...] = part_rows(read(source_of(part)), part)
+        normalize_in_place(block, normalize)
+        start += width
+    return rows
 
 
 def part_rows(x: np.ndarray, part: str) -> np.ndarray:
@@ -101,23 +154,30 @@ class FeatureRows(TransformerMixin, BaseEstimator):
 
     def fit(self, X, y=None):  # noqa: N803 (scikit-learn's names)
         """Check that ``X`` holds every source the parts read; nothing is learned."""
-        self.n_features_in_ = self.transform(X[:1] if isinstance(X, np.ndarray) else
-                                             {k: v[:1] for k, v in X.items()}).shape[1]
+        first = (X[:1] if isinstance(X, (np.ndarray, PreparedRows)) else
+                 {k: v[:1] for k, v in X.items()})
+        self.n_features_in_ = self.transform(first).shape[1]
         return self
 
     def transform(self, X):  # noqa: N803
-        """``{source: array}`` (or the bare output tensor) -> (N, d) float32."""
-        x = as_features(X)
+        """``{source: array}`` (or the bare output tensor) -> (N, d) float32; rows this
+        transform has already made (:class:`PreparedRows` of the same parts and
+        normalisation) as they are."""
         # heads saved before normalisation existed have no ``normalize``
         normalize = getattr(self, "normalize", "none")
-        parts = []
-        for part in feature_parts(self.parts):
-            source = source_of(part)
-            if source not in x:
-                raise ValueError(f"the features hold no {source} (they hold "
+        parts = feature_parts(self.parts)
+        if isinstance(X, PreparedRows):
+            if (X.parts, X.normalize) != (tuple(parts), normalize):
+                raise ValueError(f"rows prepared from {'+'.join(X.parts)} ({X.normalize}) "
+                                 f"given to a head of {'+'.join(parts)} ({normalize})")
+            return X.rows
+        x = as_features(X)
+        for part in parts:
+            if source_of(part) not in x:
+                raise ValueError(f"the features hold no {source_of(part)} (they hold "
                                  f"{', '.join(x) or 'nothing'}) for the part {part}")
-            parts.append(normalized(part_rows(x[source], part), normalize))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        shapes = {source: array.shape[1:] for source, array in x.items()}
+        return feature_rows(x.__getitem__, shapes, parts, normalize, rows_of(x))
 
 
 # skops finds a class by its module and name: files saved while it was FeatureView ask for it.

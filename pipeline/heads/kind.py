@@ -33,6 +33,13 @@ class HeadKind(ABC):
     relative_cost: int = 1
     #: a Keras model on (h, w, c) features, which the finetune stage can put on the base
     sits_on_base: bool = False
+    #: the most training rows a trial fits on unless the head says otherwise (None: no limit)
+    max_train_rows: int | None = None
+    #: why :attr:`max_train_rows` is what it is, and what to do instead, for the message
+    max_train_rows_reason: str = ""
+    #: fits and predicts on the rows a FeatureRows makes (:class:`PreparedRows`), so a sweep
+    #: can make them once for every trial of one feature setting
+    takes_rows: bool = False
 
     @abstractmethod
     def check(self, where: str, head: HeadConfig) -> None:
@@ -117,8 +124,12 @@ class FittedHead:
         ``split``, a chunk at a time where the split reads lazily."""
         predicted, probabilities = [], []
         for x, _ in split.chunks(chunk_rows):
-            predicted.append(self.predict(x))
-            probabilities.append(self.predict_proba(x))
+            # The answer is the most probable class: one pass over the model, not two (kNN
+            # would search every neighbour twice); a model without probabilities predicts.
+            proba = self.predict_proba(x)
+            predicted.append(self.predict(x) if proba is None else
+                             np.argmax(proba, axis=1).astype(np.int64))
+            probabilities.append(proba)
         if not predicted:
             return np.empty(0, np.int64), None
         proba = None if probabilities[0] is None else np.concatenate(probabilities)

@@ -4,9 +4,9 @@
    decoded and no convnet runs here; a missing view or entry is an error that says to extract).
 2. Run every trial of every head (sweeps included) on dask, scoring on the validation split.
 3. Rank the trials into a leaderboard by the validation metric.
-4. For each head, take the model of its best trial (kept from the sweep, not refitted),
-   evaluate it on validation, and save the model, its scores, confusion matrix and (dense)
-   training history.
+4. For each head, take the model of its best trial and its validation scores (kept from the
+   sweep: not refitted, not predicted again), and save the model, its scores, confusion
+   matrix and (dense) training history.
 5. Evaluate the overall best, the head whose best trial ranks first, once on the test split.
 
 The test split is loaded only at step 5, after every choice has been made, and only one model
@@ -46,8 +46,8 @@ from .leaderboard import (
 )
 from .registry import check_heads
 from .saving import save_head
-from .splits import LabelledSplit, LazySplit, TrainingData, lazy_split, load_split
-from .sweep import run_trials
+from .splits import TrainingData, lazy_split, load_split
+from .sweep import run_trials, runs_in_process
 from .trials import Trial, expand_trials
 
 #: The best head's answer for each test image, written into its folder (the report's gallery).
@@ -152,10 +152,12 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     stores = {source: ctx.stores[source] for source in sources}
     view = ctx.require_view(sources, augmented=heads.augmented_copies)
     view.check_trainable("heads are trained on train and selected on validation")
-    data = _training_data(stores, view, trials, heads.augmented_copies)
+    data = _training_data(stores, view, heads.augmented_copies)
 
     sweep_started = time.perf_counter()
-    sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress)
+    in_process = runs_in_process(trials, data, config.cluster, heads.memory_budget_mb)
+    sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress,
+                       in_process=in_process)
     sweep_seconds = time.perf_counter() - sweep_started
     ranked = rank_trials(sweep.results, heads.metric)
     write_leaderboard(ranked, output)
@@ -167,11 +169,9 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
             failed.append(name)
             continue
         trial = next(t for t in trials if t.head == name and t.index == best.trial)
-        model = sweep.best_models[name]
-        _, validation = data.splits(lazy=trial.reads_in_chunks)
-        outcomes.append(HeadOutcome(name, best, {"validation": _score(model, trial, validation,
-                                                                      view)},
-                                    output / "heads" / name, model, trial))
+        kept = sweep.best[name]  # scored on validation in the sweep: not predicted again
+        outcomes.append(HeadOutcome(name, best, {"validation": kept.validation},
+                                    output / "heads" / name, kept.model, trial))
     if not outcomes:
         raise PipelineError(f"every trial of every head failed (first error: "
                             f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
@@ -190,24 +190,22 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     sizes["augmented"] = len(view.augmented_copies()) if heads.augmented_copies else 0
     scheduler = config.cluster.scheduler
     return HeadsResult(ctx.fingerprint.id, sizes, ranked, outcomes,
-                       "one after another" if scheduler == "synchronous" else
-                       f"dask {scheduler}", sweep_seconds, time.perf_counter() - started,
+                       "in this process" if in_process else
+                       f"dask {'local' if scheduler == 'auto' else scheduler}",
+                       sweep_seconds, time.perf_counter() - started,
                        heads.metric, failed)
 
 
-def _training_data(stores: dict[str, FeatureStore], view: DatasetView, trials: list[Trial],
+def _training_data(stores: dict[str, FeatureStore], view: DatasetView,
                    augmented: bool) -> TrainingData:
-    """The training and validation splits of every source a trial reads, in memory for the
-    trials that read them whole and named for those that read the cache a chunk at a time
-    (each only when needed)."""
-    reads_lazily = [trial.reads_in_chunks for trial in trials]
-    in_memory, lazy = not all(reads_lazily), any(reads_lazily)
+    """The training and validation rows of the view, named, to be read by whichever process
+    runs each trial (with ``augmented``, the cached augmented copies of the training images
+    too)."""
     return TrainingData(
-        n_classes=len(view.classes),
-        train=load_split(stores, view, "train", augmented) if in_memory else None,
-        validation=load_split(stores, view, "validation") if in_memory else None,
-        lazy_train=lazy_split(stores, view, "train", augmented) if lazy else None,
-        lazy_validation=lazy_split(stores, view, "validation") if lazy else None)
+        classes=tuple(view.classes),
+        train=lazy_split(stores, view, "train", augmented),
+        validation=lazy_split(stores, view, "validation"),
+        shapes={source: tuple(store.feature_shape) for source, store in stores.items()})
 
 
 def write_predictions(view: DatasetView, split: str, predicted: np.ndarray,
@@ -222,13 +220,6 @@ def write_predictions(view: DatasetView, split: str, predicted: np.ndarray,
         writer.writerow([image.path, image.label, view.classes[answer],
                          "" if proba is None else f"{proba[row, answer]:.6f}"])
     write_atomic(path, buffer.getvalue(), errors="backslashreplace")
-
-
-def _score(model: FittedHead, trial: Trial, split: LabelledSplit | LazySplit,
-           view: DatasetView) -> SplitScores:
-    """evaluate() of ``model`` on ``split`` (read a chunk at a time where the trial does)."""
-    predicted, proba = model.predict_split(split, trial.chunk_rows)
-    return evaluate(split.y, predicted, proba, view.classes)
 
 
 def _save_outcome(outcome: HeadOutcome, view: DatasetView, ctx: RunContext,

@@ -1,11 +1,12 @@
 """The cached features of a dataset view's splits, labelled, in memory or read a chunk at a time.
 
 Features come from the :class:`~cache.FeatureStore` of each source a head reads (the output
-tensor, taps), labels and splits from the view. A :class:`LabelledSplit` holds its rows; a
+tensor, taps), labels and splits from the view. A :class:`LabelledSplit` holds its rows (raw,
+``{source: array}``, or rows a head's FeatureRows already made, :class:`PreparedRows`); a
 :class:`LazySplit` names them and reads them through :meth:`FeatureStore.to_dask`, one chunk in
 memory at a time, for heads that train from caches larger than memory. Both yield ``(x, y)``
-chunks, ``x`` as ``{source: array}``, so code that predicts or scores does not care which it
-has.
+chunks, so code that predicts or scores does not care which it has. :class:`TrainingData`
+gives a sweep's trials what each reads.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import numpy as np
 from cache import FeatureStore
 
 from ..data.view import DatasetView
-from .features import Features, as_features
+from .features import (
+    Features,
+    PreparedRows,
+    as_features,
+    feature_rows,
+    part_width,
+    source_of,
+)
 
 # Rows per forward pass when a model scores a split (memory, not maths: any size gives the
 # same numbers).
@@ -29,10 +37,10 @@ VALIDATION_BATCH = 1024
 @dataclass(frozen=True)
 class LabelledSplit:
     """The features of one split: ``x`` ``{source: (N, ...)}`` float32 (or the bare (N, h, w,
-    c) output tensor), ``y`` (N,) int class indices."""
+    c) output tensor, or :class:`PreparedRows`), ``y`` (N,) int class indices."""
 
     name: str
-    x: Features | np.ndarray
+    x: Features | np.ndarray | PreparedRows
     y: np.ndarray
     sha256: tuple[str, ...]
 
@@ -44,6 +52,15 @@ class LabelledSplit:
         """The whole split as one ``(x, y)`` chunk (none when empty)."""
         if len(self):
             yield self.x, self.y
+
+    def sample(self, rows: int, seed: int = 0) -> LabelledSplit:
+        """At most ``rows`` of the split's rows, drawn at random (seeded), in split order;
+        the split itself when it has no more."""
+        if len(self) <= rows:
+            return self
+        picked = _sample_positions(len(self), rows, seed)
+        return LabelledSplit(self.name, subset(self.x, picked), self.y[picked],
+                             tuple(self.sha256[i] for i in picked))
 
 
 @dataclass(frozen=True)
@@ -72,15 +89,9 @@ class LazySplit:
             return
         if not len(self):
             return
-        lazy = {}
-        for source, fingerprint in self.fingerprints.items():
-            store = FeatureStore(self.cache_dir, fingerprint)
-            if not store.path.is_dir():
-                raise FileNotFoundError(
-                    f"cannot see the feature cache {store.path} from this process; "
-                    f"incremental heads on a cluster need cache.dir on a filesystem every "
-                    f"worker sees")
-            lazy[source] = store.to_dask(list(self.sha256), chunk_rows=self.chunk_rows)
+        lazy = {source: self.store(source).to_dask(list(self.sha256),
+                                                   chunk_rows=self.chunk_rows)
+                for source in self.fingerprints}
         first = next(iter(lazy.values()))
         starts = np.cumsum((0, *first.chunks[0][:-1]))
         for index in (order if order is not None else range(len(starts))):
@@ -89,9 +100,34 @@ class LazySplit:
                  for source, array in lazy.items()}
             yield x, self.y[start:start + len(next(iter(x.values())))]
 
+    def store(self, source: str) -> FeatureStore:
+        """The feature store of ``source`` (FileNotFoundError when this process cannot see
+        it: a worker of a remote scheduler without the cache's filesystem)."""
+        store = FeatureStore(self.cache_dir, self.fingerprints[source])
+        if not store.path.is_dir():
+            raise FileNotFoundError(
+                f"cannot see the feature cache {store.path} from this process; heads that "
+                f"read the cache on a cluster need cache.dir on a filesystem every worker "
+                f"sees")
+        return store
+
     def n_chunks(self, chunk_rows: int | None = None) -> int:
         """How many chunks :meth:`chunks` yields."""
         return -(-len(self) // (chunk_rows or self.chunk_rows))
+
+    def sample(self, rows: int, seed: int = 0) -> LazySplit:
+        """At most ``rows`` of the split's rows, drawn at random (seeded), in split order;
+        the split itself when it has no more."""
+        if len(self) <= rows:
+            return self
+        picked = _sample_positions(len(self), rows, seed)
+        return replace(self, sha256=tuple(self.sha256[i] for i in picked), y=self.y[picked])
+
+
+def _sample_positions(total: int, rows: int, seed: int) -> np.ndarray:
+    """``rows`` distinct positions of ``range(total)``, drawn with ``seed``, ascending (reads
+    of the cache stay in order)."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=rows, replace=False))
 
 
 def split_keys_and_labels(view: DatasetView, split: str, augmented: bool = False
@@ -129,27 +165,108 @@ def lazy_split(stores: dict[str, FeatureStore], view: DatasetView, split: str,
                      tuple(keys), labels)
 
 
-def subset(x: Features | np.ndarray, rows) -> Features:
-    """The rows ``rows`` (a slice or indices) of every source of ``x``."""
+def subset(x: Features | np.ndarray | PreparedRows, rows) -> Features | PreparedRows:
+    """The rows ``rows`` (a slice or indices) of every source of ``x`` (of prepared rows:
+    those rows)."""
+    if isinstance(x, PreparedRows):
+        return x[rows]
     return {source: array[rows] for source, array in as_features(x).items()}
 
 
 @dataclass(frozen=True)
-class TrainingData:
-    """What trials train and select on: training and validation splits, never test.
+class Reading:
+    """What a trial reads of the training and validation splits: the raw features of
+    ``sources`` in memory; with ``parts``, the rows :class:`FeatureRows` makes of them
+    (``parts`` normalised by ``normalize``); with ``lazy``, the cache a chunk at a time."""
 
-    ``train``/``validation`` are in memory (None when no head needs them there);
-    ``lazy_train``/``lazy_validation`` name the same rows for heads that read a chunk at a time.
+    sources: tuple[str, ...]
+    parts: tuple[str, ...] | None = None
+    normalize: str = "none"
+    lazy: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """What trials train and select on: the training and validation rows, never test.
+
+    The splits are named (:class:`LazySplit`: keys and labels) and read from the cache by the
+    process that runs the trials, for what each trial reads (:class:`Reading`): a dask worker
+    reads its own, so the features are not copied to every worker, and only one reading is
+    held at a time (trials of one feature setting share it). ``carried``, where set, holds the
+    raw features of every source the trials read and travels with this object, for workers
+    that cannot see the cache (a remote scheduler's).
     """
 
-    n_classes: int
-    train: LabelledSplit | None = None
-    validation: LabelledSplit | None = None
-    lazy_train: LazySplit | None = None
-    lazy_validation: LazySplit | None = None
+    classes: tuple[str, ...]
+    train: LazySplit
+    validation: LazySplit
+    #: the shape of one image's features, per source: (h, w, c) for the output, (c,) for a tap
+    shapes: dict[str, tuple[int, ...]]
+    carried: dict[str, LabelledSplit] | None = None
 
-    def splits(self, lazy: bool) -> tuple[LabelledSplit | LazySplit, LabelledSplit | LazySplit]:
-        """(train, validation), read a chunk at a time with ``lazy``, else in memory."""
-        if lazy:
-            return self.lazy_train, self.lazy_validation
-        return self.train, self.validation
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_held", {})
+
+    def __getstate__(self) -> dict:
+        # what this process has read stays here; a worker reads its own
+        return {key: value for key, value in self.__dict__.items() if key != "_held"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _held={})
+
+    @property
+    def n_classes(self) -> int:
+        """How many classes the heads tell apart."""
+        return len(self.classes)
+
+    def width(self, reading: Reading) -> int:
+        """Numbers per image that ``reading`` holds: its rows' length, or every number of its
+        sources' raw features."""
+        if reading.parts is not None:
+            return sum(part_width(part, self.shapes[source_of(part)]) for part in reading.parts)
+        return sum(int(np.prod(self.shapes[source])) for source in reading.sources)
+
+    def nbytes(self, reading: Reading) -> int:
+        """Bytes that ``reading`` holds in memory, training and validation together
+        (float32)."""
+        return (len(self.train) + len(self.validation)) * self.width(reading) * 4
+
+    def carrying(self, sources: tuple[str, ...]) -> TrainingData:
+        """This data with the raw features of ``sources`` read now and carried along."""
+        carried = {split.name: LabelledSplit(split.name, {source: self._read(split, source)
+                                                          for source in sources},
+                                             split.y, split.sha256)
+                   for split in (self.train, self.validation)}
+        return replace(self, carried=carried)
+
+    def splits(self, reading: Reading
+               ) -> tuple[LabelledSplit | LazySplit, LabelledSplit | LazySplit]:
+        """(train, validation) as ``reading`` says, read once and held until another reading
+        is asked for."""
+        if reading.lazy:
+            return self.train, self.validation
+        held = self._held.get(reading)
+        if held is None:
+            self._held.clear()  # let the previous reading go before reading the next
+            held = self._held[reading] = (self._labelled(self.train, reading),
+                                          self._labelled(self.validation, reading))
+        return held
+
+    def _labelled(self, split: LazySplit, reading: Reading) -> LabelledSplit:
+        def read(source: str) -> np.ndarray:
+            return self._read(split, source)
+
+        if reading.parts is None:
+            x = {source: read(source) for source in reading.sources}
+        else:
+            x = PreparedRows(feature_rows(read, self.shapes, reading.parts, reading.normalize,
+                                          len(split)), reading.parts, reading.normalize)
+        return LabelledSplit(split.name, x, split.y, split.sha256)
+
+    def _read(self, split: LazySplit, source: str) -> np.ndarray:
+        """(N, ...) float32 features of ``source`` for every row of ``split``."""
+        if self.carried is not None:
+            return self.carried[split.name].x[source]
+        if not len(split):
+            return np.empty((0, *self.shapes[source]), np.float32)
+        return split.store(source).get(list(split.sha256))

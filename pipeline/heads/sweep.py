@@ -1,12 +1,14 @@
 """Trials of every head, fitted and scored on validation, in parallel on dask.distributed.
 
-The training and validation features go to the workers once (``scatter``, broadcast); trials
-refer to them. The test split is never sent: selection cannot see it. Only each head's best
+The training and validation rows go to the workers once (``scatter``, broadcast), named: each
+worker reads from the cache the features its trials use (a remote scheduler's workers get them
+carried along). The test split is never sent: selection cannot see it. Only each head's best
 model so far is kept, on its worker, and only the winners travel back.
 
 ``cluster.scheduler``: ``local`` starts a LocalCluster with one single-threaded worker process
-per core; ``synchronous`` runs trials one after another in this process; an address such as
-``tcp://host:8786`` uses a running scheduler whose workers can import this package.
+per core; ``synchronous`` runs trials one after another in this process; ``auto`` picks one of
+the two by the sweep's size (:func:`runs_in_process`); an address such as ``tcp://host:8786``
+uses a running scheduler whose workers can import this package.
 """
 
 from __future__ import annotations
@@ -22,20 +24,35 @@ from operator import itemgetter
 import numpy as np
 from tqdm import tqdm
 
-from ..cluster import sweep_client
+from ..cluster import sweep_client, usable_cores
 from ..config import ClusterConfig
-from ..evaluate import evaluate
+from ..evaluate import SplitScores, evaluate
 from .kind import FittedHead
 from .leaderboard import TrialResult, rank_key
 from .splits import TrainingData
 from .trials import Trial
 
+#: The training rows a trial's training accuracy is measured on, at most (drawn at random):
+#: it tells a model that learned its training rows by heart from one that did not, which a
+#: sample shows as well as the whole split, and predicting 10^5 rows again costs a kNN head
+#: more than its validation score does. 1,000 rows give it to within 3 points (95%).
+TRAIN_ACCURACY_ROWS = 1000
 
-def fit_and_score(trial: Trial, data: TrainingData) -> tuple[TrialResult, FittedHead | None]:
+
+@dataclass
+class ScoredHead:
+    """A trial's fitted head and its scores on the validation split."""
+
+    model: FittedHead
+    validation: SplitScores
+
+
+def fit_and_score(trial: Trial, data: TrainingData) -> tuple[TrialResult, ScoredHead | None]:
     """Fit one trial on the training split and score it on the validation split.
 
-    Returns the leaderboard row and the fitted head (None when the trial failed). Never raises
-    for a bad parameter combination: the trial is recorded as failed.
+    Returns the leaderboard row and the fitted head with its validation scores (None when the
+    trial failed). Never raises for a bad parameter combination: the trial is recorded as
+    failed.
     """
     result = TrialResult(trial.head, trial.index, trial.kind.name, trial.describe())
     # Trials run one per worker thread (or in the main thread), so recording is safe here;
@@ -50,14 +67,14 @@ def fit_and_score(trial: Trial, data: TrainingData) -> tuple[TrialResult, Fitted
 
 
 def _fit_and_score(trial: Trial, data: TrainingData,
-                   result: TrialResult) -> FittedHead | None:
-    train, validation = data.splits(lazy=trial.reads_in_chunks)
+                   result: TrialResult) -> ScoredHead | None:
+    train, validation = data.splits(trial.reading)
     try:
         fitted = trial.fit(train, validation, data.n_classes)
         predicted, proba = fitted.predict_split(validation, trial.chunk_rows)
-        train_predicted, _ = fitted.predict_split(train, trial.chunk_rows)
-        scores = evaluate(validation.y, predicted, proba,
-                          [str(i) for i in range(data.n_classes)])
+        train_sample = train.sample(TRAIN_ACCURACY_ROWS, trial.spec.seed)
+        train_predicted, _ = fitted.predict_split(train_sample, trial.chunk_rows)
+        scores = evaluate(validation.y, predicted, proba, list(data.classes))
     except Exception as exc:  # noqa: BLE001 (one bad setting must not end a sweep)
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
@@ -66,18 +83,19 @@ def _fit_and_score(trial: Trial, data: TrainingData,
     result.val_accuracy = scores.accuracy
     result.val_f1_macro = scores.f1_macro
     result.val_log_loss = scores.log_loss
-    result.train_accuracy = float(np.mean(train_predicted == train.y)) if len(train.y) else \
-        math.nan
+    result.train_accuracy = (float(np.mean(train_predicted == train_sample.y))
+                             if len(train_sample) else math.nan)
     result.fit_seconds = fitted.fit_seconds
-    return fitted
+    return ScoredHead(fitted, scores)
 
 
 @dataclass
 class SweepOutcome:
-    """Every trial's result, in trial order, and the fitted head of each head's best trial."""
+    """Every trial's result, in trial order, and the fitted head of each head's best trial
+    with its validation scores."""
 
     results: list[TrialResult]
-    best_models: dict[str, FittedHead]
+    best: dict[str, ScoredHead]
 
 
 class _BestPerHead:
@@ -98,38 +116,84 @@ class _BestPerHead:
         self.best[result.head] = (key, model)
         return held[1] if held else None
 
-    def models(self) -> dict[str, object]:
+    def kept(self) -> dict[str, object]:
+        """The model (or its future) of each head's best trial so far."""
         return {head: model for head, (_, model) in self.best.items()}
 
 
+#: Under ``cluster.scheduler: auto``, the least work (training rows x numbers per row, summed
+#: over the trials that read whole splits) for which a sweep goes to a LocalCluster: below it, the
+#: cluster's start and the copy of the features into every worker cost more than the other
+#: cores save, and fits that use every core through BLAS gain nothing from it anyway.
+PARALLEL_SWEEP_WORK = 2 * 10**8
+
+
+def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
+                    memory_budget_mb: int) -> bool:
+    """Whether the sweep of ``trials`` runs in this process, one trial after another:
+    always with ``synchronous``, never with ``local`` or a scheduler's address; with
+    ``auto``, unless the machine has several cores, there are more trials than one, the
+    features fit once here and once in each worker within ``memory_budget_mb``, and the work
+    reaches :data:`PARALLEL_SWEEP_WORK`."""
+    if cluster.scheduler != "auto":
+        return cluster.scheduler == "synchronous"
+    workers = cluster.workers or usable_cores()
+    if workers < 2 or len(trials) < 2:
+        return True
+    in_memory = [trial.reading for trial in trials if not trial.reads_in_chunks]
+    held = max((data.nbytes(reading) for reading in in_memory), default=0)
+    if (workers + 1) * held > memory_budget_mb * 2**20:
+        return True
+    work = sum(len(data.train) * data.width(reading) for reading in in_memory)
+    return work < PARALLEL_SWEEP_WORK
+
+
 def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
-               metric: str = "val_accuracy", progress: bool = True) -> SweepOutcome:
-    """Run ``trials`` where ``cluster`` says; results in the order of ``trials``.
+               metric: str = "val_accuracy", progress: bool = True,
+               in_process: bool | None = None) -> SweepOutcome:
+    """Run ``trials`` where ``cluster`` says (in this process when ``in_process``; None:
+    with ``synchronous`` only); results in the order of ``trials``.
 
     Only each head's best model (by ``metric``) is kept, so a sweep of hundreds of trials
     holds at most one fitted model per head, and the model tested later is the very one that
     was selected (no refit).
     """
+    if in_process is None:
+        in_process = cluster.scheduler == "synchronous"
     bar = tqdm(total=len(trials), unit="trial", desc="heads", disable=None if progress else True,
                dynamic_ncols=True)
     with bar:
-        if cluster.scheduler == "synchronous":
-            keeper, results = _BestPerHead(metric), []
-            for order, trial in enumerate(trials):
-                result, model = fit_and_score(trial, data)
-                keeper.offer(order, result, model)
-                results.append(result)
-                bar.update()
-            return SweepOutcome(results, keeper.models())
+        if in_process:
+            return _run_in_process(trials, data, metric, bar)
+        if cluster.on_scheduler:  # its workers may not see the cache: the features go along
+            data = data.carrying(tuple(dict.fromkeys(
+                source for trial in trials if not trial.reads_in_chunks
+                for source in trial.sources)))
         with sweep_client(cluster) as client:
             return _run_on_cluster(client, trials, data, metric, bar)
+
+
+def _run_in_process(trials: list[Trial], data: TrainingData, metric: str,
+                    bar) -> SweepOutcome:
+    """The trials one after another, those of one reading together (it is read once)."""
+    readings = list(dict.fromkeys(trial.reading for trial in trials))
+    order = sorted(range(len(trials)), key=lambda i: readings.index(trials[i].reading))
+    keeper = _BestPerHead(metric)
+    results: list[TrialResult | None] = [None] * len(trials)
+    for index in order:
+        results[index], model = fit_and_score(trials[index], data)
+        keeper.offer(index, results[index], model)
+        bar.update()
+    return SweepOutcome(results, keeper.kept())
 
 
 def _run_on_cluster(client, trials: list[Trial], data: TrainingData, metric: str,
                     bar) -> SweepOutcome:
     from distributed import as_completed
 
-    [shared] = client.scatter([data], broadcast=True)  # once per worker, not once per trial
+    # Once per worker, not once per trial: the rows' keys and labels (and the features only
+    # where they are carried); each worker reads from the cache what its trials use.
+    [shared] = client.scatter([data], broadcast=True)
     # Each trial is two tasks: the fit, whose (result, model) stays on its worker, and a tiny
     # one that brings back only the result. Models travel only when they are a head's best.
     fitted, rows = {}, {}
@@ -154,5 +218,5 @@ def _run_on_cluster(client, trials: list[Trial], data: TrainingData, metric: str
             let_go.release()  # frees the model on its worker
         bar.update()
     models = {head: client.submit(itemgetter(1), pair).result()
-              for head, pair in keeper.models().items()}
+              for head, pair in keeper.kept().items()}
     return SweepOutcome([r for r in results if r is not None], models)

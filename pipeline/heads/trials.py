@@ -17,9 +17,10 @@ from scipy import stats
 from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from ..config import HeadsConfig
+from ..config.heads import feature_parts
 from .kind import FittedHead, HeadKind
 from .registry import head_kind
-from .splits import LabelledSplit, LazySplit
+from .splits import LabelledSplit, LazySplit, Reading
 from .trial import TrialSpec
 
 
@@ -61,13 +62,33 @@ class Trial:
         """The cached sources the trial reads: the output tensor, taps."""
         return self.spec.sources
 
+    @property
+    def reading(self) -> Reading:
+        """What the trial reads of the training and validation splits: a chunk at a time,
+        the rows of its feature setting, or the raw features of its sources."""
+        if self.reads_in_chunks:
+            return Reading(self.sources, lazy=True)
+        if self.kind.takes_rows:
+            return Reading(self.sources, feature_parts(self.spec.setting("features")),
+                           self.spec.setting("normalize"))
+        return Reading(self.sources)
+
     def describe(self) -> dict[str, Any]:
         """Everything that defines this trial, as plain data for leaderboards."""
         return self.kind.describe(self.spec)
 
     def fit(self, train: LabelledSplit | LazySplit, validation: LabelledSplit | LazySplit,
             n_classes: int) -> FittedHead:
-        """Fit the trial on ``train``; ``validation`` serves early stopping only (dense)."""
+        """Fit the trial on ``train``; ``validation`` serves early stopping only (dense).
+        ValueError, before any work, when ``train`` has more rows than the head's
+        ``max_train_rows`` (or its kind's limit)."""
+        limit = self.spec.config.max_train_rows or self.kind.max_train_rows
+        if limit is not None and len(train) > limit:
+            reason = (f": {self.kind.max_train_rows_reason}"
+                      if self.spec.config.max_train_rows is None else "")
+            raise ValueError(f"{len(train):,} training rows, more than the {limit:,} a "
+                             f"{self.kind.name} head fits on (stages.heads.models."
+                             f"{self.head}.max_train_rows){reason}")
         return self.kind.fit(self.spec, train, validation, n_classes)
 
     @property

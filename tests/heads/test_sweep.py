@@ -1,0 +1,272 @@
+"""How a sweep reads the cache and where it runs: the executor chosen by the sweep's size,
+features read once per feature setting (and not copied to workers), training accuracy on a
+sample, one prediction pass per split, and the kNN size limit."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.config import ClusterConfig, HeadsConfig, load_config
+from pipeline.context import RunContext
+from pipeline.heads import sweep
+from pipeline.heads.features import FeatureRows, PreparedRows, feature_rows, normalize_in_place
+from pipeline.heads.kind import FittedHead
+from pipeline.heads.registry import head_kind
+from pipeline.heads.run import _training_data
+from pipeline.heads.splits import LabelledSplit, LazySplit, Reading, TrainingData
+from pipeline.heads.trials import expand_trials
+from tests.support.projects import run_named
+
+TAP = "block3_conv3.gap"
+HEADS = {
+    "logreg": {"kind": "logistic_regression", "features": ["gap", TAP], "normalize": "power",
+               "sweep": {"params": {"C": [0.1, 10.0]}}},
+    "knn": {"kind": "knn", "features": ["gap", TAP], "normalize": "power",
+            "sweep": {"params": {"n_neighbors": [1, 3]}}},
+    "gmp": {"kind": "logistic_regression", "features": "gmp"},
+}
+
+
+def _trials(models: dict):
+    return expand_trials(HeadsConfig.model_validate({"models": models}))
+
+
+def _named_rows(train: int, validation: int = 10, shapes=None) -> TrainingData:
+    """Training data of ``train`` rows that no cache holds (for decisions made on sizes)."""
+    def split(name: str, count: int) -> LazySplit:
+        return LazySplit(name, Path("/nonexistent"), {"output": "x"},
+                         tuple(f"{i:064x}" for i in range(count)), np.zeros(count, np.int64))
+    return TrainingData(("a", "b"), split("train", train), split("validation", validation),
+                        shapes or {"output": (4, 4, 512), TAP: (256,)})
+
+
+# -- where the sweep runs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("scheduler, expected", [("synchronous", True), ("local", False),
+                                                 ("tcp://10.0.0.5:8786", False)])
+def test_a_named_scheduler_is_obeyed_whatever_the_size(scheduler, expected):
+    trials = _trials(HEADS)
+    for rows in (10, 10**6):
+        assert sweep.runs_in_process(trials, _named_rows(rows), ClusterConfig(
+            scheduler=scheduler), memory_budget_mb=1024) is expected
+
+
+def test_auto_keeps_small_sweeps_in_process_and_sends_big_ones_to_a_local_cluster():
+    trials, cluster = _trials(HEADS), ClusterConfig(scheduler="auto", workers=2)
+    assert ClusterConfig().scheduler == "auto"
+    # 2,000 rows of 768 or 512 numbers, 5 trials: a cluster's start costs more than it saves
+    assert sweep.runs_in_process(trials, _named_rows(2000), cluster, 1024)
+    # 100,000 rows: enough work, and three copies of 0.3 GB of rows fit in 1 GB
+    assert not sweep.runs_in_process(trials, _named_rows(100_000), cluster, 1024)
+    # ... but not in 0.5 GB: the rows are read once, here
+    assert sweep.runs_in_process(trials, _named_rows(100_000), cluster, 512)
+    # one core, or one trial: nothing to run side by side
+    assert sweep.runs_in_process(trials, _named_rows(100_000),
+                                 ClusterConfig(scheduler="auto", workers=1), 4096)
+    assert sweep.runs_in_process(_trials({"lr": {"kind": "logistic_regression"}}),
+                                 _named_rows(100_000), cluster, 4096)
+
+
+def test_an_auto_sweep_of_a_small_project_runs_in_this_process(cached_project):
+    project = cached_project({"logreg": HEADS["logreg"]}, scheduler="auto", taps=(TAP,))
+    _, report = run_named(load_config(project / "stages.yaml"), "heads")
+    assert "(in this process)" in report
+
+
+# -- what a trial reads -----------------------------------------------------------------------
+
+def test_rows_are_made_once_per_feature_setting_and_only_one_setting_is_held(
+        cached_project, monkeypatch):
+    project = cached_project(HEADS, taps=(TAP,))
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    view = ctx.require_view(("output", TAP))
+    data = _training_data(ctx.stores, view, augmented=False)
+    reads = []
+    original = TrainingData._read
+
+    def counted(self, split, source):
+        reads.append((split.name, source))
+        return original(self, split, source)
+
+    monkeypatch.setattr(TrainingData, "_read", counted)
+    trials = _trials(HEADS)
+    outcome = sweep._run_in_process(trials, data, "val_accuracy", _NoBar())
+    # logreg and knn share a setting: read once, for both splits; gmp reads the output again
+    assert sorted(reads) == sorted([("train", "output"), ("train", TAP),
+                                    ("validation", "output"), ("validation", TAP),
+                                    ("train", "output"), ("validation", "output")])
+    assert [(r.head, r.trial) for r in outcome.results] == [(t.head, t.index) for t in trials]
+    assert all(r.status == "ok" for r in outcome.results)
+    assert len(data._held) == 1  # the last setting only
+
+    # the rows are what the head's own transform makes of the raw features
+    gap_tap = next(t for t in trials if t.head == "knn").reading
+    train, _ = data.splits(gap_tap)
+    raw, _ = data.splits(Reading(("output", TAP)))
+    assert isinstance(train.x, PreparedRows)
+    np.testing.assert_allclose(FeatureRows(["gap", TAP], "power").transform(raw.x),
+                               train.x.rows, rtol=1e-6)
+
+
+def test_training_data_travels_without_its_features_unless_they_are_carried(cached_project):
+    project = cached_project(HEADS, taps=(TAP,))
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    data = _training_data(ctx.stores, ctx.require_view(("output", TAP)), augmented=False)
+    reading = Reading(("output", TAP))
+    train, validation = data.splits(reading)
+    features = sum(a.nbytes for split in (train, validation) for a in split.x.values())
+    sent = pickle.loads(pickle.dumps(data))
+    assert len(pickle.dumps(data)) < features / 10 and sent._held == {}
+
+    carried = data.carrying(("output", TAP))
+    assert len(pickle.dumps(carried)) > features
+    # a worker that cannot see the cache reads the carried copy
+    away = pickle.loads(pickle.dumps(carried))
+    object.__setattr__(away, "train", LazySplit(
+        "train", Path("/nonexistent"), data.train.fingerprints, data.train.sha256,
+        data.train.y))
+    np.testing.assert_array_equal(away.splits(reading)[0].x[TAP], train.x[TAP])
+    with pytest.raises(FileNotFoundError, match="cannot see the feature cache"):
+        TrainingData(away.classes, away.train, away.validation, away.shapes).splits(reading)
+
+
+def test_feature_rows_read_each_source_once_and_leave_the_input_alone():
+    rng = np.random.default_rng(0)
+    sources = {"output": rng.normal(size=(20, 2, 2, 8)).astype(np.float32),
+               TAP: rng.normal(size=(20, 16)).astype(np.float32)}
+    kept = {k: v.copy() for k, v in sources.items()}
+    reads = []
+
+    def read(source):
+        reads.append(source)
+        return sources[source]
+
+    shapes = {k: v.shape[1:] for k, v in sources.items()}
+    rows = feature_rows(read, shapes, ["gap", TAP, "flatten"], "power", 20)
+    assert reads == ["output", TAP, "output"] and rows.shape == (20, 8 + 16 + 32)
+    assert all(np.array_equal(sources[k], kept[k]) for k in sources)
+    # each part on its own: signed square root, then unit length
+    gap = sources["output"].mean(axis=(1, 2))
+    expected = np.sign(gap) * np.sqrt(np.abs(gap))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(rows[:, :8], expected, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(rows[:, 8:24], axis=1), 1, rtol=1e-5)
+    zero = np.zeros((2, 3), np.float32)
+    assert np.array_equal(normalize_in_place(zero, "l2"), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="unknown normalize"):
+        normalize_in_place(zero, "zscore")
+
+
+def test_prepared_rows_pass_through_only_a_transform_of_the_same_setting():
+    rows = PreparedRows(np.ones((3, 4), np.float32), ("gap",), "l2")
+    assert FeatureRows("gap", "l2").fit(rows).transform(rows) is rows.rows
+    assert FeatureRows("gap", "l2").fit(rows).n_features_in_ == 4
+    with pytest.raises(ValueError, match="prepared from gap"):
+        FeatureRows("gap", "power").transform(rows)
+    assert len(rows[1:]) == 2
+
+
+# -- scoring ----------------------------------------------------------------------------------
+
+class _NoBar:
+    def update(self):
+        pass
+
+
+def test_predictions_come_from_one_pass_of_the_probabilities():
+    kind = head_kind("knn")
+    calls = []
+
+    class Model:
+        def predict(self, x):
+            calls.append("predict")
+            return np.zeros(len(x), np.int64)
+
+    proba = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kind, "predict_proba", lambda model, x, n: proba)
+        split = LabelledSplit("validation", {"output": np.zeros((3, 1))}, np.zeros(3), ())
+        predicted, got = FittedHead(kind, Model(), 2).predict_split(split)
+        assert predicted.tolist() == [1, 0, 1] and np.array_equal(got, proba) and calls == []
+        patch.setattr(kind, "predict_proba", lambda model, x, n: None)
+        predicted, got = FittedHead(kind, Model(), 2).predict_split(split)
+        assert got is None and calls == ["predict"]
+
+
+def test_training_accuracy_is_measured_on_a_seeded_sample(monkeypatch):
+    x = {"output": np.arange(40, dtype=np.float32).reshape(10, 1, 1, 4)}
+    split = LabelledSplit("train", x, np.arange(10), tuple(f"{i}" for i in range(10)))
+    sample = split.sample(4, seed=3)
+    assert len(sample) == 4 and list(sample.y) == sorted(sample.y)
+    assert sample.sha256 == tuple(str(v) for v in sample.y)
+    np.testing.assert_array_equal(sample.x["output"][:, 0, 0, 0], sample.y * 4)
+    assert split.sample(4, seed=3).sha256 == sample.sha256 and split.sample(10) is split
+    lazy = LazySplit("train", Path("."), {}, split.sha256, split.y)
+    assert lazy.sample(4, seed=3).sha256 == sample.sha256
+
+    seen = []
+    original = FittedHead.predict_split
+
+    def spy(self, part, chunk_rows=None):
+        seen.append(len(part))
+        return original(self, part, chunk_rows)
+
+    monkeypatch.setattr(FittedHead, "predict_split", spy)
+    monkeypatch.setattr(sweep, "TRAIN_ACCURACY_ROWS", 5)
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    x = {"output": (rng.normal(size=(40, 1, 1, 4)) + y[:, None, None, None]).astype(np.float32)}
+    keys = tuple(f"{i:064x}" for i in range(40))
+    data = TrainingData(("a", "b"), LazySplit("train", Path("."), {}, keys, y),
+                        LazySplit("validation", Path("."), {}, keys, y), {"output": (1, 1, 4)},
+                        carried={"train": LabelledSplit("train", x, y, keys),
+                                 "validation": LabelledSplit("validation", x, y, keys)})
+    [trial] = _trials({"lr": {"kind": "logistic_regression", "features": "gap"}})
+    result, kept = sweep.fit_and_score(trial, data)
+    assert seen == [40, 5]  # validation whole, training on a sample
+    assert result.status == "ok" and 0 <= result.train_accuracy <= 1
+    assert kept.validation.images == 40 and kept.validation.classes == ["a", "b"]
+
+
+# -- kNN at scale -----------------------------------------------------------------------------
+
+def test_a_head_refuses_more_training_rows_than_its_limit(cached_project, monkeypatch):
+    heads = {"knn": {"kind": "knn", "features": "gap", "max_train_rows": 20},
+             "lr": {"kind": "logistic_regression", "features": "gap"}}
+    project = cached_project(heads)  # 12 training rows per class, 3 classes
+    run, _ = run_named(load_config(project / "stages.yaml"), "heads")
+    with open(run.path / "leaderboard.csv", encoding="utf-8") as fh:
+        rows = {r["head"]: r for r in csv.DictReader(fh)}
+    assert rows["lr"]["status"] == "ok" and rows["knn"]["status"] == "failed"
+    assert "36 training rows, more than the 20 a knn head fits on " \
+           "(stages.heads.models.knn.max_train_rows)" in rows["knn"]["error"]
+
+    # the kind's own limit, with its reason
+    monkeypatch.setattr(head_kind("knn"), "max_train_rows", 10)
+    [trial] = _trials({"knn": {"kind": "knn", "features": "gap"}})
+    split = LabelledSplit("train", {"output": np.zeros((11, 1, 1, 2), np.float32)},
+                          np.zeros(11, np.int64), ())
+    with pytest.raises(ValueError, match="11 training rows, more than the 10 .* compares "
+                                         "every image it scores with every training row"):
+        trial.fit(split, split, 2)
+
+
+# -- saving -----------------------------------------------------------------------------------
+
+def test_saving_a_head_does_not_import_torch_or_dask():
+    pytest.importorskip("skops")
+    code = ("import sys\n"
+            "from pipeline.heads._sklearn import _skops_io\n"
+            "assert _skops_io() is sys.modules['skops.io']\n"
+            "print(sorted({'torch', 'dask'} & set(sys.modules)))\n"
+            "import dask\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[]"
