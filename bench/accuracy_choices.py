@@ -16,7 +16,7 @@ them alike and their ratios stay meaningful. The pooled arrays go to
 them again).
 
 Each candidate is a list of parts, each power-normalised on its own (signed square root, then unit
-length: :func:`pipeline.heads.features.normalized`) and concatenated, and a way of using the
+length: :func:`pipeline.heads.features.normalize_in_place`) and concatenated, and a way of using the
 mirrored copy: none; ``flip-avg`` (each part averaged with the mirrored image's, grids mirrored
 back, before normalising); ``rows`` (both copies as training rows, evaluated on the originals) and
 ``rows/flip-avg`` (the same, evaluated on the flip-averaged vectors). A logistic regression (C from
@@ -50,7 +50,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.heads.features import normalized
+from pipeline.heads.features import normalize_in_place
 
 RESULTS = Path(__file__).parent / "results"
 CONV_LAYERS = ("block3_conv3", "block4_conv3", "block5_conv3")
@@ -282,7 +282,7 @@ def part_rows(arrays: dict[str, np.ndarray], size: int, part: str, copy: str) ->
     mirrored = mirrored_back(arrays[f"s{size}.mirrored.{part}"], part)
     rows = {"original": original, "mirrored": mirrored,
             "flip-avg": (original + mirrored) / 2}[copy]
-    return normalized(rows.astype(np.float32), "power")
+    return normalize_in_place(rows.astype(np.float32), "power")  # astype copies
 
 
 @dataclass(frozen=True)

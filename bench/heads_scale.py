@@ -6,7 +6,8 @@ dense head left out unless ``--dense``) two ways, each in a fresh process:
 
     pipeline    pipeline run heads --force (the configured scheduler, or --scheduler)
     plain loop  the same estimators (the same parameters and seeds, the sweep's draws
-                included) fitted one after another on in-memory arrays read once through
+                included, behind the head's scaler and PCA where it has them) fitted one
+                after another on in-memory arrays read once per feature setting through
                 ``Project.features``, each scored on validation
 
 and prints wall seconds, peak RSS (the command's own and the largest of its children) and the
@@ -94,7 +95,8 @@ def _plain_loop(config: Path) -> dict:
         (x, y), (xv, yv) = arrays[setting]
         largest = max(largest, x.nbytes)
         started = time.perf_counter()
-        model = trial.kind.build_estimator(trial.spec.estimator_params(), trial.spec.seed)
+        # the head's steps after its feature rows: [StandardScaler] -> [PCA] -> estimator
+        model = trial.kind.pipeline(trial.spec)[1:]
         model.fit(x, y)
         float(np.mean(model.predict(xv) == yv))
         fit_seconds += time.perf_counter() - started

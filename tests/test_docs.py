@@ -153,7 +153,8 @@ def test_the_commands_the_docs_show_exist_with_their_options():
                                    capture_output=True).returncode != 0,
                     reason="mkdocs is not installed (pip install -e '.[docs]')")
 def test_the_site_builds_strictly(tmp_path: Path):
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
+    # not -q: it hides the warnings that --strict turns into a failure (a missing anchor)
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
                           "-d", str(tmp_path / "site")], cwd=REPO, capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr

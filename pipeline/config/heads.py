@@ -277,10 +277,13 @@ class HeadsConfig(Section):
     """Train on the cached augmented copies of the training images too, when extract made
     them (``stages.extract.augmented_copies.count`` > 0). Validation and test are never
     augmented."""
-    memory_budget_mb: Int = Field(1024, ge=16)
-    """Megabytes of cached features the heads stage may hold in memory for a sweep: with
-    ``cluster.scheduler: auto``, a sweep whose features would not fit once in this process
-    and once in every LocalCluster worker runs in this process instead."""
+    memory_budget_mb: Int = Field(1024, ge=1)
+    """Megabytes of cached features a sweep holds in memory, shared by this process and a
+    LocalCluster's workers: each keeps the feature rows it made for trials while they fit in
+    its share (the least recently used let go first); a dense head whose training and
+    validation features are larger streams them from the cache in shuffled chunks; with
+    ``cluster.scheduler: auto``, a sweep whose largest rows would not fit once in this
+    process and once in every worker runs in this process."""
 
     @field_validator("models")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,12 @@ class SklearnKind(HeadKind):
 
     def __init__(self, name: str, estimator: type[BaseEstimator], defaults: dict[str, Any],
                  relative_cost: int = 1, max_train_rows: int | None = None,
-                 max_train_rows_reason: str = ""):
+                 max_train_rows_reason: str = "", predicts_by_proba: bool = False):
         self.name = name
         self.estimator = estimator
         self.defaults = defaults
         self.relative_cost = relative_cost
+        self.predicts_by_proba = predicts_by_proba
         self.max_train_rows = max_train_rows
         self.max_train_rows_reason = max_train_rows_reason
 
@@ -225,6 +227,7 @@ class SklearnKind(HeadKind):
 
 #: Array libraries whose scikit-learn wrappers skops imports for nothing a head uses.
 _NOT_FOR_SKOPS = ("torch", "dask")
+_SKOPS_IMPORT = threading.Lock()
 
 
 def _skops_io():
@@ -233,19 +236,22 @@ def _skops_io():
     torch and dask among them, which import those libraries where they are installed (the
     PyTorch backend's extra; dask for sweeps): 1.3 s of every heads run for nothing a head
     uses (0.27 s without them). The wrappers' imports fail quietly while the libraries are
-    marked absent; they import as usual afterwards."""
-    if "skops.io" in sys.modules:
-        return sys.modules["skops.io"]
-    # import x raises ImportError while sys.modules["x"] is None
-    absent = [name for name in _NOT_FOR_SKOPS if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(absent))
-    try:
-        import skops.io
-    finally:
-        for name in absent:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-    return skops.io
+    marked absent; they import as usual afterwards. Heads are saved and loaded after a
+    sweep's workers are gone, with no other thread importing: a thread that imported torch
+    or dask during the first call would get an ImportError."""
+    with _SKOPS_IMPORT:
+        if "skops.io" in sys.modules:
+            return sys.modules["skops.io"]
+        # import x raises ImportError while sys.modules["x"] is None
+        absent = [name for name in _NOT_FOR_SKOPS if name not in sys.modules]
+        sys.modules.update(dict.fromkeys(absent))
+        try:
+            import skops.io
+        finally:
+            for name in absent:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
+        return skops.io
 
 
 def _features_ok(value) -> bool:
@@ -284,17 +290,24 @@ def _former_module_path(needed: bool):
 # raised because 8,192 unscaled features converge slowly; the defaults would stop with a
 # ConvergenceWarning on most real caches.
 SKLEARN_HEAD_KINDS = (
-    SklearnKind("logistic_regression", LogisticRegression, {"max_iter": 2000}),
+    # predict is the argmax of the (multinomial or normalised one-vs-rest) probabilities
+    SklearnKind("logistic_regression", LogisticRegression, {"max_iter": 2000},
+                predicts_by_proba=True),
     SklearnKind("linear_svm", LinearSVC, {"max_iter": 5000}),
+    # one-vs-rest probabilities that saturate at 1 for several classes: predict decides
     SklearnKind("sgd", SGDClassifier, {"loss": "log_loss"}),
-    SklearnKind("random_forest", RandomForestClassifier, {"n_estimators": 200}, relative_cost=2),
-    SklearnKind("extra_trees", ExtraTreesClassifier, {"n_estimators": 200}, relative_cost=2),
-    SklearnKind("gradient_boosting", HistGradientBoostingClassifier, {}, relative_cost=2),
+    SklearnKind("random_forest", RandomForestClassifier, {"n_estimators": 200}, relative_cost=2,
+                predicts_by_proba=True),
+    SklearnKind("extra_trees", ExtraTreesClassifier, {"n_estimators": 200}, relative_cost=2,
+                predicts_by_proba=True),
+    SklearnKind("gradient_boosting", HistGradientBoostingClassifier, {}, relative_cost=2,
+                predicts_by_proba=True),
     SklearnKind("knn", KNeighborsClassifier, {}, max_train_rows=200_000,
                 max_train_rows_reason=(
                     "kNN compares every image it scores with every training row, so scoring "
                     "the validation split alone would take hours; a linear head "
-                    "(logistic_regression, sgd) trains on millions of rows")),
+                    "(logistic_regression, sgd) trains on millions of rows"),
+                predicts_by_proba=True),
     SklearnKind("mlp", MLPClassifier, {"max_iter": 500, "early_stopping": True},
-                relative_cost=2),
+                relative_cost=2, predicts_by_proba=True),
 )

@@ -23,6 +23,7 @@ head's training history.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from ..nn.loading import (
 from ..nn.outputs import ClassifierOutput, class_probabilities
 from .features import FeatureRows, Features, as_features, source_of, sources_of
 from .kind import FittedHead, HeadKind
-from .splits import VALIDATION_BATCH, LabelledSplit
+from .splits import VALIDATION_BATCH, LabelledSplit, LazySplit
 from .trial import TrialSpec
 
 _POOLS = {"flatten": "Flatten", "gap": "GlobalAveragePooling2D", "gmp": "GlobalMaxPooling2D"}
@@ -118,10 +119,11 @@ def dense_model(params: DenseParams, features: str | list[str], normalize: str,
 
 
 def standardization_statistics(parts: str | list[str], normalize: str,
-                               x: Features | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                               x: Features | np.ndarray | LazySplit
+                               ) -> tuple[np.ndarray, np.ndarray]:
     """(mean, variance), each (d,) float32, for the rows ``parts`` make of ``x`` (the training
-    split): the mean of every feature, and per part one variance, the mean of its features'
-    variances, shared by all of them.
+    split, in memory or read from the cache a chunk at a time): the mean of every feature, and
+    per part one variance, the mean of its features' variances, shared by all of them.
 
     Centring each feature and scaling each part as a whole keeps the geometry of a part's
     vectors (a unit-length, power-normalised tap stays a direction, as the linear heads see
@@ -130,27 +132,60 @@ def standardization_statistics(parts: str | list[str], normalize: str,
     every feature on its own (StandardScaler's rule) measured the same on flowers-1000
     (docs/benchmarks.md). Computed a chunk of rows at a time, in float64.
     """
-    x = as_features(x)
-    count = len(next(iter(x.values())))
     rows = FeatureRows(parts, normalize)
-    total = squares = None
-    for start in range(0, count, _STATISTICS_CHUNK):
-        chunk = rows.transform({source: array[start:start + _STATISTICS_CHUNK]
-                                for source, array in x.items()}).astype(np.float64)
+    count, total, squares, widths = 0, None, None, None
+    for x_chunk in _chunks_of(x, _STATISTICS_CHUNK):
+        if widths is None:
+            widths = [FeatureRows(part, normalize).transform(
+                {source: array[:1] for source, array in x_chunk.items()}).shape[1]
+                for part in feature_parts(parts)]
+        chunk = rows.transform(x_chunk).astype(np.float64)
+        count += len(chunk)
         total = chunk.sum(axis=0) if total is None else total + chunk.sum(axis=0)
         squares = (chunk ** 2).sum(axis=0) if squares is None else \
             squares + (chunk ** 2).sum(axis=0)
     mean = total / count
     per_feature = np.maximum(squares / count - mean ** 2, 0.0)
-    widths = [FeatureRows(part, normalize).transform(
-        {source: array[:1] for source, array in x.items()}).shape[1]
-        for part in feature_parts(parts)]
     variance = np.concatenate([np.full(width, piece.mean()) for width, piece in
                                zip(widths, np.split(per_feature, np.cumsum(widths)[:-1]))])
     # a part constant on every training row is left unscaled, as scikit-learn's
     # StandardScaler leaves such a feature: dividing by ~0 would blow up any new value
     variance[variance < _SMALLEST_STD ** 2] = 1.0
     return mean.astype(np.float32), variance.astype(np.float32)
+
+
+def _chunks_of(x: Features | np.ndarray | LazySplit, rows: int) -> Iterator[Features]:
+    """``x`` ``rows`` images at a time, as ``{source: array}``."""
+    if isinstance(x, LazySplit):
+        yield from (chunk for chunk, _ in x.chunks(rows))
+        return
+    x = as_features(x)
+    count = len(next(iter(x.values())))
+    for start in range(0, count, rows):
+        yield {source: array[start:start + rows] for source, array in x.items()}
+
+
+def _batches(model, split: LazySplit, batch_size: int, n_classes: int,
+             rng: np.random.Generator | None) -> Iterator[tuple]:
+    """(inputs, labels) batches of ``split`` read from the cache a chunk at a time, epoch
+    after epoch without end (Keras takes ``steps`` of them per epoch): with ``rng``, the
+    chunks in a new random order each epoch and the rows shuffled within each chunk."""
+    while True:
+        order = rng.permutation(split.n_chunks()) if rng is not None else None
+        for x, y in split.chunks(order=order):
+            shuffle = rng.permutation(len(y)) if rng is not None else slice(None)
+            x = {source: array[shuffle] for source, array in x.items()}
+            y = y[shuffle]
+            for start in range(0, len(y), batch_size):
+                yield (model_inputs(model, {s: a[start:start + batch_size]
+                                            for s, a in x.items()}),
+                       _labels(y[start:start + batch_size], n_classes))
+
+
+def _steps(split: LazySplit, batch_size: int) -> int:
+    """Batches :func:`_batches` yields per epoch (a chunk ends its last batch early)."""
+    full, last = divmod(len(split), split.chunk_rows)
+    return full * -(-split.chunk_rows // batch_size) + -(-last // batch_size)
 
 
 def set_standardization(model, mean: np.ndarray, variance: np.ndarray) -> None:
@@ -176,6 +211,7 @@ class DenseKind(HeadKind):
     preprocessing = ("features", "normalize", "scale")
     relative_cost = 2
     sits_on_base = True
+    predicts_by_proba = True
 
     def check(self, where: str, head: HeadConfig) -> None:
         """Swept parameters must be the dense head's, with valid values."""
@@ -204,11 +240,14 @@ class DenseKind(HeadKind):
                     raise ConfigError(f"{where}.sweep.params.{key}: {value!r}: "
                                       f"{' '.join(str(exc).split())}") from None
 
-    def fit(self, trial: TrialSpec, train: LabelledSplit, validation: LabelledSplit,
-            n_classes: int) -> FittedHead:
+    def fit(self, trial: TrialSpec, train: LabelledSplit | LazySplit,
+            validation: LabelledSplit | LazySplit, n_classes: int) -> FittedHead:
         """Standardise with ``train``'s statistics (``scale``), then Keras' ``fit``; with
         ``patience``, Keras' ``EarlyStopping`` on ``validation``'s accuracy, ending with the
-        best epoch's weights when ``restore_best`` (the first of equals)."""
+        best epoch's weights when ``restore_best`` (the first of equals). Splits read from
+        the cache (:class:`LazySplit`, features beyond the sweep's memory budget) are streamed
+        a chunk at a time: the chunks in a seeded random order each epoch, rows shuffled
+        within each."""
         from ..nn.callbacks import early_stopping
 
         if not len(train):
@@ -216,20 +255,34 @@ class DenseKind(HeadKind):
         started = time.perf_counter()
         params = trial.config.dense_params(trial.estimator_params())
         features, normalize = trial.setting("features"), trial.setting("normalize")
-        shapes = {source: rows.shape[1:] for source, rows in as_features(train.x).items()}
+        streamed = isinstance(train, LazySplit)
+        shapes = ({source: tuple(train.store(source).feature_shape)
+                   for source in train.fingerprints} if streamed else
+                  {source: rows.shape[1:] for source, rows in as_features(train.x).items()})
         model = dense_model(params, features, normalize, shapes, n_classes, trial.seed,
                             name=f"dense_head_{trial.head}", scale=trial.setting("scale"))
         if trial.setting("scale"):
-            set_standardization(model, *standardization_statistics(features, normalize,
-                                                                   train.x))
+            set_standardization(model, *standardization_statistics(
+                features, normalize, train if streamed else train.x))
         watched = len(validation) > 0
         callbacks = early_stopping(params.patience, params.restore_best) if watched else []
-        history = model.fit(
-            model_inputs(model, train.x), _labels(train.y, n_classes),
-            validation_data=(model_inputs(model, validation.x),
-                             _labels(validation.y, n_classes)) if watched else None,
-            validation_batch_size=VALIDATION_BATCH, epochs=params.epochs,
-            batch_size=params.batch_size, shuffle=True, callbacks=callbacks, verbose=0)
+        if streamed:
+            rng = np.random.default_rng(trial.seed)
+            batches = {"x": _batches(model, train, params.batch_size, n_classes, rng),
+                       "steps_per_epoch": _steps(train, params.batch_size)}
+            if watched:
+                batches.update(
+                    validation_data=_batches(model, validation, VALIDATION_BATCH, n_classes,
+                                             None),
+                    validation_steps=_steps(validation, VALIDATION_BATCH))
+        else:
+            batches = {"x": model_inputs(model, train.x), "y": _labels(train.y, n_classes),
+                       "batch_size": params.batch_size, "shuffle": True,
+                       "validation_batch_size": VALIDATION_BATCH}
+            if watched:
+                batches["validation_data"] = (model_inputs(model, validation.x),
+                                              _labels(validation.y, n_classes))
+        history = model.fit(**batches, epochs=params.epochs, callbacks=callbacks, verbose=0)
         curves = {key: [float(value) for value in values]
                   for key, values in history.history.items()}
         return FittedHead(self, model, n_classes, time.perf_counter() - started, curves)

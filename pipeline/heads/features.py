@@ -99,21 +99,32 @@ def part_width(part: str, shape: tuple[int, ...]) -> int:
     return int(shape[-1])
 
 
-def feature_rows(read: Callable[[str], np.ndarray], shapes: Mapping[str, tuple[int, ...]],
+#: Images per block while :func:`feature_rows` reads a source (memory, not maths): the raw
+#: features of a block are all that is held besides the rows.
+FEATURE_ROWS_BLOCK = 4096
+
+
+def feature_rows(read: Callable[[str, slice], np.ndarray],
+                 shapes: Mapping[str, tuple[int, ...]],
                  parts: str | list[str] | tuple[str, ...], normalize: str,
                  count: int) -> np.ndarray:
-    """(count, d) float32 rows of ``parts``: each part taken from its source (``read(source)``
-    gives the (count, ...) array of one source; ``shapes`` its shape per image), normalised on
-    its own by ``normalize``, the parts side by side in the order given. Each source is read
-    when its part is made, so only the rows and one source are in memory at once."""
+    """(count, d) float32 rows of ``parts``: each part taken from its source, normalised on
+    its own by ``normalize``, the parts side by side in the order given.
+
+    ``read(source, rows)`` gives the (n, ...) features of one source for the images ``rows``
+    (a slice of ``range(count)``), ``shapes`` the shape of one image's features per source.
+    Sources are read :data:`FEATURE_ROWS_BLOCK` images at a time, so only the rows and one
+    block of raw features (an output tensor is h*w times its pooled part) are in memory."""
     parts = feature_parts(parts)
     widths = [part_width(part, shapes[source_of(part)]) for part in parts]
     rows = np.empty((count, sum(widths)), np.float32)
     start = 0
     for part, width in zip(parts, widths):
-        block = rows[:, start:start + width]
-        block[...] = part_rows(read(source_of(part)), part)
-        normalize_in_place(block, normalize)
+        for first in range(0, count, FEATURE_ROWS_BLOCK):
+            images = slice(first, min(first + FEATURE_ROWS_BLOCK, count))
+            block = rows[images, start:start + width]
+            block[...] = part_rows(read(source_of(part), images), part)
+            normalize_in_place(block, normalize)
         start += width
     return rows
 
@@ -176,8 +187,11 @@ class FeatureRows(TransformerMixin, BaseEstimator):
             if source_of(part) not in x:
                 raise ValueError(f"the features hold no {source_of(part)} (they hold "
                                  f"{', '.join(x) or 'nothing'}) for the part {part}")
+        if len(parts) == 1 and normalize == "none":  # the part as it is: a view, no copy
+            return part_rows(x[source_of(parts[0])], parts[0])
         shapes = {source: array.shape[1:] for source, array in x.items()}
-        return feature_rows(x.__getitem__, shapes, parts, normalize, rows_of(x))
+        return feature_rows(lambda source, images: x[source][images], shapes, parts,
+                            normalize, rows_of(x))
 
 
 # skops finds a class by its module and name: files saved while it was FeatureView ask for it.

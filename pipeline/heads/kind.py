@@ -37,6 +37,9 @@ class HeadKind(ABC):
     max_train_rows: int | None = None
     #: why :attr:`max_train_rows` is what it is, and what to do instead, for the message
     max_train_rows_reason: str = ""
+    #: its ``predict`` is the most probable class of its ``predict_proba``, so one pass gives
+    #: both (not so for one-vs-rest probabilities that saturate, as SGD's do)
+    predicts_by_proba: bool = False
     #: fits and predicts on the rows a FeatureRows makes (:class:`PreparedRows`), so a sweep
     #: can make them once for every trial of one feature setting
     takes_rows: bool = False
@@ -124,11 +127,12 @@ class FittedHead:
         ``split``, a chunk at a time where the split reads lazily."""
         predicted, probabilities = [], []
         for x, _ in split.chunks(chunk_rows):
-            # The answer is the most probable class: one pass over the model, not two (kNN
-            # would search every neighbour twice); a model without probabilities predicts.
             proba = self.predict_proba(x)
-            predicted.append(self.predict(x) if proba is None else
-                             np.argmax(proba, axis=1).astype(np.int64))
+            # one pass where the answer is the most probable class (kNN would search every
+            # neighbour twice); the model's own predict where it is not, or has no proba
+            predicted.append(np.argmax(proba, axis=1).astype(np.int64)
+                             if proba is not None and self.kind.predicts_by_proba else
+                             self.predict(x))
             probabilities.append(proba)
         if not predicted:
             return np.empty(0, np.int64), None

@@ -46,7 +46,7 @@ from .leaderboard import (
 )
 from .registry import check_heads
 from .saving import save_head
-from .splits import TrainingData, lazy_split, load_split
+from .splits import TrainingData, lazy_split
 from .sweep import run_trials, runs_in_process
 from .trials import Trial, expand_trials
 
@@ -152,13 +152,14 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     stores = {source: ctx.stores[source] for source in sources}
     view = ctx.require_view(sources, augmented=heads.augmented_copies)
     view.check_trainable("heads are trained on train and selected on validation")
-    data = _training_data(stores, view, heads.augmented_copies)
+    data = _training_data(stores, view, heads.augmented_copies, heads.memory_budget_mb * 2**20)
 
     sweep_started = time.perf_counter()
     in_process = runs_in_process(trials, data, config.cluster, heads.memory_budget_mb)
     sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress,
                        in_process=in_process)
     sweep_seconds = time.perf_counter() - sweep_started
+    data.release()
     ranked = rank_trials(sweep.results, heads.metric)
     write_leaderboard(ranked, output)
 
@@ -180,7 +181,8 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     if not view.select("test"):
         warnings.warn("the test split has no images: heads are selected on validation but not "
                       "tested", NoTestImagesWarning, stacklevel=2)
-    test = (lazy_split if winner.trial.reads_in_chunks else load_split)(stores, view, "test")
+    # read a chunk at a time: the test split may be as large as the training rows were
+    test = lazy_split(stores, view, "test")
     predicted, proba = winner.model.predict_split(test, winner.trial.chunk_rows)
     winner.scores["test"] = evaluate(test.y, predicted, proba, view.classes)
     for outcome in outcomes:
@@ -196,16 +198,17 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
                        heads.metric, failed)
 
 
-def _training_data(stores: dict[str, FeatureStore], view: DatasetView,
-                   augmented: bool) -> TrainingData:
+def _training_data(stores: dict[str, FeatureStore], view: DatasetView, augmented: bool,
+                   memory_budget: int | None = None) -> TrainingData:
     """The training and validation rows of the view, named, to be read by whichever process
     runs each trial (with ``augmented``, the cached augmented copies of the training images
-    too)."""
+    too); dense heads stream features of more than ``memory_budget`` bytes."""
     return TrainingData(
         classes=tuple(view.classes),
         train=lazy_split(stores, view, "train", augmented),
         validation=lazy_split(stores, view, "validation"),
-        shapes={source: tuple(store.feature_shape) for source, store in stores.items()})
+        shapes={source: tuple(store.feature_shape) for source, store in stores.items()},
+        memory_budget=memory_budget)
 
 
 def write_predictions(view: DatasetView, split: str, predicted: np.ndarray,

@@ -11,6 +11,7 @@ gives a sweep's trials what each reads.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -191,10 +192,11 @@ class TrainingData:
 
     The splits are named (:class:`LazySplit`: keys and labels) and read from the cache by the
     process that runs the trials, for what each trial reads (:class:`Reading`): a dask worker
-    reads its own, so the features are not copied to every worker, and only one reading is
-    held at a time (trials of one feature setting share it). ``carried``, where set, holds the
-    raw features of every source the trials read and travels with this object, for workers
-    that cannot see the cache (a remote scheduler's).
+    reads its own, so the features are not copied to every worker. A process keeps the
+    readings it made while they fit in ``memory_budget`` bytes together, the least recently
+    used let go first, so trials of one feature setting share one reading. ``carried``, where
+    set, holds the raw features of every source the trials read and travels with this
+    object, for workers that cannot see the cache (a remote scheduler's).
     """
 
     classes: tuple[str, ...]
@@ -203,16 +205,21 @@ class TrainingData:
     #: the shape of one image's features, per source: (h, w, c) for the output, (c,) for a tap
     shapes: dict[str, tuple[int, ...]]
     carried: dict[str, LabelledSplit] | None = None
+    #: bytes of features one process may hold (None: no limit); a reading of raw features
+    #: larger than this is streamed by the kinds that can (the dense head)
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_held", {})
+        object.__setattr__(self, "_held", OrderedDict())
+        object.__setattr__(self, "_stores", {})
 
     def __getstate__(self) -> dict:
-        # what this process has read stays here; a worker reads its own
-        return {key: value for key, value in self.__dict__.items() if key != "_held"}
+        # what this process has read, and its open stores, stay here; a worker has its own
+        return {key: value for key, value in self.__dict__.items()
+                if key not in ("_held", "_stores")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _held={})
+        self.__dict__.update(state, _held=OrderedDict(), _stores={})
 
     @property
     def n_classes(self) -> int:
@@ -231,42 +238,80 @@ class TrainingData:
         (float32)."""
         return (len(self.train) + len(self.validation)) * self.width(reading) * 4
 
+    def streams(self, reading: Reading) -> bool:
+        """Whether ``reading`` (of raw features: a dense head's) is read a chunk at a time:
+        when it would hold more than :attr:`memory_budget` and its features are not
+        carried."""
+        return (reading.parts is None and self.carried is None
+                and self.memory_budget is not None
+                and self.nbytes(reading) > self.memory_budget)
+
+    def stream_rows(self, reading: Reading) -> int:
+        """Rows per chunk when ``reading`` streams: a sixteenth of the budget, 256 to 16,384
+        rows (a chunk is read, shuffled and cut into batches at once)."""
+        per_row = self.width(reading) * 4
+        return int(min(16_384, max(256, (self.memory_budget or 0) // 16 // per_row)))
+
+    def within(self, memory_budget: int | None) -> TrainingData:
+        """This data, each process holding at most ``memory_budget`` bytes."""
+        return replace(self, memory_budget=memory_budget)
+
     def carrying(self, sources: tuple[str, ...]) -> TrainingData:
         """This data with the raw features of ``sources`` read now and carried along."""
-        carried = {split.name: LabelledSplit(split.name, {source: self._read(split, source)
-                                                          for source in sources},
-                                             split.y, split.sha256)
-                   for split in (self.train, self.validation)}
+        carried = {split.name: LabelledSplit(split.name, {
+            source: self._read(split, source, slice(0, len(split))) for source in sources},
+            split.y, split.sha256) for split in (self.train, self.validation)}
         return replace(self, carried=carried)
 
     def splits(self, reading: Reading
                ) -> tuple[LabelledSplit | LazySplit, LabelledSplit | LazySplit]:
-        """(train, validation) as ``reading`` says, read once and held until another reading
-        is asked for."""
+        """(train, validation) as ``reading`` says: named, streamed in chunks, or in memory
+        (read once, and kept while the budget allows)."""
         if reading.lazy:
             return self.train, self.validation
+        if self.streams(reading):
+            rows = self.stream_rows(reading)
+            return (replace(self.train, chunk_rows=rows),
+                    replace(self.validation, chunk_rows=rows))
         held = self._held.get(reading)
-        if held is None:
-            self._held.clear()  # let the previous reading go before reading the next
-            held = self._held[reading] = (self._labelled(self.train, reading),
-                                          self._labelled(self.validation, reading))
+        if held is not None:
+            self._held.move_to_end(reading)
+            return held
+        needed = self.nbytes(reading)
+        while self._held and self.memory_budget is not None and \
+                self._held_bytes() + needed > self.memory_budget:
+            self._held.popitem(last=False)  # let go before reading more
+        held = self._held[reading] = (self._labelled(self.train, reading),
+                                      self._labelled(self.validation, reading))
         return held
 
-    def _labelled(self, split: LazySplit, reading: Reading) -> LabelledSplit:
-        def read(source: str) -> np.ndarray:
-            return self._read(split, source)
+    def release(self) -> None:
+        """Let go of every reading this process holds, and of its open stores."""
+        self._held.clear()
+        self._stores.clear()
 
+    def _held_bytes(self) -> int:
+        return sum(self.nbytes(reading) for reading in self._held)
+
+    def _labelled(self, split: LazySplit, reading: Reading) -> LabelledSplit:
+        whole = slice(0, len(split))
         if reading.parts is None:
-            x = {source: read(source) for source in reading.sources}
+            x = {source: self._read(split, source, whole) for source in reading.sources}
         else:
-            x = PreparedRows(feature_rows(read, self.shapes, reading.parts, reading.normalize,
-                                          len(split)), reading.parts, reading.normalize)
+            rows = feature_rows(lambda source, images: self._read(split, source, images),
+                                self.shapes, reading.parts, reading.normalize, len(split))
+            x = PreparedRows(rows, reading.parts, reading.normalize)
         return LabelledSplit(split.name, x, split.y, split.sha256)
 
-    def _read(self, split: LazySplit, source: str) -> np.ndarray:
-        """(N, ...) float32 features of ``source`` for every row of ``split``."""
+    def _read(self, split: LazySplit, source: str, images: slice) -> np.ndarray:
+        """(n, ...) float32 features of ``source`` for the rows ``images`` of ``split``."""
         if self.carried is not None:
-            return self.carried[split.name].x[source]
-        if not len(split):
+            return self.carried[split.name].x[source][images]
+        keys = split.sha256[images]
+        if not keys:
             return np.empty((0, *self.shapes[source]), np.float32)
-        return split.store(source).get(list(split.sha256))
+        # one store per source for every read: each opens the entry index (and maps it)
+        fingerprint = split.fingerprints[source]
+        if fingerprint not in self._stores:
+            self._stores[fingerprint] = split.store(source)
+        return self._stores[fingerprint].get(list(keys))

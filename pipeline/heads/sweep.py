@@ -68,8 +68,9 @@ def fit_and_score(trial: Trial, data: TrainingData) -> tuple[TrialResult, Scored
 
 def _fit_and_score(trial: Trial, data: TrainingData,
                    result: TrialResult) -> ScoredHead | None:
-    train, validation = data.splits(trial.reading)
     try:
+        trial.check_train_rows(len(data.train))  # before anything is read
+        train, validation = data.splits(trial.reading)
         fitted = trial.fit(train, validation, data.n_classes)
         predicted, proba = fitted.predict_split(validation, trial.chunk_rows)
         train_sample = train.sample(TRAIN_ACCURACY_ROWS, trial.spec.seed)
@@ -122,10 +123,13 @@ class _BestPerHead:
 
 
 #: Under ``cluster.scheduler: auto``, the least work (training rows x numbers per row, summed
-#: over the trials that read whole splits) for which a sweep goes to a LocalCluster: below it, the
-#: cluster's start and the copy of the features into every worker cost more than the other
-#: cores save, and fits that use every core through BLAS gain nothing from it anyway.
-PARALLEL_SWEEP_WORK = 2 * 10**8
+#: over the trials) for which a sweep goes to a LocalCluster: below it, the cluster's start
+#: and every worker's own reading of the features cost more than the other cores save, and
+#: fits that use every core through BLAS gain nothing from it anyway. On 2 cores, the
+#: repository's ten scikit-learn trials (``pipeline run heads``, bench/heads_scale.py) took
+#: 9.1-10.1 s in this process against 10.2-10.3 s on a LocalCluster at 2,000 rows of 1,536
+#: numbers (3 x 10^7), and 18.0 s against 16.7 s at 7,100 rows (1.1 x 10^8).
+PARALLEL_SWEEP_WORK = 10**8
 
 
 def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
@@ -133,18 +137,18 @@ def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterCon
     """Whether the sweep of ``trials`` runs in this process, one trial after another:
     always with ``synchronous``, never with ``local`` or a scheduler's address; with
     ``auto``, unless the machine has several cores, there are more trials than one, the
-    features fit once here and once in each worker within ``memory_budget_mb``, and the work
-    reaches :data:`PARALLEL_SWEEP_WORK`."""
+    largest reading a trial holds fits once here and once in each worker within
+    ``memory_budget_mb``, and the work reaches :data:`PARALLEL_SWEEP_WORK`."""
     if cluster.scheduler != "auto":
         return cluster.scheduler == "synchronous"
     workers = cluster.workers or usable_cores()
     if workers < 2 or len(trials) < 2:
         return True
-    in_memory = [trial.reading for trial in trials if not trial.reads_in_chunks]
-    held = max((data.nbytes(reading) for reading in in_memory), default=0)
+    readings = [trial.reading for trial in trials]
+    held = max((data.nbytes(r) for r in readings if not r.lazy), default=0)
     if (workers + 1) * held > memory_budget_mb * 2**20:
         return True
-    work = sum(len(data.train) * data.width(reading) for reading in in_memory)
+    work = sum(len(data.train) * data.width(reading) for reading in readings)
     return work < PARALLEL_SWEEP_WORK
 
 
@@ -169,6 +173,9 @@ def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
             data = data.carrying(tuple(dict.fromkeys(
                 source for trial in trials if not trial.reads_in_chunks
                 for source in trial.sources)))
+        elif data.memory_budget is not None:  # this machine's memory, shared by its workers
+            workers = cluster.workers or usable_cores()
+            data = data.within(data.memory_budget // (workers + 1))
         with sweep_client(cluster) as client:
             return _run_on_cluster(client, trials, data, metric, bar)
 

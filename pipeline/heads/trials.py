@@ -80,16 +80,21 @@ class Trial:
     def fit(self, train: LabelledSplit | LazySplit, validation: LabelledSplit | LazySplit,
             n_classes: int) -> FittedHead:
         """Fit the trial on ``train``; ``validation`` serves early stopping only (dense).
-        ValueError, before any work, when ``train`` has more rows than the head's
-        ``max_train_rows`` (or its kind's limit)."""
+        ValueError, before any work, when ``train`` has more rows than the trial takes
+        (:meth:`check_train_rows`)."""
+        self.check_train_rows(len(train))
+        return self.kind.fit(self.spec, train, validation, n_classes)
+
+    def check_train_rows(self, count: int) -> None:
+        """ValueError when ``count`` training rows are more than the head's
+        ``max_train_rows`` (or its kind's limit) allow."""
         limit = self.spec.config.max_train_rows or self.kind.max_train_rows
-        if limit is not None and len(train) > limit:
+        if limit is not None and count > limit:
             reason = (f": {self.kind.max_train_rows_reason}"
                       if self.spec.config.max_train_rows is None else "")
-            raise ValueError(f"{len(train):,} training rows, more than the {limit:,} a "
+            raise ValueError(f"{count:,} training rows, more than the {limit:,} a "
                              f"{self.kind.name} head fits on (stages.heads.models."
                              f"{self.head}.max_train_rows){reason}")
-        return self.kind.fit(self.spec, train, validation, n_classes)
 
     @property
     def expected_cost(self) -> int:

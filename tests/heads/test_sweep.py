@@ -5,6 +5,7 @@ sample, one prediction pass per split, and the kNN size limit."""
 from __future__ import annotations
 
 import csv
+import json
 import pickle
 import subprocess
 import sys
@@ -72,6 +73,10 @@ def test_auto_keeps_small_sweeps_in_process_and_sends_big_ones_to_a_local_cluste
                                  ClusterConfig(scheduler="auto", workers=1), 4096)
     assert sweep.runs_in_process(_trials({"lr": {"kind": "logistic_regression"}}),
                                  _named_rows(100_000), cluster, 4096)
+    # trials that read the cache a chunk at a time are work too, and hold little
+    incremental = {"sgd": {"kind": "sgd", "features": "flatten", "incremental": {},
+                           "sweep": {"params": {"alpha": [0.1, 0.01, 0.001]}}}}
+    assert not sweep.runs_in_process(_trials(incremental), _named_rows(10_000), cluster, 16)
 
 
 def test_an_auto_sweep_of_a_small_project_runs_in_this_process(cached_project):
@@ -82,20 +87,24 @@ def test_an_auto_sweep_of_a_small_project_runs_in_this_process(cached_project):
 
 # -- what a trial reads -----------------------------------------------------------------------
 
-def test_rows_are_made_once_per_feature_setting_and_only_one_setting_is_held(
-        cached_project, monkeypatch):
+def _counting_reads(monkeypatch) -> list:
+    reads = []
+    original = TrainingData._read
+
+    def counted(self, split, source, images):
+        reads.append((split.name, source))
+        return original(self, split, source, images)
+
+    monkeypatch.setattr(TrainingData, "_read", counted)
+    return reads
+
+
+def test_rows_are_made_once_per_feature_setting(cached_project, monkeypatch):
     project = cached_project(HEADS, taps=(TAP,))
     ctx = RunContext(load_config(project / "stages.yaml"))
     view = ctx.require_view(("output", TAP))
     data = _training_data(ctx.stores, view, augmented=False)
-    reads = []
-    original = TrainingData._read
-
-    def counted(self, split, source):
-        reads.append((split.name, source))
-        return original(self, split, source)
-
-    monkeypatch.setattr(TrainingData, "_read", counted)
+    reads = _counting_reads(monkeypatch)
     trials = _trials(HEADS)
     outcome = sweep._run_in_process(trials, data, "val_accuracy", _NoBar())
     # logreg and knn share a setting: read once, for both splits; gmp reads the output again
@@ -104,7 +113,6 @@ def test_rows_are_made_once_per_feature_setting_and_only_one_setting_is_held(
                                     ("train", "output"), ("validation", "output")])
     assert [(r.head, r.trial) for r in outcome.results] == [(t.head, t.index) for t in trials]
     assert all(r.status == "ok" for r in outcome.results)
-    assert len(data._held) == 1  # the last setting only
 
     # the rows are what the head's own transform makes of the raw features
     gap_tap = next(t for t in trials if t.head == "knn").reading
@@ -113,6 +121,50 @@ def test_rows_are_made_once_per_feature_setting_and_only_one_setting_is_held(
     assert isinstance(train.x, PreparedRows)
     np.testing.assert_allclose(FeatureRows(["gap", TAP], "power").transform(raw.x),
                                train.x.rows, rtol=1e-6)
+
+
+def test_a_process_keeps_the_readings_that_fit_its_budget(cached_project, monkeypatch):
+    project = cached_project(HEADS, taps=(TAP,))
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    data = _training_data(ctx.stores, ctx.require_view(("output", TAP)), augmented=False)
+    gap = Reading(("output",), ("gap",), "none")
+    both = Reading(("output", TAP), ("gap", TAP), "power")
+    reads = _counting_reads(monkeypatch)
+    for reading in (gap, both, gap, both):  # trials of two settings taking turns on a worker
+        data.splits(reading)
+    assert len(reads) == 2 + 4  # each setting read once
+    tight = data.within(max(data.nbytes(gap), data.nbytes(both)))
+    reads.clear()
+    for reading in (gap, both, gap):
+        tight.splits(reading)
+    assert len(reads) == 2 + 4 + 2 and len(tight._held) == 1  # one at a time
+    tight.release()
+    assert not tight._held
+
+
+def test_a_source_is_read_in_blocks_while_rows_are_made(cached_project, monkeypatch):
+    from pipeline.heads import features
+
+    project = cached_project(HEADS, taps=(TAP,))
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    data = _training_data(ctx.stores, ctx.require_view(("output", TAP)), augmented=False)
+    sizes = []
+    original = TrainingData._read
+
+    def sized(self, split, source, images):
+        got = original(self, split, source, images)
+        sizes.append(len(got))
+        return got
+
+    monkeypatch.setattr(TrainingData, "_read", sized)
+    monkeypatch.setattr(features, "FEATURE_ROWS_BLOCK", 5)
+    train, validation = data.splits(Reading(("output",), ("gmp",), "l2"))
+    assert max(sizes) == 5 and sum(sizes) == len(train) + len(validation)
+    # one open store (and entry index) for every block of both splits
+    assert list(data._stores) == [ctx.stores["output"].fingerprint]
+    expected = FeatureRows("gmp", "l2").transform(
+        {"output": ctx.stores["output"].get(list(data.train.sha256))})
+    np.testing.assert_allclose(train.x.rows, expected, rtol=1e-6)
 
 
 def test_training_data_travels_without_its_features_unless_they_are_carried(cached_project):
@@ -144,9 +196,9 @@ def test_feature_rows_read_each_source_once_and_leave_the_input_alone():
     kept = {k: v.copy() for k, v in sources.items()}
     reads = []
 
-    def read(source):
+    def read(source, images):
         reads.append(source)
-        return sources[source]
+        return sources[source][images]
 
     shapes = {k: v.shape[1:] for k, v in sources.items()}
     rows = feature_rows(read, shapes, ["gap", TAP, "flatten"], "power", 20)
@@ -178,6 +230,22 @@ def test_prepared_rows_pass_through_only_a_transform_of_the_same_setting():
 class _NoBar:
     def update(self):
         pass
+
+
+@pytest.mark.parametrize("kind", ["logistic_regression", "sgd", "knn", "random_forest",
+                                  "gradient_boosting", "mlp", "linear_svm"])
+def test_predicted_classes_are_the_estimators_own(kind):
+    # raw, large features: SGD's one-vs-rest probabilities saturate at 1 for several classes,
+    # where the most probable class is not what it predicts
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 120)
+    x = {"output": (rng.normal(0, 50, (120, 1, 1, 16)) + 20 * y[:, None, None, None])
+         .astype(np.float32)}
+    [trial] = _trials({"h": {"kind": kind, "features": "flatten"}})
+    split = LabelledSplit("train", x, y, ())
+    head = trial.fit(split, split, 4)
+    predicted, _ = head.predict_split(split)
+    np.testing.assert_array_equal(predicted, head.model.predict(x["output"]))
 
 
 def test_predictions_come_from_one_pass_of_the_probabilities():
@@ -238,10 +306,19 @@ def test_training_accuracy_is_measured_on_a_seeded_sample(monkeypatch):
 # -- kNN at scale -----------------------------------------------------------------------------
 
 def test_a_head_refuses_more_training_rows_than_its_limit(cached_project, monkeypatch):
-    heads = {"knn": {"kind": "knn", "features": "gap", "max_train_rows": 20},
+    heads = {"knn": {"kind": "knn", "features": "gmp", "max_train_rows": 20},
              "lr": {"kind": "logistic_regression", "features": "gap"}}
     project = cached_project(heads)  # 12 training rows per class, 3 classes
+    made = []
+    original = TrainingData._labelled
+
+    def labelled(self, split, reading):
+        made.append(reading.parts)
+        return original(self, split, reading)
+
+    monkeypatch.setattr(TrainingData, "_labelled", labelled)
     run, _ = run_named(load_config(project / "stages.yaml"), "heads")
+    assert made == [("gap",), ("gap",)]  # the refused trial read nothing
     with open(run.path / "leaderboard.csv", encoding="utf-8") as fh:
         rows = {r["head"]: r for r in csv.DictReader(fh)}
     assert rows["lr"]["status"] == "ok" and rows["knn"]["status"] == "failed"
@@ -270,3 +347,61 @@ def test_saving_a_head_does_not_import_torch_or_dask():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == "[]"
+
+
+# -- the dense head beyond the memory budget ------------------------------------------------------
+
+def test_a_dense_head_beyond_the_memory_budget_streams_from_the_cache(cached_project,
+                                                                       monkeypatch):
+    dense = {"kind": "dense", "features": "gap",
+             "params": {"epochs": 4, "units": 16, "learning_rate": 0.01, "batch_size": 16}}
+    project = cached_project({"dense": dense},
+                             per_split={"train": 60, "validation": 20, "test": 20})
+    whole = []
+    original = TrainingData._labelled
+
+    def loaded_whole(self, split, reading):
+        whole.append(split.name)
+        return original(self, split, reading)
+
+    monkeypatch.setattr(TrainingData, "_labelled", loaded_whole)
+    # 3 classes x 80 rows x 2,048 numbers x 4 bytes: 2 MB of training and validation features
+    config = load_config(project / "stages.yaml", ["stages.heads.memory_budget_mb=1"])
+    run, _ = run_named(config, "heads")
+    assert whole == []
+    history = json.loads((run.path / "heads" / "dense" / "history.json").read_text())
+    assert len(history["loss"]) == 4 and len(history["val_accuracy"]) == 4
+    scores = json.loads((run.path / "heads" / "dense" / "evaluation.json").read_text())
+    assert scores["validation"]["images"] == 60 and scores["validation"]["accuracy"] > 0.8
+    assert scores["test"]["images"] == 60
+
+    # the same head within the budget loads the splits whole
+    in_memory, _ = run_named(load_config(project / "stages.yaml"), "heads")
+    assert whole == ["train", "validation"]
+
+
+def test_streamed_batches_cover_every_row_once_per_epoch():
+    from pipeline.heads.dense import _batches, _steps
+
+    rng = np.random.default_rng(0)
+    y = np.arange(10)
+    x = {"output": np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)}
+    split = LazySplit("train", Path("."), {"output": "f"}, tuple(map(str, y)), y, chunk_rows=4)
+
+    def chunks(chunk_rows=None, order=None):
+        for index in order if order is not None else range(3):
+            rows = slice(4 * index, 4 * index + 4)
+            yield {"output": x["output"][rows]}, y[rows]
+
+    object.__setattr__(split, "chunks", chunks)
+
+    class Model:
+        inputs = [type("Input", (), {"name": "features"})()]
+
+    steps = _steps(split, batch_size=3)
+    assert steps == 5  # chunks of 4, 4 and 2 rows: 2 + 2 + 1 batches
+    batches = _batches(Model(), split, 3, n_classes=3, rng=rng)
+    for _ in range(2):  # two epochs, each a new order
+        seen = [next(batches) for _ in range(steps)]
+        labels = np.concatenate([labels for _, labels in seen])
+        assert sorted(labels.tolist()) == list(range(10))
