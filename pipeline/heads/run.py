@@ -2,7 +2,8 @@
 
 1. Find the dataset view and the cached features of this backbone fingerprint (no image is
    decoded and no convnet runs here; a missing view or entry is an error that says to extract).
-2. Run every trial of every head (sweeps included) on dask, scoring on the validation split.
+2. Run every trial of every head (sweeps included), in this process or on dask, scoring on
+   the validation split.
 3. Rank the trials into a leaderboard by the validation metric.
 4. For each head, take the model of its best trial and its validation scores (kept from the
    sweep: not refitted, not predicted again), and save the model, its scores, confusion

@@ -3,8 +3,8 @@
 Features come from the :class:`~cache.FeatureStore` of each source a head reads (the output
 tensor, taps), labels and splits from the view. A :class:`LabelledSplit` holds its rows (raw,
 ``{source: array}``, or rows a head's FeatureRows already made, :class:`PreparedRows`); a
-:class:`LazySplit` names them and reads them through :meth:`FeatureStore.to_dask`, one chunk in
-memory at a time, for heads that train from caches larger than memory. Both yield ``(x, y)``
+:class:`LazySplit` names them and reads them from the stores one chunk at a time, for heads
+that train from caches larger than memory. Both yield ``(x, y)``
 chunks, so code that predicts or scores does not care which it has. :class:`TrainingData`
 gives a sweep's trials what each reads.
 """
@@ -90,16 +90,12 @@ class LazySplit:
             return
         if not len(self):
             return
-        lazy = {source: self.store(source).to_dask(list(self.sha256),
-                                                   chunk_rows=self.chunk_rows)
-                for source in self.fingerprints}
-        first = next(iter(lazy.values()))
-        starts = np.cumsum((0, *first.chunks[0][:-1]))
-        for index in (order if order is not None else range(len(starts))):
-            start = int(starts[index])
-            x = {source: array.blocks[int(index)].compute(scheduler="synchronous")
-                 for source, array in lazy.items()}
-            yield x, self.y[start:start + len(next(iter(x.values())))]
+        stores = {source: self.store(source) for source in self.fingerprints}
+        for index in (order if order is not None else range(self.n_chunks())):
+            start = int(index) * self.chunk_rows
+            keys = list(self.sha256[start:start + self.chunk_rows])
+            yield {source: store.get(keys) for source, store in stores.items()}, \
+                self.y[start:start + len(keys)]
 
     def store(self, source: str) -> FeatureStore:
         """The feature store of ``source`` (FileNotFoundError when this process cannot see
