@@ -46,8 +46,10 @@ from .trial import TrialSpec
 _POOLS = {"flatten": "Flatten", "gap": "GlobalAveragePooling2D", "gmp": "GlobalMaxPooling2D"}
 #: The name of the standardising layer in a dense head that has one.
 STANDARDIZE_LAYER = "standardize"
-# Rows per chunk while the statistics are summed (memory, not maths)
+# Rows per chunk while the statistics are summed, and numbers per float64 slice of a chunk
+# (memory, not maths)
 _STATISTICS_CHUNK = 4096
+_STATISTICS_NUMBERS = 1 << 22
 # A standard deviation below this is no scale to divide by
 _SMALLEST_STD = 10 * float(np.finfo(np.float32).eps)
 
@@ -134,16 +136,20 @@ def standardization_statistics(parts: str | list[str], normalize: str,
     """
     rows = FeatureRows(parts, normalize)
     count, total, squares, widths = 0, None, None, None
-    for x_chunk in _chunks_of(x, _STATISTICS_CHUNK):
+    for x_chunk in _chunks_of(x):
         if widths is None:
             widths = [FeatureRows(part, normalize).transform(
                 {source: array[:1] for source, array in x_chunk.items()}).shape[1]
                 for part in feature_parts(parts)]
-        chunk = rows.transform(x_chunk).astype(np.float64)
+            total, squares = np.zeros(sum(widths)), np.zeros(sum(widths))
+        chunk = rows.transform(x_chunk)
         count += len(chunk)
-        total = chunk.sum(axis=0) if total is None else total + chunk.sum(axis=0)
-        squares = (chunk ** 2).sum(axis=0) if squares is None else \
-            squares + (chunk ** 2).sum(axis=0)
+        # float64 a slice at a time: a copy of the whole chunk would be twice its size
+        step = max(1, _STATISTICS_NUMBERS // chunk.shape[1])
+        for start in range(0, len(chunk), step):
+            wide = chunk[start:start + step].astype(np.float64)
+            total += wide.sum(axis=0)
+            squares += np.einsum("ij,ij->j", wide, wide)
     mean = total / count
     per_feature = np.maximum(squares / count - mean ** 2, 0.0)
     variance = np.concatenate([np.full(width, piece.mean()) for width, piece in
@@ -154,38 +160,66 @@ def standardization_statistics(parts: str | list[str], normalize: str,
     return mean.astype(np.float32), variance.astype(np.float32)
 
 
-def _chunks_of(x: Features | np.ndarray | LazySplit, rows: int) -> Iterator[Features]:
-    """``x`` ``rows`` images at a time, as ``{source: array}``."""
+def _chunks_of(x: Features | np.ndarray | LazySplit) -> Iterator[Features]:
+    """``x`` a chunk of images at a time, as ``{source: array}``: a lazy split's own chunks,
+    or :data:`_STATISTICS_CHUNK` rows of features in memory."""
     if isinstance(x, LazySplit):
-        yield from (chunk for chunk, _ in x.chunks(rows))
+        yield from (chunk for chunk, _ in x.chunks())
         return
     x = as_features(x)
     count = len(next(iter(x.values())))
-    for start in range(0, count, rows):
-        yield {source: array[start:start + rows] for source, array in x.items()}
+    for start in range(0, count, _STATISTICS_CHUNK):
+        yield {source: array[start:start + _STATISTICS_CHUNK] for source, array in x.items()}
 
 
-def _batches(model, split: LazySplit, batch_size: int, n_classes: int,
-             rng: np.random.Generator | None) -> Iterator[tuple]:
-    """(inputs, labels) batches of ``split`` read from the cache a chunk at a time, epoch
-    after epoch without end (Keras takes ``steps`` of them per epoch): with ``rng``, the
-    chunks in a new random order each epoch and the rows shuffled within each chunk."""
-    while True:
-        order = rng.permutation(split.n_chunks()) if rng is not None else None
-        for x, y in split.chunks(order=order):
-            shuffle = rng.permutation(len(y)) if rng is not None else slice(None)
-            x = {source: array[shuffle] for source, array in x.items()}
-            y = y[shuffle]
-            for start in range(0, len(y), batch_size):
-                yield (model_inputs(model, {s: a[start:start + batch_size]
-                                            for s, a in x.items()}),
-                       _labels(y[start:start + batch_size], n_classes))
+def streamed_batches(model, split: LazySplit, batch_size: int, n_classes: int,
+                     seed: int | None = None):
+    """A ``keras.utils.PyDataset`` of (inputs, labels) batches of ``split``, read from the
+    cache a chunk at a time. With ``seed``, each epoch visits the chunks in a new random order
+    and shuffles the rows within each chunk; without, batches come in split order (for
+    validation, which must see every row once per epoch). Batch ``i`` is the same whenever
+    Keras asks for it within an epoch (it asks for the first ones twice)."""
+    import keras
 
+    class StreamedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = None if seed is None else np.random.default_rng(seed)
+            self.plan: list[tuple[int, int]] = []
+            self.shuffles: dict[int, np.ndarray] = {}  # this epoch's order within each chunk
+            self.loaded: tuple[int, dict, np.ndarray] | None = None
+            self.on_epoch_end()
 
-def _steps(split: LazySplit, batch_size: int) -> int:
-    """Batches :func:`_batches` yields per epoch (a chunk ends its last batch early)."""
-    full, last = divmod(len(split), split.chunk_rows)
-    return full * -(-split.chunk_rows // batch_size) + -(-last // batch_size)
+        def __len__(self) -> int:
+            return len(self.plan)
+
+        def __getitem__(self, index: int):
+            chunk, batch = self.plan[index]
+            if self.loaded is None or self.loaded[0] != chunk:
+                x, y = split.chunk(chunk)
+                if self.rng is not None:
+                    order = self.shuffles[chunk]
+                    x, y = {source: array[order] for source, array in x.items()}, y[order]
+                self.loaded = (chunk, x, y)
+            _, x, y = self.loaded
+            rows = slice(batch * batch_size, (batch + 1) * batch_size)
+            return (model_inputs(model, {source: array[rows] for source, array in x.items()}),
+                    _labels(y[rows], n_classes))
+
+        def on_epoch_end(self) -> None:
+            if self.plan and self.rng is None:
+                return  # the same plan every epoch
+            chunks = [int(chunk) for chunk in (
+                self.rng.permutation(split.n_chunks()) if self.rng is not None else
+                range(split.n_chunks()))]
+            if self.rng is not None:
+                self.shuffles = {chunk: self.rng.permutation(split.chunk_length(chunk))
+                                 for chunk in chunks}
+            self.plan = [(chunk, batch) for chunk in chunks
+                         for batch in range(-(-split.chunk_length(chunk) // batch_size))]
+            self.loaded = None
+
+    return StreamedBatches()
 
 
 def set_standardization(model, mean: np.ndarray, variance: np.ndarray) -> None:
@@ -267,14 +301,11 @@ class DenseKind(HeadKind):
         watched = len(validation) > 0
         callbacks = early_stopping(params.patience, params.restore_best) if watched else []
         if streamed:
-            rng = np.random.default_rng(trial.seed)
-            batches = {"x": _batches(model, train, params.batch_size, n_classes, rng),
-                       "steps_per_epoch": _steps(train, params.batch_size)}
+            batches = {"x": streamed_batches(model, train, params.batch_size, n_classes,
+                                             trial.seed), "shuffle": False}
             if watched:
-                batches.update(
-                    validation_data=_batches(model, validation, VALIDATION_BATCH, n_classes,
-                                             None),
-                    validation_steps=_steps(validation, VALIDATION_BATCH))
+                batches["validation_data"] = streamed_batches(model, validation,
+                                                              VALIDATION_BATCH, n_classes)
         else:
             batches = {"x": model_inputs(model, train.x), "y": _labels(train.y, n_classes),
                        "batch_size": params.batch_size, "shuffle": True,

@@ -38,7 +38,9 @@ class HeadKind(ABC):
     #: why :attr:`max_train_rows` is what it is, and what to do instead, for the message
     max_train_rows_reason: str = ""
     #: its ``predict`` is the most probable class of its ``predict_proba``, so one pass gives
-    #: both (not so for one-vs-rest probabilities that saturate, as SGD's do)
+    #: both (not so for one-vs-rest probabilities that saturate, as SGD's do). On an exact tie
+    #: of probabilities the first class wins, where predict may have seen a decision value
+    #: too small to change a probability (a binary logistic regression at C=1e-8)
     predicts_by_proba: bool = False
     #: fits and predicts on the rows a FeatureRows makes (:class:`PreparedRows`), so a sweep
     #: can make them once for every trial of one feature setting

@@ -11,6 +11,7 @@ gives a sweep's trials what each reads.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -92,10 +93,22 @@ class LazySplit:
             return
         stores = {source: self.store(source) for source in self.fingerprints}
         for index in (order if order is not None else range(self.n_chunks())):
-            start = int(index) * self.chunk_rows
-            keys = list(self.sha256[start:start + self.chunk_rows])
-            yield {source: store.get(keys) for source, store in stores.items()}, \
-                self.y[start:start + len(keys)]
+            yield self._chunk(int(index), stores)
+
+    def chunk(self, index: int) -> tuple[Features, np.ndarray]:
+        """(x ``{source: (n, ...)}``, y) of chunk ``index`` (of :meth:`n_chunks`)."""
+        return self._chunk(index, {source: self.store(source) for source in self.fingerprints})
+
+    def _chunk(self, index: int, stores: dict[str, FeatureStore]
+               ) -> tuple[Features, np.ndarray]:
+        start = index * self.chunk_rows
+        keys = list(self.sha256[start:start + self.chunk_rows])
+        return ({source: store.get(keys) for source, store in stores.items()},
+                self.y[start:start + len(keys)])
+
+    def chunk_length(self, index: int) -> int:
+        """Rows in chunk ``index`` (the last may be short)."""
+        return min(self.chunk_rows, len(self) - index * self.chunk_rows)
 
     def store(self, source: str) -> FeatureStore:
         """The feature store of ``source`` (FileNotFoundError when this process cannot see
@@ -182,6 +195,10 @@ class Reading:
     lazy: bool = False
 
 
+#: What a TrainingData keeps for the process it is in, never pickled.
+_PROCESS_LOCAL = ("_held", "_stores", "_lock")
+
+
 @dataclass(frozen=True, eq=False)
 class TrainingData:
     """What trials train and select on: the training and validation rows, never test.
@@ -206,16 +223,16 @@ class TrainingData:
     memory_budget: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_held", OrderedDict())
-        object.__setattr__(self, "_stores", {})
+        self.__setstate__({})
 
     def __getstate__(self) -> dict:
         # what this process has read, and its open stores, stay here; a worker has its own
         return {key: value for key, value in self.__dict__.items()
-                if key not in ("_held", "_stores")}
+                if key not in _PROCESS_LOCAL}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _held=OrderedDict(), _stores={})
+        # a worker started with several threads may run two trials at once
+        self.__dict__.update(state, _held=OrderedDict(), _stores={}, _lock=threading.RLock())
 
     @property
     def n_classes(self) -> int:
@@ -269,25 +286,30 @@ class TrainingData:
             rows = self.stream_rows(reading)
             return (replace(self.train, chunk_rows=rows),
                     replace(self.validation, chunk_rows=rows))
-        held = self._held.get(reading)
-        if held is not None:
-            self._held.move_to_end(reading)
+        with self._lock:
+            held = self._held.get(reading)
+            if held is not None:
+                self._held.move_to_end(reading)
+                return held
+            needed = self._holds(reading)
+            while self._held and self.memory_budget is not None and \
+                    sum(map(self._holds, self._held)) + needed > self.memory_budget:
+                self._held.popitem(last=False)  # let go before reading more
+            held = self._held[reading] = (self._labelled(self.train, reading),
+                                          self._labelled(self.validation, reading))
             return held
-        needed = self.nbytes(reading)
-        while self._held and self.memory_budget is not None and \
-                self._held_bytes() + needed > self.memory_budget:
-            self._held.popitem(last=False)  # let go before reading more
-        held = self._held[reading] = (self._labelled(self.train, reading),
-                                      self._labelled(self.validation, reading))
-        return held
 
     def release(self) -> None:
         """Let go of every reading this process holds, and of its open stores."""
-        self._held.clear()
-        self._stores.clear()
+        with self._lock:
+            self._held.clear()
+            self._stores.clear()
 
-    def _held_bytes(self) -> int:
-        return sum(self.nbytes(reading) for reading in self._held)
+    def _holds(self, reading: Reading) -> int:
+        """Bytes that holding ``reading`` adds: none for raw features carried along (they are
+        views of what is carried)."""
+        return 0 if reading.parts is None and self.carried is not None else \
+            self.nbytes(reading)
 
     def _labelled(self, split: LazySplit, reading: Reading) -> LabelledSplit:
         whole = slice(0, len(split))

@@ -380,28 +380,56 @@ def test_a_dense_head_beyond_the_memory_budget_streams_from_the_cache(cached_pro
     assert whole == ["train", "validation"]
 
 
-def test_streamed_batches_cover_every_row_once_per_epoch():
-    from pipeline.heads.dense import _batches, _steps
+def _fake_split(name: str, y: np.ndarray, chunk_rows: int) -> LazySplit:
+    """A lazy split whose chunks come from memory: x is each row's own index."""
+    x = np.arange(len(y), dtype=np.float32).reshape(-1, 1, 1, 1)
+    split = LazySplit(name, Path("."), {"output": "f"}, tuple(map(str, range(len(y)))), y,
+                      chunk_rows=chunk_rows)
+    rows = lambda i: slice(i * chunk_rows, (i + 1) * chunk_rows)  # noqa: E731
+    object.__setattr__(split, "chunk", lambda i: ({"output": x[rows(i)]}, y[rows(i)]))
+    return split
 
+
+def test_streamed_batches_cover_every_row_once_per_epoch_in_a_new_order():
+    import keras
+
+    from pipeline.heads.dense import streamed_batches
+
+    model = keras.Sequential([keras.Input((1, 1, 1), name="features"), keras.layers.Flatten()])
+    split = _fake_split("train", np.arange(10), chunk_rows=4)
+    batches = streamed_batches(model, split, 3, n_classes=10, seed=0)
+    assert len(batches) == 5  # chunks of 4, 4 and 2 rows: 2 + 2 + 1 batches
+    epochs = []
+    for _ in range(2):
+        labels = [batches[i][1] for i in range(len(batches))]
+        assert batches[0][1].tolist() == labels[0].tolist()  # asked again: the same batch
+        epochs.append(np.concatenate(labels).tolist())
+        batches.on_epoch_end()
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10))
+    assert epochs[0] != epochs[1]
+    in_order = streamed_batches(model, split, 3, n_classes=10)
+    assert np.concatenate([in_order[i][1] for i in range(5)]).tolist() == list(range(10))
+
+
+def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch():
+    import keras
+
+    from pipeline.heads.dense import streamed_batches
+
+    # a model that cannot learn (learning rate 0) and answers class 0: its validation accuracy
+    # is the share of class 0, every epoch, if and only if every epoch sees every row once
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((1, 1, 1), name="features"), keras.layers.Flatten(),
+        keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
+                           bias_initializer=keras.initializers.Constant([1.0, 0.0, 0.0]))])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     rng = np.random.default_rng(0)
-    y = np.arange(10)
-    x = {"output": np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1)}
-    split = LazySplit("train", Path("."), {"output": "f"}, tuple(map(str, y)), y, chunk_rows=4)
-
-    def chunks(chunk_rows=None, order=None):
-        for index in order if order is not None else range(3):
-            rows = slice(4 * index, 4 * index + 4)
-            yield {"output": x["output"][rows]}, y[rows]
-
-    object.__setattr__(split, "chunks", chunks)
-
-    class Model:
-        inputs = [type("Input", (), {"name": "features"})()]
-
-    steps = _steps(split, batch_size=3)
-    assert steps == 5  # chunks of 4, 4 and 2 rows: 2 + 2 + 1 batches
-    batches = _batches(Model(), split, 3, n_classes=3, rng=rng)
-    for _ in range(2):  # two epochs, each a new order
-        seen = [next(batches) for _ in range(steps)]
-        labels = np.concatenate([labels for _, labels in seen])
-        assert sorted(labels.tolist()) == list(range(10))
+    train = _fake_split("train", rng.integers(0, 3, 20), chunk_rows=4)
+    validation = _fake_split("validation", rng.integers(0, 3, 23), chunk_rows=4)
+    history = model.fit(streamed_batches(model, train, 3, 3, seed=0),
+                        validation_data=streamed_batches(model, validation, 2, 3),
+                        epochs=4, shuffle=False, verbose=0)
+    expected = float(np.mean(validation.y == 0))
+    np.testing.assert_allclose(history.history["val_accuracy"], [expected] * 4, rtol=1e-6)
