@@ -91,10 +91,10 @@ class HashState:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def known(self, files: Iterable[tuple[Path, FileStat]]) -> dict[Path, str]:
+    def known(self, files: Iterable[tuple[str | Path, FileStat]]) -> dict[str | Path, str]:
         """The sha256 of each of ``files`` whose recorded stat equals the given one and whose
         record is not racy; files absent from the result must be hashed."""
-        found: dict[Path, str] = {}
+        found: dict[str | Path, str] = {}
         try:
             self._known(files, found)
         except sqlite3.Error as exc:  # a shortcut only: hash what it cannot vouch for
@@ -102,7 +102,8 @@ class HashState:
                           f"did not answer for are hashed", CacheDatabaseWarning, stacklevel=2)
         return found
 
-    def _known(self, files: Iterable[tuple[Path, FileStat]], found: dict[Path, str]) -> None:
+    def _known(self, files: Iterable[tuple[str | Path, FileStat]],
+               found: dict[str | Path, str]) -> None:
         for batch in batches(files, BATCH):
             wanted = {_key(path): (path, stat) for path, stat in batch}
             marks = ",".join("?" * len(wanted))
@@ -115,7 +116,7 @@ class HashState:
                         hashed_ns - mtime_ns >= RACY_NS:
                     found[path] = sha256
 
-    def record(self, hashed: Iterable[tuple[Path, FileStat, str, int]]) -> None:
+    def record(self, hashed: Iterable[tuple[str | Path, FileStat, str, int]]) -> None:
         """Remember ``(path, stat, sha256, hashed_ns)`` for each file hashed: ``stat`` taken
         before reading it, ``hashed_ns`` the time (``time.time_ns()``) reading began."""
         rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, stat.ctime_ns,

@@ -85,7 +85,7 @@ SHOWN_ROWS = 5
 class ImageRecord:
     """One image file of the dataset."""
 
-    path: Path        # absolute path
+    path: str         # absolute path (a string: a Path per image costs more than the stat)
     relpath: str      # path relative to the data root, '/'-separated
     label: str        # class folder name, or the labels table's label
     split: str        # train | validation | test
@@ -204,7 +204,7 @@ class _Candidate(NamedTuple):
     """A file to identify: where it is, its label, its split (None: the hash decides) and the
     line of the labels table that lists it (0 for the folder layouts)."""
 
-    path: Path
+    path: str
     relpath: str
     label: str
     split: str | None
@@ -233,7 +233,7 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
 
     def stat_of(item: _Candidate) -> FileStat | str:
         try:
-            info = item.path.stat()
+            info = os.stat(item.path)
         except OSError as exc:
             if item.line and exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return _MISSING  # listed by the table, not there
@@ -249,7 +249,7 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
         regular = [(item.path, info) for item, info in zip(candidates, stats)
                    if isinstance(info, FileStat)]
         known = hash_state.known(regular) if hash_state is not None and not rehash else {}
-        fresh: list[tuple[Path, FileStat, str, int]] = []
+        fresh: list[tuple[str, FileStat, str, int]] = []
 
         def identify(pair: tuple[_Candidate, FileStat | str]) -> tuple[str | None, int, str]:
             item, info = pair
@@ -339,8 +339,7 @@ def _candidates_from_folders(root: Path, folder_errors: list[OSError]
     for split, class_dirs in groups:
         for class_dir in class_dirs:
             classes.add(class_dir.name)
-            candidates += [_Candidate(Path(p), p[prefix:].replace(os.sep, "/"), class_dir.name,
-                                      split)
+            candidates += [_Candidate(p, p[prefix:].replace(os.sep, "/"), class_dir.name, split)
                            for p in _list_images(class_dir, folder_errors)]
     if not classes:
         raise DataError(f"{root}: no class folders found; expected <class>/<image> or "
@@ -460,8 +459,8 @@ def _candidates_from_table(table: Path, root: Path) -> tuple[list[_Candidate], s
                     problem("duplicate", start, f"{shown} (also line {first_line[relpath]})")
                     continue
                 first_line[relpath] = start
-                candidates.append(_Candidate(root / relpath, relpath, label, split or None,
-                                             start))
+                candidates.append(_Candidate(os.path.join(root, relpath), relpath, label,
+                                             split or None, start))
     except csv.Error as exc:
         raise DataError(f"{table} line {line + 1}: not a readable CSV table: {exc}") from None
     if problems:

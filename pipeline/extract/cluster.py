@@ -75,7 +75,7 @@ class PartitionResult:
         return next(iter(self.shards.values())).sha256 if self.shards else []
 
 
-def plan_partitions(todo: list[str], paths: dict[str, Path], size: int) -> list[Partition]:
+def plan_partitions(todo: list[str], paths: dict[str, str], size: int) -> list[Partition]:
     """Split ``todo`` (image sha256, in order) into partitions of at most ``size`` images."""
     partitions = []
     for start in range(0, len(todo), size):
@@ -150,7 +150,7 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
 
 def extract_on_scheduler(ctx: RunContext, parts: tuple[str, ...],
                          writers: dict[str, ShardWriter], todo: list[str],
-                         paths: dict[str, Path], progress: bool,
+                         paths: dict[str, str], progress: bool,
                          on_failure: Callable[[str, str, bool], None]) -> list[str]:
     """Extract ``parts`` of ``todo`` (image sha256; ``paths`` maps each to a file) on the dask
     scheduler of ``cluster.scheduler``, one partition of ``stages.extract.shard_size`` images

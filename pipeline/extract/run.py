@@ -134,7 +134,7 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
             hash_state.close()
     warn_about(scan)
 
-    first_path: dict[str, Path] = {}
+    first_path: dict[str, str] = {}
     for image in scan.images:
         first_path.setdefault(image.sha256, image.path)
     context = _decode_context(ctx.spec)
@@ -176,7 +176,7 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
                          inference_seconds=loop_seconds, augmented=augmented)
 
 
-def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, Path],
+def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, str],
                      context: str, progress: bool, inferences: Inferences
                      ) -> tuple[list[str], dict[str, str], float]:
     """Decode, infer and commit the parts ``missing`` images lack, here or on the cluster's
@@ -216,7 +216,7 @@ def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, 
 
         infer = inferences(parts)
         infer.build()
-        reader = BatchReader(paths=[first_path[s] for s in todo], sha256=todo,
+        reader = BatchReader(paths=[Path(first_path[s]) for s in todo], sha256=todo,
                              options=ctx.spec.decode, batch_size=params.batch_size,
                              workers=params.decode_workers)
         started = time.perf_counter()

@@ -109,7 +109,7 @@ def test_a_second_scan_reads_no_image_and_a_touched_one_is_read_again(tmp_path: 
         _age(images[1:2], OLD + 2 * 10**9)
         third = scan_dataset(data, hash_state=state)
         assert sorted(hashed_files) == sorted(images[:2])
-        by_path = {i.path: i.sha256 for i in third.images}
+        by_path = {Path(i.path): i.sha256 for i in third.images}
         assert by_path[images[0]] == first.images[0].sha256
         assert by_path[images[1]] == by_path[images[2]]
         hashed_files.clear()

@@ -98,7 +98,7 @@ def test_paths_may_go_through_subfolders_and_are_normalised(project: Path):
     scan = _scan(project, HEADER + "./deep//er/x/img_00.png,cat,train\n"
                  + "dogs/img_00.png,dog,train\n")
     assert [i.relpath for i in scan.images] == ["deep/er/x/img_00.png", "dogs/img_00.png"]
-    assert scan.images[0].path == project / "data" / "deep" / "er" / "x" / "img_00.png"
+    assert scan.images[0].path == str(project / "data" / "deep" / "er" / "x" / "img_00.png")
 
 
 def test_the_split_column_is_optional_and_csv_conventions_hold(project: Path):
@@ -134,8 +134,8 @@ def test_a_table_outside_the_data_root_is_read_relative_to_stages_yaml(tmp_path:
     assert config.data.labels == tmp_path / "meta" / "labels.csv"
     scan = scan_dataset(config.data)
     assert scan.classes == ["first", "second"]
-    assert [i.path for i in scan.images] == [tmp_path / "images" / "a" / "img_00.png",
-                                             tmp_path / "images" / "a" / "img_01.png"]
+    assert [i.path for i in scan.images] == [str(tmp_path / "images" / "a" / "img_00.png"),
+                                             str(tmp_path / "images" / "a" / "img_01.png")]
 
 
 def test_copies_listed_twice_are_leakage_or_conflicting_labels(project: Path):
