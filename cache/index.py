@@ -39,6 +39,9 @@ from .manifest import MANIFEST_NAME
 #: A store with more entries than this, indexed for the first time, says so (a one-off read of
 #: its whole journal, seconds at a million entries).
 ANNOUNCE_ENTRIES = 100_000
+#: The most entries :meth:`EntryIndex.missing` reads in one pass (their keys are held in a
+#: set meanwhile: about 100 bytes each)
+SCAN_LIMIT = 2_000_000
 _TAIL_BYTES = 4096
 _ATTEMPTS = 5  # times a sync starts again when the journal was replaced while it read it
 
@@ -231,11 +234,22 @@ class EntryIndex:
         return found
 
     def missing(self, sha256: Iterable[str]) -> list[str]:
-        """The ones of ``sha256`` that are not indexed, unique, in first-seen order. A batch
-        whose every key is indexed (a rerun's usual answer) costs one count, not a row each."""
+        """The ones of ``sha256`` that are not indexed, unique, in first-seen order.
+
+        Asked about a good part of the store (a fourth or more of its entries, up to
+        :data:`SCAN_LIMIT`), it reads the store's keys in one pass of the primary-key index
+        (10^5 keys: 55 ms against 205 ms of lookups); else it looks keys up a batch at a time,
+        and a batch whose every key is indexed (a rerun's usual answer) costs one count."""
+        wanted = list(dict.fromkeys(sha256))
         absent: list[str] = []
         with self._lock:
-            for batch in batches(dict.fromkeys(sha256)):
+            entries = self._db.execute("SELECT COUNT(*) FROM entries WHERE fingerprint = ?",
+                                       (self.fingerprint,)).fetchone()[0]
+            if 4 * len(wanted) >= entries and entries <= SCAN_LIMIT:
+                held = {sha for (sha,) in self._db.execute(
+                    "SELECT sha256 FROM entries WHERE fingerprint = ?", (self.fingerprint,))}
+                return [sha for sha in wanted if sha not in held]
+            for batch in batches(wanted):
                 marks = ",".join("?" * len(batch))
                 where = f"WHERE fingerprint = ? AND sha256 IN ({marks})"
                 values = [self.fingerprint, *batch]

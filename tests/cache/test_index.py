@@ -242,3 +242,28 @@ def test_a_damaged_index_is_worked_around_and_never_serves_another_row(tmp_path:
     fresh = FeatureStore(tmp_path, "fp")
     assert fresh.missing([*shas, "f" * 64]) == ["f" * 64]
     np.testing.assert_array_equal(fresh.get(shas[3:5]), features[3:5])
+
+
+def test_missing_answers_the_same_by_one_pass_and_by_lookups(tmp_path: Path, monkeypatch):
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(40)
+    _write(store, shas, features)
+    index = store._fast().index
+    few = [shas[3], "e" * 64, shas[3], shas[7]]            # 3 keys of 40 entries: lookups
+    many = ["f" * 64, *shas[::2], "e" * 64, shas[0]]       # 22 keys: one pass over the keys
+    passes = []
+    execute = index._db.execute
+
+    class Spied:
+        def execute(self, sql, *args):
+            passes.append("IN (" not in sql and sql.startswith("SELECT sha256"))
+            return execute(sql, *args)
+
+    monkeypatch.setattr(index, "_db", Spied())
+    assert index.missing(few) == ["e" * 64]
+    assert not any(passes)
+    assert index.missing(many) == ["f" * 64, "e" * 64]
+    assert any(passes)
+    monkeypatch.setattr(index_module, "SCAN_LIMIT", 10)  # too many entries to hold: lookups
+    passes.clear()
+    assert index.missing(many) == ["f" * 64, "e" * 64] and not any(passes)
