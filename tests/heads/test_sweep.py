@@ -87,16 +87,23 @@ def test_an_auto_sweep_of_a_small_project_runs_in_this_process(cached_project):
 
 # -- what a trial reads -----------------------------------------------------------------------
 
+def _spy(monkeypatch, method: str, note) -> list:
+    """What ``note(arguments, result)`` makes of each call of ``TrainingData.<method>``."""
+    seen = []
+    original = getattr(TrainingData, method)
+
+    def spied(self, *args):
+        result = original(self, *args)
+        seen.append(note(args, result))
+        return result
+
+    monkeypatch.setattr(TrainingData, method, spied)
+    return seen
+
+
 def _counting_reads(monkeypatch) -> list:
-    reads = []
-    original = TrainingData._read
-
-    def counted(self, split, source, images):
-        reads.append((split.name, source))
-        return original(self, split, source, images)
-
-    monkeypatch.setattr(TrainingData, "_read", counted)
-    return reads
+    """(split, source) of each read of the cache."""
+    return _spy(monkeypatch, "_read", lambda args, _: (args[0].name, args[1]))
 
 
 def test_rows_are_made_once_per_feature_setting(cached_project, monkeypatch):
@@ -148,15 +155,7 @@ def test_a_source_is_read_in_blocks_while_rows_are_made(cached_project, monkeypa
     project = cached_project(HEADS, taps=(TAP,))
     ctx = RunContext(load_config(project / "stages.yaml"))
     data = _training_data(ctx.stores, ctx.require_view(("output", TAP)), augmented=False)
-    sizes = []
-    original = TrainingData._read
-
-    def sized(self, split, source, images):
-        got = original(self, split, source, images)
-        sizes.append(len(got))
-        return got
-
-    monkeypatch.setattr(TrainingData, "_read", sized)
+    sizes = _spy(monkeypatch, "_read", lambda _, got: len(got))
     monkeypatch.setattr(features, "FEATURE_ROWS_BLOCK", 5)
     train, validation = data.splits(Reading(("output",), ("gmp",), "l2"))
     assert max(sizes) == 5 and sum(sizes) == len(train) + len(validation)
@@ -309,14 +308,7 @@ def test_a_head_refuses_more_training_rows_than_its_limit(cached_project, monkey
     heads = {"knn": {"kind": "knn", "features": "gmp", "max_train_rows": 20},
              "lr": {"kind": "logistic_regression", "features": "gap"}}
     project = cached_project(heads)  # 12 training rows per class, 3 classes
-    made = []
-    original = TrainingData._labelled
-
-    def labelled(self, split, reading):
-        made.append(reading.parts)
-        return original(self, split, reading)
-
-    monkeypatch.setattr(TrainingData, "_labelled", labelled)
+    made = _spy(monkeypatch, "_labelled", lambda args, _: args[1].parts)
     run, _ = run_named(load_config(project / "stages.yaml"), "heads")
     assert made == [("gap",), ("gap",)]  # the refused trial read nothing
     with open(run.path / "leaderboard.csv", encoding="utf-8") as fh:
@@ -357,14 +349,7 @@ def test_a_dense_head_beyond_the_memory_budget_streams_from_the_cache(cached_pro
              "params": {"epochs": 4, "units": 16, "learning_rate": 0.01, "batch_size": 16}}
     project = cached_project({"dense": dense},
                              per_split={"train": 60, "validation": 20, "test": 20})
-    whole = []
-    original = TrainingData._labelled
-
-    def loaded_whole(self, split, reading):
-        whole.append(split.name)
-        return original(self, split, reading)
-
-    monkeypatch.setattr(TrainingData, "_labelled", loaded_whole)
+    whole = _spy(monkeypatch, "_labelled", lambda args, _: args[0].name)
     # 3 classes x 80 rows x 2,048 numbers x 4 bytes: 2 MB of training and validation features
     config = load_config(project / "stages.yaml", ["stages.heads.memory_budget_mb=1"])
     run, _ = run_named(config, "heads")
