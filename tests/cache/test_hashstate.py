@@ -50,12 +50,11 @@ def test_a_record_is_trusted_only_while_the_stat_is_the_same_and_not_racy(tmp_pa
         assert state.known([(image, stat)]) == {}
         state.record([(image, stat, "a" * 64, time.time_ns())])
         assert state.known([(image, stat)]) == {image: "a" * 64}
-        from dataclasses import replace
-        for changed in (replace(stat, size=stat.size + 1),
-                        replace(stat, mtime_ns=stat.mtime_ns + 1),
-                        replace(stat, ctime_ns=stat.ctime_ns + 1),
-                        replace(stat, inode=stat.inode + 1),
-                        replace(stat, device=stat.device + 1)):
+        for changed in (stat._replace(size=stat.size + 1),
+                        stat._replace(mtime_ns=stat.mtime_ns + 1),
+                        stat._replace(ctime_ns=stat.ctime_ns + 1),
+                        stat._replace(inode=stat.inode + 1),
+                        stat._replace(device=stat.device + 1)):
             assert state.known([(image, changed)]) == {}
         # hashed less than RACY_NS after its last change: it may have changed again unseen
         state.record([(image, stat, "b" * 64, stat.mtime_ns + RACY_NS - 1)])
