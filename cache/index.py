@@ -3,6 +3,7 @@
 Tables in the cache folder's ``index.sqlite`` (:mod:`cache.database`)::
 
     journal_state(fingerprint PRIMARY KEY, inode, ingested, tail)  how much of the journal
+    present_sets(fingerprint, keys, inode, ingested, tail)          large asks found complete
     shards(fingerprint, name, rows, position)                       one per committed shard
     entries(fingerprint, sha256, shard, row)                        one per cached image
 
@@ -39,6 +40,9 @@ from .manifest import MANIFEST_NAME
 #: A store with more entries than this, indexed for the first time, says so (a one-off read of
 #: its whole journal, seconds at a million entries).
 ANNOUNCE_ENTRIES = 100_000
+#: The fewest keys whose presence :meth:`EntryIndex.missing` remembers (below, asking costs
+#: less than the digest of the keys)
+REMEMBERED_KEYS = 10_000
 #: The most entries :meth:`EntryIndex.missing` reads in one pass (their keys are held in a
 #: set meanwhile: about 100 bytes each)
 SCAN_LIMIT = 2_000_000
@@ -58,6 +62,14 @@ CREATE TABLE IF NOT EXISTS shards (
     rows INTEGER NOT NULL,
     position INTEGER NOT NULL,
     PRIMARY KEY (fingerprint, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS present_sets (
+    fingerprint TEXT NOT NULL,
+    keys TEXT NOT NULL,
+    inode INTEGER NOT NULL,
+    ingested INTEGER NOT NULL,
+    tail TEXT NOT NULL,
+    PRIMARY KEY (fingerprint, keys)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries (
     fingerprint TEXT NOT NULL,
@@ -233,33 +245,75 @@ class EntryIndex:
                     f"AND sha256 IN ({marks})", [self.fingerprint, *batch]))
         return found
 
-    def missing(self, sha256: Iterable[str]) -> list[str]:
-        """The ones of ``sha256`` that are not indexed, unique, in first-seen order.
+    def missing(self, wanted: list[str]) -> list[str]:
+        """The ones of ``wanted`` (no key twice) that are not indexed, in their order.
+
+        A large ask (:data:`REMEMBERED_KEYS` keys or more) that finds every key indexed is
+        remembered, by a digest of the keys, with the index's journal state (what it has
+        ingested: ``journal_state``); the same keys asked again while that state holds, as
+        every extract of an unchanged folder asks, are answered from the memo (10^5 keys:
+        about 10 ms against 60). Entries change only when the index ingests its journal,
+        which moves that state, so the memo cannot outlive what it says; the state and the
+        entries are read in one snapshot.
 
         Asked about a good part of the store (a fourth or more of its entries, up to
         :data:`SCAN_LIMIT`), it reads the store's keys in one pass of the primary-key index
         (10^5 keys: 55 ms against 205 ms of lookups); else it looks keys up a batch at a time,
         and a batch whose every key is indexed (a rerun's usual answer) costs one count."""
-        wanted = list(dict.fromkeys(sha256))
-        absent: list[str] = []
+        if not wanted:
+            return []
+        keys = _keys_digest(wanted) if len(wanted) >= REMEMBERED_KEYS else None
         with self._lock:
-            entries = self._db.execute("SELECT COUNT(*) FROM entries WHERE fingerprint = ?",
-                                       (self.fingerprint,)).fetchone()[0]
-            if 4 * len(wanted) >= entries and entries <= SCAN_LIMIT:
-                held = {sha for (sha,) in self._db.execute(
-                    "SELECT sha256 FROM entries WHERE fingerprint = ?", (self.fingerprint,))}
-                return [sha for sha in wanted if sha not in held]
-            for batch in batches(wanted):
-                marks = ",".join("?" * len(batch))
-                where = f"WHERE fingerprint = ? AND sha256 IN ({marks})"
-                values = [self.fingerprint, *batch]
-                found = self._db.execute(f"SELECT COUNT(*) FROM entries {where}",
-                                         values).fetchone()[0]
-                if found == len(batch):
-                    continue
-                held = {sha for (sha,) in self._db.execute(
-                    f"SELECT sha256 FROM entries {where}", values)}
-                absent += [sha for sha in batch if sha not in held]
+            self._db.execute("BEGIN")  # one snapshot: the journal state and the entries agree
+            try:
+                state = self._db.execute(
+                    "SELECT inode, ingested, tail FROM journal_state WHERE fingerprint = ?",
+                    (self.fingerprint,)).fetchone()
+                if keys and state and self._db.execute(
+                        "SELECT 1 FROM present_sets WHERE fingerprint = ? AND keys = ? AND "
+                        "inode = ? AND ingested = ? AND tail = ?",
+                        (self.fingerprint, keys, *state)).fetchone():
+                    return []
+                absent = self._lookup_missing(wanted)
+            finally:
+                self._db.execute("COMMIT")
+            if keys and state and not absent:
+                self._remember(keys, state)
+        return absent
+
+    def _remember(self, keys: str, state: tuple[int, int, str]) -> None:
+        """Record that the keys of digest ``keys`` were all indexed at journal ``state``;
+        memos of other states are dropped (the state only moves on)."""
+        try:
+            with transaction(self._db):
+                self._db.execute(
+                    "DELETE FROM present_sets WHERE fingerprint = ? AND NOT "
+                    "(inode = ? AND ingested = ? AND tail = ?)", (self.fingerprint, *state))
+                self._db.execute("INSERT OR REPLACE INTO present_sets VALUES (?, ?, ?, ?, ?)",
+                                 (self.fingerprint, keys, *state))
+        except sqlite3.OperationalError:
+            pass  # busy or read-only: a memo only; the answer stands
+
+    def _lookup_missing(self, wanted: list[str]) -> list[str]:
+        absent: list[str] = []
+        entries = self._db.execute("SELECT COUNT(*) FROM entries WHERE fingerprint = ?",
+                                   (self.fingerprint,)).fetchone()[0]
+        if 4 * len(wanted) >= entries and entries <= SCAN_LIMIT:
+            held = {sha for (sha,) in self._db.execute(
+                "SELECT sha256 FROM entries WHERE fingerprint = ?", (self.fingerprint,))}
+            absent_set = set(wanted).difference(held)  # in C; usually empty
+            return [sha for sha in wanted if sha in absent_set] if absent_set else []
+        for batch in batches(wanted):
+            marks = ",".join("?" * len(batch))
+            where = f"WHERE fingerprint = ? AND sha256 IN ({marks})"
+            values = [self.fingerprint, *batch]
+            found = self._db.execute(f"SELECT COUNT(*) FROM entries {where}",
+                                     values).fetchone()[0]
+            if found == len(batch):
+                continue
+            held = {sha for (sha,) in self._db.execute(
+                f"SELECT sha256 FROM entries {where}", values)}
+            absent += [sha for sha in batch if sha not in held]
         return absent
 
     def sha256s(self) -> list[str]:
@@ -269,6 +323,11 @@ class EntryIndex:
                 "SELECT e.sha256 FROM entries e JOIN shards s ON s.fingerprint = e.fingerprint "
                 "AND s.name = e.shard WHERE e.fingerprint = ? ORDER BY s.position, e.row",
                 (self.fingerprint,))]
+
+
+def _keys_digest(keys: list[str]) -> str:
+    """A digest of ``keys`` in their order (the memo's name for a set of keys)."""
+    return sha256_bytes("\n".join(keys).encode("utf-8", "surrogateescape"))
 
 
 def _tail(journal, offset: int) -> str:

@@ -196,9 +196,11 @@ class FeatureStore:
             found = self._entries(wanted)
             return [s for s in wanted if s not in found]
 
-        return self._with_index(
-            lambda fast: [s for s in fast.index.missing(wanted) if s not in fast.unlisted],
-            journal)
+        def indexed(fast: _IndexedState) -> list[str]:
+            absent = fast.index.missing(wanted)
+            return [s for s in absent if s not in fast.unlisted] if fast.unlisted else absent
+
+        return self._with_index(indexed, journal)
 
     def locate(self, sha256: Sequence[str]) -> list[tuple[str, int]]:
         """(shard name, row) of each sha256; :class:`MissingFeaturesError` names absent ones."""

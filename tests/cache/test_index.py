@@ -267,3 +267,41 @@ def test_missing_answers_the_same_by_one_pass_and_by_lookups(tmp_path: Path, mon
     monkeypatch.setattr(index_module, "SCAN_LIMIT", 10)  # too many entries to hold: lookups
     passes.clear()
     assert index.missing(many) == ["f" * 64, "e" * 64] and not any(passes)
+
+
+def test_a_complete_ask_is_remembered_until_the_journal_moves(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(index_module, "REMEMBERED_KEYS", 4)
+    store = FeatureStore(tmp_path, "fp")
+    shas, features = _rows(12)
+    _write(store, shas, features)
+    assert store.missing(shas) == []          # all there: remembered
+    statements: list[str] = []
+
+    def entries_read() -> bool:
+        return any("FROM entries" in sql for sql in statements)
+
+    with EntryIndex(store.path) as index:
+        index._db.set_trace_callback(statements.append)
+        assert index.missing(shas) == [] and not entries_read()   # the memo answers
+        # other keys, or the same in another order, or too few to remember: looked up
+        for asked, absent in ((shas[:6] + ["f" * 64], ["f" * 64]), (shas[::-1], []),
+                              (shas[:3], [])):
+            statements.clear()
+            assert index.missing(asked) == absent and entries_read()
+        # a miss is never remembered
+        statements.clear()
+        assert index.missing(shas[:6] + ["f" * 64]) == ["f" * 64] and entries_read()
+
+    more, more_features = _rows(4, start=100)
+    _write(store, more, more_features)        # the journal grows: the memo's state is gone
+    with EntryIndex(store.path) as index:
+        index._db.set_trace_callback(statements.append)
+        statements.clear()
+        assert index.missing(shas) == [] and entries_read()
+    with open_writer(store, DESCRIPTION, shard_rows=4) as writer:   # gc
+        writer.remove_entries(shas[:2])
+    store.refresh()
+    assert store.missing(shas) == shas[:2]     # a memo of before gc cannot answer
+    with EntryIndex(store.path) as index:
+        memos = index._db.execute("SELECT COUNT(*) FROM present_sets").fetchone()[0]
+    assert memos <= 1                          # those of earlier journal states are dropped
