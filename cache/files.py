@@ -81,6 +81,11 @@ def sha256_text(text: str) -> str:
     return sha256_bytes(text.encode("utf-8", "surrogateescape"))
 
 
+def sha256_text_digest(text: str) -> bytes:
+    """The 32 bytes of :func:`sha256_text` (for a number drawn per image: no hex round trip)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of the bytes of the file at ``path``, read in 4 MiB chunks."""
     digest = hashlib.sha256()

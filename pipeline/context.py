@@ -28,6 +28,7 @@ from cache import FeatureStore
 
 from .backbone import BackboneSpec, Fingerprint, backbone_spec
 from .config import OUTPUT, PipelineConfig
+from .data.listing import DataFolderListing, list_data_folder
 from .data.view import DatasetView, read_view, view_id, write_view
 from .errors import MissingViewError
 
@@ -53,6 +54,12 @@ class RunContext:
         if key not in self._once:
             self._once[key] = compute()
         return self._once[key]
+
+    def data_listing(self) -> DataFolderListing:
+        """This command's one walk of ``data.root``, every file's stat
+        (:mod:`pipeline.data.listing`): taken when first asked for (by the lock's check of the
+        data folder, or by extract's scan), the same listing after."""
+        return self.once("data_listing", lambda: list_data_folder(self.config.data.root))
 
     def __repr__(self) -> str:
         return f"RunContext({self.config.source_name!r})"

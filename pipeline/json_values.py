@@ -27,7 +27,12 @@ def json_text(payload: Any) -> str:
     return json.dumps(json_safe(payload), indent=2, allow_nan=False)
 
 
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON: sorted keys, ASCII, anything else as its ``str``."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def json_digest(value: Any) -> str:
-    """The sha256 (hex) of ``value`` as canonical JSON (sorted keys, anything else as its
-    ``str``): the identity the lock records of a bulky input, and of a dataset view."""
-    return sha256_text(json.dumps(value, sort_keys=True, default=str))
+    """The sha256 (hex) of ``value`` as :func:`canonical_json`: the identity the lock records
+    of a bulky input, and of a dataset view."""
+    return sha256_text(canonical_json(value))

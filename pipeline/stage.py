@@ -13,7 +13,6 @@ so ``pipeline status`` never imports TensorFlow.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from cache.files import sha256_file
 from .config import PipelineConfig
 from .context import RunContext
 from .data.view import view_digest
-from .json_values import json_digest
 
 
 class StageResult(Protocol):
@@ -119,24 +117,10 @@ class Stage:
 
 def _data_listing(ctx: RunContext, locked: LockedStages) -> dict:
     """Every file under ``data.root``: count and a hash of (path, size, mtime), read cheaply
-    (no file is opened), once per command: the lock records the listing the stage saw before
-    it ran, so a file added while it ran makes the next status stale."""
-    return ctx.once("data_listing", lambda: _list_data(ctx.config.data.root))
-
-
-def _list_data(root: Path) -> dict:
-    prefix = len(os.path.join(str(root), ""))  # root and its separator ("/" is one character)
-    entries = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            entries.append((path[prefix:], stat.st_size, stat.st_mtime_ns))
-    return {"files": len(entries), "hash": json_digest(entries)}
+    (no file is opened) from the command's one walk of the folder, which extract's scan uses
+    too: the lock records the listing the stage saw before it ran, so a file added while it
+    ran makes the next status stale."""
+    return ctx.data_listing().summary
 
 
 def _labels_table(ctx: RunContext, locked: LockedStages) -> str:

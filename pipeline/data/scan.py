@@ -51,16 +51,15 @@ import csv
 import errno
 import io
 import os
-import stat
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from cache.files import sha256_file, sha256_text
+from cache.files import sha256_file, sha256_text_digest
 from cache.hashstate import FileStat, HashState
 
 from ..config import SPLITS, DataConfig
@@ -71,6 +70,7 @@ from ..errors import (
     LeakageWarning,
     MissingImageWarning,
 )
+from .listing import DataFolderListing, file_stat, list_data_folder
 from .names import display_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -81,9 +81,8 @@ OPTIONAL_LABEL_COLUMNS = ("split",)
 SHOWN_ROWS = 5
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image file of the dataset."""
+class ImageRecord(NamedTuple):
+    """One image file of the dataset (a tuple: one per image is made at every scan)."""
 
     path: str         # absolute path (a string: a Path per image costs more than the stat)
     relpath: str      # path relative to the data root, '/'-separated
@@ -163,7 +162,7 @@ def split_for(sha256: str, fractions: tuple[float, float, float], seed: int) -> 
     moves an existing one, identical files always share a split (no leakage by copying), and
     within every class the fractions hold in expectation (not exactly: draws are independent).
     """
-    draw = bytes.fromhex(sha256_text(f"split:{seed}:{sha256}"))
+    draw = sha256_text_digest(f"split:{seed}:{sha256}")
     u = int.from_bytes(draw[:8], "big") / 2.0 ** 64
     train, validation, _ = fractions
     if u < train:
@@ -201,88 +200,100 @@ def _relpath(path: Path, root: Path) -> str:
 
 
 class _Candidate(NamedTuple):
-    """A file to identify: where it is, its label, its split (None: the hash decides) and the
-    line of the labels table that lists it (0 for the folder layouts)."""
+    """A file to identify: where it is, its label, its split (None: the hash decides), the
+    line of the labels table that lists it (0 for the folder layouts) and its position in the
+    data folder's listing (-1: not listed, stat it)."""
 
     path: str
     relpath: str
     label: str
     split: str | None
     line: int = 0
+    position: int = -1
 
 
 def scan_dataset(data: DataConfig, hash_workers: int = 4,
-                 hash_state: HashState | None = None, rehash: bool = False) -> DatasetScan:
+                 hash_state: HashState | None = None, rehash: bool = False,
+                 listing: DataFolderListing | None = None) -> DatasetScan:
     """Find, hash and split every image under ``data.root`` (or every file ``data.labels``
     lists); report duplicates and leakage.
 
-    With a ``hash_state``, a file whose stat is the one recorded when it was last hashed is not
-    read again (:mod:`cache.hashstate`); ``rehash`` reads every file all the same (and records
-    what it finds). Raises :class:`DataError` when the folder has no class folders or mixes
-    split folders with class folders, and for the problems of a labels table the module's
-    docstring lists. Unreadable files are listed in ``unreadable`` and files a labels table
-    lists that do not exist in ``missing``, not raised.
+    ``listing`` is this command's walk of ``data.root`` (:func:`list_data_folder`), whose
+    stats the scan uses instead of taking its own; without one, the folder layouts walk the
+    root here. With a ``hash_state``, a file whose stat is the one recorded when it was last
+    hashed is not read again (:mod:`cache.hashstate`); ``rehash`` reads every file all the
+    same (and records what it finds). Raises :class:`DataError` when the folder has no class
+    folders or mixes split folders with class folders, and for the problems of a labels table
+    the module's docstring lists. Unreadable files are listed in ``unreadable`` and files a
+    labels table lists that do not exist in ``missing``, not raised.
     """
     root = data.root
     folder_errors: list[OSError] = []  # folders os.walk could not list
     if data.labels is not None:
-        candidates, classes = _candidates_from_table(data.labels, root)
+        candidates, classes = _candidates_from_table(data.labels, root, listing)
         split_folders = False
     else:
-        candidates, classes, split_folders = _candidates_from_folders(root, folder_errors)
+        if listing is None:
+            listing = list_data_folder(root)
+        candidates, classes, split_folders = _candidates_from_folders(root, listing,
+                                                                      folder_errors)
 
     def stat_of(item: _Candidate) -> FileStat | str:
         try:
-            info = os.stat(item.path)
+            info = file_stat(item.path) if item.position < 0 else \
+                listing.stat_at(item.position)
         except OSError as exc:
             if item.line and exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return _MISSING  # listed by the table, not there
             return f"unreadable: {exc.strerror or type(exc).__name__}"
-        if not stat.S_ISREG(info.st_mode):
-            # a named pipe or device would block the read forever or never end
-            return "not a regular file"
-        return FileStat.of(info)
+        # a named pipe or device would block the read forever or never end
+        return "not a regular file" if info is None else info
 
     # in this thread: a stat costs less than handing it to a pool
     stats = [stat_of(item) for item in candidates]
-    with ThreadPoolExecutor(max_workers=hash_workers) as pool:
-        regular = [(item.path, info) for item, info in zip(candidates, stats)
-                   if isinstance(info, FileStat)]
-        known = hash_state.known(regular) if hash_state is not None and not rehash else {}
-        fresh: list[tuple[str, FileStat, str, int]] = []
+    regular = [(item.path, info) for item, info in zip(candidates, stats)
+               if isinstance(info, FileStat)]
+    known = hash_state.known(regular) if hash_state is not None and not rehash else {}
+    fresh: list[tuple[str, FileStat, str, int]] = []
 
-        def identify(pair: tuple[_Candidate, FileStat | str]) -> tuple[str | None, int, str]:
-            item, info = pair
-            if not isinstance(info, FileStat):
-                return None, 0, info
-            if item.path in known:
-                return known[item.path], info.size, ""
-            started = time.time_ns()  # before reading: the racy-timestamp rule counts from it
-            try:
-                sha = sha256_file(item.path)
-            except OSError as exc:
-                return None, 0, f"unreadable: {exc.strerror or type(exc).__name__}"
-            fresh.append((item.path, info, sha, started))
-            return sha, info.size, ""
+    def identify(pair: tuple[str, FileStat]) -> tuple[str, str | None, str]:
+        path, info = pair
+        started = time.time_ns()  # before reading: the racy-timestamp rule counts from it
+        try:
+            sha = sha256_file(path)
+        except OSError as exc:
+            return path, None, f"unreadable: {exc.strerror or type(exc).__name__}"
+        fresh.append((path, info, sha, started))
+        return path, sha, ""
 
-        # in chunks: a task per file would cost more in the pool than a known file's lookup
-        hashed = _map_in_chunks(pool, identify, list(zip(candidates, stats)))
+    # only the files the state cannot vouch for go to the pool, in chunks: a task per file
+    # would cost more in the pool than reading a small image
+    unknown = [pair for pair in regular if pair[0] not in known]
+    if unknown:
+        with ThreadPoolExecutor(max_workers=hash_workers) as pool:
+            failed = {path: error for path, sha, error in _map_in_chunks(pool, identify, unknown)
+                      if sha is None}
+        known.update((path, sha) for path, _, sha, _ in fresh)
+    else:
+        failed = {}
     if hash_state is not None:
         hash_state.record(fresh)
 
     fractions = (data.split.train, data.split.validation, data.split.test)
+    seed = data.split.seed
     images, unreadable, missing = [], [], []
-    for item, (sha, size, error) in zip(candidates, hashed):
-        if error is _MISSING:
+    for item, info in zip(candidates, stats):
+        sha = known.get(item.path)
+        if sha is not None:
+            images.append(ImageRecord(item.path, item.relpath, item.label,
+                                      item.split or split_for(sha, fractions, seed),
+                                      sha, info.size))
+        elif info is _MISSING:
             missing.append(UnreadableFile(item.relpath, f"no such file (line {item.line} of "
                                                         f"{data.labels.name})", item.line))
-        elif sha is None:
-            unreadable.append(UnreadableFile(item.relpath, error, item.line))
         else:
-            images.append(ImageRecord(path=item.path, relpath=item.relpath, label=item.label,
-                                      split=item.split or split_for(sha, fractions,
-                                                                    data.split.seed),
-                                      sha256=sha, size=size))
+            reason = failed[item.path] if isinstance(info, FileStat) else info
+            unreadable.append(UnreadableFile(item.relpath, reason, item.line))
     if missing and len(missing) == len(candidates):
         raise DataError(f"{data.labels}: none of the {len(missing)} files it lists exists; "
                         f"paths are relative to data.root ({root}): "
@@ -318,10 +329,12 @@ class _Missing(str):
 _MISSING = _Missing("no such file")
 
 
-def _candidates_from_folders(root: Path, folder_errors: list[OSError]
+def _candidates_from_folders(root: Path, listing: DataFolderListing,
+                             folder_errors: list[OSError]
                              ) -> tuple[list[_Candidate], set[str], bool]:
     """The images of the folder layouts: (candidates, classes, whether there are split
-    folders)."""
+    folders). Class folders the listing walked into are read from it; a symlinked one (the
+    listing does not follow symlinked folders) is walked here."""
     top = _list_class_folders(root)
     names = [p.name for p in top]
     split_names = [n for n in names if n in SPLITS]
@@ -335,16 +348,71 @@ def _candidates_from_folders(root: Path, folder_errors: list[OSError]
     # (split or None, its class folders): the split folders', or the root's own
     groups = ([(d.name, _list_class_folders(d)) for d in top] if split_folders
               else [(None, top)])
+    listed = _listed_images(listing, depth=2 if split_folders else 1)
     prefix = len(os.path.join(str(root), ""))  # root and its separator ("/" is one character)
     for split, class_dirs in groups:
         for class_dir in class_dirs:
             classes.add(class_dir.name)
-            candidates += [_Candidate(p, p[prefix:].replace(os.sep, "/"), class_dir.name, split)
-                           for p in _list_images(class_dir, folder_errors)]
+            found = listed.get(str(class_dir))
+            if found is None:  # not walked by the listing: through a symlink
+                found = [(p, -1) for p in _list_images(class_dir, folder_errors)]
+            else:
+                folder_errors += found.errors
+            label = class_dir.name
+            candidates += [_Candidate(p, _relative(p[prefix:]), label, split, 0, position)
+                           for p, position in found]
     if not classes:
         raise DataError(f"{root}: no class folders found; expected <class>/<image> or "
                         f"<split>/<class>/<image>")
     return candidates, classes, split_folders
+
+
+def _relative(path: str) -> str:
+    """``path`` (relative to the root) '/'-separated, as the view records it."""
+    return path if os.sep == "/" else path.replace(os.sep, "/")
+
+
+class _ListedImages(list):
+    """(path, listing position) of a class folder's images, in the order of their path
+    components, and the errors of the folders under it that could not be listed."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[OSError] = []
+
+
+def _listed_images(listing: DataFolderListing, depth: int) -> dict[str, _ListedImages]:
+    """The image files of the listing by class folder (the folder ``depth`` levels below the
+    root), leaving out hidden files and anything under a hidden folder, as the scan does."""
+    root = listing.root
+    prefix = len(os.path.join(root, ""))
+    by_class: dict[str, _ListedImages] = {}
+
+    def class_of(folder: str) -> str | None:
+        parts = folder[prefix:].split(os.sep) if len(folder) > len(root) else []
+        if len(parts) < depth or any(part.startswith(".") for part in parts):
+            return None
+        return os.path.join(root, *parts[:depth])
+
+    position = 0
+    nested: set[str] = set()  # class folders with subfolders: walk order is not path order
+    for folder, names in listing.folders:
+        class_dir = class_of(folder)
+        if class_dir is not None:
+            if class_dir in by_class:
+                nested.add(class_dir)
+            images = by_class.setdefault(class_dir, _ListedImages())
+            head = folder + os.sep
+            images += [(head + name, position + offset)
+                       for offset, name in enumerate(names) if _is_image(name)]
+        position += len(names)
+    for class_dir in nested:
+        by_class[class_dir].sort(key=lambda pair: pair[0].split(os.sep))
+    for error in listing.errors:
+        class_dir = class_of(error.filename or "")
+        if class_dir is not None and class_dir != error.filename and class_dir in by_class:
+            by_class[class_dir].errors.append(error)
+    return by_class
 
 
 def _table_path(cell: str) -> tuple[str, str | None]:
@@ -386,7 +454,8 @@ def _rows_shown(rows: list[tuple[int, str]] | list[UnreadableFile]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
-def _candidates_from_table(table: Path, root: Path) -> tuple[list[_Candidate], set[str]]:
+def _candidates_from_table(table: Path, root: Path, listing: DataFolderListing | None
+                           ) -> tuple[list[_Candidate], set[str]]:
     """The rows of a labels table: (candidates in table order, classes). The header's
     problems, and then all the rows' problems, are one DataError each: a user fixes the table
     in one go rather than one error per run."""
@@ -459,8 +528,10 @@ def _candidates_from_table(table: Path, root: Path) -> tuple[list[_Candidate], s
                     problem("duplicate", start, f"{shown} (also line {first_line[relpath]})")
                     continue
                 first_line[relpath] = start
-                candidates.append(_Candidate(os.path.join(root, relpath), relpath, label,
-                                             split or None, start))
+                path = os.path.join(root, relpath)
+                position = listing.position_of(path) if listing is not None else None
+                candidates.append(_Candidate(path, relpath, label, split or None, start,
+                                             -1 if position is None else position))
     except csv.Error as exc:
         raise DataError(f"{table} line {line + 1}: not a readable CSV table: {exc}") from None
     if problems:
@@ -507,13 +578,17 @@ def _columns(table: Path, line: int, header: list[str]) -> dict[str, int]:
 def find_duplicates(images: list[ImageRecord]) -> list[DuplicateGroup]:
     """Groups of files with identical bytes, in order of first appearance (empty files are
     not images, so they make no group)."""
-    groups: dict[str, list[ImageRecord]] = defaultdict(list)
+    # counted first (in C): most images have no copy, and a list for each would cost more
+    counts = Counter(image.sha256 for image in images)
+    groups: dict[str, list[ImageRecord]] = {sha: [] for sha, n in counts.items() if n > 1}
     for image in images:
-        groups[image.sha256].append(image)
+        group = groups.get(image.sha256)
+        if group is not None:
+            group.append(image)
     return [DuplicateGroup(sha256=sha, paths=tuple(i.relpath for i in group),
                            classes=tuple(i.label for i in group),
                            splits=tuple(i.split for i in group))
-            for sha, group in groups.items() if len(group) > 1 and group[0].size > 0]
+            for sha, group in groups.items() if group[0].size > 0]
 
 
 def warn_about(scan: DatasetScan) -> None:

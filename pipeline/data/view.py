@@ -22,20 +22,22 @@ from cache.files import sha256_text, write_atomic
 
 from ..config import OUTPUT, SPLITS, PipelineConfig
 from ..errors import PipelineError
-from ..json_values import json_digest
+from ..json_values import canonical_json, json_digest
 from .scan import DuplicateGroup
 
 VIEW_FORMAT = 1
 
 
-@dataclass(frozen=True)
-class ViewImage:
-    """An image with cached features."""
+class ViewImage(NamedTuple):
+    """An image with cached features (a tuple: a view of 10^5 images makes 10^5 of them)."""
 
     path: str     # relative to the view's root, '/'-separated
     label: str
     split: str
     sha256: str
+
+
+_IMAGE_FIELDS = ViewImage._fields
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class DatasetView:
         are cached, and without labels for the folder layouts)."""
         payload = {"root": self.root, "classes": list(self.classes),
                    "fingerprint": self.fingerprint,
-                   "images": [image.__dict__ for image in self.images],
+                   "images": [dict(zip(_IMAGE_FIELDS, image)) for image in self.images],
                    "skipped": [item.__dict__ for item in self.skipped],
                    "duplicates": [group.to_json() for group in self.duplicates],
                    "split_folders": self.split_folders, "created": self.created,
@@ -199,14 +201,19 @@ def write_view(view: DatasetView, path: Path) -> None:
     """Write ``view`` to ``path`` atomically, stamped with the time of writing, and its
     content digest beside it (computed here, once, so that no reader parses the view to learn
     its identity). The old digest goes first: a crash in between leaves no digest, which
-    readers then compute, never a digest of other content."""
+    readers then compute, never a digest of other content.
+
+    The view is serialised once: the file is the digest's canonical text (sorted keys, no
+    write time) with the write time appended as its last key."""
     view.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = view.to_json()
-    digest_file(path).unlink(missing_ok=True)
+    created = payload.pop("created")
     # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) writable
-    write_atomic(path, json.dumps(payload, ensure_ascii=True))
-    write_atomic(digest_file(path), _content_digest(payload) + "\n")
+    canonical = canonical_json(payload)
+    digest_file(path).unlink(missing_ok=True)
+    write_atomic(path, f"{canonical[:-1]}, \"created\": {json.dumps(created)}}}")
+    write_atomic(digest_file(path), sha256_text(canonical) + "\n")
 
 
 def view_digest(path: Path) -> str | None:
@@ -239,8 +246,8 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 def write_view_csv(view: DatasetView, path: Path) -> None:
     """``path,class,split,sha256`` per image, for people and spreadsheets."""
-    _write_csv(path, ["path", "class", "split", "sha256"],
-               ([i.path, i.label, i.split, i.sha256] for i in view.images))
+    # a ViewImage is the row: (path, label, split, sha256)
+    _write_csv(path, ["path", "class", "split", "sha256"], view.images)
 
 
 def write_skipped_csv(skipped: list[SkippedFile], path: Path) -> None:

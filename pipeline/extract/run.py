@@ -23,6 +23,7 @@ from .. import metric_keys as keys
 from ..backbone import BackboneSpec
 from ..context import RunContext
 from ..data.batches import BatchReader
+from ..data.bulk import gc_paused
 from ..data.names import display_path
 from ..data.scan import DatasetScan, scan_dataset, warn_about
 from ..data.view import AugmentedCopiesSpec, DatasetView, SkippedFile, ViewImage
@@ -126,23 +127,25 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     """
     started = time.perf_counter()
     config, store = ctx.config, ctx.store
-    hash_state = open_hash_state(config.cache.dir)
-    try:
-        scan = scan_dataset(config.data, hash_state=hash_state, rehash=ctx.rehash)
-    finally:
-        if hash_state is not None:
-            hash_state.close()
-    warn_about(scan)
+    with gc_paused():  # per-image records, here and for the view: see pipeline.data.bulk
+        hash_state = open_hash_state(config.cache.dir)
+        try:
+            scan = scan_dataset(config.data, hash_state=hash_state, rehash=ctx.rehash,
+                                listing=ctx.data_listing())
+        finally:
+            if hash_state is not None:
+                hash_state.close()
+        warn_about(scan)
 
-    first_path: dict[str, str] = {}
-    for image in scan.images:
-        first_path.setdefault(image.sha256, image.path)
-    context = _decode_context(ctx.spec)
-    wanted = list(first_path)
-    absent = set().union(*lacking(ctx, wanted).values())
-    missing = [key for key in wanted if key in absent]
-    rejected = {s: r for s, r in store.rejected(context).items() if s in absent}
-    missing = [s for s in missing if s not in rejected]
+        first_path: dict[str, str] = {}
+        for image in scan.images:
+            first_path.setdefault(image.sha256, image.path)
+        context = _decode_context(ctx.spec)
+        wanted = list(first_path)
+        absent = set().union(*lacking(ctx, wanted).values())
+        missing = [key for key in wanted if key in absent]
+        rejected = {s: r for s, r in store.rejected(context).items() if s in absent}
+        missing = [s for s in missing if s not in rejected]
 
     extracted: list[str] = []
     failures: dict[str, str] = dict(rejected)
@@ -153,7 +156,8 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
             ctx, missing, first_path, context, progress, inferences)
         failures.update(new_failures)
 
-    view = _build_view(scan, ctx, failures)
+    with gc_paused():
+        view = _build_view(scan, ctx, failures)
     augmented = AugmentedCopiesResult()
     copies = config.stages.extract.augmented_copies
     if copies.count:
@@ -167,7 +171,8 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
             warnings.warn(f"skipped {display_path(item.path)}: {item.reason}",
                           SkippedImageWarning, stacklevel=2)
     _warn_about_empty_classes(view, scan)
-    view_file = ctx.write_view(view)
+    with gc_paused():
+        view_file = ctx.write_view(view)
     return ExtractResult(fingerprint=ctx.fingerprint.id, store_path=store.path,
                          view_file=view_file, view=view, images=len(view.images),
                          new=len(extracted),
@@ -242,7 +247,7 @@ def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
 
 
 def _build_view(scan: DatasetScan, ctx: RunContext, failures: dict[str, str]) -> DatasetView:
-    images = [ViewImage(path=i.relpath, label=i.label, split=i.split, sha256=i.sha256)
+    images = [ViewImage(i.relpath, i.label, i.split, i.sha256)
               for i in scan.images if i.sha256 not in failures]
     skipped = [SkippedFile(path=i.relpath, sha256=i.sha256, reason=failures[i.sha256])
                for i in scan.images if i.sha256 in failures]

@@ -146,17 +146,15 @@ def test_unreadable_folder_is_named(tiny_project: Path, monkeypatch):
     import errno
     import os
 
-    import pipeline.data.scan
-    real_walk = os.walk
+    real_scandir = os.scandir
 
-    def walk_without_permission(top, **kwargs):
-        # Root reads every folder, so simulate what os.walk does for one it may not list.
-        if Path(top).name == "private":
-            kwargs["onerror"](PermissionError(errno.EACCES, "Permission denied", str(top)))
-            return iter(())
-        return real_walk(top, **kwargs)
+    def scandir_without_permission(path="."):
+        # Root reads every folder, so simulate what listing one it may not read raises.
+        if Path(path).name == "private":
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
 
-    monkeypatch.setattr(pipeline.data.scan.os, "walk", walk_without_permission)
+    monkeypatch.setattr(os, "scandir", scandir_without_permission)
     (tiny_project / "data" / "private").mkdir()
     scan = _scan(tiny_project)
     assert [(u.relpath, u.reason) for u in scan.unreadable] == [

@@ -1,0 +1,28 @@
+"""Bulk per-image bookkeeping without the cyclic garbage collector walking it again and again.
+
+Python runs a full collection whenever the objects that survived earlier ones have grown by a
+quarter, and each walks every live container. Building 10^5 records (candidates, stats, image
+records, the view) makes several such collections, each slower than the last: 0.3 s of a
+1.9 s ``pipeline run extract --force`` at 10^5 images (AMD EPYC, 2 cores). These records hold
+strings and numbers and make no reference cycles, so nothing is gained by looking for them;
+reference counting still frees everything as usual.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the ``with`` block (nested blocks: until the
+    outermost ends); the collector is left as it was found."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
