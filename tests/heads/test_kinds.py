@@ -159,6 +159,39 @@ def test_saved_head_reloads_and_predicts_the_same(kind: str, tmp_path):
                                    head.predict_proba(validation.x), rtol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["knn", "logistic_regression"])
+def test_a_head_s_large_arrays_are_streamed_into_its_file_and_put_back(kind: str, tmp_path,
+                                                                        monkeypatch):
+    import zipfile
+
+    from pipeline.heads import _sklearn
+    monkeypatch.setattr(_sklearn, "STREAMED_ARRAY_BYTES", 64)  # the kNN's training rows
+    train, validation = _splits()
+    head = fit_head(_spec(kind, scale=True), train, validation, n_classes=3)
+    estimator = head.model.named_steps["model"]
+    large = {name for name, value in vars(estimator).items()
+             if isinstance(value, np.ndarray) and value.nbytes >= 64}
+    assert large  # kNN: _fit_X; logistic regression: coef_
+    save_head(head, tmp_path / "h", {"classes": ["a", "b", "c"]})
+    assert large <= set(vars(estimator))   # the fitted model in memory keeps them
+    with zipfile.ZipFile(tmp_path / "h" / "model.skops") as archive:
+        streamed = {n for n in archive.namelist() if n.startswith("streamed-arrays/model/")}
+    assert streamed == {f"streamed-arrays/model/{name}.npy" for name in large}
+    again, _ = load_head(tmp_path / "h")
+    for name in large:
+        np.testing.assert_array_equal(getattr(again.model.named_steps["model"], name),
+                                      getattr(estimator, name))
+    np.testing.assert_array_equal(again.predict(validation.x), head.predict(validation.x))
+    np.testing.assert_allclose(again.predict_proba(validation.x),
+                               head.predict_proba(validation.x), rtol=1e-6)
+    # a streamed array for something the model does not have is refused, not set
+    with zipfile.ZipFile(tmp_path / "h" / "model.skops", "a") as archive:
+        with archive.open("streamed-arrays/model/__class__.npy", "w") as member:
+            np.lib.format.write_array(member, np.zeros(3))
+    with pytest.raises(HeadLoadError, match="an array for no attribute"):
+        load_head(tmp_path / "h")
+
+
 class NotAllowed(FeatureRows):
     """A type no head of the pipeline contains."""
 
