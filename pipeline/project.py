@@ -79,10 +79,14 @@ class Project:
         problem = unknown_stages(stages)
         if problem:
             raise ValueError(problem)
-        folder, report = run_targets(self.context, list(stages), force=force,
-                                     progress=progress)
-        # a run may have written a new dataset view: read it afresh next time
-        self.__dict__.pop("context", None)
+        try:
+            folder, report = run_targets(self.context, list(stages), force=force,
+                                         progress=progress)
+        finally:
+            # a run may have written a new dataset view, and its listing of the data folder
+            # (the files' stats the scan trusts) is that moment's: both afresh next time,
+            # also after a run that failed
+            self.__dict__.pop("context", None)
         return RunOutcome(folder.path, dict(folder.metrics), report)
 
     def extract(self, *, force: bool = False, progress: bool = False) -> RunOutcome:

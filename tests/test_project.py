@@ -98,3 +98,31 @@ def test_the_api_imports_no_tensorflow_to_read_the_cache(project: Path):
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_run_that_failed_leaves_no_stale_listing_of_the_data_folder(project: Path,
+                                                                      monkeypatch):
+    """The listing of the data folder (the stats the scan trusts) is one call's: after a run
+    that failed, an edited image is hashed again, not taken for its old content."""
+    import os
+
+    import pipeline.extract.run as extract_run
+    from tests.support.projects import write_image
+    p = Project(project / "stages.yaml")
+    p.extract()
+    before = dict(zip(p.dataset()["path"], p.dataset()["sha256"]))
+
+    def failing_scan(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(extract_run, "scan_dataset", failing_scan)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            p.extract(force=True)    # the listing of the data folder was taken, then failed
+    edited = project / "data" / "cats" / "img_00.png"
+    stat = edited.stat()
+    write_image(edited, 12345)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    p.extract()
+    after = dict(zip(p.dataset()["path"], p.dataset()["sha256"]))
+    assert after["cats/img_00.png"] != before["cats/img_00.png"]
