@@ -68,10 +68,18 @@ def _connect(path: Path, schema: str) -> sqlite3.Connection:
 
 
 @contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[None]:
+def transaction(db: sqlite3.Connection, wait: bool = True) -> Iterator[None]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception): one writer at a
-    time, waiting up to the busy timeout for another process's."""
-    db.execute("BEGIN IMMEDIATE")
+    time, waiting up to the busy timeout for another process's; with ``wait=False``, not at
+    all (``sqlite3.OperationalError`` at once: for writes that may be skipped)."""
+    if wait:
+        db.execute("BEGIN IMMEDIATE")
+    else:
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
     try:
         yield
     except BaseException:

@@ -283,9 +283,10 @@ class EntryIndex:
 
     def _remember(self, keys: str, state: tuple[int, int, str]) -> None:
         """Record that the keys of digest ``keys`` were all indexed at journal ``state``;
-        memos of other states are dropped (the state only moves on)."""
+        memos of other states are dropped (the state only moves on). Skipped, not waited
+        for, while another process writes: a read-only command never waits on a memo."""
         try:
-            with transaction(self._db):
+            with transaction(self._db, wait=False):
                 self._db.execute(
                     "DELETE FROM present_sets WHERE fingerprint = ? AND NOT "
                     "(inode = ? AND ingested = ? AND tail = ?)", (self.fingerprint, *state))
