@@ -231,19 +231,10 @@ class SklearnKind(HeadKind):
                                 f"contains: {', '.join(refused)}")
         with _former_module_path(FORMER_PATH in untrusted):
             model = skops_io.load(path, trusted=untrusted)
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if not name.startswith(_STREAMED):
-                    continue
-                step, _, attribute = name[len(_STREAMED):-len(".npy")].partition("/")
-                if step not in model.named_steps or not attribute.isidentifier() or \
-                        attribute.startswith("__"):
-                    raise HeadLoadError(f"{path}: an array for no attribute of the model: "
-                                        f"{name}")
-                with archive.open(name) as member:
-                    # read a chunk at a time into the array: no second copy in memory
-                    array = np.lib.format.read_array(member, allow_pickle=False)
-                setattr(model.named_steps[step], attribute, array)
+        try:
+            _put_back_streamed_arrays(model, path)
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
+            raise HeadLoadError(f"{path}: cannot read: {exc}") from None
         return model
 
 
@@ -254,6 +245,40 @@ class SklearnKind(HeadKind):
 STREAMED_ARRAY_BYTES = 64 * 1024 ** 2
 #: Where in the model file's zip such an array is: ``streamed-arrays/<step>/<attribute>.npy``.
 _STREAMED = "streamed-arrays/"
+#: The .npy header readers by format version (numpy writes 1.0, or 2.0 for huge headers).
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _put_back_streamed_arrays(model: Pipeline, path: Path) -> None:
+    """Set each array streamed into the model file at ``path`` on its step. A member that
+    would set anything but a fitted attribute the step's class does not define (a method, a
+    dunder, a step the model lacks) is refused: the file is not one this pipeline wrote."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename
+            if not name.startswith(_STREAMED):
+                continue
+            step, _, attribute = name[len(_STREAMED):].removesuffix(".npy").partition("/")
+            estimator = model.named_steps.get(step)
+            if estimator is None or not name.endswith(".npy") or \
+                    not attribute.isidentifier() or attribute.startswith("__") or \
+                    hasattr(type(estimator), attribute):
+                raise HeadLoadError(f"{path}: an array for no fitted attribute of the model: "
+                                    f"{name}")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in _NPY_HEADERS:
+                    raise HeadLoadError(f"{path}: {name}: .npy format {version} is not one "
+                                        f"this pipeline writes")
+                shape, _, dtype = _NPY_HEADERS[version](member)
+                if int(np.prod(shape)) * dtype.itemsize > info.file_size:
+                    raise HeadLoadError(f"{path}: {name} says it holds more bytes than it "
+                                        f"does")
+            with archive.open(info) as member:
+                # read a chunk at a time into the array: no second copy in memory
+                setattr(estimator, attribute,
+                        np.lib.format.read_array(member, allow_pickle=False))
 
 
 @contextlib.contextmanager

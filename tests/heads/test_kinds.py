@@ -184,11 +184,36 @@ def test_a_head_s_large_arrays_are_streamed_into_its_file_and_put_back(kind: str
     np.testing.assert_array_equal(again.predict(validation.x), head.predict(validation.x))
     np.testing.assert_allclose(again.predict_proba(validation.x),
                                head.predict_proba(validation.x), rtol=1e-6)
-    # a streamed array for something the model does not have is refused, not set
+    # a save that fails leaves the model in memory whole
+    with monkeypatch.context() as patch:
+        def failing_dump(model, file):
+            raise OSError("disk full")
+        patch.setattr(_sklearn._skops_io(), "dump", failing_dump)
+        with pytest.raises(OSError, match="disk full"):
+            save_head(head, tmp_path / "h2", {"classes": ["a", "b", "c"]})
+    assert large <= set(vars(estimator))
+
+
+@pytest.mark.parametrize("member, problem", [
+    ("streamed-arrays/model/predict.npy", "no fitted attribute"),    # a method
+    ("streamed-arrays/model/__class__.npy", "no fitted attribute"),
+    ("streamed-arrays/nowhere/coef_.npy", "no fitted attribute"),    # no such step
+    ("streamed-arrays/model/coef_.txt", "no fitted attribute"),
+    ("streamed-arrays/model/coef_.npy", "more bytes than it does"),  # a header that lies
+])
+def test_a_model_file_with_a_streamed_array_this_pipeline_never_writes_is_refused(
+        member: str, problem: str, tmp_path):
+    import zipfile
+    train, validation = _splits()
+    save_head(fit_head(_spec("logistic_regression"), train, validation, 3), tmp_path / "h", {})
     with zipfile.ZipFile(tmp_path / "h" / "model.skops", "a") as archive:
-        with archive.open("streamed-arrays/model/__class__.npy", "w") as member:
-            np.lib.format.write_array(member, np.zeros(3))
-    with pytest.raises(HeadLoadError, match="an array for no attribute"):
+        with archive.open(member, "w") as fh:
+            if problem == "more bytes than it does":
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 9,)})
+            else:
+                np.lib.format.write_array(fh, np.zeros(3))
+    with pytest.raises(HeadLoadError, match=problem):
         load_head(tmp_path / "h")
 
 
