@@ -3,9 +3,10 @@
 Python runs a full collection whenever the objects that survived earlier ones have grown by a
 quarter, and each walks every live container. Building 10^5 records (candidates, stats, image
 records, the view) makes several such collections, each slower than the last: 0.3 s of a
-1.9 s ``pipeline run extract --force`` at 10^5 images (AMD EPYC, 2 cores). These records hold
-strings and numbers and make no reference cycles, so nothing is gained by looking for them;
-reference counting still frees everything as usual.
+1.9 s ``pipeline run extract --force`` at 10^5 images (AMD EPYC, 2 cores). The records hold
+strings and numbers and make no reference cycles; what else runs in such a block (opening
+databases, a thread pool) may make a few, which wait for the next collection after it. Reference
+counting frees everything else as usual.
 """
 
 from __future__ import annotations

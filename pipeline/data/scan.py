@@ -185,16 +185,6 @@ def _list_class_folders(folder: Path) -> list[Path]:
             if not e.name.startswith(".") and e.is_dir(follow_symlinks=True)]
 
 
-def _list_images(class_dir: Path, errors: list[OSError]) -> list[str]:
-    """The image files under ``class_dir`` as absolute path strings, in the order of their
-    path components (as sorting Path objects orders them, at a fraction of the cost)."""
-    found = []
-    for top, dirs, files in os.walk(class_dir, followlinks=False, onerror=errors.append):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(top, f) for f in files if _is_image(f))
-    return sorted(found, key=lambda path: path.split(os.sep))
-
-
 def _relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
@@ -354,10 +344,11 @@ def _candidates_from_folders(root: Path, listing: DataFolderListing,
         for class_dir in class_dirs:
             classes.add(class_dir.name)
             found = listed.get(str(class_dir))
-            if found is None:  # not walked by the listing: through a symlink
-                found = [(p, -1) for p in _list_images(class_dir, folder_errors)]
-            else:
-                folder_errors += found.errors
+            if found is None:  # not walked by the listing (a symlinked folder): walked here
+                own = list_data_folder(class_dir)
+                found = _listed_images(own, depth=0).get(own.root, _ListedImages())
+                found[:] = [(path, -1) for path, _ in found]  # positions of another listing
+            folder_errors += found.errors
             label = class_dir.name
             candidates += [_Candidate(p, _relative(p[prefix:]), label, split, 0, position)
                            for p, position in found]
@@ -402,16 +393,16 @@ def _listed_images(listing: DataFolderListing, depth: int) -> dict[str, _ListedI
             if class_dir in by_class:
                 nested.add(class_dir)
             images = by_class.setdefault(class_dir, _ListedImages())
-            head = folder + os.sep
+            head = os.path.join(folder, "")
             images += [(head + name, position + offset)
                        for offset, name in enumerate(names) if _is_image(name)]
         position += len(names)
     for class_dir in nested:
         by_class[class_dir].sort(key=lambda pair: pair[0].split(os.sep))
-    for error in listing.errors:
-        class_dir = class_of(error.filename or "")
-        if class_dir is not None and class_dir != error.filename and class_dir in by_class:
-            by_class[class_dir].errors.append(error)
+    for error in listing.errors:  # a class folder that could not be listed has these only
+        class_dir = class_of(error.filename) if error.filename else None
+        if class_dir is not None:
+            by_class.setdefault(class_dir, _ListedImages()).errors.append(error)
     return by_class
 
 

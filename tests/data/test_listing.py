@@ -123,3 +123,33 @@ def test_an_unreadable_folder_is_reported_from_the_listing(tiny_project: Path, m
     assert [(u.relpath, u.reason) for u in scan.unreadable] == [
         (f"{private}/", "unreadable folder: Permission denied")]
     assert len(scan.images) == 12
+
+
+def test_folders_the_listing_does_not_walk_are_scanned_as_before(tmp_path: Path):
+    """A symlinked class folder (the walk does not descend symlinks) is walked by the scan on
+    its own; a labels table's path through a symlinked folder is stat'ed directly."""
+    from pipeline.config import load_config
+    from pipeline.data.scan import scan_dataset
+    from tests.support.projects import tiny_document, write_config
+    elsewhere = tmp_path / "elsewhere"
+    for name in ("b.png", "sub/a.png", ".hidden/x.png"):
+        write_image(elsewhere / name, len(name))
+    data = tmp_path / "data"
+    write_image(data / "cats" / "c.png", 1)
+    (data / "dogs").symlink_to(elsewhere, target_is_directory=True)
+    write_config(tmp_path, tiny_document())
+    config = load_config(tmp_path / "stages.yaml")
+    scan = scan_dataset(config.data, listing=list_data_folder(data))
+    assert [(i.relpath, i.label) for i in scan.images] == [
+        ("cats/c.png", "cats"), ("dogs/b.png", "dogs"), ("dogs/sub/a.png", "dogs")]
+    assert scan == scan_dataset(config.data)   # with or without the command's listing
+
+    (tmp_path / "labels.csv").write_text("path,label\ncats/c.png,x\ndogs/sub/a.png,y\n")
+    document = tiny_document()
+    document["data"]["labels"] = "labels.csv"
+    write_config(tmp_path, document)
+    config = load_config(tmp_path / "stages.yaml")
+    scan = scan_dataset(config.data, listing=list_data_folder(data))
+    assert [(i.relpath, i.label, i.size) for i in scan.images] == [
+        ("cats/c.png", "x", (data / "cats" / "c.png").stat().st_size),
+        ("dogs/sub/a.png", "y", (elsewhere / "sub" / "a.png").stat().st_size)]
