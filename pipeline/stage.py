@@ -85,7 +85,7 @@ class Stage:
     :class:`StageResult`; ``needs(config)`` names the stages that must have run first;
     ``params`` are the dotted stages.yaml keys it reads; ``check(ctx)`` validates, before any
     stage of the run starts, what only the whole configuration can tell; ``when_up_to_date``
-    says what a run that skips the stage still reports.
+    says what a run that skips the stage still reports (given the stage's entry in the lock).
     """
 
     name: str
@@ -96,7 +96,8 @@ class Stage:
     outputs: tuple[Output, ...] = ()
     needs: Callable[[PipelineConfig], tuple[str, ...]] = lambda config: ()
     check: Callable[[RunContext], None] = lambda ctx: None
-    when_up_to_date: Callable[[RunContext], StageResult] = lambda ctx: StageReport()
+    when_up_to_date: Callable[[RunContext, dict[str, Any]], StageResult] = \
+        lambda ctx, entry: StageReport()
 
     def param_values(self, config: PipelineConfig) -> dict[str, Any]:
         """The values of :attr:`params` in ``config``, as plain data (what the lock keeps)."""

@@ -44,9 +44,11 @@ def _store_versions(ctx: RunContext) -> dict[str, str]:
 def _outputs(ctx: RunContext) -> dict[str, Any]:
     """What the lock records of extract's outputs: the view's identity, and each store's
     version, so that a later check can tell that no entry was removed without asking for
-    each image."""
+    each image; and how many files the view left out, which an up-to-date rerun repeats
+    without parsing the view (10^6 images: 0.8 GB for a moment)."""
     return {"dataset_view": dataset_view_hash(ctx),
-            "stores": ctx.once(_VERSIONS, lambda: _store_versions(ctx))}
+            "stores": ctx.once(_VERSIONS, lambda: _store_versions(ctx)),
+            "skipped": len(ctx.read_view().skipped)}
 
 
 def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | None:
@@ -65,11 +67,13 @@ def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | N
     return None
 
 
-def _files_still_left_out(ctx: RunContext) -> StageReport:
+def _files_still_left_out(ctx: RunContext, entry: dict[str, Any]) -> StageReport:
     """An up-to-date extract still leaves out the files its view skipped: say so, and record
-    the count, so that the exit code of the run says it too."""
+    the count, so that the exit code of the run says it too. The count is the lock's
+    ``entry``'s (one of an earlier release has none: the view is read)."""
+    recorded = entry.get("outs", {}).get("skipped")
     try:
-        skipped = len(ctx.read_view().skipped)
+        skipped = recorded if isinstance(recorded, int) else len(ctx.read_view().skipped)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         skipped = 0
     lines = (f"  {skipped} file(s) left out of the dataset view, as before (listed in that "

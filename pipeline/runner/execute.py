@@ -14,6 +14,7 @@ from ..context import RunContext
 from ..nn.backend import check_backend
 from ..runs import FAILED_PREFIX, INTERRUPTED, RunFolder
 from ..stage import Stage
+from .lock import locked_stages
 from .plan import record_stage, stage_state
 
 
@@ -43,7 +44,8 @@ def run_stages(ctx: RunContext, stages: list[Stage], progress: bool = True,
                     reports.append(f"{stage.name}: up to date, skipped (inputs and parameters "
                                    f"unchanged; outputs in {state.run}; --force reruns it)")
                     run.record({metric_keys.up_to_date_in(stage.name): state.run})
-                    _report(run, stage.when_up_to_date(ctx), reports)
+                    entry = locked_stages(ctx.config).get(stage.name, {})
+                    _report(run, stage.when_up_to_date(ctx, entry), reports)
                     continue
             _report(run, stage.run(ctx, run.path, progress), reports)
             if use_lock:
