@@ -15,6 +15,17 @@ compares this machine's clock with the file's time stamps: a file server whose c
 by more than that can defeat it (``run --rehash`` then reads everything).
 ``path`` is the file's absolute path as bytes (file names need not be valid UTF-8).
 
+A second table vouches for a folder's files at once::
+
+    folder_states(folder BLOB PRIMARY KEY, listing, sha256)
+
+``listing`` is a digest the caller makes of the folder as listed (every file's name and stat,
+and which of them it asks about); ``sha256`` the asked files' hashes, 32 bytes each, in order.
+A folder is recorded only when every file asked about was vouched for by its own record (not
+racy, stat unchanged), so an unchanged listing vouches for them as those records would,
+without a lookup per file: at 10^5 images, 0.25 s of a rerun's scan. Recording a freshly
+hashed file, or forgetting one, drops its folder's record.
+
 The state is only ever a shortcut: a lost or damaged database costs a re-hash, never a wrong
 answer (see :mod:`cache.database` for what happens to one that cannot be read).
 """
@@ -45,6 +56,11 @@ CREATE TABLE IF NOT EXISTS file_states (
     ctime_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     hashed_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folder_states (
+    folder BLOB PRIMARY KEY,
+    listing TEXT NOT NULL,
+    sha256 BLOB NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -127,34 +143,83 @@ class HashState:
                         hashed_ns - mtime_ns >= RACY_NS:
                     found[path] = sha256
 
+    def known_folders(self, listings: dict[str, str]) -> dict[str, list[str]]:
+        """For each folder of ``listings`` ({absolute folder path: digest of its listing})
+        recorded with that same digest, the sha256 recorded for its files, in their order.
+        Folders absent from the result are asked about file by file (:meth:`known`)."""
+        found: dict[str, list[str]] = {}
+        try:
+            for batch in batches(listings, BATCH):
+                keys = {_key(folder): folder for folder in batch}
+                marks = ",".join("?" * len(keys))
+                for key, listing, blob in self._db.execute(
+                        f"SELECT folder, listing, sha256 FROM folder_states "
+                        f"WHERE folder IN ({marks})", list(keys)):
+                    folder = keys[key]
+                    if listing == listings[folder]:
+                        text = blob.hex()
+                        found[folder] = [text[i:i + 64] for i in range(0, len(text), 64)]
+        except sqlite3.Error as exc:
+            warnings.warn(f"{self.path}: the hash state cannot be read ({exc}); the files it "
+                          f"did not answer for are hashed", CacheDatabaseWarning, stacklevel=2)
+            return {}
+        return found
+
+    def record_folders(self, folders: dict[str, tuple[str, list[str]]]) -> None:
+        """Remember ``{folder: (listing digest, sha256 of the files asked about, in order)}``
+        for folders whose every such file :meth:`known` vouched for in this same listing."""
+        rows = [(_key(folder), listing, b"".join(bytes.fromhex(sha) for sha in shas))
+                for folder, (listing, shas) in folders.items()]
+        if rows:
+            self._write("INSERT OR REPLACE INTO folder_states VALUES (?, ?, ?)", rows)
+
     def record(self, hashed: Iterable[tuple[str | Path, FileStat, str, int]]) -> None:
         """Remember ``(path, stat, sha256, hashed_ns)`` for each file hashed: ``stat`` taken
-        before reading it, ``hashed_ns`` the time (``time.time_ns()``) reading began."""
+        before reading it, ``hashed_ns`` the time (``time.time_ns()``) reading began. The
+        records of their folders go (a folder's record vouches only for files not hashed
+        since)."""
         rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, stat.ctime_ns,
                  sha256,
                  hashed_ns) for path, stat, sha256, hashed_ns in hashed]
-        if not rows:
-            return
+        if rows:
+            self._write("INSERT OR REPLACE INTO file_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        rows, dropping=_folders_of(row[0] for row in rows))
+
+    def _write(self, statement: str, rows: list[tuple], dropping: set[bytes] = frozenset()
+               ) -> None:
+        """``statement`` for each of ``rows``, after dropping the folder records of
+        ``dropping``, in one transaction; a failure is a warning (a shortcut only)."""
         try:
             with transaction(self._db):
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO file_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany("DELETE FROM folder_states WHERE folder = ?",
+                                     ((folder,) for folder in dropping))
+                self._db.executemany(statement, rows)
         except sqlite3.Error as exc:  # the next command hashes these files again: no more
             warnings.warn(f"{self.path}: the hash state cannot be written ({exc}); these "
                           f"files are hashed again next time", CacheDatabaseWarning,
                           stacklevel=2)
 
     def forget(self, paths: Iterable[Path] | None = None) -> int:
-        """Drop the records of ``paths`` (every record when None): the way to force those
-        files to be hashed again. Returns how many records were dropped."""
+        """Drop the records of ``paths`` (every record when None), and of their folders: the
+        way to force those files to be hashed again. Returns how many file records were
+        dropped."""
         with transaction(self._db):
             if paths is None:
+                self._db.execute("DELETE FROM folder_states")
                 return self._db.execute("DELETE FROM file_states").rowcount
+            keys = [_key(p) for p in paths]
+            self._db.executemany("DELETE FROM folder_states WHERE folder = ?",
+                                 ((folder,) for folder in _folders_of(keys)))
             dropped = 0
-            for batch in batches(((_key(p),) for p in paths), BATCH):
+            for batch in batches(((key,) for key in keys), BATCH):
                 dropped += self._db.executemany("DELETE FROM file_states WHERE path = ?",
                                                 batch).rowcount
             return dropped
+
+
+def _folders_of(keys: Iterable[bytes]) -> set[bytes]:
+    """The folder keys of file keys (their parent folders)."""
+    return {os.path.dirname(key) for key in keys}
 
 
 def open_hash_state(cache_dir: Path) -> HashState | None:

@@ -22,7 +22,7 @@ import json
 import os
 import stat
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -73,6 +73,28 @@ class DataFolderListing:
         if kind == NOT_REGULAR:
             return None
         raise OSError(kind, os.strerror(kind))
+
+    @cached_property
+    def folder_starts(self) -> list[int]:
+        """The position of each folder's first file, in walk order (then the file count)."""
+        starts, position = [], 0
+        for _, names in self.folders:
+            starts.append(position)
+            position += len(names)
+        return [*starts, position]
+
+    def folder_digest(self, index: int, asked: Sequence[int]) -> str:
+        """A digest of folder ``index`` (of :attr:`folders`) as listed: its path, its files'
+        names and every field of their stats; and of ``asked``, the positions within it of
+        the files a caller asks about. Equal digests: nothing in the folder changed stat."""
+        folder, names = self.folders[index]
+        begin, end = 3 * self.folder_starts[index], 3 * self.folder_starts[index + 1]
+        digest = hashlib.sha256(os.fsencode(folder) + b"\0")
+        digest.update("\0".join(names).encode("utf-8", "surrogateescape"))
+        digest.update(self._ids[begin:end].tobytes())
+        digest.update(self._times[begin:end].tobytes())
+        digest.update(array("q", asked).tobytes())
+        return digest.hexdigest()
 
     def position_of(self, path: str) -> int | None:
         """Where the file ``path`` (absolute, as the walk joined it) is listed, or None."""

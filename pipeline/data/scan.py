@@ -53,6 +53,7 @@ import io
 import os
 import time
 import warnings
+from bisect import bisect_right
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -241,9 +242,22 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
 
     # in this thread: a stat costs less than handing it to a pool
     stats = [stat_of(item) for item in candidates]
+    known: dict[str, str] = {}
+    # folders the state did not vouch for as a whole: recorded below if each file was
+    unvouched: dict[str, tuple[str, list[int]]] = {}
+    if hash_state is not None and not rehash and listing is not None:
+        asked = _folders_asked(listing, candidates, stats)
+        remembered = hash_state.known_folders({f: d for f, (d, _) in asked.items()})
+        for folder, (digest, indexes) in asked.items():
+            shas = remembered.get(folder)
+            if shas is not None and len(shas) == len(indexes):
+                known.update(zip((candidates[i].path for i in indexes), shas))
+            else:
+                unvouched[folder] = (digest, indexes)
     regular = [(item.path, info) for item, info in zip(candidates, stats)
-               if isinstance(info, FileStat)]
-    known = hash_state.known(regular) if hash_state is not None and not rehash else {}
+               if isinstance(info, FileStat) and item.path not in known]
+    vouched = hash_state.known(regular) if hash_state is not None and not rehash else {}
+    known.update(vouched)
     fresh: list[tuple[str, FileStat, str, int]] = []
 
     def identify(pair: tuple[str, FileStat]) -> tuple[str, str | None, str]:
@@ -268,6 +282,10 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
         failed = {}
     if hash_state is not None:
         hash_state.record(fresh)
+        hash_state.record_folders(
+            {folder: (digest, [vouched[candidates[i].path] for i in indexes])
+             for folder, (digest, indexes) in unvouched.items()
+             if all(candidates[i].path in vouched for i in indexes)})
 
     fractions = (data.split.train, data.split.validation, data.split.test)
     seed = data.split.seed
@@ -297,6 +315,24 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
                        labels=data.labels, missing=missing)
     scan.duplicates = find_duplicates(images)
     return scan
+
+
+def _folders_asked(listing: DataFolderListing, candidates: list[_Candidate],
+                   stats: list[FileStat | str]) -> dict[str, tuple[str, list[int]]]:
+    """The listing's folders holding candidates, each with its listing's digest
+    (:meth:`DataFolderListing.folder_digest`) and its candidates' indexes, in order; a folder
+    with a candidate that is not a regular file is left out (asked about file by file)."""
+    starts = listing.folder_starts
+    grouped: dict[int, list[int]] = defaultdict(list)
+    for i, item in enumerate(candidates):
+        if item.position >= 0:
+            grouped[bisect_right(starts, item.position) - 1].append(i)
+    asked = {}
+    for index, indexes in grouped.items():
+        if all(isinstance(stats[i], FileStat) for i in indexes):
+            offsets = [candidates[i].position - starts[index] for i in indexes]
+            asked[listing.folders[index][0]] = (listing.folder_digest(index, offsets), indexes)
+    return asked
 
 
 #: Files per task of the scan's thread pool.

@@ -172,3 +172,49 @@ def test_the_racy_rule_counts_from_before_the_file_was_read(tmp_path: Path, monk
                                                                    real(p))[1])
         scan_dataset(data, hash_state=state)
     assert read == images[:1]
+
+
+def test_a_folder_listed_as_before_is_vouched_for_at_once_and_a_change_undoes_that(
+        tmp_path: Path, hashed_files, monkeypatch):
+    images = make_image_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
+    _age(images)
+    write_config(tmp_path, tiny_document())
+    data = load_config(tmp_path / "stages.yaml").data
+    asked: list[list[str]] = []
+    real_known = HashState.known
+
+    def spied_known(self, files):
+        files = list(files)
+        asked.append(sorted(Path(path).name for path, _ in files))
+        return real_known(self, files)
+
+    monkeypatch.setattr(HashState, "known", spied_known)
+    with HashState(tmp_path / "cache") as state:
+        first = scan_dataset(data, hash_state=state)      # hashed: no folder vouched for yet
+        scan_dataset(data, hash_state=state)              # each file vouched for: folders kept
+        asked.clear()
+        again = scan_dataset(data, hash_state=state)
+        assert asked == [[]] and again == first           # no file asked about, same scan
+        cats = sorted(p for p in images if p.parent.name == "cats")
+        cats[1].write_bytes(images[-1].read_bytes())      # another content, a later time
+        _age(cats[1:2], OLD + 10**9)
+        asked.clear()
+        hashed_files.clear()
+        changed = scan_dataset(data, hash_state=state)
+        assert asked == [[p.name for p in cats]]          # only the changed folder's files
+        assert hashed_files == [cats[1]]
+        by_path = {Path(i.path): i.sha256 for i in changed.images}
+        assert by_path[cats[1]] == by_path[images[-1]] != first.images[1].sha256
+
+        def folders() -> int:
+            return state._db.execute("SELECT COUNT(*) FROM folder_states").fetchone()[0]
+
+        assert folders() == 1                             # dogs; cats had a file hashed
+        scan_dataset(data, hash_state=state, rehash=True)
+        assert folders() == 0                             # rehashed files drop their folders
+        scan_dataset(data, hash_state=state)
+        assert folders() == 2
+        state.forget([cats[0]])
+        assert folders() == 1
+        state.forget()
+        assert folders() == 0
