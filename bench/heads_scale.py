@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.peak_memory import children_peak_rss_mb, peak_rss_mb
 from bench.scale import REPO, make_images, write_config
 
 
@@ -115,8 +115,7 @@ def _child(mode: str, report: str, config: str) -> None:
             sys.exit(code)
     Path(report).write_text(json.dumps({
         **measured,
-        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "children_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+        "rss_mb": peak_rss_mb(), "children_rss_mb": children_peak_rss_mb()}))
 
 
 def main() -> None:

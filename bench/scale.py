@@ -34,13 +34,14 @@ import argparse
 import atexit
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+
+from bench.peak_memory import children_peak_rss_mb, peak_rss_mb
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 10
@@ -112,8 +113,7 @@ def _child(report: str, args: list[str]) -> int:
         io = dict(line.split(": ") for line in
                   Path("/proc/self/io").read_text().splitlines())
         Path(report).write_text(json.dumps({
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "rss_mb": peak_rss_mb(), "children_rss_mb": children_peak_rss_mb(),
             "read_mb": int(io["rchar"]) / 1e6}))
 
     atexit.register(record)
