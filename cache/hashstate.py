@@ -21,8 +21,9 @@ A second table vouches for a folder's files at once::
 
 ``listing`` is a digest the caller makes of the folder as listed (every file's name and stat,
 and which of them it asks about); ``sha256`` the asked files' hashes, 32 bytes each, in order.
-A folder is recorded only when every file asked about was vouched for by its own record (not
-racy, stat unchanged), so an unchanged listing vouches for them as those records would,
+A folder is recorded only when every file asked about has a record that will be trusted (its
+stat unchanged, or just hashed; not racy), so an unchanged listing vouches for them as those
+records would,
 without a lookup per file: at 10^5 images, 0.25 s of a rerun's scan. Recording a freshly
 hashed file, or forgetting one, drops its folder's record.
 
@@ -79,6 +80,12 @@ class FileStat(NamedTuple):
     def of(cls, info: os.stat_result) -> FileStat:
         """The fields of ``info`` (from ``os.stat`` or ``DirEntry.stat``) the state keys on."""
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def not_racy(stat: FileStat, hashed_ns: int) -> bool:
+    """Whether a record of a file with ``stat``, hashed from ``hashed_ns`` on, can be trusted
+    later: its last modification was at least :data:`RACY_NS` before reading began."""
+    return hashed_ns - stat.mtime_ns >= RACY_NS
 
 
 def _key(path: Path | str) -> bytes:
@@ -140,7 +147,7 @@ class HashState:
             for key, device, inode, size, mtime_ns, ctime_ns, sha256, hashed_ns in rows:
                 path, stat = wanted[key]
                 if stat == (device, inode, size, mtime_ns, ctime_ns) and \
-                        hashed_ns - mtime_ns >= RACY_NS:
+                        not_racy(stat, hashed_ns):
                     found[path] = sha256
 
     def known_folders(self, listings: dict[str, str]) -> dict[str, list[str]]:
@@ -167,7 +174,8 @@ class HashState:
 
     def record_folders(self, folders: dict[str, tuple[str, list[str]]]) -> None:
         """Remember ``{folder: (listing digest, sha256 of the files asked about, in order)}``
-        for folders whose every such file :meth:`known` vouched for in this same listing."""
+        for folders whose every such file :meth:`known` vouched for in this same listing, or
+        was hashed at that listing's stat without being racy (:func:`not_racy`)."""
         rows = [(_key(folder), listing, b"".join(bytes.fromhex(sha) for sha in shas))
                 for folder, (listing, shas) in folders.items()]
         if rows:
@@ -176,8 +184,8 @@ class HashState:
     def record(self, hashed: Iterable[tuple[str | Path, FileStat, str, int]]) -> None:
         """Remember ``(path, stat, sha256, hashed_ns)`` for each file hashed: ``stat`` taken
         before reading it, ``hashed_ns`` the time (``time.time_ns()``) reading began. The
-        records of their folders go (a folder's record vouches only for files not hashed
-        since)."""
+        records of their folders go (:meth:`record_folders` writes them again where it
+        can)."""
         rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, stat.ctime_ns,
                  sha256,
                  hashed_ns) for path, stat, sha256, hashed_ns in hashed]

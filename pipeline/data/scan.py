@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cache.files import sha256_file, sha256_text_digest
-from cache.hashstate import FileStat, HashState
+from cache.hashstate import FileStat, HashState, not_racy
 
 from ..config import SPLITS, DataConfig
 from ..errors import (
@@ -282,10 +282,13 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
         failed = {}
     if hash_state is not None:
         hash_state.record(fresh)
+        # what the state will trust next time: vouched for now, or just hashed, not racy
+        trusted = {**vouched, **{path: sha for path, info, sha, started in fresh
+                                 if not_racy(info, started)}}
         hash_state.record_folders(
-            {folder: (digest, [vouched[candidates[i].path] for i in indexes])
+            {folder: (digest, [trusted[candidates[i].path] for i in indexes])
              for folder, (digest, indexes) in unvouched.items()
-             if all(candidates[i].path in vouched for i in indexes)})
+             if all(candidates[i].path in trusted for i in indexes)})
 
     fractions = (data.split.train, data.split.validation, data.split.test)
     seed = data.split.seed

@@ -189,29 +189,37 @@ def test_a_folder_listed_as_before_is_vouched_for_at_once_and_a_change_undoes_th
         return real_known(self, files)
 
     monkeypatch.setattr(HashState, "known", spied_known)
+    cats = sorted(p for p in images if p.parent.name == "cats")
     with HashState(tmp_path / "cache") as state:
-        first = scan_dataset(data, hash_state=state)      # hashed: no folder vouched for yet
-        scan_dataset(data, hash_state=state)              # each file vouched for: folders kept
+
+        def folders() -> int:
+            return state._db.execute("SELECT COUNT(*) FROM folder_states").fetchone()[0]
+
+        first = scan_dataset(data, hash_state=state)      # hashed long after their last change
+        assert folders() == 2
         asked.clear()
+        hashed_files.clear()
         again = scan_dataset(data, hash_state=state)
-        assert asked == [[]] and again == first           # no file asked about, same scan
-        cats = sorted(p for p in images if p.parent.name == "cats")
+        assert asked == [[]] and hashed_files == []       # no file asked about, none read
+        assert again == first
+
         cats[1].write_bytes(images[-1].read_bytes())      # another content, a later time
         _age(cats[1:2], OLD + 10**9)
         asked.clear()
-        hashed_files.clear()
         changed = scan_dataset(data, hash_state=state)
         assert asked == [[p.name for p in cats]]          # only the changed folder's files
         assert hashed_files == [cats[1]]
         by_path = {Path(i.path): i.sha256 for i in changed.images}
         assert by_path[cats[1]] == by_path[images[-1]] != first.images[1].sha256
+        assert folders() == 2                             # cats again, with the new hash
 
-        def folders() -> int:
-            return state._db.execute("SELECT COUNT(*) FROM folder_states").fetchone()[0]
-
-        assert folders() == 1                             # dogs; cats had a file hashed
-        scan_dataset(data, hash_state=state, rehash=True)
-        assert folders() == 0                             # rehashed files drop their folders
+        _age(cats[:1], time.time_ns())                    # changed a moment ago: racy
+        hashed_files.clear()
+        scan_dataset(data, hash_state=state)
+        assert hashed_files == [cats[0]] and folders() == 1
+        scan_dataset(data, hash_state=state)              # racy still: read again, not kept
+        assert hashed_files == [cats[0], cats[0]] and folders() == 1
+        _age(cats[:1])
         scan_dataset(data, hash_state=state)
         assert folders() == 2
         state.forget([cats[0]])
