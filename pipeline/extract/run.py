@@ -141,11 +141,15 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
         for image in scan.images:
             first_path.setdefault(image.sha256, image.path)
         context = _decode_context(ctx.spec)
-        wanted = list(first_path)
+        # images refused before (rejects.jsonl) are asked about apart: they are absent, and
+        # an ask with every key present is one the entry index remembers (cache.index)
+        refused = store.rejected(context)
+        wanted = [key for key in first_path if key not in refused]
         absent = set().union(*lacking(ctx, wanted).values())
         missing = [key for key in wanted if key in absent]
-        rejected = {s: r for s, r in store.rejected(context).items() if s in absent}
-        missing = [s for s in missing if s not in rejected]
+        again = [key for key in first_path if key in refused]
+        still_absent = set().union(*lacking(ctx, again).values()) if again else set()
+        rejected = {key: refused[key] for key in again if key in still_absent}
 
     extracted: list[str] = []
     failures: dict[str, str] = dict(rejected)
@@ -155,6 +159,8 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
         extracted, new_failures, loop_seconds = _extract_missing(
             ctx, missing, first_path, context, progress, inferences)
         failures.update(new_failures)
+        if not new_failures:
+            lacking(ctx, wanted)  # all cached now: remembered, the next command's ask is cheap
 
     with gc_paused():
         view = _build_view(scan, ctx, failures)

@@ -141,6 +141,38 @@ def test_bad_files_are_skipped_listed_and_not_retried(tiny_project: Path, monkey
     assert decoded == []  # known-bad bytes are not even decoded again
 
 
+def test_after_extracting_the_index_remembers_the_images_are_all_cached(tiny_project: Path,
+                                                                       monkeypatch):
+    """The next command's ask about every image (a rerun's check, --force) is then answered
+    from the entry index's memo; images refused as undecodable are asked about apart, so they
+    do not keep the ask from being complete."""
+    import sqlite3
+
+    import cache.index
+    monkeypatch.setattr(cache.index, "REMEMBERED_KEYS", 2)
+    (tiny_project / "data" / "dogs" / "notes.jpg").write_text("a text file")
+    database = tiny_project / "cache" / "index.sqlite"
+
+    def remembered() -> int:
+        with sqlite3.connect(database) as db:
+            return db.execute("SELECT COUNT(*) FROM present_sets").fetchone()[0]
+
+    with pytest.warns(SkippedImageWarning):
+        first = _extract(tiny_project)
+    assert first.new == 12 and remembered() == 0  # a new failure: not all cached
+    with pytest.warns(SkippedImageWarning):
+        again = _extract(tiny_project)
+    assert again.new == 0 and remembered() == 1   # refused apart: the rest all cached
+    write_image(tiny_project / "data" / "owls" / "new.png", 4242)
+    with pytest.warns(SkippedImageWarning):
+        third = _extract(tiny_project)
+    assert third.new == 1 and remembered() == 1   # the new set, remembered as it was cached
+    with sqlite3.connect(database) as db:
+        (keys,) = db.execute("SELECT keys FROM present_sets").fetchone()
+    from cache.index import _keys_digest
+    assert keys == _keys_digest([i.sha256 for i in third.view.images])
+
+
 def test_a_failure_mid_run_keeps_finished_batches_and_resumes(tiny_project: Path,
                                                               count_inference):
     count_inference["fail_after"] = 2
