@@ -242,53 +242,7 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
 
     # in this thread: a stat costs less than handing it to a pool
     stats = [stat_of(item) for item in candidates]
-    known: dict[str, str] = {}
-    # folders the state did not vouch for as a whole: recorded below if each file was
-    unvouched: dict[str, tuple[str, list[int]]] = {}
-    if hash_state is not None and not rehash and listing is not None:
-        asked = _folders_asked(listing, candidates, stats)
-        remembered = hash_state.known_folders({f: d for f, (d, _) in asked.items()})
-        for folder, (digest, indexes) in asked.items():
-            shas = remembered.get(folder)
-            if shas is not None and len(shas) == len(indexes):
-                known.update(zip((candidates[i].path for i in indexes), shas))
-            else:
-                unvouched[folder] = (digest, indexes)
-    regular = [(item.path, info) for item, info in zip(candidates, stats)
-               if isinstance(info, FileStat) and item.path not in known]
-    vouched = hash_state.known(regular) if hash_state is not None and not rehash else {}
-    known.update(vouched)
-    fresh: list[tuple[str, FileStat, str, int]] = []
-
-    def identify(pair: tuple[str, FileStat]) -> tuple[str, str | None, str]:
-        path, info = pair
-        started = time.time_ns()  # before reading: the racy-timestamp rule counts from it
-        try:
-            sha = sha256_file(path)
-        except OSError as exc:
-            return path, None, f"unreadable: {exc.strerror or type(exc).__name__}"
-        fresh.append((path, info, sha, started))
-        return path, sha, ""
-
-    # only the files the state cannot vouch for go to the pool, in chunks: a task per file
-    # would cost more in the pool than reading a small image
-    unknown = [pair for pair in regular if pair[0] not in known]
-    if unknown:
-        with ThreadPoolExecutor(max_workers=hash_workers) as pool:
-            failed = {path: error for path, sha, error in _map_in_chunks(pool, identify, unknown)
-                      if sha is None}
-        known.update((path, sha) for path, _, sha, _ in fresh)
-    else:
-        failed = {}
-    if hash_state is not None:
-        hash_state.record(fresh)
-        # what the state will trust next time: vouched for now, or just hashed, not racy
-        trusted = {**vouched, **{path: sha for path, info, sha, started in fresh
-                                 if not_racy(info, started)}}
-        hash_state.record_folders(
-            {folder: (digest, [trusted[candidates[i].path] for i in indexes])
-             for folder, (digest, indexes) in unvouched.items()
-             if all(candidates[i].path in trusted for i in indexes)})
+    known, failed = _identify(candidates, stats, listing, hash_state, rehash, hash_workers)
 
     fractions = (data.split.train, data.split.validation, data.split.test)
     seed = data.split.seed
@@ -318,6 +272,63 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
                        labels=data.labels, missing=missing)
     scan.duplicates = find_duplicates(images)
     return scan
+
+
+def _identify(candidates: list[_Candidate], stats: list[FileStat | str],
+              listing: DataFolderListing | None, hash_state: HashState | None, rehash: bool,
+              hash_workers: int) -> tuple[dict[str, str], dict[str, str]]:
+    """The sha256 of every regular candidate: from ``hash_state`` where it vouches for them
+    (a folder listed as before at once, else file by file; never with ``rehash``), else read
+    in a pool of ``hash_workers`` threads; what was read, and the folders now vouched for, are
+    recorded in it. Returns ({path: sha256}, {path: why it could not be read})."""
+    asked_state = None if rehash else hash_state
+    known: dict[str, str] = {}
+    # folders the state did not vouch for as a whole: recorded below if each file can be
+    unvouched: dict[str, tuple[str, list[int]]] = {}
+    if asked_state is not None and listing is not None:
+        asked = _folders_asked(listing, candidates, stats)
+        remembered = asked_state.known_folders({f: d for f, (d, _) in asked.items()})
+        for folder, (digest, indexes) in asked.items():
+            shas = remembered.get(folder)
+            if shas is not None and len(shas) == len(indexes):
+                known.update(zip((candidates[i].path for i in indexes), shas))
+            else:
+                unvouched[folder] = (digest, indexes)
+    regular = [(item.path, info) for item, info in zip(candidates, stats)
+               if isinstance(info, FileStat) and item.path not in known]
+    vouched = asked_state.known(regular) if asked_state is not None else {}
+    known.update(vouched)
+    fresh: list[tuple[str, FileStat, str, int]] = []
+
+    def identify(pair: tuple[str, FileStat]) -> tuple[str, str | None, str]:
+        path, info = pair
+        started = time.time_ns()  # before reading: the racy-timestamp rule counts from it
+        try:
+            sha = sha256_file(path)
+        except OSError as exc:
+            return path, None, f"unreadable: {exc.strerror or type(exc).__name__}"
+        fresh.append((path, info, sha, started))
+        return path, sha, ""
+
+    # only the files the state cannot vouch for go to the pool, in chunks: a task per file
+    # would cost more in the pool than reading a small image
+    unknown = [pair for pair in regular if pair[0] not in known]
+    failed: dict[str, str] = {}
+    if unknown:
+        with ThreadPoolExecutor(max_workers=hash_workers) as pool:
+            failed = {path: error for path, sha, error in _map_in_chunks(pool, identify, unknown)
+                      if sha is None}
+        known.update((path, sha) for path, _, sha, _ in fresh)
+    if hash_state is not None:
+        hash_state.record(fresh)
+        # what the state will trust next time: vouched for now, or just hashed, not racy
+        trusted = {**vouched, **{path: sha for path, info, sha, started in fresh
+                                 if not_racy(info, started)}}
+        hash_state.record_folders(
+            {folder: (digest, [trusted[candidates[i].path] for i in indexes])
+             for folder, (digest, indexes) in unvouched.items()
+             if all(candidates[i].path in trusted for i in indexes)})
+    return known, failed
 
 
 def _folders_asked(listing: DataFolderListing, candidates: list[_Candidate],
