@@ -21,11 +21,11 @@ A second table vouches for a folder's files at once::
 
 ``listing`` is a digest the caller makes of the folder as listed (every file's name and stat,
 and which of them it asks about); ``sha256`` the asked files' hashes, 32 bytes each, in order.
-A folder is recorded only when every file asked about has a record that will be trusted (its
-stat unchanged, or just hashed; not racy), so an unchanged listing vouches for them as those
-records would,
-without a lookup per file: at 10^5 images, 0.25 s of a rerun's scan. Recording a freshly
-hashed file, or forgetting one, drops its folder's record.
+A folder is recorded only when, in the same transaction, every file asked about has a record
+with the stat listed, not racy, and the hash recorded for the folder, so an unchanged listing
+vouches for them as those records would, without a lookup per file: at 10^5 images, 0.25 s
+of a rerun's scan. Recording a hashed file (another process's ``--rehash`` too), or
+forgetting one, drops its folder's record.
 
 The state is only ever a shortcut: a lost or damaged database costs a re-hash, never a wrong
 answer (see :mod:`cache.database` for what happens to one that cannot be read).
@@ -172,14 +172,30 @@ class HashState:
             return {}
         return found
 
-    def record_folders(self, folders: dict[str, tuple[str, list[str]]]) -> None:
-        """Remember ``{folder: (listing digest, sha256 of the files asked about, in order)}``
-        for folders whose every such file :meth:`known` vouched for in this same listing, or
-        was hashed at that listing's stat without being racy (:func:`not_racy`)."""
-        rows = [(_key(folder), listing, b"".join(bytes.fromhex(sha) for sha in shas))
-                for folder, (listing, shas) in folders.items()]
-        if rows:
-            self._write("INSERT OR REPLACE INTO folder_states VALUES (?, ?, ?)", rows)
+    def record_folders(self, folders: dict[str, tuple[str, list[tuple[str, FileStat, str]]]]
+                       ) -> None:
+        """Remember ``{folder: (listing digest, [(path, stat as listed, sha256)] of the files
+        asked about, in order)}``. A folder is written only if, read in the same transaction,
+        each of its files has a record of that stat and sha256 that is not racy: a record
+        another process wrote meanwhile (a ``--rehash`` that found other bytes) keeps it out."""
+        if not folders:
+            return
+        try:
+            with transaction(self._db):
+                files = [(path, stat) for _, entries in folders.values()
+                         for path, stat, _ in entries]
+                current: dict[str | Path, str] = {}
+                self._known(files, current)
+                rows = [(_key(folder), listing,
+                         b"".join(bytes.fromhex(sha) for _, _, sha in entries))
+                        for folder, (listing, entries) in folders.items()
+                        if all(current.get(path) == sha for path, _, sha in entries)]
+                self._db.executemany("INSERT OR REPLACE INTO folder_states VALUES (?, ?, ?)",
+                                     rows)
+        except sqlite3.Error as exc:  # a shortcut only: these folders are asked about again
+            warnings.warn(f"{self.path}: the hash state cannot be written ({exc}); these "
+                          f"folders' files are looked up one by one next time",
+                          CacheDatabaseWarning, stacklevel=2)
 
     def record(self, hashed: Iterable[tuple[str | Path, FileStat, str, int]]) -> None:
         """Remember ``(path, stat, sha256, hashed_ns)`` for each file hashed: ``stat`` taken
@@ -189,19 +205,14 @@ class HashState:
         rows = [(_key(path), stat.device, stat.inode, stat.size, stat.mtime_ns, stat.ctime_ns,
                  sha256,
                  hashed_ns) for path, stat, sha256, hashed_ns in hashed]
-        if rows:
-            self._write("INSERT OR REPLACE INTO file_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        rows, dropping=_folders_of(row[0] for row in rows))
-
-    def _write(self, statement: str, rows: list[tuple], dropping: set[bytes] = frozenset()
-               ) -> None:
-        """``statement`` for each of ``rows``, after dropping the folder records of
-        ``dropping``, in one transaction; a failure is a warning (a shortcut only)."""
+        if not rows:
+            return
         try:
             with transaction(self._db):
                 self._db.executemany("DELETE FROM folder_states WHERE folder = ?",
-                                     ((folder,) for folder in dropping))
-                self._db.executemany(statement, rows)
+                                     ((folder,) for folder in _folders_of(r[0] for r in rows)))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO file_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.Error as exc:  # the next command hashes these files again: no more
             warnings.warn(f"{self.path}: the hash state cannot be written ({exc}); these "
                           f"files are hashed again next time", CacheDatabaseWarning,

@@ -90,6 +90,7 @@ class DataFolderListing:
         folder, names = self.folders[index]
         begin, end = 3 * self.folder_starts[index], 3 * self.folder_starts[index + 1]
         digest = hashlib.sha256(os.fsencode(folder) + b"\0")
+        digest.update(len(names).to_bytes(8, "little"))  # the parts below, told apart
         digest.update("\0".join(names).encode("utf-8", "surrogateescape"))
         digest.update(self._ids[begin:end].tobytes())
         digest.update(self._times[begin:end].tobytes())

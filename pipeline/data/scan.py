@@ -283,7 +283,8 @@ def _identify(candidates: list[_Candidate], stats: list[FileStat | str],
     recorded in it. Returns ({path: sha256}, {path: why it could not be read})."""
     asked_state = None if rehash else hash_state
     known: dict[str, str] = {}
-    # folders the state did not vouch for as a whole: recorded below if each file can be
+    # folders the state did not vouch for as a whole: recorded below where each file's
+    # record will be trusted
     unvouched: dict[str, tuple[str, list[int]]] = {}
     if asked_state is not None and listing is not None:
         asked = _folders_asked(listing, candidates, stats)
@@ -325,7 +326,8 @@ def _identify(candidates: list[_Candidate], stats: list[FileStat | str],
         trusted = {**vouched, **{path: sha for path, info, sha, started in fresh
                                  if not_racy(info, started)}}
         hash_state.record_folders(
-            {folder: (digest, [trusted[candidates[i].path] for i in indexes])
+            {folder: (digest, [(candidates[i].path, stats[i], trusted[candidates[i].path])
+                               for i in indexes])
              for folder, (digest, indexes) in unvouched.items()
              if all(candidates[i].path in trusted for i in indexes)})
     return known, failed
@@ -395,6 +397,7 @@ def _candidates_from_folders(root: Path, listing: DataFolderListing,
             classes.add(class_dir.name)
             found = listed.get(str(class_dir))
             if found is None:  # not walked by the listing (a symlinked folder): walked here
+                # (its files' stats are taken again by the scan: position -1; rare enough)
                 own = list_data_folder(class_dir)
                 found = _listed_images(own, depth=0).get(own.root, _ListedImages())
                 found[:] = [(path, -1) for path, _ in found]  # positions of another listing

@@ -12,10 +12,12 @@ import pytest
 
 from cache.database import INDEX_NAME
 from cache.errors import CacheDatabaseWarning
+from cache.files import sha256_file
 from cache.hashstate import RACY_NS, FileStat, HashState
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.data import scan as scan_module
+from pipeline.data.listing import list_data_folder
 from pipeline.data.scan import scan_dataset
 from tests.support.projects import make_image_folder, tiny_document, write_config
 
@@ -226,3 +228,62 @@ def test_a_folder_listed_as_before_is_vouched_for_at_once_and_a_change_undoes_th
         assert folders() == 1
         state.forget()
         assert folders() == 0
+
+
+def _rehashed_elsewhere(state_dir: Path, path: Path, sha: str) -> None:
+    """What another process's --rehash records when it finds other bytes at the same stat."""
+    with HashState(state_dir) as other:
+        other.record([(path, FileStat.of(path.stat()), sha, OLD + 10 * 10**9)])
+
+
+def test_a_record_written_since_keeps_a_folder_from_being_vouched_for(tmp_path: Path,
+                                                                      monkeypatch):
+    images = make_image_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
+    _age(images)
+    write_config(tmp_path, tiny_document())
+    data = load_config(tmp_path / "stages.yaml").data
+    cats = sorted(p for p in images if p.parent.name == "cats")
+    with HashState(tmp_path / "cache") as state:
+        scan_dataset(data, hash_state=state)
+        # a record of other bytes at the same stat drops the folder's: the next scan sees it
+        _rehashed_elsewhere(tmp_path / "cache", cats[0], "f" * 64)
+        by_path = {Path(i.path): i.sha256 for i in scan_dataset(data, hash_state=state).images}
+        assert by_path[cats[0]] == "f" * 64
+
+        # the same written while a scan hashes another file of the folder: that scan must
+        # not vouch for the folder with what it read before
+        (tmp_path / "data" / "cats" / "new.png").write_bytes(images[-1].read_bytes())
+        _age([tmp_path / "data" / "cats" / "new.png"])
+        real = scan_module.sha256_file
+
+        def meanwhile(path):
+            _rehashed_elsewhere(tmp_path / "cache", cats[1], "e" * 64)
+            return real(path)
+
+        monkeypatch.setattr(scan_module, "sha256_file", meanwhile)
+        scan_dataset(data, hash_state=state)
+        monkeypatch.setattr(scan_module, "sha256_file", real)
+        by_path = {Path(i.path): i.sha256 for i in scan_dataset(data, hash_state=state).images}
+        assert by_path[cats[1]] == "e" * 64
+
+
+def test_a_labels_table_asking_about_other_files_of_a_folder_is_not_served_the_old_ones(
+        tmp_path: Path):
+    images = make_image_folder(tmp_path / "data", {"cats": 3})
+    _age(images)
+    cats = sorted(images)
+    table = tmp_path / "labels.csv"
+    document = tiny_document()
+    document["data"]["labels"] = "labels.csv"
+    write_config(tmp_path, document)
+    content = {p: sha256_file(p) for p in cats}
+    assert len(set(content.values())) == 3
+    with HashState(tmp_path / "cache") as state:
+        for rows in ([cats[0], cats[1]], [cats[0], cats[2]], [cats[2], cats[0]]):
+            table.write_text("path,label\n" + "".join(f"cats/{p.name},cat\n" for p in rows))
+            data = load_config(tmp_path / "stages.yaml").data
+            for _ in range(2):   # the second scan is the one a folder record could answer
+                scan = scan_dataset(data, hash_state=state,
+                                    listing=list_data_folder(tmp_path / "data"))
+                assert [(Path(i.path), i.sha256) for i in scan.images] == \
+                    [(p, content[p]) for p in rows]
