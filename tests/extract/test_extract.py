@@ -385,3 +385,24 @@ def test_augmented_copies_keep_the_cache_keys_of_earlier_releases(monkeypatch):
                                   "augmented": {"id": "0123456789abcdef", "count": 4}})
     assert [(c.key, c.number) for c in view.augmented_copies()][3] == (key, 3)
     assert view.to_json()["augmented"] == {"id": "0123456789abcdef", "count": 4}
+
+
+def test_an_image_refused_before_but_cached_since_is_in_the_view(tiny_project: Path):
+    """Refused images are asked about apart from the others; one whose features some other
+    way reached the cache since (another decoder, another run) counts as cached."""
+    from pipeline.config import OUTPUT
+    from pipeline.extract._writers import open_writers
+    from tests.support.projects import context
+    (tiny_project / "data" / "dogs" / "notes.jpg").write_text("a text file")
+    with pytest.warns(SkippedImageWarning):
+        first = _extract(tiny_project)
+    (refused,) = first.skipped
+    ctx = context(tiny_project)
+    spec = ctx.spec
+    with open_writers(ctx, tuple(ctx.stores)) as (_, writers):
+        for part, writer in writers.items():
+            shape = spec.output_shape if part == OUTPUT else spec.tap_shape(part)
+            writer.add([refused.sha256], np.zeros((1, *shape), np.float32))
+    again = _extract(tiny_project)
+    assert again.skipped == [] and again.cached == 13
+    assert refused.path in {image.path for image in again.view.images}
