@@ -296,6 +296,7 @@ class EntryIndex:
             pass  # busy or read-only: a memo only; the answer stands
 
     def _lookup_missing(self, wanted: list[str]) -> list[str]:
+        """The keys of ``wanted`` not indexed, asked of the entries (see :meth:`missing`)."""
         absent: list[str] = []
         entries = self._db.execute("SELECT COUNT(*) FROM entries WHERE fingerprint = ?",
                                    (self.fingerprint,)).fetchone()[0]

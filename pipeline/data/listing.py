@@ -9,9 +9,9 @@ and both read that listing.
 
 The walk is ``os.walk``'s: top-down, symlinked folders not descended (so a symlink loop cannot
 trap it), folders and files in sorted order; ``stat`` follows a symlinked file to its target.
-Per file the listing keeps its folder's path once, its name and six integers, about 120 bytes
-a file, so that a command that only compares the digest (``status``, a rerun with nothing to
-do) holds no per-file Python objects it does not need.
+Per file the listing keeps its name (its folder's path is kept once) and six integers in two
+arrays, about 120 bytes a file: a command that only compares the digest (``status``, a rerun
+with nothing to do) holds a name string per file and nothing else per file.
 """
 
 from __future__ import annotations
