@@ -2,7 +2,8 @@
 
 On a cache of synthetic 32x32 images (``bench.scale``'s images and configuration: the
 repository's stages.yaml, ``weights: null``), runs the repository's scikit-learn heads (the
-dense head left out unless ``--dense``) two ways, each in a fresh process:
+dense head left out unless ``--dense``; then the plain loop fits it with Keras) two ways, each
+in a fresh process:
 
     pipeline    pipeline run heads --force (the configured scheduler, or --scheduler)
     plain loop  the same estimators (the same parameters and seeds, the sweep's draws
@@ -74,9 +75,38 @@ def measure(mode: str, config: Path) -> dict:
     return {"seconds": seconds, **measured}
 
 
+def _plain_keras_fit(trial, x, y, xv, yv) -> int:
+    """The dense head as a user writes it with Keras on in-memory rows (already normalised
+    per part by ``Project.features``): standardised with numpy, Dense-relu, Dropout, softmax,
+    the trial's optimizer, learning rate, batch size, epochs and early stopping on validation
+    accuracy; scored on validation. Returns the epochs it ran."""
+    import keras
+    import numpy as np
+
+    params = trial.spec.config.dense_params(trial.spec.estimator_params())
+    n_classes = int(max(y.max(), yv.max())) + 1
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-7
+    x, xv = (x - mean) / std, (xv - mean) / std
+    keras.utils.set_random_seed(trial.spec.seed)
+    model = keras.Sequential([keras.Input((x.shape[1],)),
+                              keras.layers.Dense(params.units, activation="relu"),
+                              keras.layers.Dropout(params.dropout),
+                              keras.layers.Dense(n_classes, activation="softmax")])
+    model.compile(keras.optimizers.get({"class_name": params.optimizer,
+                                        "config": {"learning_rate": params.learning_rate}}),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = [] if params.patience is None else [keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", mode="max", patience=params.patience,
+        restore_best_weights=params.restore_best)]
+    history = model.fit(x, y, batch_size=params.batch_size, epochs=params.epochs,
+                        validation_data=(xv, yv), callbacks=stop, shuffle=True, verbose=0)
+    float(np.mean(np.argmax(model.predict(xv, verbose=0), axis=1) == yv))
+    return len(history.history["loss"])
+
+
 def _plain_loop(config: Path) -> dict:
-    """The configured scikit-learn trials fitted directly on arrays read once per feature
-    setting: what a user writes by hand."""
+    """The configured trials fitted directly on arrays read once per feature setting: what a
+    user writes by hand (scikit-learn's estimators; Keras for a dense head)."""
     import numpy as np
 
     from pipeline import Project
@@ -84,9 +114,8 @@ def _plain_loop(config: Path) -> dict:
     from pipeline.heads.trials import expand_trials
 
     project = Project(config)
-    trials = [t for t in expand_trials(load_config(config).stages.heads)
-              if t.kind.name != "dense"]
-    arrays, fit_seconds, largest = {}, 0.0, 0
+    trials = list(expand_trials(load_config(config).stages.heads))
+    arrays, fit_seconds, largest, epochs = {}, 0.0, 0, []
     for trial in trials:
         setting = (tuple(np.atleast_1d(trial.spec.setting("features"))),
                    trial.spec.setting("normalize"))
@@ -96,12 +125,16 @@ def _plain_loop(config: Path) -> dict:
         (x, y), (xv, yv) = arrays[setting]
         largest = max(largest, x.nbytes)
         started = time.perf_counter()
-        # the head's steps after its feature rows: [StandardScaler] -> [PCA] -> estimator
-        model = trial.kind.pipeline(trial.spec)[1:]
-        model.fit(x, y)
-        float(np.mean(model.predict(xv) == yv))
+        if trial.kind.name == "dense":
+            epochs.append(_plain_keras_fit(trial, x, y, xv, yv))
+        else:
+            # the head's steps after its feature rows: [StandardScaler] -> [PCA] -> estimator
+            model = trial.kind.pipeline(trial.spec)[1:]
+            model.fit(x, y)
+            float(np.mean(model.predict(xv) == yv))
         fit_seconds += time.perf_counter() - started
-    return {"trials": len(trials), "fit_seconds": fit_seconds, "matrix_mb": largest / 1e6}
+    return {"trials": len(trials), "fit_seconds": fit_seconds, "matrix_mb": largest / 1e6,
+            "dense_epochs": epochs}
 
 
 def _child(mode: str, report: str, config: str) -> None:
@@ -142,6 +175,9 @@ def main() -> None:
         rows.append((plain, piped))
     matrix = rows[0][0]["matrix_mb"]
     print(f"{rows[0][0]['trials']} trials; largest training matrix {matrix:,.0f} MB float32")
+    if rows[0][0]["dense_epochs"]:
+        print(f"plain loop's dense trials ran {rows[0][0]['dense_epochs']} epochs (the "
+              f"pipeline's: its leaderboard's run folder, heads/<name>/history.json)")
     # A child's peak counts the pages it shared with its parent when forked: lscpu, which
     # joblib runs to count cores, shows the parent's size. It means memory only where the
     # children are a LocalCluster's workers.
