@@ -15,7 +15,7 @@ from cache.errors import CacheDatabaseWarning
 from cache.files import sha256_file
 from cache.hashstate import RACY_NS, FileStat, HashState
 from pipeline.cli import main
-from pipeline.config import load_config
+from pipeline.config import DataConfig, load_config
 from pipeline.data import scan as scan_module
 from pipeline.data.listing import list_data_folder
 from pipeline.data.scan import scan_dataset
@@ -27,6 +27,15 @@ OLD = 1_600_000_000 * 10**9  # a time long before any test runs, in ns
 def _age(paths, ns: int = OLD) -> None:
     for path in paths:
         os.utime(path, ns=(ns, ns))
+
+
+def _old_images(project: Path) -> tuple[list[Path], DataConfig]:
+    """3 cats and 3 dogs under ``project/data``, last changed long ago, and the data section
+    of the project's stages.yaml."""
+    images = make_image_folder(project / "data", {"cats": 3, "dogs": 3})
+    _age(images)
+    write_config(project, tiny_document())
+    return images, load_config(project / "stages.yaml").data
 
 
 @pytest.fixture
@@ -93,10 +102,7 @@ def test_a_database_that_cannot_be_read_is_set_aside_and_started_afresh(tmp_path
 
 def test_a_second_scan_reads_no_image_and_a_touched_one_is_read_again(tmp_path: Path,
                                                                       hashed_files):
-    images = make_image_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
-    _age(images)
-    write_config(tmp_path, tiny_document())
-    data = load_config(tmp_path / "stages.yaml").data
+    images, data = _old_images(tmp_path)
     with HashState(tmp_path / "cache") as state:
         first = scan_dataset(data, hash_state=state)
         assert sorted(hashed_files) == sorted(images)
@@ -178,10 +184,7 @@ def test_the_racy_rule_counts_from_before_the_file_was_read(tmp_path: Path, monk
 
 def test_a_folder_listed_as_before_is_vouched_for_at_once_and_a_change_undoes_that(
         tmp_path: Path, hashed_files, monkeypatch):
-    images = make_image_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
-    _age(images)
-    write_config(tmp_path, tiny_document())
-    data = load_config(tmp_path / "stages.yaml").data
+    images, data = _old_images(tmp_path)
     asked: list[list[str]] = []
     real_known = HashState.known
 
@@ -238,10 +241,7 @@ def _rehashed_elsewhere(state_dir: Path, path: Path, sha: str) -> None:
 
 def test_a_record_written_since_keeps_a_folder_from_being_vouched_for(tmp_path: Path,
                                                                       monkeypatch):
-    images = make_image_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
-    _age(images)
-    write_config(tmp_path, tiny_document())
-    data = load_config(tmp_path / "stages.yaml").data
+    images, data = _old_images(tmp_path)
     cats = sorted(p for p in images if p.parent.name == "cats")
     with HashState(tmp_path / "cache") as state:
         scan_dataset(data, hash_state=state)
