@@ -106,6 +106,29 @@ def test_dense_training_is_reproducible_for_a_seed_and_moves_with_it():
     assert not np.allclose(probabilities(3), probabilities(4))
 
 
+def test_dense_fed_in_batches_beyond_the_copy_limit_learns_reproducibly_and_restores_the_best(
+        monkeypatch):
+    # features over KERAS_COPY_LIMIT reach Keras as batches gathered from the arrays, which
+    # must train as the arrays do: learn, repeat for a seed, end with the best epoch
+    from pipeline.heads import dense
+
+    fed: list[int] = []
+    batches = dense.keras_batches
+    monkeypatch.setattr(dense, "KERAS_COPY_LIMIT", 0)
+    monkeypatch.setattr(dense, "keras_batches",
+                        lambda model, split, *args, **kw: fed.append(len(split)) or
+                        batches(model, split, *args, **kw))
+    train, validation = _splits()
+    spec = _spec("dense", params={"epochs": 60, "patience": 3})
+    head = fit_head(spec, train, validation, 3)
+    assert fed == [30, 15]
+    accuracies = head.history["val_accuracy"]
+    assert max(accuracies) >= 0.7 and len(accuracies) < 60
+    assert np.mean(head.predict(validation.x) == validation.y) == pytest.approx(max(accuracies))
+    np.testing.assert_array_equal(head.predict_proba(validation.x),
+                                  fit_head(spec, train, validation, 3).predict_proba(validation.x))
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "nadam", "sgd"])
 def test_dense_trains_with_every_optimizer_and_a_short_last_batch(optimizer: str):
     # 30 rows in batches of 8: the fourth batch has 6 rows and must still train

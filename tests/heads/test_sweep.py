@@ -375,14 +375,14 @@ def _fake_split(name: str, y: np.ndarray, chunk_rows: int) -> LazySplit:
     return split
 
 
-def test_streamed_batches_cover_every_row_once_per_epoch_in_a_new_order():
+def test_keras_batches_cover_every_row_once_per_epoch_in_a_new_order():
     import keras
 
-    from pipeline.heads.dense import streamed_batches
+    from pipeline.heads.dense import keras_batches
 
     model = keras.Sequential([keras.Input((1, 1, 1), name="features"), keras.layers.Flatten()])
     split = _fake_split("train", np.arange(10), chunk_rows=4)
-    batches = streamed_batches(model, split, 3, n_classes=10, seed=0)
+    batches = keras_batches(model, split, 3, n_classes=10, seed=0)
     assert len(batches) == 5  # chunks of 4, 4 and 2 rows: 2 + 2 + 1 batches
     epochs = []
     for _ in range(2):
@@ -392,14 +392,37 @@ def test_streamed_batches_cover_every_row_once_per_epoch_in_a_new_order():
         batches.on_epoch_end()
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10))
     assert epochs[0] != epochs[1]
-    in_order = streamed_batches(model, split, 3, n_classes=10)
+    in_order = keras_batches(model, split, 3, n_classes=10)
     assert np.concatenate([in_order[i][1] for i in range(5)]).tolist() == list(range(10))
+
+
+def test_batches_of_a_split_in_memory_shuffle_it_whole_every_epoch():
+    import keras
+
+    from pipeline.heads.dense import keras_batches
+
+    model = keras.Sequential([keras.Input((1, 1, 1), name="features"), keras.layers.Flatten()])
+    y = np.arange(12)
+    split = LabelledSplit("train", y.astype(np.float32).reshape(-1, 1, 1, 1), y, ())
+    batches = keras_batches(model, split, 5, n_classes=12, seed=0)
+    assert len(batches) == 3  # 5 + 5 + 2 rows
+    epochs = []
+    for _ in range(2):
+        x_and_y = [batches[i] for i in range(len(batches))]
+        for x, labels in x_and_y:  # each row with its own label
+            assert x.reshape(-1).tolist() == labels.tolist()
+        epochs.append(np.concatenate([labels for _, labels in x_and_y]).tolist())
+        batches.on_epoch_end()
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(12))
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(12))
+    in_order = keras_batches(model, split, 5, n_classes=12)
+    assert np.concatenate([in_order[i][1] for i in range(3)]).tolist() == list(range(12))
 
 
 def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch():
     import keras
 
-    from pipeline.heads.dense import streamed_batches
+    from pipeline.heads.dense import keras_batches
 
     # a model that cannot learn (learning rate 0) and answers class 0: its validation accuracy
     # is the share of class 0, every epoch, if and only if every epoch sees every row once
@@ -413,8 +436,8 @@ def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch():
     rng = np.random.default_rng(0)
     train = _fake_split("train", rng.integers(0, 3, 20), chunk_rows=4)
     validation = _fake_split("validation", rng.integers(0, 3, 23), chunk_rows=4)
-    history = model.fit(streamed_batches(model, train, 3, 3, seed=0),
-                        validation_data=streamed_batches(model, validation, 2, 3),
+    history = model.fit(keras_batches(model, train, 3, 3, seed=0),
+                        validation_data=keras_batches(model, validation, 2, 3),
                         epochs=4, shuffle=False, verbose=0)
     expected = float(np.mean(validation.y == 0))
     np.testing.assert_allclose(history.history["val_accuracy"], [expected] * 4, rtol=1e-6)
