@@ -55,6 +55,7 @@ import time
 import warnings
 from bisect import bisect_right
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,7 +206,8 @@ class _Candidate(NamedTuple):
 
 def scan_dataset(data: DataConfig, hash_workers: int = 4,
                  hash_state: HashState | None = None, rehash: bool = False,
-                 listing: DataFolderListing | None = None) -> DatasetScan:
+                 listing: DataFolderListing | None = None,
+                 hash_files: FileHasher | None = None) -> DatasetScan:
     """Find, hash and split every image under ``data.root`` (or every file ``data.labels``
     lists); report duplicates and leakage.
 
@@ -213,7 +215,9 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
     stats the scan uses instead of taking its own; without one, the folder layouts walk the
     root here. With a ``hash_state``, a file whose stat is the one recorded when it was last
     hashed is not read again (:mod:`cache.hashstate`); ``rehash`` reads every file all the
-    same (and records what it finds). Raises :class:`DataError` when the folder has no class
+    same (and records what it finds). The files to read are hashed by ``hash_files``
+    (default: :func:`hash_in_threads` of ``hash_workers`` threads; extraction on a cluster
+    has its workers hash them). Raises :class:`DataError` when the folder has no class
     folders or mixes split folders with class folders, and for the problems of a labels table
     the module's docstring lists. Unreadable files are listed in ``unreadable`` and files a
     labels table lists that do not exist in ``missing``, not raised.
@@ -242,7 +246,8 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
 
     # in this thread: a stat costs less than handing it to a pool
     stats = [stat_of(item) for item in candidates]
-    known, failed = _identify(candidates, stats, listing, hash_state, rehash, hash_workers)
+    known, failed = _identify(candidates, stats, listing, hash_state, rehash,
+                              hash_files or hash_in_threads(hash_workers))
 
     fractions = (data.split.train, data.split.validation, data.split.test)
     seed = data.split.seed
@@ -274,13 +279,39 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
     return scan
 
 
+#: Hashes files: given absolute paths, yields ``(path, sha256, "")`` for each file read, or
+#: ``(path, None, why it could not be read)``, in any order.
+FileHasher = Callable[[list[str]], Iterable[tuple[str, str | None, str]]]
+
+
+def hash_file(path: str) -> tuple[str, str | None, str]:
+    """``(path, sha256, "")`` of one file, or ``(path, None, "unreadable: <why>")``."""
+    try:
+        return path, sha256_file(path), ""
+    except OSError as exc:
+        return path, None, f"unreadable: {exc.strerror or type(exc).__name__}"
+
+
+def hash_in_threads(workers: int) -> FileHasher:
+    """A :data:`FileHasher` reading in a pool of ``workers`` threads (hashlib and file reads
+    release the GIL), :data:`_CHUNK` files a task: a task per file would cost more in the
+    pool than reading a small image."""
+    def hash_files(paths: list[str]) -> list[tuple[str, str | None, str]]:
+        if not paths:
+            return []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return _map_in_chunks(pool, hash_file, paths)
+
+    return hash_files
+
+
 def _identify(candidates: list[_Candidate], stats: list[FileStat | str],
               listing: DataFolderListing | None, hash_state: HashState | None, rehash: bool,
-              hash_workers: int) -> tuple[dict[str, str], dict[str, str]]:
+              hash_files: FileHasher) -> tuple[dict[str, str], dict[str, str]]:
     """The sha256 of every regular candidate: from ``hash_state`` where it vouches for them
     (a folder listed as before at once, else file by file; never with ``rehash``), else read
-    in a pool of ``hash_workers`` threads; what was read, and the folders now vouched for, are
-    recorded in it. Returns ({path: sha256}, {path: why it could not be read})."""
+    by ``hash_files``; what was read, and the folders now vouched for, are recorded in it.
+    Returns ({path: sha256}, {path: why it could not be read})."""
     asked_state = None if rehash else hash_state
     known: dict[str, str] = {}
     # folders the state did not vouch for as a whole: recorded below where each file's
@@ -299,26 +330,19 @@ def _identify(candidates: list[_Candidate], stats: list[FileStat | str],
                if isinstance(info, FileStat) and item.path not in known]
     vouched = asked_state.known(regular) if asked_state is not None else {}
     known.update(vouched)
-    fresh: list[tuple[str, FileStat, str, int]] = []
-
-    def identify(pair: tuple[str, FileStat]) -> tuple[str, str | None, str]:
-        path, info = pair
-        started = time.time_ns()  # before reading: the racy-timestamp rule counts from it
-        try:
-            sha = sha256_file(path)
-        except OSError as exc:
-            return path, None, f"unreadable: {exc.strerror or type(exc).__name__}"
-        fresh.append((path, info, sha, started))
-        return path, sha, ""
-
-    # only the files the state cannot vouch for go to the pool, in chunks: a task per file
-    # would cost more in the pool than reading a small image
-    unknown = [pair for pair in regular if pair[0] not in known]
+    # only the files the state cannot vouch for are read
+    unknown = {path: info for path, info in regular if path not in known}
     failed: dict[str, str] = {}
+    fresh: list[tuple[str, FileStat, str, int]] = []
     if unknown:
-        with ThreadPoolExecutor(max_workers=hash_workers) as pool:
-            failed = {path: error for path, sha, error in _map_in_chunks(pool, identify, unknown)
-                      if sha is None}
+        # before any of them is read (here or on another machine): the racy-timestamp rule
+        # counts from it, so an earlier moment only ever trusts less
+        started = time.time_ns()
+        for path, sha, error in hash_files(list(unknown)):
+            if sha is None:
+                failed[path] = error
+            else:
+                fresh.append((path, unknown[path], sha, started))
         known.update((path, sha) for path, _, sha, _ in fresh)
     if hash_state is not None:
         hash_state.record(fresh)

@@ -1,12 +1,21 @@
-"""Extraction on a dask.distributed cluster: partitions of images out, shard files back.
+"""Extraction on a dask.distributed cluster: files to hash and partitions of images out,
+hashes and shard files back.
 
-The client (the ``pipeline run extract`` process) holds the cache's write lock for the whole
-run, splits the images the cache lacks into partitions of ``stages.extract.shard_size``, and
-submits one task per partition. A worker decodes its partition's images, runs the backbone
-(built once per worker process and kept for every later partition), and writes one shard file
-into the cache folder, which every worker must see (a shared filesystem). Only the client
-writes the manifest: it records each shard as its task's result arrives. No two processes
-write one HDF5 file: each write goes to a temporary name of its own and is renamed into place.
+The client (the ``pipeline run extract`` process) reads no image: the files its hash state
+cannot vouch for (new or changed since they were last hashed) are hashed by the workers, in
+tasks of ``stages.extract.shard_size`` paths, and the client records what they found in the
+hash state like its own hashing would (the racy-timestamp rule counted from before the first
+task was submitted). It connects to the scheduler only when there is something to hash or
+extract: a rerun with nothing new never does.
+
+The client holds the cache's write lock for the whole extraction, splits the images the cache
+lacks into partitions of ``stages.extract.shard_size``, and submits one task per partition,
+preferably to the worker that hashed its first file (whose page cache may still hold it). A
+worker decodes its partition's images, runs the backbone (built once per worker process and
+kept for every later partition), and writes one shard file into the cache folder, which every
+worker must see (a shared filesystem). Only the client writes the manifest: it records each
+shard as its task's result arrives. No two processes write one HDF5 file: each write goes to
+a temporary name of its own and is renamed into place.
 
 A worker that dies mid-partition leaves at most a temporary file (ignored, and removed by the
 next writer's recovery); dask runs the partition again on another worker. The shard's name is
@@ -17,11 +26,12 @@ ends in the cache exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +39,23 @@ import numpy as np
 from tqdm import tqdm
 
 from cache import ShardWriter
+from cache.faults import fault_point
 from cache.files import sha256_text
 from cache.shard import WrittenShard, partition_shard_name, write_shard
 
 from ..backbone import BackboneSpec
 from ..cluster import scheduler_client
+from ..config import ClusterConfig
 from ..context import RunContext
 from ..data.batches import BatchReader
+from ..data.scan import hash_in_threads
 from ..errors import NoSuitableWorkerError, WorkerMismatchError
 from .loop import Inference, extract_batches
+
+#: Fault points a cluster worker passes besides the extraction loop's.
+FAULT_POINTS = (
+    "cluster.hashed",        # a worker hashed its task's files, the result not yet sent
+)
 
 
 @dataclass(frozen=True)
@@ -148,74 +166,146 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
     return PartitionResult(shards, failures, worker)
 
 
-def extract_on_scheduler(ctx: RunContext, parts: tuple[str, ...],
-                         writers: dict[str, ShardWriter], todo: list[str],
-                         paths: dict[str, str], progress: bool,
-                         on_failure: Callable[[str, str, bool], None]) -> list[str]:
-    """Extract ``parts`` of ``todo`` (image sha256; ``paths`` maps each to a file) on the dask
-    scheduler of ``cluster.scheduler``, one partition of ``stages.extract.shard_size`` images
-    per task, each part's shard recorded by its writer of ``writers``; ``on_failure(sha256,
-    reason, permanent)`` is told of each image that could not be decoded. Returns the sha256
-    extracted."""
-    params, cluster = ctx.config.stages.extract, ctx.config.cluster
-    partitions = plan_partitions(todo, paths, params.shard_size)
-    targets = {part: PartTarget(str(writers[part].store.path), writers[part].store.fingerprint,
-                                writers[part].dtype) for part in parts}
-    with scheduler_client(cluster.scheduler) as client:
-        return extract_on_cluster(client, partitions, ctx.spec, ctx.fingerprint.id, targets,
-                                  writers, params.batch_size, params.decode_workers,
-                                  cluster.worker_resources, progress, on_failure)
+def hash_paths(paths: list[str], threads: int) -> tuple[list[tuple[str, str | None, str]], str]:
+    """Run on a worker: ``(path, sha256 or None, why not)`` of each of ``paths``, read in
+    ``threads`` threads, and the worker's address."""
+    from distributed import get_worker
+
+    results = hash_in_threads(threads)(paths)
+    fault_point("cluster.hashed")
+    return results, get_worker().address
+
+
+class SchedulerSession:
+    """One extract run's use of the dask scheduler of ``cluster.scheduler``: connected on first
+    use (and its workers checked), closed by :meth:`close`. It hashes files on the workers
+    (:meth:`hash_files`, a :data:`~pipeline.data.scan.FileHasher`) and extracts partitions
+    there (:meth:`extract`)."""
+
+    def __init__(self, cluster: ClusterConfig, files_per_task: int, threads: int):
+        self.cluster = cluster
+        self.files_per_task = files_per_task
+        self.threads = threads
+        # the worker that hashed each file this run: its partition goes there if it can
+        self.hashed_on: dict[str, str] = {}
+        self._stack = contextlib.ExitStack()
+        self._client = None
+        self._workers = 0
+
+    def client(self):
+        """The connected client (connecting, and checking the workers, the first time)."""
+        if self._client is None:
+            client = self._stack.enter_context(scheduler_client(self.cluster.scheduler))
+            self._workers = _check_workers(client, self.cluster.worker_resources)
+            self._client = client
+        return self._client
+
+    def close(self) -> None:
+        """Disconnect (a no-op when never connected)."""
+        self._stack.close()
+        self._client = None
+
+    def hash_files(self, paths: list[str]) -> Iterator[tuple[str, str | None, str]]:
+        """``(path, sha256 or None, why not)`` of every file of ``paths``, hashed on the
+        workers, :attr:`files_per_task` paths a task, as tasks finish."""
+        if not paths:
+            return
+        client = self.client()
+        run = uuid.uuid4().hex[:8]
+        chunks = [paths[i:i + self.files_per_task]
+                  for i in range(0, len(paths), self.files_per_task)]
+
+        def submit(index: int):
+            return client.submit(hash_paths, chunks[index], self.threads,
+                                 key=f"hash-{run}-{index}", pure=False,
+                                 resources=self.cluster.worker_resources or None)
+
+        with contextlib.closing(_as_finished(client, map(submit, range(len(chunks))),
+                                             max(4 * self._workers, 8))) as finished:
+            for results, worker in finished:
+                for path, _, _ in results:
+                    self.hashed_on[path] = worker
+                yield from results
+
+    def extract(self, ctx: RunContext, parts: tuple[str, ...],
+                writers: dict[str, ShardWriter], todo: list[str], paths: dict[str, str],
+                progress: bool, on_failure: Callable[[str, str, bool], None]) -> list[str]:
+        """Extract ``parts`` of ``todo`` (image sha256; ``paths`` maps each to a file), one
+        partition of ``stages.extract.shard_size`` images per task, each part's shard recorded
+        by its writer of ``writers``; ``on_failure(sha256, reason, permanent)`` is told of each
+        image that could not be decoded. Returns the sha256 extracted."""
+        params = ctx.config.stages.extract
+        partitions = plan_partitions(todo, paths, params.shard_size)
+        targets = {part: PartTarget(str(writers[part].store.path),
+                                    writers[part].store.fingerprint, writers[part].dtype)
+                   for part in parts}
+        return extract_on_cluster(self.client(), partitions, ctx.spec, ctx.fingerprint.id,
+                                  targets, writers, params.batch_size, params.decode_workers,
+                                  self.cluster.worker_resources, progress, on_failure,
+                                  self.hashed_on)
+
+
+def _as_finished(client, submissions: Iterator, in_flight: int) -> Iterator:
+    """The results of the futures ``submissions`` makes, as they finish, with at most
+    ``in_flight`` submitted and not yet finished (each task carries its own arguments; a
+    scheduler flooded with all of them holds them all). Each future is released once its
+    result is taken, so the scheduler never runs a finished task again. On an error, or when
+    the caller stops early, the tasks not yet finished are cancelled (running ones finish)."""
+    from distributed import as_completed
+
+    pending = as_completed([future for _, future in zip(range(in_flight), submissions)])
+    try:
+        for future in pending:
+            result = future.result()
+            future.release()
+            following = next(submissions, None)
+            if following is not None:
+                pending.add(following)
+            yield result
+    finally:
+        client.cancel(list(pending.futures))  # not yet finished (a no-op after a full run)
+        pending.clear()
 
 
 def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
                        fingerprint: str, targets: dict[str, PartTarget],
                        writers: dict[str, ShardWriter], batch_size: int, decode_workers: int,
                        resources: dict[str, float], progress: bool,
-                       on_failure: Callable[[str, str, bool], None]) -> list[str]:
+                       on_failure: Callable[[str, str, bool], None],
+                       hashed_on: dict[str, str] | None = None) -> list[str]:
     """Run every partition on ``client``'s cluster and record each shard as it arrives.
 
-    At most a few tasks per worker are submitted at a time (each carries its paths and
-    hashes), and a task's result is released as soon as its shard is recorded, so the
-    scheduler never runs a recorded partition again. ``on_failure(sha256, reason,
-    permanent)`` is called for each image that failed, as results arrive. Returns the sha256
-    extracted. On an error or Ctrl-C, the shards already recorded stay in the cache; tasks
-    not started are cancelled (running ones finish, and the next writer adopts or drops
-    what they write).
+    At most a few tasks per worker are submitted at a time, each preferably on the worker of
+    ``hashed_on`` that hashed its first file. ``on_failure(sha256, reason, permanent)`` is
+    called for each image that failed, as results arrive. Returns the sha256 extracted. On an
+    error or Ctrl-C, the shards already recorded stay in the cache; tasks not started are
+    cancelled (running ones finish, and the next writer adopts or drops what they write).
     """
-    from distributed import as_completed
-
     workers = _check_workers(client, resources)
     run = uuid.uuid4().hex[:8]  # task keys are global on a scheduler shared by several runs
-    queue = list(reversed(partitions))
+    hashed_on = hashed_on or {}
 
-    def submit_next():
-        partition = queue.pop()
+    def submit(partition: Partition):
+        worker = hashed_on.get(partition.paths[0])
         return client.submit(extract_partition, partition, spec, fingerprint, targets,
                              batch_size, decode_workers,
                              key=f"extract-{run}-{partition.key[:16]}", pure=False,
-                             resources=resources or None)
+                             resources=resources or None,
+                             workers=[worker] if worker else None, allow_other_workers=True)
 
-    pending = as_completed([submit_next()
-                            for _ in range(min(len(queue), max(4 * workers, 8)))])
     extracted: list[str] = []
     total = sum(len(p.sha256) for p in partitions)
-    try:
-        with tqdm(total=total, unit="img", desc="extract (cluster)",
-                  disable=None if progress else True, dynamic_ncols=True) as bar:
-            for future in pending:
-                result: PartitionResult = future.result()
-                future.release()
-                if queue:
-                    pending.add(submit_next())
+    with tqdm(total=total, unit="img", desc="extract (cluster)",
+              disable=None if progress else True, dynamic_ncols=True) as bar:
+        with contextlib.closing(_as_finished(client, map(submit, partitions),
+                                             max(4 * workers, 8))) as finished:
+            for result in finished:
                 for part, shard in result.shards.items():
                     writers[part].commit_written(shard)
                 extracted += result.sha256
                 for sha, (reason, permanent) in result.failures.items():
                     on_failure(sha, reason, permanent)
                 bar.update(len(result.sha256) + len(result.failures))
-    finally:
-        client.cancel(list(pending.futures))  # not yet finished (a no-op after a full run)
-        pending.clear()
     # every task has finished: a temporary file left now is a dead worker's half-written shard
     for writer in writers.values():
         writer.remove_temporary_files()

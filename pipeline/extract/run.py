@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -31,6 +32,9 @@ from ..errors import EmptyClassWarning, SkippedImageWarning
 from ._writers import open_writers
 from .augmented import AugmentedCopiesResult, augmentation_id, extract_augmented_copies
 from .loop import Inference, extract_batches
+
+if TYPE_CHECKING:  # imported when extraction runs on a scheduler: it brings in dask
+    from .cluster import SchedulerSession
 
 
 @dataclass
@@ -121,17 +125,38 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     ``data.labels`` lists) that the cache lacks (an image that lacks one part goes through the
     backbone once, for the parts it lacks; what a store already holds is never written again).
 
+    With ``cluster.scheduler`` an address, the scheduler's workers hash the files the hash
+    state cannot vouch for and extract what the cache lacks (:mod:`pipeline.extract.cluster`);
+    this process then reads no image.
+
     Raises PipelineError subclasses for bad configuration or weights before any image is read.
     On an exception or Ctrl-C during extraction, every finished batch is committed to the cache
     before the error propagates, so the next run resumes where this one stopped.
     """
     started = time.perf_counter()
+    config = ctx.config
+    session = None
+    if config.cluster.on_scheduler:  # its workers hash and extract; connected when needed
+        from .cluster import SchedulerSession
+        session = SchedulerSession(config.cluster, config.stages.extract.shard_size,
+                                   config.stages.extract.decode_workers)
+    try:
+        return _run_extract(ctx, session, progress, started)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _run_extract(ctx: RunContext, session: SchedulerSession | None, progress: bool,
+                 started: float) -> ExtractResult:
+    """:func:`run_extract`'s work, with the cluster of ``session`` (None: in this process)."""
     config, store = ctx.config, ctx.store
     with gc_paused():  # per-image records, here and for the view: see pipeline.data.bulk
         hash_state = open_hash_state(config.cache.dir)
         try:
             scan = scan_dataset(config.data, hash_state=hash_state, rehash=ctx.rehash,
-                                listing=ctx.data_listing())
+                                listing=ctx.data_listing(),
+                                hash_files=session.hash_files if session else None)
         finally:
             if hash_state is not None:
                 hash_state.close()
@@ -157,7 +182,7 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     inferences = Inferences(ctx)
     if missing:
         extracted, new_failures, loop_seconds = _extract_missing(
-            ctx, missing, first_path, context, progress, inferences)
+            ctx, missing, first_path, context, progress, inferences, session)
         failures.update(new_failures)
         if not new_failures:
             lacking(ctx, wanted)  # all cached now: remembered, the next command's ask is cheap
@@ -175,7 +200,7 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
     for item in view.skipped:
         if item.path not in not_there:
             warnings.warn(f"skipped {display_path(item.path)}: {item.reason}",
-                          SkippedImageWarning, stacklevel=2)
+                          SkippedImageWarning, stacklevel=3)
     _warn_about_empty_classes(view, scan)
     with gc_paused():
         view_file = ctx.write_view(view)
@@ -188,10 +213,11 @@ def run_extract(ctx: RunContext, progress: bool = True) -> ExtractResult:
 
 
 def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, str],
-                     context: str, progress: bool, inferences: Inferences
+                     context: str, progress: bool, inferences: Inferences,
+                     session: SchedulerSession | None
                      ) -> tuple[list[str], dict[str, str], float]:
-    """Decode, infer and commit the parts ``missing`` images lack, here or on the cluster's
-    scheduler.
+    """Decode, infer and commit the parts ``missing`` images lack, here or on the cluster of
+    ``session``.
 
     Returns (sha256 extracted, sha256 -> failure reason, seconds of the extraction loop).
     """
@@ -213,11 +239,10 @@ def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, 
             if permanent:
                 home.reject(sha, reason, context)
 
-        if config.cluster.on_scheduler:
-            from .cluster import extract_on_scheduler
+        if session is not None:
             started = time.perf_counter()
-            extracted = extract_on_scheduler(ctx, parts, {p: writers[p] for p in parts}, todo,
-                                             first_path, progress, failed)
+            extracted = session.extract(ctx, parts, {p: writers[p] for p in parts}, todo,
+                                        first_path, progress, failed)
             return extracted, failures, time.perf_counter() - started
 
         def keep(keys: list[str], rows: dict[str, np.ndarray]) -> None:
@@ -244,12 +269,12 @@ def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
         total = sum(counts[split][label] for split in counts)
         if total == 0 and label in with_files:
             warnings.warn(f"class {label!r} has no usable image: every file was skipped",
-                          EmptyClassWarning, stacklevel=3)
+                          EmptyClassWarning, stacklevel=4)
         elif total:
             empty = [split for split in counts if counts[split][label] == 0]
             if empty:
                 warnings.warn(f"class {label!r} has no image in split(s) {', '.join(empty)} "
-                              f"({total} in all)", EmptyClassWarning, stacklevel=3)
+                              f"({total} in all)", EmptyClassWarning, stacklevel=4)
 
 
 def _build_view(scan: DatasetScan, ctx: RunContext, failures: dict[str, str]) -> DatasetView:

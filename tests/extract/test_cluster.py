@@ -133,6 +133,51 @@ def test_a_worker_killed_mid_partition_and_the_run_still_exact(cluster, project:
     client.wait_for_workers(2, timeout=120)              # the nanny restarted it
 
 
+def _age(folder: Path) -> None:
+    """Every file under ``folder`` last changed long ago: the hash state trusts its records."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            os.utime(path, ns=(10**18, 10**18))
+
+
+def test_the_client_reads_no_image_and_workers_hash_what_the_state_cannot_vouch_for(
+        cluster, project: Path, monkeypatch):
+    from pipeline.data import batches, scan
+
+    _age(project / "data")
+    reference = _reference(project)  # in this process, before reading is forbidden here
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the client read an image")
+
+    monkeypatch.setattr(scan, "sha256_file", forbidden)
+    monkeypatch.setattr(batches, "decode_file", forbidden)
+    result = _on(cluster, project)
+    assert (result.new, result.cached, len(result.skipped)) == (IMAGES, 0, 1)
+    _assert_exact(FeatureStore(result.store_path.parent, result.fingerprint), reference)
+    # what the workers hashed is in the client's hash state: a run in this process, and one
+    # whose scheduler does not exist, find every file vouched for and cached (the broken one
+    # again refused) and neither reads nor connects
+    for where in ([], ["cluster.scheduler=tcp://127.0.0.1:9"]):
+        again = extract(project, *where)
+        assert (again.new, again.cached, len(again.skipped)) == (0, IMAGES, 1)
+
+
+def test_a_worker_killed_after_hashing_and_the_run_still_exact(cluster, project: Path):
+    local, client = cluster
+    once = project / "one-worker-dies"
+    client.run(faults.inject, "cluster.hashed:1:kill", str(once))
+    try:
+        result = _on(cluster, project)
+    finally:
+        client.run(faults.inject, None)
+    assert once.exists()                                 # a worker did die with its hashes
+    assert (result.new, len(result.skipped)) == (IMAGES, 1)
+    _assert_exact(FeatureStore(result.store_path.parent, result.fingerprint),
+                  _reference(project))
+    client.wait_for_workers(2, timeout=120)
+
+
 def test_sweep_on_the_scheduler_equals_the_serial_one_in_order(cluster, cached_project):
     local, _ = cluster
     heads = {"knn": {"kind": "knn", "features": "gap",
