@@ -44,7 +44,7 @@ POINTS = (
     "shard.renamed",         # shard has its final name, manifest not yet updated
     "manifest.partial",      # half of the manifest line written, the rest not yet
     "manifest.appended",     # manifest line written and synced
-    "index.ingest",          # a journal line indexed in index.sqlite, not yet committed
+    "index.ingest",          # a journal line taken into index.sqlite's transaction, uncommitted
 )
 
 _hits: dict[str, int] = {}

@@ -47,6 +47,9 @@ REMEMBERED_KEYS = 10_000
 #: set meanwhile: about 100 bytes each)
 SCAN_LIMIT = 2_000_000
 _TAIL_BYTES = 4096
+# Entries inserted in one sorted batch while a journal is indexed (memory, not maths: about
+# 150 bytes each)
+_INSERTED_TOGETHER = 1 << 18
 _ATTEMPTS = 5  # times a sync starts again when the journal was replaced while it read it
 
 _SCHEMA = """
@@ -195,6 +198,7 @@ class EntryIndex:
         position = self._db.execute(
             "SELECT COALESCE(MAX(position), -1) + 1 FROM shards WHERE fingerprint = ?",
             (self.fingerprint,)).fetchone()[0]
+        waiting: list[tuple[str, str, int]] = []  # (sha256, shard, row), in journal order
         for line in lines:
             record = _parse(line)
             if record is None:
@@ -206,12 +210,25 @@ class EntryIndex:
             if not added:
                 continue  # listed twice: the first record counts, as in the journal
             position += 1
-            self._db.executemany(
-                "INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?)",
-                ((self.fingerprint, sha, name, i) for i, sha in enumerate(shas)))
+            waiting += ((sha, name, i) for i, sha in enumerate(shas))
             indexed += len(shas)
+            if len(waiting) >= _INSERTED_TOGETHER:
+                self._insert_entries(waiting)
             fault_point("index.ingest")
+        self._insert_entries(waiting)
         return indexed
+
+    def _insert_entries(self, waiting: list[tuple[str, str, int]]) -> None:
+        """Insert ``waiting`` entries in the order of their keys, and empty it. Random sha256
+        keys inserted as they come land on random pages of the table, and once it outgrows
+        SQLite's page cache each insert reads a page back (at 10^5 entries a store, 2.1 GB of
+        reads from the write-ahead log); in key order, each page is visited once per batch.
+        The sort is stable, so of two entries for one image the first in the journal is still
+        inserted first, and wins."""
+        waiting.sort(key=lambda entry: entry[0])
+        self._db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?, ?, ?)",
+                             ((self.fingerprint, *entry) for entry in waiting))
+        waiting.clear()
 
     def reindex(self) -> int:
         """Index this store's journal from the start, its old rows dropped in the same

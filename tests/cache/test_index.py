@@ -305,3 +305,27 @@ def test_a_complete_ask_is_remembered_until_the_journal_moves(tmp_path: Path, mo
     with EntryIndex(store.path) as index:
         memos = index._db.execute("SELECT COUNT(*) FROM present_sets").fetchone()[0]
     assert memos <= 1                          # those of earlier journal states are dropped
+
+
+@pytest.mark.parametrize("together", [1, 5, 10_000])
+def test_an_image_two_journal_lines_list_is_located_in_the_first(tmp_path: Path, monkeypatch,
+                                                                together: int):
+    # entries are inserted in batches sorted by key: of two for one image, the journal's first
+    # must still be the one the index keeps, in one batch or across two
+    from cache.manifest import append_shard
+    from cache.shard import write_shard
+
+    monkeypatch.setattr(index_module, "_INSERTED_TOGETHER", together)
+    store = FeatureStore(tmp_path, "fp")
+    store.path.mkdir()
+    shas, features = _rows(9)
+    first = write_shard(store.path, "shard-pz-000.h5", "fp", shas[5:], features[5:])
+    second = write_shard(store.path, "shard-pa-000.h5", "fp", shas[:6], features[:6])
+    manifest = load_manifest(store.path)
+    append_shard(store.path, manifest, first)
+    append_shard(store.path, manifest, second)   # lists shas[5] again, on its last row
+    with EntryIndex(store.path) as index:
+        index.sync()
+        assert index.count() == 9
+        assert index.locate(shas) == {sha: manifest.entries[sha] for sha in shas}
+        assert index.locate([shas[5]]) == {shas[5]: ("shard-pz-000.h5", 0)}
