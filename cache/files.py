@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 TEMP_SUFFIX = ".tmp"
 _CHUNK = 1 << 22
@@ -86,10 +87,17 @@ def sha256_text_digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the bytes of the file at ``path``, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
+def sha256_file(path: Path | str | BinaryIO) -> str:
+    """Hex sha256 of the bytes of the file at ``path`` (or of an open binary file, from where
+    it stands), read in 4 MiB chunks."""
+    if not isinstance(path, (str, os.PathLike)):
+        return _sha256_of(path)
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
+        return _sha256_of(fh)
+
+
+def _sha256_of(fh: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := fh.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()

@@ -27,3 +27,17 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+@contextmanager
+def gc_running() -> Iterator[None]:
+    """Run the cyclic garbage collector for the ``with`` block, also inside :func:`gc_paused`
+    (work that makes reference cycles as it goes, such as a dask client's event loop); the
+    collector is left as it was found."""
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            gc.disable()

@@ -279,24 +279,37 @@ def scan_dataset(data: DataConfig, hash_workers: int = 4,
     return scan
 
 
-#: Hashes files: given absolute paths, yields ``(path, sha256, "")`` for each file read, or
-#: ``(path, None, why it could not be read)``, in any order.
-FileHasher = Callable[[list[str]], Iterable[tuple[str, str | None, str]]]
+class HashedFile(NamedTuple):
+    """What reading one file found: its sha256 and the size and mtime of the file read (from
+    the open file, after reading), or why it could not be read."""
+
+    path: str
+    sha256: str | None   # None: unreadable
+    error: str           # why not ("" when read)
+    size: int = -1
+    mtime_ns: int = -1
 
 
-def hash_file(path: str) -> tuple[str, str | None, str]:
-    """``(path, sha256, "")`` of one file, or ``(path, None, "unreadable: <why>")``."""
+#: Hashes files: given absolute paths, yields a :class:`HashedFile` for each, in any order.
+FileHasher = Callable[[list[str]], Iterable[HashedFile]]
+
+
+def hash_file(path: str) -> HashedFile:
+    """Read and hash one file."""
     try:
-        return path, sha256_file(path), ""
+        with open(path, "rb") as fh:
+            sha = sha256_file(fh)
+            info = os.fstat(fh.fileno())
     except OSError as exc:
-        return path, None, f"unreadable: {exc.strerror or type(exc).__name__}"
+        return HashedFile(path, None, f"unreadable: {exc.strerror or type(exc).__name__}")
+    return HashedFile(path, sha, "", info.st_size, info.st_mtime_ns)
 
 
 def hash_in_threads(workers: int) -> FileHasher:
     """A :data:`FileHasher` reading in a pool of ``workers`` threads (hashlib and file reads
     release the GIL), :data:`_CHUNK` files a task: a task per file would cost more in the
     pool than reading a small image."""
-    def hash_files(paths: list[str]) -> list[tuple[str, str | None, str]]:
+    def hash_files(paths: list[str]) -> list[HashedFile]:
         if not paths:
             return []
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -333,19 +346,32 @@ def _identify(candidates: list[_Candidate], stats: list[FileStat | str],
     # only the files the state cannot vouch for are read
     unknown = {path: info for path, info in regular if path not in known}
     failed: dict[str, str] = {}
-    fresh: list[tuple[str, FileStat, str, int]] = []
-    if unknown:
-        # before any of them is read (here or on another machine): the racy-timestamp rule
-        # counts from it, so an earlier moment only ever trusts less
-        started = time.time_ns()
-        for path, sha, error in hash_files(list(unknown)):
-            if sha is None:
-                failed[path] = error
-            else:
-                fresh.append((path, unknown[path], sha, started))
-        known.update((path, sha) for path, _, sha, _ in fresh)
+    fresh: list[tuple[str, FileStat, str, int]] = []  # what the state may record
+    try:
+        if unknown:
+            # before any of them is read (here or on another machine): the racy-timestamp
+            # rule counts from it, so an earlier moment only ever trusts less
+            started = time.time_ns()
+            for found in hash_files(list(unknown)):
+                info = unknown.get(found.path)
+                if info is None or found.path in known or found.path in failed:
+                    continue  # not asked about, or answered already (a task run twice)
+                if found.sha256 is None:
+                    failed[found.path] = found.error
+                    continue
+                known[found.path] = found.sha256
+                # the bytes hashed are those of the stat listed (another machine's mount,
+                # a write in between): else the hash serves this run but is not recorded
+                if (found.size, found.mtime_ns) == (info.size, info.mtime_ns):
+                    fresh.append((found.path, info, found.sha256, started))
+            for path in unknown:
+                if path not in known and path not in failed:
+                    failed[path] = "unreadable: no hash came back for it"
+    finally:
+        # what was hashed before an error or Ctrl-C is kept: each record stands alone
+        if hash_state is not None:
+            hash_state.record(fresh)
     if hash_state is not None:
-        hash_state.record(fresh)
         # what the state will trust next time: vouched for now, or just hashed, not racy
         trusted = {**vouched, **{path: sha for path, info, sha, started in fresh
                                  if not_racy(info, started)}}

@@ -1,7 +1,8 @@
 """Extraction on a dask.distributed cluster: files to hash and partitions of images out,
 hashes and shard files back.
 
-The client (the ``pipeline run extract`` process) reads no image: the files its hash state
+The client (the ``pipeline run extract`` process) reads no image (but for augmented copies,
+which it extracts itself: :mod:`~pipeline.extract.augmented`): the files its hash state
 cannot vouch for (new or changed since they were last hashed) are hashed by the workers, in
 tasks of ``stages.extract.shard_size`` paths, and the client records what they found in the
 hash state like its own hashing would (the racy-timestamp rule counted from before the first
@@ -9,8 +10,7 @@ task was submitted). It connects to the scheduler only when there is something t
 extract: a rerun with nothing new never does.
 
 The client holds the cache's write lock for the whole extraction, splits the images the cache
-lacks into partitions of ``stages.extract.shard_size``, and submits one task per partition,
-preferably to the worker that hashed its first file (whose page cache may still hold it). A
+lacks into partitions of ``stages.extract.shard_size``, and submits one task per partition. A
 worker decodes its partition's images, runs the backbone (built once per worker process and
 kept for every later partition), and writes one shard file into the cache folder, which every
 worker must see (a shared filesystem). Only the client writes the manifest: it records each
@@ -48,14 +48,10 @@ from ..cluster import scheduler_client
 from ..config import ClusterConfig
 from ..context import RunContext
 from ..data.batches import BatchReader
-from ..data.scan import hash_in_threads
+from ..data.bulk import gc_running
+from ..data.scan import HashedFile, hash_in_threads
 from ..errors import NoSuitableWorkerError, WorkerMismatchError
 from .loop import Inference, extract_batches
-
-#: Fault points a cluster worker passes besides the extraction loop's.
-FAULT_POINTS = (
-    "cluster.hashed",        # a worker hashed its task's files, the result not yet sent
-)
 
 
 @dataclass(frozen=True)
@@ -166,14 +162,16 @@ def extract_partition(partition: Partition, spec: BackboneSpec, fingerprint: str
     return PartitionResult(shards, failures, worker)
 
 
-def hash_paths(paths: list[str], threads: int) -> tuple[list[tuple[str, str | None, str]], str]:
-    """Run on a worker: ``(path, sha256 or None, why not)`` of each of ``paths``, read in
-    ``threads`` threads, and the worker's address."""
-    from distributed import get_worker
-
-    results = hash_in_threads(threads)(paths)
-    fault_point("cluster.hashed")
-    return results, get_worker().address
+def hash_paths(paths: list[str], threads: int) -> list[HashedFile]:
+    """Run on a worker: hash each of ``paths`` in ``threads`` threads. A file this worker
+    cannot read is named with the worker in its reason (a worker without the data's mount
+    says so in the run's skipped files)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    hashed = [found if found.sha256 is not None else
+              found._replace(error=f"{found.error} (on worker {worker})")
+              for found in hash_in_threads(threads)(paths)]
+    fault_point("cluster.hashed")  # tests kill a worker here: its task runs again elsewhere
+    return hashed
 
 
 class SchedulerSession:
@@ -186,8 +184,6 @@ class SchedulerSession:
         self.cluster = cluster
         self.files_per_task = files_per_task
         self.threads = threads
-        # the worker that hashed each file this run: its partition goes there if it can
-        self.hashed_on: dict[str, str] = {}
         self._stack = contextlib.ExitStack()
         self._client = None
         self._workers = 0
@@ -200,18 +196,24 @@ class SchedulerSession:
             self._client = client
         return self._client
 
+    @property
+    def in_flight(self) -> int:
+        """Tasks submitted and not yet finished at most: a few per worker (each carries its
+        paths; a scheduler flooded with all of them would hold them all)."""
+        return max(4 * self._workers, 8)
+
     def close(self) -> None:
         """Disconnect (a no-op when never connected)."""
         self._stack.close()
         self._client = None
 
-    def hash_files(self, paths: list[str]) -> Iterator[tuple[str, str | None, str]]:
-        """``(path, sha256 or None, why not)`` of every file of ``paths``, hashed on the
-        workers, :attr:`files_per_task` paths a task, as tasks finish."""
+    def hash_files(self, paths: list[str]) -> Iterator[HashedFile]:
+        """Every file of ``paths`` hashed on the workers, :attr:`files_per_task` paths a task,
+        as tasks finish."""
         if not paths:
             return
         client = self.client()
-        run = uuid.uuid4().hex[:8]
+        run = uuid.uuid4().hex[:8]  # task keys are global on a scheduler shared by several runs
         chunks = [paths[i:i + self.files_per_task]
                   for i in range(0, len(paths), self.files_per_task)]
 
@@ -220,12 +222,12 @@ class SchedulerSession:
                                  key=f"hash-{run}-{index}", pure=False,
                                  resources=self.cluster.worker_resources or None)
 
-        with contextlib.closing(_as_finished(client, map(submit, range(len(chunks))),
-                                             max(4 * self._workers, 8))) as finished:
-            for results, worker in finished:
-                for path, _, _ in results:
-                    self.hashed_on[path] = worker
-                yield from results
+        # the scan pauses the garbage collector for its records; the client's event loop
+        # makes reference cycles with every task, which must not pile up meanwhile
+        with gc_running(), contextlib.closing(_as_finished(
+                client, map(submit, range(len(chunks))), self.in_flight)) as finished:
+            for hashed in finished:
+                yield from hashed
 
     def extract(self, ctx: RunContext, parts: tuple[str, ...],
                 writers: dict[str, ShardWriter], todo: list[str], paths: dict[str, str],
@@ -239,18 +241,18 @@ class SchedulerSession:
         targets = {part: PartTarget(str(writers[part].store.path),
                                     writers[part].store.fingerprint, writers[part].dtype)
                    for part in parts}
-        return extract_on_cluster(self.client(), partitions, ctx.spec, ctx.fingerprint.id,
-                                  targets, writers, params.batch_size, params.decode_workers,
+        client = self.client()
+        return extract_on_cluster(client, partitions, ctx.spec, ctx.fingerprint.id, targets,
+                                  writers, params.batch_size, params.decode_workers,
                                   self.cluster.worker_resources, progress, on_failure,
-                                  self.hashed_on)
+                                  self.in_flight)
 
 
 def _as_finished(client, submissions: Iterator, in_flight: int) -> Iterator:
     """The results of the futures ``submissions`` makes, as they finish, with at most
-    ``in_flight`` submitted and not yet finished (each task carries its own arguments; a
-    scheduler flooded with all of them holds them all). Each future is released once its
-    result is taken, so the scheduler never runs a finished task again. On an error, or when
-    the caller stops early, the tasks not yet finished are cancelled (running ones finish)."""
+    ``in_flight`` submitted and not yet finished. Each future is released once its result is
+    taken, so the scheduler never runs a finished task again. On an error, or when the caller
+    stops early, the tasks not yet finished are cancelled (running ones finish)."""
     from distributed import as_completed
 
     pending = as_completed([future for _, future in zip(range(in_flight), submissions)])
@@ -271,41 +273,37 @@ def extract_on_cluster(client, partitions: list[Partition], spec: BackboneSpec,
                        fingerprint: str, targets: dict[str, PartTarget],
                        writers: dict[str, ShardWriter], batch_size: int, decode_workers: int,
                        resources: dict[str, float], progress: bool,
-                       on_failure: Callable[[str, str, bool], None],
-                       hashed_on: dict[str, str] | None = None) -> list[str]:
-    """Run every partition on ``client``'s cluster and record each shard as it arrives.
+                       on_failure: Callable[[str, str, bool], None], in_flight: int
+                       ) -> list[str]:
+    """Run every partition on ``client``'s cluster, at most ``in_flight`` at a time, and
+    record each shard as it arrives.
 
-    At most a few tasks per worker are submitted at a time, each preferably on the worker of
-    ``hashed_on`` that hashed its first file. ``on_failure(sha256, reason, permanent)`` is
-    called for each image that failed, as results arrive. Returns the sha256 extracted. On an
-    error or Ctrl-C, the shards already recorded stay in the cache; tasks not started are
-    cancelled (running ones finish, and the next writer adopts or drops what they write).
+    ``on_failure(sha256, reason, permanent)`` is called for each image that failed, as results
+    arrive. Returns the sha256 extracted. On an error or Ctrl-C, the shards already recorded
+    stay in the cache; tasks not started are cancelled (running ones finish, and the next
+    writer adopts or drops what they write).
     """
-    workers = _check_workers(client, resources)
-    run = uuid.uuid4().hex[:8]  # task keys are global on a scheduler shared by several runs
-    hashed_on = hashed_on or {}
+    run = uuid.uuid4().hex[:8]
 
     def submit(partition: Partition):
-        worker = hashed_on.get(partition.paths[0])
         return client.submit(extract_partition, partition, spec, fingerprint, targets,
                              batch_size, decode_workers,
                              key=f"extract-{run}-{partition.key[:16]}", pure=False,
-                             resources=resources or None,
-                             workers=[worker] if worker else None, allow_other_workers=True)
+                             resources=resources or None)
 
     extracted: list[str] = []
     total = sum(len(p.sha256) for p in partitions)
     with tqdm(total=total, unit="img", desc="extract (cluster)",
-              disable=None if progress else True, dynamic_ncols=True) as bar:
-        with contextlib.closing(_as_finished(client, map(submit, partitions),
-                                             max(4 * workers, 8))) as finished:
-            for result in finished:
-                for part, shard in result.shards.items():
-                    writers[part].commit_written(shard)
-                extracted += result.sha256
-                for sha, (reason, permanent) in result.failures.items():
-                    on_failure(sha, reason, permanent)
-                bar.update(len(result.sha256) + len(result.failures))
+              disable=None if progress else True, dynamic_ncols=True) as bar, \
+            contextlib.closing(_as_finished(client, map(submit, partitions),
+                                            in_flight)) as finished:
+        for result in finished:
+            for part, shard in result.shards.items():
+                writers[part].commit_written(shard)
+            extracted += result.sha256
+            for sha, (reason, permanent) in result.failures.items():
+                on_failure(sha, reason, permanent)
+            bar.update(len(result.sha256) + len(result.failures))
     # every task has finished: a temporary file left now is a dead worker's half-written shard
     for writer in writers.values():
         writer.remove_temporary_files()

@@ -44,9 +44,9 @@ def hashed_files(monkeypatch) -> list[Path]:
     read: list[Path] = []
     real = scan_module.sha256_file
 
-    def spy(path):
-        read.append(Path(path))
-        return real(path)
+    def spy(file):  # a path, or the open file the scan reads
+        read.append(Path(getattr(file, "name", file)))
+        return real(file)
 
     monkeypatch.setattr(scan_module, "sha256_file", spy)
     return read
@@ -167,17 +167,17 @@ def test_the_racy_rule_counts_from_before_the_file_was_read(tmp_path: Path, monk
     real = scan_module.sha256_file
     read: list[Path] = []
 
-    def slow(path):
-        read.append(Path(path))
+    def slow(file):
+        read.append(Path(file.name))
         time.sleep(1.0)
-        return real(path)
+        return real(file)
 
     monkeypatch.setattr(scan_module, "sha256_file", slow)
     with HashState(tmp_path / "cache") as state:
         scan_dataset(data, hash_state=state, hash_workers=2)
         read.clear()
-        monkeypatch.setattr(scan_module, "sha256_file", lambda p: (read.append(Path(p)),
-                                                                   real(p))[1])
+        monkeypatch.setattr(scan_module, "sha256_file", lambda file: (
+            read.append(Path(file.name)), real(file))[1])
         scan_dataset(data, hash_state=state)
     assert read == images[:1]
 
@@ -287,3 +287,43 @@ def test_a_labels_table_asking_about_other_files_of_a_folder_is_not_served_the_o
                                     listing=list_data_folder(tmp_path / "data"))
                 assert [(Path(i.path), i.sha256) for i in scan.images] == \
                     [(p, content[p]) for p in rows]
+
+
+def test_a_hash_of_other_bytes_than_the_stat_listed_serves_the_run_unrecorded(
+        tmp_path: Path, hashed_files: list[Path]):
+    # a hasher elsewhere (a cluster's worker) that read a file of another size or mtime than
+    # the one listed here (another mount, a write in between): its hash is this run's only
+    images, data = _old_images(tmp_path)
+    real = scan_module.hash_in_threads(2)
+
+    def elsewhere(paths):
+        return [found._replace(mtime_ns=found.mtime_ns + 1) if found.path == str(images[0])
+                else found for found in real(paths)]
+
+    with HashState(tmp_path / "cache") as state:
+        first = scan_dataset(data, hash_state=state, hash_files=elsewhere)
+        hashed_files.clear()
+        again = scan_dataset(data, hash_state=state)
+    assert hashed_files == images[:1]                      # the others were recorded
+    assert [i.sha256 for i in again.images] == [i.sha256 for i in first.images]
+
+
+def test_hashes_made_before_an_interruption_are_kept_and_a_path_never_answered_is_named(
+        tmp_path: Path, hashed_files: list[Path]):
+    images, data = _old_images(tmp_path)
+    real = scan_module.hash_in_threads(1)
+
+    def interrupted(paths):
+        yield from real(paths[:2])
+        raise KeyboardInterrupt
+
+    with HashState(tmp_path / "cache") as state:
+        with pytest.raises(KeyboardInterrupt):
+            scan_dataset(data, hash_state=state, hash_files=interrupted)
+        hashed_files.clear()
+        scan_dataset(data, hash_state=state)
+    assert hashed_files == images[2:]                      # the first two were kept
+    with HashState(tmp_path / "other") as state:
+        unanswered = scan_dataset(data, hash_state=state, hash_files=lambda paths: real(paths[1:]))
+    assert [(u.relpath, u.reason) for u in unanswered.unreadable] == \
+        [("cats/" + images[0].name, "unreadable: no hash came back for it")]

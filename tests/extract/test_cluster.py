@@ -161,6 +161,10 @@ def test_the_client_reads_no_image_and_workers_hash_what_the_state_cannot_vouch_
     for where in ([], ["cluster.scheduler=tcp://127.0.0.1:9"]):
         again = extract(project, *where)
         assert (again.new, again.cached, len(again.skipped)) == (0, IMAGES, 1)
+    # a tap added: every file is vouched for (nothing to hash), every image lacks the tap,
+    # and the partitions go to the workers without the client reading an image
+    tapped = _on(cluster, project, "backbone.taps=[block1_conv2.gap]")
+    assert (tapped.new, tapped.cached, len(tapped.skipped)) == (IMAGES, 0, 1)
 
 
 def test_a_worker_killed_after_hashing_and_the_run_still_exact(cluster, project: Path):
