@@ -195,8 +195,13 @@ def keras_batches(model, split: LabelledSplit | LazySplit, batch_size: int, n_cl
         n_chunks, chunk_length, load = split.n_chunks(), split.chunk_length, split.chunk
     else:
         x_all = as_features(split.x)
-        n_chunks, chunk_length = 1, lambda index: len(split)
-        load = lambda index: (x_all, split.y)  # noqa: E731
+        n_chunks = 1
+
+        def chunk_length(index: int) -> int:
+            return len(split)
+
+        def load(index: int) -> tuple[Features, np.ndarray]:
+            return x_all, split.y
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -231,7 +236,7 @@ def keras_batches(model, split: LabelledSplit | LazySplit, batch_size: int, n_cl
                                for chunk in chunks}
             self.plan = [(chunk, batch) for chunk in chunks
                          for batch in range(-(-chunk_length(chunk) // batch_size))]
-            if n_chunks > 1:
+            if n_chunks > 1:  # keep one chunk in memory, not the last epoch's and the next's
                 self.loaded = None
 
     return Batches()
@@ -303,8 +308,9 @@ class DenseKind(HeadKind):
         best epoch's weights when ``restore_best`` (the first of equals). Splits read from
         the cache (:class:`LazySplit`, features beyond the sweep's memory budget) are streamed
         a chunk at a time: the chunks in a seeded random order each epoch, rows shuffled
-        within each; splits in memory of more than :data:`KERAS_COPY_LIMIT` bytes are fed
-        in batches gathered from their arrays, fully shuffled each epoch."""
+        within each; splits in memory whose training and validation rows together exceed
+        :data:`KERAS_COPY_LIMIT` bytes are fed in batches gathered from their arrays, fully
+        shuffled each epoch."""
         from ..nn.callbacks import early_stopping
 
         if not len(train):

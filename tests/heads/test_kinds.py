@@ -106,10 +106,12 @@ def test_dense_training_is_reproducible_for_a_seed_and_moves_with_it():
     assert not np.allclose(probabilities(3), probabilities(4))
 
 
+@pytest.mark.parametrize("classes", [2, 3])
 def test_dense_fed_in_batches_beyond_the_copy_limit_learns_reproducibly_and_restores_the_best(
-        monkeypatch):
+        monkeypatch, classes: int):
     # features over KERAS_COPY_LIMIT reach Keras as batches gathered from the arrays, which
-    # must train as the arrays do: learn, repeat for a seed, end with the best epoch
+    # must train as the arrays do: learn, repeat for a seed, end with the best epoch (two
+    # classes: one sigmoid unit and (N, 1) float labels, not class indices)
     from pipeline.heads import dense
 
     fed: list[int] = []
@@ -118,15 +120,16 @@ def test_dense_fed_in_batches_beyond_the_copy_limit_learns_reproducibly_and_rest
     monkeypatch.setattr(dense, "keras_batches",
                         lambda model, split, *args, **kw: fed.append(len(split)) or
                         batches(model, split, *args, **kw))
-    train, validation = _splits()
+    train, validation = _splits(classes)
     spec = _spec("dense", params={"epochs": 60, "patience": 3})
-    head = fit_head(spec, train, validation, 3)
-    assert fed == [30, 15]
+    head = fit_head(spec, train, validation, classes)
+    assert fed == [10 * classes, 5 * classes]
     accuracies = head.history["val_accuracy"]
     assert max(accuracies) >= 0.7 and len(accuracies) < 60
     assert np.mean(head.predict(validation.x) == validation.y) == pytest.approx(max(accuracies))
-    np.testing.assert_array_equal(head.predict_proba(validation.x),
-                                  fit_head(spec, train, validation, 3).predict_proba(validation.x))
+    np.testing.assert_array_equal(
+        head.predict_proba(validation.x),
+        fit_head(spec, train, validation, classes).predict_proba(validation.x))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "nadam", "sgd"])
