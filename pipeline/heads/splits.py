@@ -299,6 +299,12 @@ class TrainingData:
                                           self._labelled(self.validation, reading))
             return held
 
+    def let_go(self, reading: Reading) -> None:
+        """Let go of ``reading``'s rows if this process holds them (no later trial reads
+        them)."""
+        with self._lock:
+            self._held.pop(reading, None)
+
     def release(self) -> None:
         """Let go of every reading this process holds, and of its open stores."""
         with self._lock:

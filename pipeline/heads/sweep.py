@@ -182,14 +182,18 @@ def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
 
 def _run_in_process(trials: list[Trial], data: TrainingData, metric: str,
                     bar) -> SweepOutcome:
-    """The trials one after another, those of one reading together (it is read once)."""
+    """The trials one after another, those of one reading together (it is read once, and
+    let go after its last trial, before the next reading's rows are made)."""
     readings = list(dict.fromkeys(trial.reading for trial in trials))
     order = sorted(range(len(trials)), key=lambda i: readings.index(trials[i].reading))
+    last = {trials[index].reading: index for index in order}
     keeper = _BestPerHead(metric)
     results: list[TrialResult | None] = [None] * len(trials)
     for index in order:
         results[index], model = fit_and_score(trials[index], data)
         keeper.offer(index, results[index], model)
+        if last[trials[index].reading] == index:
+            data.let_go(trials[index].reading)
         bar.update()
     return SweepOutcome(results, keeper.kept())
 

@@ -112,6 +112,7 @@ def test_rows_are_made_once_per_feature_setting(cached_project, monkeypatch):
     view = ctx.require_view(("output", TAP))
     data = _training_data(ctx.stores, view, augmented=False)
     reads = _counting_reads(monkeypatch)
+    held_while_reading = _spy(monkeypatch, "_labelled", lambda *_: list(data._held))
     trials = _trials(HEADS)
     outcome = sweep._run_in_process(trials, data, "val_accuracy", _NoBar())
     # logreg and knn share a setting: read once, for both splits; gmp reads the output again
@@ -120,6 +121,8 @@ def test_rows_are_made_once_per_feature_setting(cached_project, monkeypatch):
                                     ("train", "output"), ("validation", "output")])
     assert [(r.head, r.trial) for r in outcome.results] == [(t.head, t.index) for t in trials]
     assert all(r.status == "ok" for r in outcome.results)
+    # each reading was let go after its last trial, before the next one's rows were made
+    assert held_while_reading == [[]] * 4 and not data._held  # two readings, two splits
 
     # the rows are what the head's own transform makes of the raw features
     gap_tap = next(t for t in trials if t.head == "knn").reading
