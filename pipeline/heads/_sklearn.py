@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -37,6 +36,7 @@ from cache.files import replacing
 from ..config import HeadConfig
 from ..config.heads import NORMALIZATIONS, PIPELINE_KEYS, check_features
 from ..errors import ConfigError, HeadLoadError
+from ..optional_imports import modules_marked_absent
 from . import features
 from .features import FORMER_NAMES, FORMER_PATH, FeatureRows, rows_of
 from .kind import FittedHead, HeadKind
@@ -301,7 +301,6 @@ def _large_arrays_detached(model: Pipeline):
 
 #: Array libraries whose scikit-learn wrappers skops imports for nothing a head uses.
 _NOT_FOR_SKOPS = ("torch", "dask")
-_SKOPS_IMPORT = threading.Lock()
 
 
 def _skops_io():
@@ -309,23 +308,12 @@ def _skops_io():
     scikit-learn estimator by importing every scikit-learn package, the array-API wrappers of
     torch and dask among them, which import those libraries where they are installed (the
     PyTorch backend's extra; dask for sweeps): 1.3 s of every heads run for nothing a head
-    uses (0.27 s without them). The wrappers' imports fail quietly while the libraries are
-    marked absent; they import as usual afterwards. Heads are saved and loaded after a
-    sweep's workers are gone, with no other thread importing: a thread that imported torch
-    or dask during the first call would get an ImportError."""
-    with _SKOPS_IMPORT:
-        if "skops.io" in sys.modules:
-            return sys.modules["skops.io"]
-        # import x raises ImportError while sys.modules["x"] is None
-        absent = [name for name in _NOT_FOR_SKOPS if name not in sys.modules]
-        sys.modules.update(dict.fromkeys(absent))
-        try:
-            import skops.io
-        finally:
-            for name in absent:
-                if name in sys.modules and sys.modules[name] is None:
-                    del sys.modules[name]
-        return skops.io
+    uses (0.27 s without them). Heads are saved and loaded after a sweep's workers are gone,
+    with no other thread importing."""
+    if "skops.io" not in sys.modules:
+        with modules_marked_absent(_NOT_FOR_SKOPS):
+            import skops.io  # noqa: F401 (kept in sys.modules)
+    return sys.modules["skops.io"]
 
 
 def _features_ok(value) -> bool:

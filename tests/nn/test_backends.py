@@ -133,3 +133,18 @@ def test_an_unknown_backend_is_one_error_line_before_any_work(tiny_project: Path
     assert done.stderr.strip().splitlines() == [
         "error: KERAS_BACKEND=numpy: the pipeline runs on tensorflow, jax, torch"]
     assert not (tiny_project / "cache").exists() or not any((tiny_project / "cache").iterdir())
+
+
+def test_the_tensorflow_backend_imports_no_jax_and_leaves_it_importable():
+    # TensorFlow's TFLite helpers would import JAX (110 MB) where the JAX extra is installed
+    _require("jax")
+    code = ("import sys\n"
+            "import pipeline.nn.runtime\n"
+            "print('jax' in sys.modules, 'tensorflow' in sys.modules)\n"
+            "import jax.numpy\n"
+            "print(float(jax.numpy.ones(3).sum()))\n")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "3.0"]

@@ -1,0 +1,34 @@
+"""Importing a library without the optional dependencies it would import for nothing we use.
+
+Some libraries import another one at import time only to offer something the pipeline never
+calls, when it is installed: TensorFlow's TFLite helpers import JAX (110 MB of every process
+that builds a model on the TensorFlow backend), skops imports PyTorch and dask to list their
+scikit-learn wrappers (1 s of every heads run). Python raises ImportError for a module whose
+``sys.modules`` entry is None, and those libraries go without it; the entries are removed
+afterwards, so the dependencies import as usual later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+
+_IMPORTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def modules_marked_absent(names: Iterable[str]) -> Iterator[None]:
+    """Within the block, importing any of ``names`` that is not imported yet raises
+    ImportError. One block at a time; a thread that imports one of ``names`` meanwhile gets
+    the ImportError too, so use it where no other thread imports (start-up, a first save)."""
+    with _IMPORTING:
+        absent = [name for name in names if name not in sys.modules]
+        sys.modules.update(dict.fromkeys(absent))
+        try:
+            yield
+        finally:
+            for name in absent:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]

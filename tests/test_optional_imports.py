@@ -1,0 +1,29 @@
+"""Importing a library with some of its optional dependencies marked absent."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.optional_imports import modules_marked_absent
+
+
+def test_a_module_marked_absent_fails_to_import_only_within_the_block(tmp_path: Path,
+                                                                      monkeypatch):
+    (tmp_path / "demo_optional_dep.py").write_text("VALUE = 1\n")
+    (tmp_path / "demo_library.py").write_text(
+        "try:\n    import demo_optional_dep\nexcept ImportError:\n    demo_optional_dep = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("demo_optional_dep", "demo_library"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with modules_marked_absent(["demo_optional_dep", "json"]):
+        import demo_library
+        with pytest.raises(ImportError):
+            import demo_optional_dep  # noqa: F401
+        import json  # imported before the block: left alone
+    assert demo_library.demo_optional_dep is None
+    assert "demo_optional_dep" not in sys.modules and json.dumps([]) == "[]"
+    import demo_optional_dep
+    assert demo_optional_dep.VALUE == 1
