@@ -192,7 +192,7 @@ def keras_batches(model, split: LabelledSplit | LazySplit, batch_size: int, n_cl
     import keras
 
     if isinstance(split, LazySplit):
-        n_chunks, chunk_length, load = split.n_chunks(), split.chunk_length, split.chunk
+        n_chunks, chunk_length, load = split.n_chunks(), split.chunk_length, split.chunk_reader()
     else:
         x_all = as_features(split.x)
         n_chunks = 1

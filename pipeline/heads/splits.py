@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,13 @@ class LazySplit:
         for index in (order if order is not None else range(self.n_chunks())):
             yield self._chunk(int(index), stores)
 
-    def chunk(self, index: int) -> tuple[Features, np.ndarray]:
-        """(x ``{source: (n, ...)}``, y) of chunk ``index`` (of :meth:`n_chunks`)."""
-        return self._chunk(index, {source: self.store(source) for source in self.fingerprints})
+    def chunk_reader(self) -> Callable[[int], tuple[Features, np.ndarray]]:
+        """A function of a chunk's index (of :meth:`n_chunks`) to its (x ``{source: (n,
+        ...)}``, y), the stores opened once for all its calls: a store opened per chunk maps
+        the entry index again each time (at 10^5 images, a streamed dense head grew by 0.8 GB
+        in two epochs)."""
+        return partial(self._chunk, stores={source: self.store(source)
+                                            for source in self.fingerprints})
 
     def _chunk(self, index: int, stores: dict[str, FeatureStore]
                ) -> tuple[Features, np.ndarray]:

@@ -353,10 +353,18 @@ def test_a_dense_head_beyond_the_memory_budget_streams_from_the_cache(cached_pro
     project = cached_project({"dense": dense},
                              per_split={"train": 60, "validation": 20, "test": 20})
     whole = _spy(monkeypatch, "_labelled", lambda args, _: args[0].name)
+    opened = []
+    store = LazySplit.store
+    monkeypatch.setattr(LazySplit, "store",
+                        lambda self, source: opened.append(self.name) or store(self, source))
+    monkeypatch.setattr(TrainingData, "stream_rows", lambda self, reading: 16)
     # 3 classes x 80 rows x 2,048 numbers x 4 bytes: 2 MB of training and validation features
     config = load_config(project / "stages.yaml", ["stages.heads.memory_budget_mb=1"])
     run, _ = run_named(config, "heads")
     assert whole == []
+    # the training rows' store is opened a few times (statistics, batches, scores), not for
+    # each of the 4 epochs' 4 chunks (each store opens its own connection to the index)
+    assert opened.count("train") <= 4, opened
     history = json.loads((run.path / "heads" / "dense" / "history.json").read_text())
     assert len(history["loss"]) == 4 and len(history["val_accuracy"]) == 4
     scores = json.loads((run.path / "heads" / "dense" / "evaluation.json").read_text())
@@ -374,7 +382,8 @@ def _fake_split(name: str, y: np.ndarray, chunk_rows: int) -> LazySplit:
     split = LazySplit(name, Path("."), {"output": "f"}, tuple(map(str, range(len(y)))), y,
                       chunk_rows=chunk_rows)
     rows = lambda i: slice(i * chunk_rows, (i + 1) * chunk_rows)  # noqa: E731
-    object.__setattr__(split, "chunk", lambda i: ({"output": x[rows(i)]}, y[rows(i)]))
+    object.__setattr__(split, "chunk_reader",
+                       lambda: lambda i: ({"output": x[rows(i)]}, y[rows(i)]))
     return split
 
 
