@@ -133,7 +133,8 @@ def _plain_loop(config: Path) -> dict:
             model.fit(x, y)
             float(np.mean(model.predict(xv) == yv))
         fit_seconds += time.perf_counter() - started
-    return {"trials": len(trials), "fit_seconds": fit_seconds, "matrix_mb": largest / 1e6,
+    # MiB, the unit of the peaks it is compared with
+    return {"trials": len(trials), "fit_seconds": fit_seconds, "matrix_mb": largest / 2**20,
             "dense_epochs": epochs}
 
 
@@ -174,7 +175,7 @@ def main() -> None:
         piped = measure("pipeline", run_config)
         rows.append((plain, piped))
     matrix = rows[0][0]["matrix_mb"]
-    print(f"{rows[0][0]['trials']} trials; largest training matrix {matrix:,.0f} MB float32")
+    print(f"{rows[0][0]['trials']} trials; largest training matrix {matrix:,.0f} MiB float32")
     if rows[0][0]["dense_epochs"]:
         print(f"plain loop's dense trials ran {rows[0][0]['dense_epochs']} epochs (the "
               f"pipeline's: its leaderboard's run folder, heads/<name>/history.json)")
@@ -186,8 +187,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for i, (plain, piped) in enumerate(rows):
         print(f"| {i + 1} | {plain['seconds']:.2f} s ({plain['fit_seconds']:.2f} s) / "
-              f"{plain['rss_mb']:,.0f} MB | {piped['seconds']:.2f} s / {piped['rss_mb']:,.0f} MB"
-              f" ({piped['children_rss_mb']:,.0f} MB) | "
+              f"{plain['rss_mb']:,.0f} MiB | {piped['seconds']:.2f} s / "
+              f"{piped['rss_mb']:,.0f} MiB ({piped['children_rss_mb']:,.0f} MiB) | "
               f"{piped['seconds'] / plain['seconds']:.2f}x | "
               f"{piped['rss_mb'] / matrix:.1f}x |")
 
