@@ -48,14 +48,23 @@ def prepare(workdir: Path, images: int) -> Path:
     return config
 
 
-def heads_config(config: Path, dense: bool, scheduler: str | None) -> Path:
-    """``config`` with the dense head left out (unless ``dense``) and ``scheduler`` set."""
+def heads_config(config: Path, dense: bool, scheduler: str | None,
+                 all_epochs: bool = False) -> Path:
+    """``config`` with the dense head left out (unless ``dense``) and ``scheduler`` set;
+    with ``all_epochs``, dense heads without early stopping (both loops then run the same
+    epochs: early stopping on noisy validation stops them at different ones)."""
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    models = document["stages"]["heads"]["models"]
     if not dense:
-        document["stages"]["heads"]["models"].pop("dense", None)
+        models.pop("dense", None)
+    if all_epochs:
+        for head in models.values():
+            if head.get("kind") == "dense":
+                head.setdefault("params", {})["patience"] = None
     if scheduler:
         document.setdefault("cluster", {})["scheduler"] = scheduler
-    path = config.with_name(f"heads-{scheduler or 'configured'}-{int(dense)}.yaml")
+    suffix = "-all-epochs" if all_epochs else ""
+    path = config.with_name(f"heads-{scheduler or 'configured'}-{int(dense)}{suffix}.yaml")
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return path
 
@@ -164,11 +173,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/heads-scale"))
     parser.add_argument("--scheduler", help="cluster.scheduler for the pipeline run")
     parser.add_argument("--dense", action="store_true", help="keep the dense head")
+    parser.add_argument("--all-epochs", action="store_true",
+                        help="dense heads without early stopping, in both loops")
     parser.add_argument("--repeat", type=int, default=1)
     options = parser.parse_args()
     config = (options.project / "stages.yaml" if options.project
               else prepare(options.workdir, options.images))
-    run_config = heads_config(config, options.dense, options.scheduler)
+    run_config = heads_config(config, options.dense, options.scheduler,
+                              options.all_epochs)
     rows = []
     for _ in range(options.repeat):
         plain = measure("plain", run_config)
