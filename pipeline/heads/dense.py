@@ -192,20 +192,22 @@ def keras_batches(model, split: LabelledSplit | LazySplit, batch_size: int, n_cl
     import keras
 
     if isinstance(split, LazySplit):
-        n_chunks, chunk_length, load = split.n_chunks(), split.chunk_length, split.chunk_reader()
+        lengths = [split.chunk_length(index) for index in range(split.n_chunks())]
+        load = split.chunk_reader()
     else:
-        x_all = as_features(split.x)
-        n_chunks = 1
-
-        def chunk_length(index: int) -> int:
-            return len(split)
+        x_all, y_all = as_features(split.x), split.y
+        lengths = [len(split)]
 
         def load(index: int) -> tuple[Features, np.ndarray]:
-            return x_all, split.y
+            return x_all, y_all
 
+    # The model and the rows are kept on the object, not in closures of its class: TensorFlow keeps
+    # every dataset made from a Python generator, and so this object, for the life of the
+    # process (tensorflow#123530), and :meth:`release` must be able to let go of the rows.
     class Batches(keras.utils.PyDataset):
-        def __init__(self):
+        def __init__(self, model, load):
             super().__init__()
+            self.model, self.load = model, load
             self.rng = None if seed is None else np.random.default_rng(seed)
             self.plan: list[tuple[int, int]] = []
             self.orders: dict[int, np.ndarray] = {}  # this epoch's row order within each chunk
@@ -218,28 +220,34 @@ def keras_batches(model, split: LabelledSplit | LazySplit, batch_size: int, n_cl
         def __getitem__(self, index: int):
             chunk, batch = self.plan[index]
             if self.loaded is None or self.loaded[0] != chunk:
-                self.loaded = (chunk, *load(chunk))
+                self.loaded = (chunk, *self.load(chunk))
             _, x, y = self.loaded
             rows = slice(batch * batch_size, (batch + 1) * batch_size)
             if self.rng is not None:
                 rows = self.orders[chunk][rows]
-            return (model_inputs(model, {source: array[rows] for source, array in x.items()}),
+            return (model_inputs(self.model,
+                                 {source: array[rows] for source, array in x.items()}),
                     _labels(y[rows], n_classes))
 
         def on_epoch_end(self) -> None:
             if self.plan and self.rng is None:
                 return  # the same plan every epoch
             chunks = [int(chunk) for chunk in (
-                self.rng.permutation(n_chunks) if self.rng is not None else range(n_chunks))]
+                self.rng.permutation(len(lengths)) if self.rng is not None
+                else range(len(lengths)))]
             if self.rng is not None:
-                self.orders = {chunk: self.rng.permutation(chunk_length(chunk))
-                               for chunk in chunks}
+                self.orders = {chunk: self.rng.permutation(lengths[chunk]) for chunk in chunks}
             self.plan = [(chunk, batch) for chunk in chunks
-                         for batch in range(-(-chunk_length(chunk) // batch_size))]
-            if n_chunks > 1:  # keep one chunk in memory, not the last epoch's and the next's
+                         for batch in range(-(-lengths[chunk] // batch_size))]
+            if len(lengths) > 1:  # keep one chunk in memory, not the last epoch's and the next's
                 self.loaded = None
 
-    return Batches()
+        def release(self) -> None:
+            """Let go of the model and the rows (after ``fit``)."""
+            self.model = self.load = self.loaded = None
+            self.orders = {}
+
+    return Batches(model, load)
 
 
 def set_standardization(model, mean: np.ndarray, variance: np.ndarray) -> None:
@@ -343,7 +351,13 @@ class DenseKind(HeadKind):
             if watched:
                 batches["validation_data"] = (model_inputs(model, validation.x),
                                               _labels(validation.y, n_classes))
-        history = model.fit(**batches, epochs=params.epochs, callbacks=callbacks, verbose=0)
+        try:
+            history = model.fit(**batches, epochs=params.epochs, callbacks=callbacks,
+                                verbose=0)
+        finally:
+            for value in batches.values():
+                if hasattr(value, "release"):
+                    value.release()
         curves = {key: [float(value) for value in values]
                   for key, values in history.history.items()}
         return FittedHead(self, model, n_classes, time.perf_counter() - started, curves)

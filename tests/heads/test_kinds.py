@@ -132,6 +132,24 @@ def test_dense_fed_in_batches_beyond_the_copy_limit_learns_reproducibly_and_rest
         fit_head(spec, train, validation, classes).predict_proba(validation.x))
 
 
+def test_dense_fed_in_batches_lets_go_of_its_rows_after_fitting(monkeypatch):
+    # TensorFlow keeps every dataset made from a Python generator for the life of the
+    # process; the batches must not keep the rows with them
+    import gc
+    import weakref
+
+    from pipeline.heads import dense
+
+    monkeypatch.setattr(dense, "KERAS_COPY_LIMIT", 0)
+    train, validation = _splits()
+    rows = [weakref.ref(split.x) for split in (train, validation)]
+    head = fit_head(_spec("dense", params={"epochs": 2}), train, validation, 3)
+    del train, validation
+    gc.collect()
+    assert [row() for row in rows] == [None, None]
+    assert len(head.history["loss"]) == 2
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "nadam", "sgd"])
 def test_dense_trains_with_every_optimizer_and_a_short_last_batch(optimizer: str):
     # 30 rows in batches of 8: the fourth batch has 6 rows and must still train
