@@ -1,7 +1,7 @@
 """Importing a library without the optional dependencies it would import for nothing we use.
 
 Some libraries import another one at import time only to offer something the pipeline never
-calls, when it is installed: TensorFlow's TFLite helpers import JAX (110 MB of every process
+calls, when it is installed: TensorFlow's TFLite helpers import JAX (106 MiB of every process
 that builds a model on the TensorFlow backend), skops imports PyTorch and dask to list their
 scikit-learn wrappers (1 s of every heads run). Python raises ImportError for a module whose
 ``sys.modules`` entry is None, and those libraries go without it; the entries are removed

@@ -52,7 +52,7 @@ def _quiet_native_stderr():
 
 
 # TensorFlow's TFLite helpers import JAX where it is installed (the JAX backend's extra), for
-# a conversion the pipeline never makes: 110 MB of every process on the TensorFlow backend
+# a conversion the pipeline never makes: 106 MiB of every process on the TensorFlow backend
 _NOT_FOR_TENSORFLOW = ("jax", "jaxlib") if BACKEND == "tensorflow" else ()
 
 with _quiet_native_stderr(), modules_marked_absent(_NOT_FOR_TENSORFLOW):

@@ -136,7 +136,7 @@ def test_an_unknown_backend_is_one_error_line_before_any_work(tiny_project: Path
 
 
 def test_the_tensorflow_backend_imports_no_jax_and_leaves_it_importable():
-    # TensorFlow's TFLite helpers would import JAX (110 MB) where the JAX extra is installed
+    # TensorFlow's TFLite helpers would import JAX (106 MiB) where the JAX extra is installed
     _require("jax")
     code = ("import sys\n"
             "import pipeline.nn.runtime\n"
