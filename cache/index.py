@@ -47,8 +47,8 @@ REMEMBERED_KEYS = 10_000
 #: set meanwhile: about 100 bytes each)
 SCAN_LIMIT = 2_000_000
 _TAIL_BYTES = 4096
-# Entries inserted in one sorted batch while a journal is indexed (memory, not maths: about
-# 150 bytes each)
+# Entries inserted in one sorted batch while a journal is indexed: a bound on memory (about
+# 150 bytes an entry); any size gives the same index
 _INSERTED_TOGETHER = 1 << 18
 _ATTEMPTS = 5  # times a sync starts again when the journal was replaced while it read it
 

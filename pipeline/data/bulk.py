@@ -20,13 +20,8 @@ from contextlib import contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for the ``with`` block (nested blocks: until the
     outermost ends); the collector is left as it was found."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _collector(False):
         yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextmanager
@@ -34,10 +29,15 @@ def gc_running() -> Iterator[None]:
     """Run the cyclic garbage collector for the ``with`` block, also inside :func:`gc_paused`
     (work that makes reference cycles as it goes, such as a dask client's event loop); the
     collector is left as it was found."""
+    with _collector(True):
+        yield
+
+
+@contextmanager
+def _collector(enabled: bool) -> Iterator[None]:
     was_enabled = gc.isenabled()
-    gc.enable()
+    (gc.enable if enabled else gc.disable)()
     try:
         yield
     finally:
-        if not was_enabled:
-            gc.disable()
+        (gc.enable if was_enabled else gc.disable)()
