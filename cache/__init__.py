@@ -28,9 +28,9 @@ from .errors import (
     MissingFeaturesError,
 )
 from .manifest import ShardRecord
-from .reader import FeatureStore, StoreStats, list_stores
+from .reader import FeatureStore, StoreRows, StoreStats, list_stores
 from .writer import ShardWriter, open_writer
 
 __all__ = ["CacheError", "CacheLockedError", "CacheLockWaitWarning", "CacheWriteError",
-           "FeatureStore", "MissingFeaturesError", "ShardRecord", "ShardWriter", "StoreStats",
-           "list_stores", "open_writer"]
+           "FeatureStore", "MissingFeaturesError", "ShardRecord", "ShardWriter", "StoreRows",
+           "StoreStats", "list_stores", "open_writer"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,14 @@ from .manifest import (
     load_manifest,
     read_damaged,
 )
-from .shard import list_shard_files, read_shard_fingerprint_and_sha256, read_shard_rows
+from .shard import (
+    ShardLayout,
+    list_shard_files,
+    read_rows_at,
+    read_shard_fingerprint_and_sha256,
+    read_shard_layout,
+    read_shard_rows,
+)
 
 DESCRIPTION_NAME = "fingerprint.json"
 REJECTS_NAME = "rejects.jsonl"
@@ -218,6 +225,11 @@ class FeatureStore:
         sha256 = list(sha256)
         return read_located(self.path, self.locate(sha256), self.feature_shape, sha256)
 
+    def rows(self, sha256: Sequence[str]) -> StoreRows:
+        """The features of ``sha256`` (a fixed list: a split's images), located and checked
+        once, to be read any number of times, any of them at a time (:class:`StoreRows`)."""
+        return StoreRows(self, sha256)
+
     @property
     def feature_shape(self) -> tuple[int, ...]:
         """Shape of one entry, e.g. (4, 4, 512) for VGG16 at 150x150."""
@@ -288,6 +300,86 @@ class FeatureStore:
         return StoreStats(fingerprint=self.fingerprint, entries=entries,
                           shards=len(files), bytes=sum(p.stat().st_size for p in files),
                           views=len(views), unlisted_shards=unlisted)
+
+
+class StoreRows:
+    """The features of a fixed list of images in one store, for reading them many times in
+    any order and subset (a head training from the cache, epoch after epoch).
+
+    Each image is located once (its shard and row, two int32) and checked once against its
+    shard's own sha256 column, and each shard's layout is read once: a read then opens
+    each shard it touches and reads runs of neighbouring rows straight from the file
+    (:func:`~cache.shard.read_rows_at`), with no index lookup or HDF5 selection. Shards are
+    immutable, so what was checked stays true; a shard removed since (by ``pipeline cache
+    gc``) fails the read with :class:`CacheError`.
+    """
+
+    def __init__(self, store: FeatureStore, sha256: Sequence[str]):
+        located = store.locate(list(sha256))
+        # shards numbered in name order, which is write order: sorting by (shard, row) is
+        # storage order
+        names = sorted({shard for shard, _ in located})
+        number = {name: i for i, name in enumerate(names)}
+        self.path = store.path
+        self.feature_shape = store.feature_shape
+        self.shard = np.fromiter((number[shard] for shard, _ in located), np.int32,
+                                 len(located))
+        self.row = np.fromiter((row for _, row in located), np.int32, len(located))
+        self._names = names
+        self._layouts = self._checked_layouts(list(sha256))
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def _checked_layouts(self, sha256: list[str]) -> list[ShardLayout]:
+        """Each shard's layout, after checking that every located row holds its image."""
+        layouts = []
+        for number, positions in _groups(self.shard):
+            path = self.path / self._names[number]
+            try:
+                layout, held = read_shard_layout(path)
+            except (OSError, KeyError) as exc:
+                raise CacheError(f"{path}: cannot read it ({exc}); run `pipeline cache "
+                                 f"verify`") from None
+            rows = self.row[positions]
+            if rows.max(initial=-1) >= layout.rows or np.any(held[rows] != np.array(
+                    [sha256[i] for i in positions], dtype="S64")):
+                raise CacheError(f"{path}: holds other images than the index says; run "
+                                 f"`pipeline cache reindex`, then `pipeline cache verify`")
+            layouts.append(layout)
+        return layouts
+
+    def storage_order(self) -> np.ndarray:
+        """Positions (of the list given) in the order their rows lie in the store, (N,)
+        int64: reads of neighbours in this order are runs of neighbouring rows."""
+        return np.lexsort((self.row, self.shard))
+
+    def read(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Features of the images at ``positions`` (of the list given; any order, repeats
+        allowed), in that order, as (n, h, w, c) float32 (float16 rows widened, exactly)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        out = np.empty((len(positions), *self.feature_shape), dtype=np.float32)
+        shard, row = self.shard[positions], self.row[positions]
+        for number, group in _groups(shard):
+            wanted, back = np.unique(row[group], return_inverse=True)
+            path = self.path / self._names[number]
+            try:
+                rows = read_rows_at(path, self._layouts[number], wanted)
+            except FileNotFoundError:
+                raise CacheError(f"{path} was removed while its rows were being read "
+                                 f"(`pipeline cache gc`?); run the command again") from None
+            out[group] = rows[back]
+        return out
+
+
+def _groups(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(label, the positions of ``labels`` that hold it, ascending) for each label present,
+    smallest first."""
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(order) else []
+    for begin, end in zip(starts, [*starts[1:], len(order)]):
+        yield int(ordered[begin]), order[begin:end]
 
 
 class _IndexedState:

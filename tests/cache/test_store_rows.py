@@ -1,0 +1,96 @@
+"""StoreRows: a fixed list of images located and checked once, read many times by position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cache import CacheError, FeatureStore, MissingFeaturesError, open_writer
+from cache.shard import read_rows_at, read_shard_layout
+
+
+def _store(tmp_path: Path, n: int = 40, shard_rows: int = 16, shape=(2, 2, 3), **extra):
+    store = FeatureStore(tmp_path, "fp")
+    shas = [f"{i:064x}" for i in range(n)]
+    features = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+    with open_writer(store, {"architecture": "test", "output_shape": list(shape), **extra},
+                     shard_rows=shard_rows) as writer:
+        writer.add(shas, features)
+    store.refresh()
+    return store, shas, features
+
+
+def test_rows_read_by_position_in_any_order_equal_get(tmp_path: Path):
+    store, shas, features = _store(tmp_path)
+    wanted = [shas[i] for i in (39, 3, 17, 0, 22)]     # three shards, not in storage order
+    rows = store.rows(wanted)
+    assert len(rows) == 5
+    np.testing.assert_array_equal(rows.read([0, 1, 2, 3, 4]), store.get(wanted))
+    np.testing.assert_array_equal(rows.read([4, 4, 1]), features[[22, 22, 3]])
+    assert rows.read([]).shape == (0, 2, 2, 3)
+    # storage order: by shard, then row
+    assert [wanted[i] for i in rows.storage_order()] == [shas[i] for i in (0, 3, 17, 22, 39)]
+
+
+def test_sparse_and_dense_rows_of_one_shard_read_alike(tmp_path: Path):
+    # rows of 16 KB: rows two apart are read apart, neighbours in one read
+    store, shas, features = _store(tmp_path, n=64, shard_rows=64, shape=(4, 4, 256))
+    rows = store.rows(shas)
+    picked = np.array([63, 0, 1, 2, 30, 32, 33, 60])
+    np.testing.assert_array_equal(rows.read(picked), features[picked])
+    layout, sha256 = read_shard_layout(next(store.path.glob("*.h5")))
+    assert layout.offset is not None and layout.row_bytes == 16 * 1024
+    assert [s.decode() for s in sha256] == shas
+
+
+def test_float16_rows_are_widened_exactly(tmp_path: Path):
+    store, shas, features = _store(tmp_path, storage="float16")
+    got = store.rows(shas).read(np.arange(40)[::-1])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, features[::-1].astype(np.float16).astype(np.float32))
+
+
+def test_a_shard_hdf5_keeps_chunked_and_compressed_is_read_through_hdf5(tmp_path: Path):
+    path = tmp_path / "shard-000001-other.h5"
+    features = np.arange(60, dtype=np.float32).reshape(10, 2, 3)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=features, chunks=(4, 2, 3), compression="gzip")
+        f.create_dataset("sha256", data=np.array([f"{i:064x}" for i in range(10)], "S64"))
+    layout, _ = read_shard_layout(path)
+    assert layout.offset is None
+    np.testing.assert_array_equal(read_rows_at(path, layout, np.array([1, 2, 9])),
+                                  features[[1, 2, 9]])
+
+
+def test_absent_images_are_named_at_once(tmp_path: Path):
+    store, shas, _ = _store(tmp_path)
+    with pytest.raises(MissingFeaturesError, match="1 image"):
+        store.rows([shas[0], "f" * 64])
+
+
+def test_a_shard_that_holds_other_images_than_the_index_says_is_refused(tmp_path: Path):
+    store, shas, _ = _store(tmp_path)
+    ((name, row),) = store.locate([shas[20]])
+    with h5py.File(store.path / name, "r+") as f:
+        f["sha256"][row] = np.bytes_("e" * 64)
+    with pytest.raises(CacheError, match="reindex"):
+        store.rows(shas)
+
+
+def test_a_shard_removed_or_cut_after_checking_fails_the_read_clearly(tmp_path: Path):
+    store, shas, features = _store(tmp_path)
+    rows = store.rows(shas)
+    ((name, _),) = store.locate([shas[0]])
+    (store.path / name).unlink()
+    with pytest.raises(CacheError, match="removed while"):
+        rows.read([0])
+    ((name, _),) = store.locate([shas[39]])
+    shard = store.path / name
+    layout, _ = read_shard_layout(shard)
+    shard.write_bytes(shard.read_bytes()[:layout.offset + layout.row_bytes])  # its row 0 kept
+    with pytest.raises(CacheError, match="shorter than its rows"):
+        rows.read([38, 39])
+    np.testing.assert_array_equal(rows.read([32, 20]), features[[32, 20]])  # still there
