@@ -157,26 +157,26 @@ class SklearnKind(HeadKind):
 
     def _fit_incremental(self, trial: TrialSpec, train: LazySplit, n_classes: int) -> Pipeline:
         """The optional scaler fitted in a first pass, then ``epochs`` passes of partial_fit
-        over the chunks in a seeded random order, rows shuffled within each chunk."""
+        over chunks shuffled anew each epoch (seeded): each a draw of rows from the whole
+        split (:meth:`~pipeline.heads.splits.SplitReader.chunk_positions`)."""
         if not len(train):
             raise ValueError("an incremental head needs at least one training row")
         chunk_rows = trial.config.incremental.chunk_rows
         rng = np.random.default_rng(trial.seed)
         to_rows = FeatureRows(trial.setting("features"), trial.setting("normalize"))
         scaler = StandardScaler() if trial.setting("scale") else None
+        reader = train.reader()
         if scaler is not None:
-            for x, _ in train.chunks(chunk_rows):
+            for x, _ in reader.chunks(chunk_rows):
                 scaler.partial_fit(to_rows.transform(x))
         model = self.build_estimator(trial.estimator_params(), trial.seed)
         classes = np.arange(n_classes)
         for _ in range(trial.config.incremental.epochs):
-            order = rng.permutation(train.n_chunks(chunk_rows))
-            for x, y in train.chunks(chunk_rows, order=order):
+            for x, y in reader.chunks(chunk_rows, rng=rng):
                 rows = to_rows.transform(x)
                 if scaler is not None:
                     rows = scaler.transform(rows)
-                shuffle = rng.permutation(len(rows))
-                model.partial_fit(rows[shuffle], y[shuffle], classes=classes)
+                model.partial_fit(rows, y, classes=classes)
         # FeatureRows learns nothing; fitting it on a row of the last chunk records the width.
         steps = [("features", to_rows.fit(subset(x, slice(0, 1))))]
         if scaler is not None:

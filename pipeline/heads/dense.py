@@ -182,72 +182,78 @@ def keras_batches(model, split: LabelledSplit | LazySplit, batch_size: int, n_cl
                   seed: int | None = None):
     """A ``keras.utils.PyDataset`` of (inputs, labels) batches of ``split``: a split in memory
     as one chunk, a :class:`LazySplit` read from the cache a chunk at a time. Each batch is
-    gathered from its chunk's arrays, so no copy of a whole chunk is ever made (Keras' own
-    ``fit`` on arrays copies them all, 1.7x their size, see :data:`KERAS_COPY_LIMIT`).
+    gathered from its chunk's arrays, so no copy of a whole split in memory is ever made
+    (Keras' own ``fit`` on arrays copies them all, 1.7x their size, see
+    :data:`KERAS_COPY_LIMIT`).
 
-    With ``seed``, each epoch visits the chunks in a new random order and the rows of each in
-    a new random order (in memory: a full shuffle); without, batches come in split order (for
-    validation, which must see every row once per epoch). Batch ``i`` is the same whenever
-    Keras asks for it within an epoch (it asks for the first ones twice)."""
+    With ``seed``, each epoch shuffles the rows anew: a split in memory whole, a lazy one in
+    chunks drawn from the whole split (:meth:`~pipeline.heads.splits.SplitReader.chunk_positions`);
+    without, batches come in split order (for validation, which must see every row once per
+    epoch). Batch ``i`` is the same whenever Keras asks for it within an epoch (it asks for
+    the first ones twice)."""
     import keras
 
     if isinstance(split, LazySplit):
-        lengths = [split.chunk_length(index) for index in range(split.n_chunks())]
-        load = split.chunk_reader()
+        reader = split.reader()
+
+        def plan(rng: np.random.Generator | None) -> list[np.ndarray]:
+            return reader.chunk_positions(rng=rng)
+
+        def load(positions: np.ndarray) -> tuple[Features, np.ndarray, np.ndarray | None]:
+            return (*reader.read(positions), None)  # the chunk's rows, in its order
     else:
         x_all, y_all = as_features(split.x), split.y
-        lengths = [len(split)]
 
-        def load(index: int) -> tuple[Features, np.ndarray]:
-            return x_all, y_all
+        def plan(rng: np.random.Generator | None) -> list[np.ndarray]:
+            return [np.arange(len(y_all)) if rng is None else rng.permutation(len(y_all))]
+
+        def load(positions: np.ndarray) -> tuple[Features, np.ndarray, np.ndarray | None]:
+            return x_all, y_all, positions  # batches gathered from the whole arrays
 
     # The model and the rows are kept on the object, not in closures of its class: TensorFlow keeps
     # every dataset made from a Python generator, and so this object, for the life of the
     # process (tensorflow#123530), and :meth:`release` must be able to let go of the rows.
     class Batches(keras.utils.PyDataset):
-        def __init__(self, model, load):
+        def __init__(self, model, plan, load):
             super().__init__()
-            self.model, self.load = model, load
+            self.model, self.plan, self.load = model, plan, load
             self.rng = None if seed is None else np.random.default_rng(seed)
-            self.plan: list[tuple[int, int]] = []
-            self.orders: dict[int, np.ndarray] = {}  # this epoch's row order within each chunk
-            self.loaded: tuple[int, Features, np.ndarray] | None = None
+            self.chunks: list[np.ndarray] = []  # this epoch's positions, chunk by chunk
+            self.batches: list[tuple[int, int]] = []
+            # (chunk, x, y, rows of x to gather, or None where x holds the chunk in order)
+            self.loaded: tuple[int, Features, np.ndarray, np.ndarray | None] | None = None
             self.on_epoch_end()
 
         def __len__(self) -> int:
-            return len(self.plan)
+            return len(self.batches)
 
         def __getitem__(self, index: int):
-            chunk, batch = self.plan[index]
+            chunk, batch = self.batches[index]
             if self.loaded is None or self.loaded[0] != chunk:
-                self.loaded = (chunk, *self.load(chunk))
-            _, x, y = self.loaded
+                self.loaded = None  # one chunk in memory, not the last and the next
+                self.loaded = (chunk, *self.load(self.chunks[chunk]))
+            _, x, y, gathered = self.loaded
             rows = slice(batch * batch_size, (batch + 1) * batch_size)
-            if self.rng is not None:
-                rows = self.orders[chunk][rows]
+            if gathered is not None:
+                rows = gathered[rows]
             return (model_inputs(self.model,
                                  {source: array[rows] for source, array in x.items()}),
                     _labels(y[rows], n_classes))
 
         def on_epoch_end(self) -> None:
-            if self.plan and self.rng is None:
-                return  # the same plan every epoch
-            chunks = [int(chunk) for chunk in (
-                self.rng.permutation(len(lengths)) if self.rng is not None
-                else range(len(lengths)))]
-            if self.rng is not None:
-                self.orders = {chunk: self.rng.permutation(lengths[chunk]) for chunk in chunks}
-            self.plan = [(chunk, batch) for chunk in chunks
-                         for batch in range(-(-lengths[chunk] // batch_size))]
-            if len(lengths) > 1:  # keep one chunk in memory, not the last epoch's and the next's
-                self.loaded = None
+            if self.chunks and self.rng is None:
+                return  # the same batches every epoch
+            self.chunks = self.plan(self.rng)
+            self.batches = [(chunk, batch) for chunk, positions in enumerate(self.chunks)
+                            for batch in range(-(-len(positions) // batch_size))]
+            self.loaded = None
 
         def release(self) -> None:
             """Let go of the model and the rows (after ``fit``)."""
-            self.model = self.load = self.loaded = None
-            self.orders = {}
+            self.model = self.plan = self.load = self.loaded = None
+            self.chunks = []
 
-    return Batches(model, load)
+    return Batches(model, plan, load)
 
 
 def set_standardization(model, mean: np.ndarray, variance: np.ndarray) -> None:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from cache import FeatureStore
+from cache import FeatureStore, StoreRows
 
 from ..data.view import DatasetView
 from .features import (
@@ -35,6 +34,18 @@ from .features import (
 # Rows per forward pass when a model scores a split (memory, not maths: any size gives the
 # same numbers).
 VALIDATION_BATCH = 1024
+#: Bytes of raw training and validation features above which a dense head streams them from
+#: the cache instead of holding them (:meth:`TrainingData.streams`). Above it streaming costs
+#: no time: at 10^5 images (520 MB) an epoch took 3.8 s streamed against 4.3 s gathered from
+#: arrays in memory, and 0.97 GB peak against 1.55 GB (docs/benchmarks.md); below it Keras'
+#: ``fit`` on arrays is the quicker (53 MB: 0.53 s an epoch against 0.73 s in chunks of 256
+#: rows).
+STREAM_ABOVE = 64 * 2**20
+#: Bytes of a streamed chunk: small enough that gathering its batches stays in the CPU's caches
+STREAM_CHUNK = 8 * 2**20
+#: The fewest blocks of neighbouring rows a shuffled chunk draws
+#: (:meth:`SplitReader.chunk_positions`): more mix the classes better, fewer read faster.
+BLOCKS_PER_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -83,37 +94,29 @@ class LazySplit:
     def __len__(self) -> int:
         return len(self.y)
 
-    def chunks(self, chunk_rows: int | None = None, order: np.ndarray | None = None
+    def chunks(self, chunk_rows: int | None = None, rng: np.random.Generator | None = None
                ) -> Iterator[tuple[Features, np.ndarray]]:
-        """(x ``{source: (n, ...)}``, y) per chunk of ``chunk_rows`` (default: the split's);
-        ``order`` permutes the chunks."""
-        if chunk_rows is not None and chunk_rows != self.chunk_rows:
-            yield from replace(self, chunk_rows=chunk_rows).chunks(order=order)
-            return
-        if not len(self):
-            return
-        stores = {source: self.store(source) for source in self.fingerprints}
-        for index in (order if order is not None else range(self.n_chunks())):
-            yield self._chunk(int(index), stores)
+        """(x ``{source: (n, ...)}``, y) per chunk of ``chunk_rows`` rows (default: the
+        split's): in view order, or with ``rng`` shuffled (:meth:`SplitReader.chunk_positions`).
+        Reads through :meth:`reader`."""
+        if len(self):
+            yield from self.reader().chunks(chunk_rows, rng)
 
-    def chunk_reader(self) -> Callable[[int], tuple[Features, np.ndarray]]:
-        """A function of a chunk's index (of :meth:`n_chunks`) to its (x ``{source: (n,
-        ...)}``, y), the stores opened once for all its calls: a store opened per chunk opens
-        another connection to the entry index each time (at 10^5 images, a streamed dense head
-        grew by 0.8 GB in two epochs)."""
-        return partial(self._chunk, stores={source: self.store(source)
-                                            for source in self.fingerprints})
+    def reader(self) -> SplitReader:
+        """The split's rows with every source's images located and checked once, made on the
+        first call and kept for this process (at 10^5 images locating and checking a split's
+        rows takes about 0.3 s a source; a streamed dense head reads each of its splits
+        twice)."""
+        reader = self.__dict__.get("_reader")
+        if reader is None:
+            reader = self.__dict__["_reader"] = SplitReader(
+                self, {source: self.store(source).rows(self.sha256)
+                       for source in self.fingerprints})
+        return reader
 
-    def _chunk(self, index: int, stores: dict[str, FeatureStore]
-               ) -> tuple[Features, np.ndarray]:
-        start = index * self.chunk_rows
-        keys = list(self.sha256[start:start + self.chunk_rows])
-        return ({source: store.get(keys) for source, store in stores.items()},
-                self.y[start:start + len(keys)])
-
-    def chunk_length(self, index: int) -> int:
-        """Rows in chunk ``index`` (the last may be short)."""
-        return min(self.chunk_rows, len(self) - index * self.chunk_rows)
+    def __getstate__(self) -> dict:
+        # what this process located stays here: another process locates in its own stores
+        return {key: value for key, value in self.__dict__.items() if key != "_reader"}
 
     def store(self, source: str) -> FeatureStore:
         """The feature store of ``source`` (FileNotFoundError when this process cannot see
@@ -126,10 +129,6 @@ class LazySplit:
                 f"sees")
         return store
 
-    def n_chunks(self, chunk_rows: int | None = None) -> int:
-        """How many chunks :meth:`chunks` yields."""
-        return -(-len(self) // (chunk_rows or self.chunk_rows))
-
     def sample(self, rows: int, seed: int = 0) -> LazySplit:
         """At most ``rows`` of the split's rows, drawn at random (seeded), in split order;
         the split itself when it has no more."""
@@ -137,6 +136,53 @@ class LazySplit:
             return self
         picked = _sample_positions(len(self), rows, seed)
         return replace(self, sha256=tuple(self.sha256[i] for i in picked), y=self.y[picked])
+
+
+class SplitReader:
+    """The rows of a :class:`LazySplit` read from its sources' stores by position: each
+    source's images located and checked once (:class:`~cache.StoreRows`, or anything with
+    its ``read(positions)`` and ``storage_order()``), so reading a chunk costs reading its
+    rows, epoch after epoch."""
+
+    def __init__(self, split: LazySplit, sources: dict[str, StoreRows]):
+        self.split = split
+        self.sources = sources
+
+    def read(self, positions: np.ndarray) -> tuple[Features, np.ndarray]:
+        """(x ``{source: (n, ...)}`` float32, y (n,)) of the rows at ``positions`` of the
+        split, in that order."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return ({source: rows.read(positions) for source, rows in self.sources.items()},
+                self.split.y[positions])
+
+    def chunks(self, chunk_rows: int | None = None, rng: np.random.Generator | None = None
+               ) -> Iterator[tuple[Features, np.ndarray]]:
+        """(x, y) of each chunk of :meth:`chunk_positions`, read as it is reached."""
+        for positions in self.chunk_positions(chunk_rows, rng):
+            yield self.read(positions)
+
+    def chunk_positions(self, chunk_rows: int | None = None,
+                        rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        """The split's positions cut into chunks of ``chunk_rows`` (default: the split's),
+        every row in exactly one: in view order; or, with ``rng``, each chunk a random draw
+        of blocks of rows that neighbour in the store, in random order.
+
+        Views list images by class folder, so chunks in view order hold one class or two: a
+        head trained a chunk at a time would learn one class, then the next. Blocks of
+        neighbours (:data:`BLOCKS_PER_CHUNK` a chunk or more) keep the reads to a few runs of
+        rows per shard, and a chunk draws its blocks from the whole split."""
+        rows = chunk_rows or self.split.chunk_rows
+        if rng is None:
+            return [np.arange(start, min(start + rows, len(self.split)))
+                    for start in range(0, len(self.split), rows)]
+        order = (next(iter(self.sources.values())).storage_order() if self.sources
+                 else np.arange(len(self.split)))
+        block = max(1, rows // BLOCKS_PER_CHUNK)
+        blocks = [order[start:start + block] for start in range(0, len(order), block)]
+        drawn = np.concatenate([blocks[i] for i in rng.permutation(len(blocks))]) \
+            if blocks else order
+        return [rng.permutation(drawn[start:start + rows])
+                for start in range(0, len(drawn), rows)]
 
 
 def _sample_positions(total: int, rows: int, seed: int) -> np.ndarray:
@@ -258,17 +304,19 @@ class TrainingData:
 
     def streams(self, reading: Reading) -> bool:
         """Whether ``reading`` (of raw features: a dense head's) is read a chunk at a time:
-        when it would hold more than :attr:`memory_budget` and its features are not
-        carried."""
+        when its features are not carried and would hold more than :data:`STREAM_ABOVE`
+        bytes, or more than :attr:`memory_budget`."""
         return (reading.parts is None and self.carried is None
                 and self.memory_budget is not None
-                and self.nbytes(reading) > self.memory_budget)
+                and self.nbytes(reading) > min(STREAM_ABOVE, self.memory_budget))
 
     def stream_rows(self, reading: Reading) -> int:
-        """Rows per chunk when ``reading`` streams: a sixteenth of the budget, 256 to 16,384
-        rows (a chunk is read, shuffled and cut into batches at once)."""
+        """Rows per chunk when ``reading`` streams: :data:`STREAM_CHUNK` bytes, or a
+        sixteenth of the budget where that is less, 256 to 16,384 rows (a chunk is read,
+        shuffled and cut into batches at once)."""
         per_row = self.width(reading) * 4
-        return int(min(16_384, max(256, (self.memory_budget or 0) // 16 // per_row)))
+        chunk = min(STREAM_CHUNK, (self.memory_budget or 0) // 16)
+        return int(min(16_384, max(256, chunk // per_row)))
 
     def within(self, memory_budget: int | None) -> TrainingData:
         """This data, each process holding at most ``memory_budget`` bytes."""

@@ -21,7 +21,7 @@ from pipeline.heads.features import FeatureRows, PreparedRows, feature_rows, nor
 from pipeline.heads.kind import FittedHead
 from pipeline.heads.registry import head_kind
 from pipeline.heads.run import _training_data
-from pipeline.heads.splits import LabelledSplit, LazySplit, Reading, TrainingData
+from pipeline.heads.splits import LabelledSplit, LazySplit, Reading, SplitReader, TrainingData
 from pipeline.heads.trials import expand_trials
 from tests.support.projects import run_named
 
@@ -178,6 +178,13 @@ def test_training_data_travels_without_its_features_unless_they_are_carried(cach
     features = sum(a.nbytes for split in (train, validation) for a in split.x.values())
     sent = pickle.loads(pickle.dumps(data))
     assert len(pickle.dumps(data)) < features / 10 and sent._held == {}
+    # a reader made here is kept here, and stays here
+    reader = data.train.reader()
+    assert data.train.reader() is reader and len(reader.sources["output"]) == len(data.train)
+    sent = pickle.loads(pickle.dumps(data.train))
+    assert "_reader" not in vars(sent) and sent.reader() is not reader
+    x, _ = sent.reader().read([2, 0])
+    np.testing.assert_array_equal(x[TAP], train.x[TAP][[2, 0]])
 
     carried = data.carrying(("output", TAP))
     assert len(pickle.dumps(carried)) > features
@@ -376,15 +383,45 @@ def test_a_dense_head_beyond_the_memory_budget_streams_from_the_cache(cached_pro
     assert whole == ["train", "validation"]
 
 
+class _RowsInMemory:
+    """What :class:`~cache.StoreRows` offers a split reader, from an array."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+    def read(self, positions):
+        return self.x[positions]
+
+    def storage_order(self):
+        return np.arange(len(self.x))
+
+
 def _fake_split(name: str, y: np.ndarray, chunk_rows: int) -> LazySplit:
-    """A lazy split whose chunks come from memory: x is each row's own index."""
+    """A lazy split whose rows come from memory: x is each row's own index."""
     x = np.arange(len(y), dtype=np.float32).reshape(-1, 1, 1, 1)
     split = LazySplit(name, Path("."), {"output": "f"}, tuple(map(str, range(len(y)))), y,
                       chunk_rows=chunk_rows)
-    rows = lambda i: slice(i * chunk_rows, (i + 1) * chunk_rows)  # noqa: E731
-    object.__setattr__(split, "chunk_reader",
-                       lambda: lambda i: ({"output": x[rows(i)]}, y[rows(i)]))
+    object.__setattr__(split, "reader", lambda: SplitReader(split, {"output": _RowsInMemory(x)}))
     return split
+
+
+def test_shuffled_chunks_mix_the_classes_of_a_split_listed_class_by_class():
+    y = np.repeat(np.arange(10), 300)          # as a view lists them: class folder by folder
+    reader = _fake_split("train", y, chunk_rows=256).reader()
+    in_order = reader.chunk_positions()
+    assert max(len(np.unique(y[chunk])) for chunk in in_order) == 2
+    epochs = [reader.chunk_positions(rng=np.random.default_rng(0)),
+              reader.chunk_positions(rng=np.random.default_rng(1))]
+    for chunks in epochs:
+        assert [len(chunk) for chunk in chunks] == [len(chunk) for chunk in in_order]
+        assert sorted(np.concatenate(chunks).tolist()) == list(range(3000))  # each row once
+        assert all(len(np.unique(y[chunk])) == 10 for chunk in chunks[:-1])
+        assert all(np.bincount(y[chunk], minlength=10).max() < 0.25 * len(chunk)
+                   for chunk in chunks[:-1])
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+    x, labels = reader.read(epochs[0][0])
+    np.testing.assert_array_equal(x["output"].reshape(-1), epochs[0][0])
+    np.testing.assert_array_equal(labels, y[epochs[0][0]])
 
 
 def test_keras_batches_cover_every_row_once_per_epoch_in_a_new_order():
