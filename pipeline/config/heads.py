@@ -282,8 +282,8 @@ class HeadsConfig(Section):
     process and a LocalCluster's workers: each keeps the feature rows it made while they fit
     in its share (the least recently used let go first; kept models, such as a kNN head's
     training rows, are not counted); a dense head whose training and validation features are
-    larger than 64 MB, or than its share, streams them from the cache in shuffled chunks (not
-    on a remote scheduler, whose workers get the features sent); with ``cluster.scheduler: auto``, a
+    larger than its share streams them from the cache in shuffled chunks (not on a remote
+    scheduler, whose workers get the features sent); with ``cluster.scheduler: auto``, a
     sweep whose largest rows would not fit once in this process and once in every worker runs
     in this process."""
 

@@ -34,15 +34,6 @@ from .features import (
 # Rows per forward pass when a model scores a split (memory, not maths: any size gives the
 # same numbers).
 VALIDATION_BATCH = 1024
-#: Bytes of raw training and validation features above which a dense head streams them from
-#: the cache instead of holding them (:meth:`TrainingData.streams`). Above it streaming costs
-#: no time: at 10^5 images (520 MB) an epoch took 3.8 s streamed against 4.3 s gathered from
-#: arrays in memory, and 0.97 GB peak against 1.55 GB (docs/benchmarks.md); below it Keras'
-#: ``fit`` on arrays is the quicker (53 MB: 0.53 s an epoch against 0.73 s in chunks of 256
-#: rows).
-STREAM_ABOVE = 64 * 2**20
-#: Bytes of a streamed chunk: small enough that gathering its batches stays in the CPU's caches
-STREAM_CHUNK = 8 * 2**20
 #: The fewest blocks of neighbouring rows a shuffled chunk draws
 #: (:meth:`SplitReader.chunk_positions`): more mix the classes better, fewer read faster.
 BLOCKS_PER_CHUNK = 64
@@ -304,19 +295,17 @@ class TrainingData:
 
     def streams(self, reading: Reading) -> bool:
         """Whether ``reading`` (of raw features: a dense head's) is read a chunk at a time:
-        when its features are not carried and would hold more than :data:`STREAM_ABOVE`
-        bytes, or more than :attr:`memory_budget`."""
+        when it would hold more than :attr:`memory_budget` and its features are not
+        carried."""
         return (reading.parts is None and self.carried is None
                 and self.memory_budget is not None
-                and self.nbytes(reading) > min(STREAM_ABOVE, self.memory_budget))
+                and self.nbytes(reading) > self.memory_budget)
 
     def stream_rows(self, reading: Reading) -> int:
-        """Rows per chunk when ``reading`` streams: :data:`STREAM_CHUNK` bytes, or a
-        sixteenth of the budget where that is less, 256 to 16,384 rows (a chunk is read,
-        shuffled and cut into batches at once)."""
+        """Rows per chunk when ``reading`` streams: a sixteenth of the budget, 256 to 16,384
+        rows (a chunk is read, shuffled and cut into batches at once)."""
         per_row = self.width(reading) * 4
-        chunk = min(STREAM_CHUNK, (self.memory_budget or 0) // 16)
-        return int(min(16_384, max(256, chunk // per_row)))
+        return int(min(16_384, max(256, (self.memory_budget or 0) // 16 // per_row)))
 
     def within(self, memory_budget: int | None) -> TrainingData:
         """This data, each process holding at most ``memory_budget`` bytes."""
