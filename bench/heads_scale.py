@@ -49,10 +49,11 @@ def prepare(workdir: Path, images: int) -> Path:
 
 
 def heads_config(config: Path, dense: bool, scheduler: str | None,
-                 all_epochs: bool = False) -> Path:
-    """``config`` with the dense head left out (unless ``dense``) and ``scheduler`` set;
-    with ``all_epochs``, dense heads without early stopping (both loops then run the same
-    epochs: early stopping on noisy validation stops them at different ones)."""
+                 all_epochs: bool = False, memory_budget_mb: int | None = None) -> Path:
+    """``config`` with the dense head left out (unless ``dense``), ``scheduler`` and
+    ``memory_budget_mb`` set where given; with ``all_epochs``, dense heads without early
+    stopping (both loops then run the same epochs: early stopping on noisy validation stops
+    them at different ones)."""
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     models = document["stages"]["heads"]["models"]
     if not dense:
@@ -63,7 +64,10 @@ def heads_config(config: Path, dense: bool, scheduler: str | None,
                 head.setdefault("params", {})["patience"] = None
     if scheduler:
         document.setdefault("cluster", {})["scheduler"] = scheduler
-    suffix = "-all-epochs" if all_epochs else ""
+    if memory_budget_mb:
+        document["stages"]["heads"]["memory_budget_mb"] = memory_budget_mb
+    suffix = ("-all-epochs" if all_epochs else "") + \
+        (f"-{memory_budget_mb}mb" if memory_budget_mb else "")
     path = config.with_name(f"heads-{scheduler or 'configured'}-{int(dense)}{suffix}.yaml")
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return path
@@ -175,12 +179,15 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true", help="keep the dense head")
     parser.add_argument("--all-epochs", action="store_true",
                         help="dense heads without early stopping, in both loops")
+    parser.add_argument("--memory-budget", type=int, metavar="MB",
+                        help="stages.heads.memory_budget_mb for the pipeline run (a dense head "
+                             "whose features exceed it streams them from the cache)")
     parser.add_argument("--repeat", type=int, default=1)
     options = parser.parse_args()
     config = (options.project / "stages.yaml" if options.project
               else prepare(options.workdir, options.images))
     run_config = heads_config(config, options.dense, options.scheduler,
-                              options.all_epochs)
+                              options.all_epochs, options.memory_budget)
     rows = []
     for _ in range(options.repeat):
         plain = measure("plain", run_config)
