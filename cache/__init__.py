@@ -3,7 +3,8 @@
 What it offers:
 
 - :class:`FeatureStore` (:mod:`cache.reader`): read one fingerprint's features as numpy or as a
-  lazy dask array, without any lock; :func:`list_stores` lists the fingerprints of a cache;
+  lazy dask array, without any lock; :class:`StoreRows` (``store.rows``) reads a fixed list of
+  images many times, located once; :func:`list_stores` lists the fingerprints of a cache;
 - :func:`open_writer` (:mod:`cache.writer`): the one process allowed to add shards, after
   crash recovery (:mod:`cache.recovery`) under the OS write lock (:mod:`cache.lock`);
 - :mod:`cache.maintenance`: verify entries against their checksums, plan garbage collection;
@@ -18,6 +19,7 @@ features costs h5py and numpy only.
 >>> store = FeatureStore(".pipeline/cache", "vgg16-1a2b3c4d5e6f7a8b")
 >>> store.get(["<sha256>", ...])            # (N, 4, 4, 512) float32
 >>> store.to_dask(all_sha256)               # lazy, for caches larger than memory
+>>> store.rows(split_sha256).read([5, 0])   # (2, 4, 4, 512) float32, epoch after epoch
 """
 
 from .errors import (

@@ -287,7 +287,6 @@ class DenseKind(HeadKind):
     relative_cost = 2
     sits_on_base = True
     predicts_by_proba = True
-    imports_tensorflow = True
 
     def check(self, where: str, head: HeadConfig) -> None:
         """Swept parameters must be the dense head's, with valid values."""

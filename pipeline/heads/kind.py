@@ -45,9 +45,6 @@ class HeadKind(ABC):
     #: fits and predicts on the rows a FeatureRows makes (:class:`PreparedRows`), so a sweep
     #: can make them once for every trial of one feature setting
     takes_rows: bool = False
-    #: its fit imports TensorFlow, which stays in the process once imported (about 430 MiB):
-    #: a sweep in one process runs such trials after the others
-    imports_tensorflow: bool = False
 
     @abstractmethod
     def check(self, where: str, head: HeadConfig) -> None:

@@ -183,13 +183,9 @@ def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
 def _run_in_process(trials: list[Trial], data: TrainingData, metric: str,
                     bar) -> SweepOutcome:
     """The trials one after another, those of one reading together (it is read once, and
-    let go after its last trial, before the next reading's rows are made), those that import
-    TensorFlow last: it stays in the process, beside every later trial's rows (at 10^5
-    images, the scikit-learn trials after the dense ones peaked at 1,589 MiB, 3.9x their
-    training matrix)."""
+    let go after its last trial, before the next reading's rows are made)."""
     readings = list(dict.fromkeys(trial.reading for trial in trials))
-    order = sorted(range(len(trials)), key=lambda i: (trials[i].kind.imports_tensorflow,
-                                                      readings.index(trials[i].reading)))
+    order = sorted(range(len(trials)), key=lambda i: readings.index(trials[i].reading))
     last = {trials[index].reading: index for index in order}
     keeper = _BestPerHead(metric)
     results: list[TrialResult | None] = [None] * len(trials)

@@ -133,23 +133,6 @@ def test_rows_are_made_once_per_feature_setting(cached_project, monkeypatch):
                                train.x.rows, rtol=1e-6)
 
 
-def test_trials_that_import_tensorflow_run_last_in_a_process(cached_project, monkeypatch):
-    heads = {"dense": {"kind": "dense", "features": "gap", "params": {"epochs": 1}},
-             "gmp": HEADS["gmp"]}
-    project = cached_project(heads)
-    ctx = RunContext(load_config(project / "stages.yaml"))
-    data = _training_data(ctx.stores, ctx.require_view(("output",)), augmented=False)
-    fitted = []
-    original = sweep.fit_and_score
-    monkeypatch.setattr(sweep, "fit_and_score",
-                        lambda trial, data: fitted.append(trial.head) or original(trial, data))
-    trials = _trials(heads)
-    assert [t.head for t in trials] == ["dense", "gmp"]
-    outcome = sweep._run_in_process(trials, data, "val_accuracy", _NoBar())
-    assert fitted == ["gmp", "dense"]
-    assert [r.head for r in outcome.results] == ["dense", "gmp"]  # reported as configured
-
-
 def test_a_process_keeps_the_readings_that_fit_its_budget(cached_project, monkeypatch):
     project = cached_project(HEADS, taps=(TAP,))
     ctx = RunContext(load_config(project / "stages.yaml"))
