@@ -302,6 +302,10 @@ class FeatureStore:
                           views=len(views), unlisted_shards=unlisted)
 
 
+#: Images located in one query of the index while a :class:`StoreRows` is made (memory only)
+_LOCATED_TOGETHER = 100_000
+
+
 class StoreRows:
     """The features of a fixed list of images in one store, for reading them many times in
     any order and subset (a head training from the cache, epoch after epoch).
@@ -309,24 +313,34 @@ class StoreRows:
     Each image is located once (its shard and row, two int32) and checked once against its
     shard's own sha256 column, and each shard's layout is read once: a read then opens
     each shard it touches and reads runs of neighbouring rows straight from the file
-    (:func:`~cache.shard.read_rows_at`), with no index lookup or HDF5 selection. Shards are
-    immutable, so what was checked stays true; a shard removed since (by ``pipeline cache
-    gc``) fails the read with :class:`CacheError`.
+    (:func:`~cache.shard.read_rows_at`), with no index lookup or HDF5 selection. A shard is
+    immutable under its name, except a partition's, replaced when its partition runs again: a
+    shard replaced since its layout was read, or removed (by ``pipeline cache gc``), fails the
+    read with :class:`CacheError`.
     """
 
     def __init__(self, store: FeatureStore, sha256: Sequence[str]):
-        located = store.locate(list(sha256))
-        # shards numbered in name order, which is write order: sorting by (shard, row) is
-        # storage order
-        names = sorted({shard for shard, _ in located})
-        number = {name: i for i, name in enumerate(names)}
+        sha256 = list(sha256)
         self.path = store.path
         self.feature_shape = store.feature_shape
-        self.shard = np.fromiter((number[shard] for shard, _ in located), np.int32,
-                                 len(located))
-        self.row = np.fromiter((row for _, row in located), np.int32, len(located))
-        self._names = names
-        self._layouts = self._checked_layouts(list(sha256))
+        self.shard = np.empty(len(sha256), np.int32)
+        self.row = np.empty(len(sha256), np.int32)
+        number: dict[str, int] = {}  # shards numbered as they are met
+        # located a batch at a time: the index's answer costs a few hundred bytes an image
+        for start in range(0, len(sha256), _LOCATED_TOGETHER):
+            located = store.locate(sha256[start:start + _LOCATED_TOGETHER])
+            stop = start + len(located)
+            self.shard[start:stop] = [number.setdefault(shard, len(number))
+                                      for shard, _ in located]
+            self.row[start:stop] = [row for _, row in located]
+        # then renumbered in name order (write order for numbered shards): sorting by
+        # (shard, row) is then the order rows lie in the store
+        self._names = sorted(number)
+        renumber = np.empty(len(number), np.int32)
+        renumber[[number[name] for name in self._names]] = np.arange(len(number))
+        self.shard = renumber[self.shard] if len(number) else self.shard
+        self._layouts = self._checked_layouts(sha256)
+        self._storage_order: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.row)
@@ -352,12 +366,17 @@ class StoreRows:
     def storage_order(self) -> np.ndarray:
         """Positions (of the list given) in the order their rows lie in the store, (N,)
         int64: reads of neighbours in this order are runs of neighbouring rows."""
-        return np.lexsort((self.row, self.shard))
+        if self._storage_order is None:
+            self._storage_order = np.lexsort((self.row, self.shard))
+        return self._storage_order
 
     def read(self, positions: np.ndarray | Sequence[int]) -> np.ndarray:
         """Features of the images at ``positions`` (of the list given; any order, repeats
         allowed), in that order, as (n, h, w, c) float32 (float16 rows widened, exactly)."""
         positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
+            raise IndexError(f"positions of a list of {len(self)} images: "
+                             f"{int(positions.min())} to {int(positions.max())}")
         out = np.empty((len(positions), *self.feature_shape), dtype=np.float32)
         shard, row = self.shard[positions], self.row[positions]
         for number, group in _groups(shard):

@@ -123,12 +123,15 @@ class ShardLayout:
     """Where one shard's feature rows lie in its file: ``rows`` rows of ``row_shape`` stored
     as ``dtype`` (byte order included), from byte ``offset`` on, one after another, when HDF5
     stored them contiguous and unfiltered (as :func:`write_shard` does); ``offset`` None when
-    only HDF5 can read them (a shard written by another tool)."""
+    only HDF5 can read them (a shard written by another tool). ``file`` is the file's
+    (inode, size, mtime_ns) when the layout was read: a partition's shard is replaced under
+    its own name when its partition runs again, and its rows may then lie elsewhere."""
 
     rows: int
     row_shape: tuple[int, ...]
     dtype: np.dtype
     offset: int | None
+    file: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def row_bytes(self) -> int:
@@ -140,13 +143,18 @@ def read_shard_layout(path: Path) -> tuple[ShardLayout, np.ndarray]:
     """The layout of the shard at ``path`` and its sha256 column, (N,) ``S64`` (OSError or
     KeyError when it is not a readable shard)."""
     with h5py.File(path, "r") as f:
+        file = _identity(os.stat(path))  # after the open: the file h5py reads, or a newer one
         features = f["features"]
         contiguous = features.chunks is None and not features.compression and \
             not features.scaleoffset and not features.shuffle
         offset = features.id.get_offset() if contiguous else None  # None before allocation
         return (ShardLayout(int(features.shape[0]), tuple(int(d) for d in features.shape[1:]),
-                            features.dtype, None if offset is None else int(offset)),
+                            features.dtype, None if offset is None else int(offset), file),
                 f["sha256"][:])
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarray:
@@ -155,7 +163,11 @@ def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarra
     ``pread`` per run of rows at most :data:`_RUN_GAP_BYTES` apart (a few reads per shard
     where HDF5's selection would cost 0.07-0.2 ms a call); through HDF5 otherwise."""
     rows = np.asarray(rows, dtype=np.int64)
+    if np.any(np.diff(rows) <= 0):
+        raise ValueError("rows must be ascending, without repeats")
     if layout.offset is None or not len(rows):
+        if _identity(os.stat(path)) != layout.file:
+            raise CacheError(_REPLACED.format(path=path))
         return read_shard_rows(path, rows)
     if rows[0] < 0 or rows[-1] >= layout.rows:
         raise CacheError(f"{path}: rows {int(rows[0])}-{int(rows[-1])} asked of a shard of "
@@ -164,6 +176,8 @@ def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarra
     out = np.empty((len(rows), *layout.row_shape), dtype=layout.dtype)
     breaks = np.flatnonzero(np.diff(rows) > max(1, _RUN_GAP_BYTES // size)) + 1
     with open(path, "rb", buffering=0) as file:
+        if _identity(os.fstat(file.fileno())) != layout.file:
+            raise CacheError(_REPLACED.format(path=path))
         for run in np.split(np.arange(len(rows)), breaks):
             first, last = int(rows[run[0]]), int(rows[run[-1]])
             wanted = (last - first + 1) * size
@@ -176,6 +190,8 @@ def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarra
     return out
 
 
+_REPLACED = ("{path} was replaced since its layout was read (its partition extracted again?); "
+             "run the command again")
 # Rows this many bytes apart or closer are read in one pread, the rows between them with them:
 # a pread costs about 1.5 us, as much as copying 16 KB more from the page cache
 _RUN_GAP_BYTES = 16 * 1024

@@ -95,9 +95,9 @@ class LazySplit:
 
     def reader(self) -> SplitReader:
         """The split's rows with every source's images located and checked once, made on the
-        first call and kept for this process (at 10^5 images locating and checking a split's
-        rows takes about 0.3 s a source; a streamed dense head reads each of its splits
-        twice)."""
+        first call and kept by this object, not pickled (at 10^5 images locating and checking
+        a split's rows takes about 0.3 s a source; a streamed dense head reads each of its
+        splits twice)."""
         reader = self.__dict__.get("_reader")
         if reader is None:
             reader = self.__dict__["_reader"] = SplitReader(
@@ -156,7 +156,7 @@ class SplitReader:
                         rng: np.random.Generator | None = None) -> list[np.ndarray]:
         """The split's positions cut into chunks of ``chunk_rows`` (default: the split's),
         every row in exactly one: in view order; or, with ``rng``, each chunk a random draw
-        of blocks of rows that neighbour in the store, in random order.
+        of blocks of rows that neighbour in the store (the first source's), in random order.
 
         Views list images by class folder, so chunks in view order hold one class or two: a
         head trained a chunk at a time would learn one class, then the next. Blocks of

@@ -91,6 +91,40 @@ def test_a_shard_removed_or_cut_after_checking_fails_the_read_clearly(tmp_path: 
     shard = store.path / name
     layout, _ = read_shard_layout(shard)
     shard.write_bytes(shard.read_bytes()[:layout.offset + layout.row_bytes])  # its row 0 kept
-    with pytest.raises(CacheError, match="shorter than its rows"):
+    with pytest.raises(CacheError, match="replaced since"):  # its size changed
         rows.read([38, 39])
-    np.testing.assert_array_equal(rows.read([32, 20]), features[[32, 20]])  # still there
+    np.testing.assert_array_equal(rows.read([20, 16]), features[[20, 16]])  # an intact shard
+
+
+def test_a_shard_replaced_under_its_name_fails_the_read(tmp_path: Path):
+    # a partition's shard is rewritten under the same name when its partition runs again
+    store, shas, features = _store(tmp_path)
+    rows = store.rows(shas)
+    ((name, _),) = store.locate([shas[0]])
+    shard = store.path / name
+    replacement = shard.with_suffix(".new")
+    replacement.write_bytes(shard.read_bytes() + b"\0" * 4096)
+    replacement.replace(shard)
+    with pytest.raises(CacheError, match="was replaced since"):
+        rows.read([0])
+    np.testing.assert_array_equal(store.rows(shas).read([0, 39]), features[[0, 39]])
+
+
+def test_positions_outside_the_list_are_refused(tmp_path: Path):
+    store, shas, _ = _store(tmp_path)
+    rows = store.rows(shas[:5])
+    with pytest.raises(IndexError, match="list of 5 images"):
+        rows.read([-1])
+    with pytest.raises(IndexError):
+        rows.read([5])
+
+
+def test_images_are_located_a_batch_at_a_time(tmp_path: Path, monkeypatch):
+    import cache.reader
+
+    monkeypatch.setattr(cache.reader, "_LOCATED_TOGETHER", 7)
+    store, shas, features = _store(tmp_path)
+    order = list(range(39, -1, -1))
+    rows = store.rows([shas[i] for i in order])
+    np.testing.assert_array_equal(rows.read(np.arange(40)), features[order])
+    assert [order[i] for i in rows.storage_order()] == list(range(40))
