@@ -131,7 +131,7 @@ class ShardLayout:
     row_shape: tuple[int, ...]
     dtype: np.dtype
     offset: int | None
-    file: tuple[int, int, int] = (0, 0, 0)
+    file: tuple[int, int, int]
 
     @property
     def row_bytes(self) -> int:
@@ -165,7 +165,9 @@ def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarra
     rows = np.asarray(rows, dtype=np.int64)
     if np.any(np.diff(rows) <= 0):
         raise ValueError("rows must be ascending, without repeats")
-    if layout.offset is None or not len(rows):
+    if not len(rows):
+        return np.empty((0, *layout.row_shape), dtype=layout.dtype)
+    if layout.offset is None:
         if _identity(os.stat(path)) != layout.file:
             raise CacheError(_REPLACED.format(path=path))
         return read_shard_rows(path, rows)
@@ -193,7 +195,8 @@ def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarra
 _REPLACED = ("{path} was replaced since its layout was read (its partition extracted again?); "
              "run the command again")
 # Rows this many bytes apart or closer are read in one pread, the rows between them with them:
-# a pread costs about 1.5 us, as much as copying 16 KB more from the page cache
+# a pread of one 1 KB row took 1.6 us here (AMD EPYC), about what copying 16 KB more from the
+# page cache would take (an estimate, not measured)
 _RUN_GAP_BYTES = 16 * 1024
 
 
