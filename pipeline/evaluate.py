@@ -10,18 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_recall_fscore_support,
-)
 
 from cache.files import write_atomic
 
 from .data.names import display_path
 from .json_values import json_safe
+from .optional_imports import DATAFRAME_LIBRARIES, modules_marked_absent
+
+with modules_marked_absent(DATAFRAME_LIBRARIES):
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        log_loss,
+        precision_recall_fscore_support,
+    )
 
 
 @dataclass(frozen=True)

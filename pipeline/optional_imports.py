@@ -3,7 +3,9 @@
 Some libraries import another one at import time only to offer something the pipeline never
 calls, when it is installed: TensorFlow's TFLite helpers import JAX (106 MiB of every process
 that builds a model on the TensorFlow backend), skops imports PyTorch and dask to list their
-scikit-learn wrappers (1 s of every heads run). Python raises ImportError for a module whose
+scikit-learn wrappers (1 s of every heads run), scikit-learn and Keras import pandas, and
+with it pyarrow, to take DataFrames (62 MiB of every process that fits or scores a head).
+Python raises ImportError for a module whose
 ``sys.modules`` entry is None, and those libraries go without it; the entries are removed
 afterwards, so the dependencies import as usual later.
 """
@@ -16,6 +18,13 @@ import threading
 from collections.abc import Iterable, Iterator
 
 _IMPORTING = threading.Lock()
+
+#: pandas, and pyarrow with it: scikit-learn (1.9) and Keras (3.15) import them at import time
+#: to take DataFrames, which the pipeline never hands them (62 MiB of a process). The pipeline
+#: imports both within ``modules_marked_absent(DATAFRAME_LIBRARIES)``; scikit-learn looks for
+#: pandas again when handed a DataFrame, Keras does not (its ``fit`` in a pipeline process then
+#: takes numpy arrays and tensors, not DataFrames).
+DATAFRAME_LIBRARIES = ("pandas", "pyarrow")
 
 
 @contextlib.contextmanager

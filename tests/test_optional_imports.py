@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,3 +28,18 @@ def test_a_module_marked_absent_fails_to_import_only_within_the_block(tmp_path: 
     assert "demo_optional_dep" not in sys.modules and json.dumps([]) == "[]"
     import demo_optional_dep
     assert demo_optional_dep.VALUE == 1
+
+
+def test_the_heads_and_keras_import_without_pandas_which_still_works_later():
+    code = ("import sys\n"
+            "import pipeline.heads.run, pipeline.heads.sweep, pipeline.heads._sklearn\n"
+            "from pipeline.nn.runtime import keras\n"
+            "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))\n"
+            "import pandas\n"
+            "from sklearn.preprocessing import StandardScaler\n"
+            "scaled = StandardScaler().set_output(transform='pandas').fit_transform(\n"
+            "    pandas.DataFrame({'a': [1.0, 3.0]}))\n"
+            "print(type(scaled).__name__, list(scaled['a']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split("\n")[:2] == ["[]", "DataFrame [-1.0, 1.0]"]

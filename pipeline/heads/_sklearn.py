@@ -17,31 +17,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
-from sklearn.decomposition import PCA
-from sklearn.ensemble import (
-    ExtraTreesClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
-from sklearn.linear_model import LogisticRegression, SGDClassifier
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 
 from cache.files import replacing
 
 from ..config import HeadConfig
 from ..config.heads import NORMALIZATIONS, PIPELINE_KEYS, check_features
 from ..errors import ConfigError, HeadLoadError
-from ..optional_imports import modules_marked_absent
+from ..optional_imports import DATAFRAME_LIBRARIES, modules_marked_absent
 from . import features
 from .features import FORMER_NAMES, FORMER_PATH, FeatureRows, rows_of
 from .kind import FittedHead, HeadKind
 from .splits import LabelledSplit, LazySplit, subset
 from .trial import TrialSpec
+
+with modules_marked_absent(DATAFRAME_LIBRARIES):
+    from sklearn.base import BaseEstimator
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import (
+        ExtraTreesClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
 
 # Types skops does not trust by default that our heads legitimately contain.
 TRUSTED_SKOPS_TYPES = (

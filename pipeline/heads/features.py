@@ -16,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..config import OUTPUT
 from ..config.heads import NORMALIZATIONS, OUTPUT_PARTS, feature_parts
+from ..optional_imports import DATAFRAME_LIBRARIES, modules_marked_absent
+
+with modules_marked_absent(DATAFRAME_LIBRARIES):
+    from sklearn.base import BaseEstimator, TransformerMixin
 
 #: The names earlier releases gave :class:`FeatureRows` in the skops files of saved heads: its
 #: module before the heads package existed (``FORMER_PATH``), and its name before it was

@@ -13,15 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 from ..config import HeadsConfig
 from ..config.heads import feature_parts
+from ..optional_imports import DATAFRAME_LIBRARIES, modules_marked_absent
 from .kind import FittedHead, HeadKind
 from .registry import head_kind
 from .splits import LabelledSplit, LazySplit, Reading
 from .trial import TrialSpec
+
+with modules_marked_absent(DATAFRAME_LIBRARIES):
+    from scipy import stats
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
 
 
 @dataclass(frozen=True, eq=False)

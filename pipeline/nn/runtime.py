@@ -23,7 +23,7 @@ import os
 import sys
 
 from ..errors import BackendError
-from ..optional_imports import modules_marked_absent
+from ..optional_imports import DATAFRAME_LIBRARIES, modules_marked_absent
 from .backend import check_backend, keras_backend_name
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,7 +55,7 @@ def _quiet_native_stderr():
 # a conversion the pipeline never makes: 106 MiB of every process on the TensorFlow backend
 _NOT_FOR_TENSORFLOW = ("jax", "jaxlib") if BACKEND == "tensorflow" else ()
 
-with _quiet_native_stderr(), modules_marked_absent(_NOT_FOR_TENSORFLOW):
+with _quiet_native_stderr(), modules_marked_absent(_NOT_FOR_TENSORFLOW + DATAFRAME_LIBRARIES):
     import keras
 
     if BACKEND == "tensorflow":
