@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cache.files import write_atomic
+
 from ..config import OUTPUT, DenseParams, HeadConfig
 from ..config.heads import OUTPUT_PARTS, feature_parts
 from ..errors import ConfigError
@@ -286,6 +288,7 @@ class DenseKind(HeadKind):
     preprocessing = ("features", "normalize", "scale")
     relative_cost = 2
     sits_on_base = True
+    loads_runtime = True
     predicts_by_proba = True
 
     def check(self, where: str, head: HeadConfig) -> None:
@@ -381,6 +384,13 @@ class DenseKind(HeadKind):
         """``model.keras``."""
         path = folder / self.model_file
         save_keras_model(model, path)
+        return path
+
+    def save_packed(self, packed: bytes, folder: Path) -> Path:
+        """``model.keras`` from the bytes :meth:`pack` made (they are that file), without
+        loading Keras."""
+        path = folder / self.model_file
+        write_atomic(path, packed)
         return path
 
     def load(self, path: Path):

@@ -33,6 +33,10 @@ class HeadKind(ABC):
     relative_cost: int = 1
     #: a Keras model on (h, w, c) features, which the finetune stage can put on the base
     sits_on_base: bool = False
+    #: fitting loads a runtime that stays in the process for the rest of its life (Keras, and
+    #: with it TensorFlow's ~700 MiB): a sweep in one process fits such trials in a child
+    #: process of their own when its rows are large (:mod:`~pipeline.heads.sweep`)
+    loads_runtime: bool = False
     #: the most training rows a trial fits on unless the head says otherwise (None: no limit)
     max_train_rows: int | None = None
     #: why :attr:`max_train_rows` is what it is, and what to do instead, for the message
@@ -80,12 +84,17 @@ class HeadKind(ABC):
         (:class:`~pipeline.errors.HeadLoadError` otherwise)."""
 
     def pack(self, model: Any) -> Any:
-        """The model in a form that pickles (to travel between dask processes)."""
+        """The model in a form that pickles (to travel between processes)."""
         return model
 
     def unpack(self, packed: Any) -> Any:
         """Inverse of :meth:`pack`."""
         return packed
+
+    def save_packed(self, packed: Any, folder: Path) -> Path:
+        """:meth:`save` of the model ``packed`` is; kinds whose packed form is their model
+        file write it as it is, without loading the model (nor its runtime)."""
+        return self.save(self.unpack(packed), folder)
 
     def describe(self, trial: TrialSpec) -> dict[str, Any]:
         """Everything that defines ``trial``, as plain data for leaderboards and head.json."""
@@ -94,6 +103,10 @@ class HeadKind(ABC):
 
     def __repr__(self) -> str:
         return f"<head kind {self.name}>"
+
+
+#: Where a :class:`FittedHead` that arrived from another process keeps its packed model.
+_PACKED = "_packed_model"
 
 
 @dataclass
@@ -108,12 +121,36 @@ class FittedHead:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["model"] = self.kind.pack(self.model)
+        packed = state.pop(_PACKED, None)
+        state["model"] = self.kind.pack(self.model) if packed is None else packed
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state["model"] = state["kind"].unpack(state["model"])
+        # The model stays packed until it is used: a Keras model sent from another process
+        # would otherwise load Keras (and TensorFlow's ~700 MiB) into this one on arrival,
+        # where it may only be saved (:meth:`save`), or not be used at all.
+        state = dict(state)
+        self.__dict__[_PACKED] = state.pop("model")
         self.__dict__.update(state)
+
+    def __getattr__(self, name: str) -> Any:
+        # called only for attributes not found: the model of a head still packed
+        if name == "model" and _PACKED in self.__dict__:
+            self.model = self.kind.unpack(self.__dict__.pop(_PACKED))
+            return self.model
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def packed(self) -> bool:
+        """Whether the model arrived from another process and has not been used here yet."""
+        return _PACKED in self.__dict__
+
+    def save(self, folder: Path) -> Path:
+        """Write the model into ``folder`` as its kind's model file; returns its path. A
+        model still packed is written from its packed form (:meth:`HeadKind.save_packed`)."""
+        if self.packed:
+            return self.kind.save_packed(self.__dict__[_PACKED], folder)
+        return self.kind.save(self.model, folder)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
         """(N, n_classes) class probabilities, or None when the model gives none (SVM)."""

@@ -48,7 +48,7 @@ from .leaderboard import (
 from .registry import check_heads
 from .saving import save_head
 from .splits import TrainingData, lazy_split
-from .sweep import run_trials, runs_in_process
+from .sweep import run_trials, runs_in_process, runs_runtimes_apart
 from .trials import Trial, expand_trials
 
 #: The best head's answer for each test image, written into its folder (the report's gallery).
@@ -64,7 +64,8 @@ class HeadOutcome:
     result: TrialResult
     scores: dict[str, SplitScores]
     folder: Path
-    model: FittedHead = field(repr=False)
+    #: None once saved, for every head but the overall best
+    model: FittedHead | None = field(repr=False)
     trial: Trial = field(repr=False)
 
 
@@ -157,8 +158,10 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
 
     sweep_started = time.perf_counter()
     in_process = runs_in_process(trials, data, config.cluster, heads.memory_budget_mb)
+    apart = (in_process and config.cluster.scheduler == "auto"
+             and runs_runtimes_apart(trials, data))
     sweep = run_trials(trials, data, config.cluster, heads.metric, progress=progress,
-                       in_process=in_process)
+                       in_process=in_process, runtimes_apart=apart)
     sweep_seconds = time.perf_counter() - sweep_started
     data.release()
     ranked = rank_trials(sweep.results, heads.metric)
@@ -171,13 +174,21 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
             failed.append(name)
             continue
         trial = next(t for t in trials if t.head == name and t.index == best.trial)
-        kept = sweep.best[name]  # scored on validation in the sweep: not predicted again
+        # scored on validation in the sweep: not predicted again; taken out of the sweep's
+        # outcome so that the model goes once it is saved
+        kept = sweep.best.pop(name)
         outcomes.append(HeadOutcome(name, best, {"validation": kept.validation},
                                     output / "heads" / name, kept.model, trial))
     if not outcomes:
         raise PipelineError(f"every trial of every head failed (first error: "
                             f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
     winner = best_outcome(outcomes)
+    # The others first, each model let go once saved: a kNN head's model holds its training
+    # rows, and testing a dense winner that came packed from another process loads Keras
+    for outcome in outcomes:
+        if outcome is not winner:
+            _save_outcome(outcome, view, ctx, heads.metric)
+            outcome.model = None
     # Every choice is made; only now does the test split come off the disk, for one model.
     if not view.select("test"):
         warnings.warn("the test split has no images: heads are selected on validation but not "
@@ -186,8 +197,7 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     test = lazy_split(stores, view, "test")
     predicted, proba = winner.model.predict_split(test, winner.trial.chunk_rows)
     winner.scores["test"] = evaluate(test.y, predicted, proba, view.classes)
-    for outcome in outcomes:
-        _save_outcome(outcome, view, ctx, heads.metric)
+    _save_outcome(winner, view, ctx, heads.metric)
     write_predictions(view, "test", predicted, proba, winner.folder / PREDICTIONS_NAME)
     sizes = {s: len(view.select(s)) for s in ("train", "validation", "test")}
     sizes["augmented"] = len(view.augmented_copies()) if heads.augmented_copies else 0

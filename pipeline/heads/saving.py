@@ -25,7 +25,7 @@ HEAD_FORMAT = 1
 def save_head(head: FittedHead, folder: Path, metadata: dict[str, Any]) -> Path:
     """Write ``head`` and ``metadata`` (JSON-able) into ``folder``; returns the model file."""
     folder.mkdir(parents=True, exist_ok=True)
-    model_file = head.kind.save(head.model, folder)
+    model_file = head.save(folder)
     payload = {"format": HEAD_FORMAT, "kind": head.kind.name, "n_classes": head.n_classes,
                "model_file": model_file.name, **metadata}
     write_atomic(folder / "head.json", json.dumps(payload, indent=2) + "\n")

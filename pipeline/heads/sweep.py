@@ -7,8 +7,10 @@ model so far is kept, on its worker, and only the winners travel back.
 
 ``cluster.scheduler``: ``local`` starts a LocalCluster with one single-threaded worker process
 per core; ``synchronous`` runs trials one after another in this process; ``auto`` picks one of
-the two by the sweep's size (:func:`runs_in_process`); an address such as ``tcp://host:8786``
-uses a running scheduler whose workers can import this package.
+the two by the sweep's size (:func:`runs_in_process`), and in this process fits the trials
+that load a runtime (the dense head's Keras) first, in a child process that ends with them,
+when the rows are large (:func:`runs_runtimes_apart`); an address such as
+``tcp://host:8786`` uses a running scheduler whose workers can import this package.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+import subprocess
+import sys
+import tempfile
 import traceback
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -152,11 +159,35 @@ def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterCon
     return work < PARALLEL_SWEEP_WORK
 
 
+#: Under ``cluster.scheduler: auto``, the bytes of rows (the largest reading a trial holds,
+#: training and validation) from which a sweep run in this process fits the trials whose kind
+#: loads a runtime (:attr:`~pipeline.heads.kind.HeadKind.loads_runtime`: the dense head's
+#: Keras) in a child process that ends with them. TensorFlow keeps ~700 MiB in a process that
+#: imported it (Keras 3.15, TensorFlow 2.21, CPU): beside rows of hundreds of MiB it is what
+#: decides the sweep's peak, while the child's start (a fresh interpreter: ~5 s) is noise in
+#: a sweep of that size, and at the sizes below, memory is not what a sweep runs short of.
+RUNTIME_APART_BYTES = 64 * 2**20
+
+
+def runs_runtimes_apart(trials: list[Trial], data: TrainingData) -> bool:
+    """Whether a sweep of ``trials`` in this process fits those that load a runtime in a
+    child process (:data:`RUNTIME_APART_BYTES`): when there are such trials and others, and
+    the largest reading a trial holds in memory reaches that size."""
+    kinds = {trial.kind.loads_runtime for trial in trials}
+    if kinds != {True, False}:
+        return False
+    held = max((data.nbytes(trial.reading) for trial in trials if not trial.reading.lazy),
+               default=0)
+    return held >= RUNTIME_APART_BYTES
+
+
 def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
                metric: str = "val_accuracy", progress: bool = True,
-               in_process: bool | None = None) -> SweepOutcome:
+               in_process: bool | None = None, runtimes_apart: bool = False) -> SweepOutcome:
     """Run ``trials`` where ``cluster`` says (in this process when ``in_process``; None:
-    with ``synchronous`` only); results in the order of ``trials``.
+    with ``synchronous`` only); results in the order of ``trials``. In this process, with
+    ``runtimes_apart``, the trials whose kind loads a runtime (the dense head's Keras) run
+    first, in a child process that ends with them (:func:`runs_runtimes_apart`).
 
     Only each head's best model (by ``metric``) is kept, so a sweep of hundreds of trials
     holds at most one fitted model per head, and the model tested later is the very one that
@@ -168,7 +199,7 @@ def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
                dynamic_ncols=True)
     with bar:
         if in_process:
-            return _run_in_process(trials, data, metric, bar)
+            return _run_in_process(trials, data, metric, bar, runtimes_apart)
         if cluster.on_scheduler:  # its workers may not see the cache: the features go along
             data = data.carrying(tuple(dict.fromkeys(
                 source for trial in trials if not trial.reads_in_chunks
@@ -181,14 +212,23 @@ def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
 
 
 def _run_in_process(trials: list[Trial], data: TrainingData, metric: str,
-                    bar) -> SweepOutcome:
+                    bar, runtimes_apart: bool = False) -> SweepOutcome:
     """The trials one after another, those of one reading together (it is read once, and
-    let go after its last trial, before the next reading's rows are made)."""
-    readings = list(dict.fromkeys(trial.reading for trial in trials))
-    order = sorted(range(len(trials)), key=lambda i: readings.index(trials[i].reading))
-    last = {trials[index].reading: index for index in order}
+    let go after its last trial, before the next reading's rows are made); with
+    ``runtimes_apart``, those whose kind loads a runtime first, in a child process."""
     keeper = _BestPerHead(metric)
     results: list[TrialResult | None] = [None] * len(trials)
+    apart = [i for i, trial in enumerate(trials) if runtimes_apart and trial.kind.loads_runtime]
+    # strict: the child is waited for, its memory given back, before the next trial here
+    for index, (result, model) in zip(apart, fit_and_score_apart(
+            [trials[i] for i in apart], data), strict=True):
+        results[index] = result
+        keeper.offer(index, result, model)
+        bar.update()
+    here = sorted(set(range(len(trials))) - set(apart))
+    readings = list(dict.fromkeys(trials[i].reading for i in here))
+    order = sorted(here, key=lambda i: readings.index(trials[i].reading))
+    last = {trials[index].reading: index for index in order}
     for index in order:
         results[index], model = fit_and_score(trials[index], data)
         keeper.offer(index, results[index], model)
@@ -196,6 +236,53 @@ def _run_in_process(trials: list[Trial], data: TrainingData, metric: str,
             data.let_go(trials[index].reading)
         bar.update()
     return SweepOutcome(results, keeper.kept())
+
+
+#: The command that fits trials apart (:mod:`pipeline.heads.child`).
+CHILD_COMMAND = (sys.executable, "-m", "pipeline.heads.child")
+
+
+def fit_and_score_apart(trials: list[Trial], data: TrainingData
+                        ) -> Iterator[tuple[TrialResult, ScoredHead | None]]:
+    """:func:`fit_and_score` of each of ``trials``, in order, in one child process started
+    for them (a fresh interpreter: :mod:`pipeline.heads.child`), which reads its own rows and
+    ends after the last. The fitted heads come back packed and stay so until used
+    (:class:`~pipeline.heads.kind.FittedHead`): this process never loads their runtime
+    unless one of them is tested or saved unpacked. A child that dies fails its trial and
+    every later one, with the end of what it wrote to standard error."""
+    if not trials:
+        return
+    # the child finds this package (and anything the trials' kinds import) where this
+    # process does
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    with tempfile.TemporaryFile() as errors, subprocess.Popen(
+            CHILD_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+            env=env) as child:
+        try:
+            pickle.dump((data, trials), child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            child.stdin.close()
+        except BrokenPipeError:
+            pass  # it ended already: reading its first result says how
+        for number in range(len(trials)):
+            try:
+                yield pickle.load(child.stdout)
+            except (EOFError, pickle.UnpicklingError):
+                yield from (_failed_apart(trial, child, errors) for trial in trials[number:])
+                return
+
+
+def _failed_apart(trial: Trial, child: subprocess.Popen,
+                  errors) -> tuple[TrialResult, None]:
+    """``trial``'s result when the child fitting it ended before sending it."""
+    code = child.wait()
+    errors.seek(0)
+    lines = [line for line in errors.read().decode(errors="replace").splitlines()
+             if line.strip()]
+    reason = " ".join(" ".join(lines[-3:]).split()) or "it wrote nothing on standard error"
+    error = (f"ChildProcessError: the process fitting this trial apart ended (exit status "
+             f"{code}) before its result: {reason}")
+    return TrialResult(trial.head, trial.index, trial.kind.name, trial.describe(),
+                       status="failed", error=error[:500]), None
 
 
 def _run_on_cluster(client, trials: list[Trial], data: TrainingData, metric: str,

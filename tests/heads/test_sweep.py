@@ -490,3 +490,90 @@ def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch():
                         epochs=4, shuffle=False, verbose=0)
     expected = float(np.mean(validation.y == 0))
     np.testing.assert_allclose(history.history["val_accuracy"], [expected] * 4, rtol=1e-6)
+
+
+# -- trials that load a runtime, fitted apart ------------------------------------------------
+
+DENSE = {"kind": "dense", "features": "gap",
+         "params": {"epochs": 3, "units": 16, "learning_rate": 0.01, "batch_size": 16}}
+
+
+def test_runtimes_go_apart_beside_other_trials_on_large_rows_only():
+    both = _trials({"dense": DENSE, "gmp": HEADS["gmp"]})
+    assert sweep.runs_runtimes_apart(both, _named_rows(100_000))
+    assert not sweep.runs_runtimes_apart(both, _named_rows(2_000))  # 16 MB: not worth a child
+    # nothing else in the sweep to keep the runtime away from
+    assert not sweep.runs_runtimes_apart(_trials({"dense": DENSE}), _named_rows(100_000))
+    assert not sweep.runs_runtimes_apart(_trials({"gmp": HEADS["gmp"]}), _named_rows(100_000))
+
+
+def test_a_trial_fitted_apart_comes_back_packed_and_predicts_as_it_scored(cached_project,
+                                                                         tmp_path):
+    project = cached_project({"dense": DENSE, "gmp": HEADS["gmp"]},
+                             per_split={"train": 30, "validation": 12, "test": 6})
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    data = _training_data(ctx.stores, ctx.require_view(("output",)), augmented=False)
+    trials = _trials({"dense": DENSE, "gmp": HEADS["gmp"]})
+    outcome = sweep._run_in_process(trials, data, "val_accuracy", _NoBar(),
+                                    runtimes_apart=True)
+    assert [(r.head, r.status) for r in outcome.results] == [("dense", "ok"), ("gmp", "ok")]
+    dense, gmp = outcome.best["dense"].model, outcome.best["gmp"].model
+    assert dense.packed and not gmp.packed
+    # pickled again (to a dask worker, say), it travels as it came, still packed
+    assert pickle.loads(pickle.dumps(dense)).packed
+    # saved packed: the very file the kind writes, which loads and predicts
+    (tmp_path / "packed").mkdir()
+    model_file = dense.save(tmp_path / "packed")
+    assert dense.packed and model_file.name == "model.keras"
+    loaded = dense.kind.load(model_file)
+    validation = data.splits(trials[0].reading)[1]
+    predicted, _ = dense.predict_split(validation)  # unpacks it here
+    assert not dense.packed
+    assert np.mean(predicted == validation.y) == pytest.approx(outcome.results[0].val_accuracy)
+    np.testing.assert_allclose(dense.kind.predict_proba(loaded, validation.x, 3),
+                               dense.predict_proba(validation.x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_child_that_dies_fails_its_trials_and_the_sweep_goes_on(cached_project,
+                                                                  monkeypatch):
+    project = cached_project({"dense": DENSE, "gmp": HEADS["gmp"]})
+    ctx = RunContext(load_config(project / "stages.yaml"))
+    data = _training_data(ctx.stores, ctx.require_view(("output",)), augmented=False)
+    monkeypatch.setattr(sweep, "CHILD_COMMAND", (sys.executable, "-c", (
+        "import os, sys; sys.stderr.write('Killed while fitting\\n'); os._exit(9)")))
+    trials = _trials({"dense": {**DENSE, "sweep": {"params": {"units": [8, 16]}}},
+                      "gmp": HEADS["gmp"]})
+    outcome = sweep._run_in_process(trials, data, "val_accuracy", _NoBar(),
+                                    runtimes_apart=True)
+    assert [(r.head, r.status) for r in outcome.results] == [
+        ("dense", "failed"), ("dense", "failed"), ("gmp", "ok")]
+    assert outcome.results[0].error == (
+        "ChildProcessError: the process fitting this trial apart ended (exit status 9) "
+        "before its result: Killed while fitting")
+    assert set(outcome.best) == {"gmp"}
+
+
+def test_a_sweep_with_its_dense_trials_apart_never_loads_keras_here(cached_project):
+    # a dense head that cannot win (one epoch at a learning rate that barely moves it): the
+    # stage saves it from the bytes it came back as, and tests the logistic regression; nor
+    # does scikit-learn bring pandas along (DATAFRAME_LIBRARIES)
+    weak = {**DENSE, "params": {**DENSE["params"], "epochs": 1, "learning_rate": 1e-7}}
+    project = cached_project({"dense": weak, "gmp": HEADS["gmp"]}, scheduler="auto",
+                             per_split={"train": 30, "validation": 12, "test": 6})
+    code = ("import sys\n"
+            "from pipeline.heads import sweep\n"
+            "sweep.RUNTIME_APART_BYTES = 0\n"
+            "from pipeline.cli import main\n"
+            f"code = main(['run', 'heads', '-c', {str(project / 'stages.yaml')!r}, "
+            "'--no-progress'])\n"
+            "print(sorted({'keras', 'tensorflow', 'pandas'} & set(sys.modules)))\n"
+            "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best: gmp" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    from pipeline.heads.saving import load_head
+    run = max((project / "runs").iterdir())
+    head, metadata = load_head(run / "heads" / "dense")
+    assert metadata["kind"] == "dense" and head.model.name == "dense_head_dense"
