@@ -277,15 +277,15 @@ class HeadsConfig(Section):
     """Train on the cached augmented copies of the training images too, when extract made
     them (``stages.extract.augmented_copies.count`` > 0). Validation and test are never
     augmented."""
-    memory_budget_mb: Int = Field(256, ge=1)
+    memory_budget_mb: Int = Field(1024, ge=1)
     """Megabytes of cached features a sweep keeps in memory between trials, shared by this
     process and a LocalCluster's workers: each keeps the feature rows it made while they fit
     in its share (the least recently used let go first; kept models, such as a kNN head's
     training rows, are not counted); a dense head whose training and validation features are
     larger than its share streams them from the cache in shuffled chunks (not on a remote
-    scheduler, whose workers get the features sent): by default from about 40,000 images of
-    1,536 numbers; with ``cluster.scheduler: auto``, a sweep whose largest rows would not
-    fit once in this process and once in every worker runs in this process."""
+    scheduler, whose workers get the features sent); with ``cluster.scheduler: auto``, a
+    sweep whose largest rows would not fit once in this process and once in every worker runs
+    in this process."""
 
     @field_validator("models")
     @classmethod

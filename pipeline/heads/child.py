@@ -31,6 +31,10 @@ def main() -> None:
         pickle.dump(fit_and_score(trial, data), results, protocol=pickle.HIGHEST_PROTOCOL)
         results.flush()
     results.close()
+    sys.stderr.flush()
+    # every result is sent: no interpreter shutdown, which with TensorFlow's threads loaded
+    # is slow and can hang while the parent waits
+    os._exit(0)
 
 
 if __name__ == "__main__":

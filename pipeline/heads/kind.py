@@ -9,7 +9,7 @@ this interface; which kinds exist is :mod:`pipeline.heads.registry`'s list.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,8 @@ class FittedHead:
     """A trained head: its kind, its model and its class count."""
 
     kind: HeadKind
-    model: Any
+    # out of repr and ==, which would unpack a packed model (loading its runtime) to show it
+    model: Any = field(repr=False, compare=False)
     n_classes: int
     fit_seconds: float = 0.0
     history: dict[str, list[float]] | None = None
@@ -122,7 +123,7 @@ class FittedHead:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         packed = state.pop(_PACKED, None)
-        state["model"] = self.kind.pack(self.model) if packed is None else packed
+        state["model"] = packed if self.packed else self.kind.pack(self.model)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -134,16 +135,19 @@ class FittedHead:
         self.__dict__.update(state)
 
     def __getattr__(self, name: str) -> Any:
-        # called only for attributes not found: the model of a head still packed
+        # called only for attributes not found: the model of a head still packed (the bytes
+        # are dropped only once the model is made, so a failed unpack can be tried again)
         if name == "model" and _PACKED in self.__dict__:
-            self.model = self.kind.unpack(self.__dict__.pop(_PACKED))
-            return self.model
+            self.__dict__["model"] = self.kind.unpack(self.__dict__[_PACKED])
+            del self.__dict__[_PACKED]
+            return self.__dict__["model"]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def packed(self) -> bool:
-        """Whether the model arrived from another process and has not been used here yet."""
-        return _PACKED in self.__dict__
+        """Whether the model arrived from another process and has not been used (nor
+        replaced) here yet."""
+        return "model" not in self.__dict__ and _PACKED in self.__dict__
 
     def save(self, folder: Path) -> Path:
         """Write the model into ``folder`` as its kind's model file; returns its path. A

@@ -2,13 +2,15 @@
 
 1. Find the dataset view and the cached features of this backbone fingerprint (no image is
    decoded and no convnet runs here; a missing view or entry is an error that says to extract).
-2. Run every trial of every head (sweeps included), in this process or on dask, scoring on
-   the validation split.
+2. Run every trial of every head (sweeps included), in this process (a large sweep's dense
+   trials in a child process) or on dask, scoring on the validation split.
 3. Rank the trials into a leaderboard by the validation metric.
 4. For each head, take the model of its best trial and its validation scores (kept from the
    sweep: not refitted, not predicted again), and save the model, its scores, confusion
-   matrix and (dense) training history.
-5. Evaluate the overall best, the head whose best trial ranks first, once on the test split.
+   matrix and (dense) training history: every head but the overall best first, each model
+   let go once saved.
+5. Evaluate the overall best, the head whose best trial ranks first, once on the test split,
+   and save it.
 
 The test split is loaded only at step 5, after every choice has been made, and only one model
 ever sees it: per-head test scores would invite choosing a head by its test score.
@@ -179,6 +181,7 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
         kept = sweep.best.pop(name)
         outcomes.append(HeadOutcome(name, best, {"validation": kept.validation},
                                     output / "heads" / name, kept.model, trial))
+    kept = None  # or the last head's model would outlive its saving, below
     if not outcomes:
         raise PipelineError(f"every trial of every head failed (first error: "
                             f"{ranked[0].error}); see {output / 'leaderboard.csv'}")
@@ -203,7 +206,8 @@ def run_heads(ctx: RunContext, output: Path, progress: bool = True) -> HeadsResu
     sizes["augmented"] = len(view.augmented_copies()) if heads.augmented_copies else 0
     scheduler = config.cluster.scheduler
     return HeadsResult(ctx.fingerprint.id, sizes, ranked, outcomes,
-                       "in this process" if in_process else
+                       ("in this process, its dense trials in a child process" if apart
+                        else "in this process") if in_process else
                        f"dask {'local' if scheduler == 'auto' else scheduler}",
                        sweep_seconds, time.perf_counter() - started,
                        heads.metric, failed)

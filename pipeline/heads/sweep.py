@@ -15,10 +15,12 @@ when the rows are large (:func:`runs_runtimes_apart`); an address such as
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import IO
 
 import numpy as np
 from tqdm import tqdm
@@ -159,26 +162,32 @@ def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterCon
     return work < PARALLEL_SWEEP_WORK
 
 
-#: Under ``cluster.scheduler: auto``, the bytes of rows (the largest reading a trial holds,
-#: training and validation) from which a sweep run in this process fits the trials whose kind
-#: loads a runtime (:attr:`~pipeline.heads.kind.HeadKind.loads_runtime`: the dense head's
-#: Keras) in a child process that ends with them. TensorFlow keeps ~700 MiB in a process that
-#: imported it (Keras 3.15, TensorFlow 2.21, CPU): beside rows of hundreds of MiB it is what
-#: decides the sweep's peak, while the child's start (a fresh interpreter: ~5 s) is noise in
-#: a sweep of that size, and at the sizes below, memory is not what a sweep runs short of.
+#: Under ``cluster.scheduler: auto``, the bytes of rows (the largest reading that a trial
+#: run in this process holds, training and validation) from which a sweep run in this process
+#: fits the trials whose kind loads a runtime
+#: (:attr:`~pipeline.heads.kind.HeadKind.loads_runtime`: the dense head's Keras) in a child
+#: process that ends with them, when their own features stream from the cache. TensorFlow
+#: keeps ~700 MiB in a process that imported it (Keras 3.15, TensorFlow 2.21, CPU): beside
+#: rows of hundreds of MiB it is what decides the sweep's peak, while the child's start (a
+#: fresh interpreter: ~5 s) is noise in a sweep of that size. A dense head that holds its
+#: features stays here: in a child, its rows and runtime beside this process peaked higher
+#: than all of it here (at 10^5 images, docs/benchmarks.md).
 RUNTIME_APART_BYTES = 64 * 2**20
 
 
 def runs_runtimes_apart(trials: list[Trial], data: TrainingData) -> bool:
     """Whether a sweep of ``trials`` in this process fits those that load a runtime in a
-    child process (:data:`RUNTIME_APART_BYTES`): when there are such trials and others, and
-    the largest reading a trial holds in memory reaches that size."""
-    kinds = {trial.kind.loads_runtime for trial in trials}
-    if kinds != {True, False}:
+    child process: when there are such trials, all streaming their features
+    (:meth:`~pipeline.heads.splits.TrainingData.streams`), and other trials whose largest
+    reading held here reaches :data:`RUNTIME_APART_BYTES`; never where this interpreter
+    cannot start another (no ``sys.executable``, a frozen application)."""
+    if not sys.executable or getattr(sys, "frozen", False):
         return False
-    held = max((data.nbytes(trial.reading) for trial in trials if not trial.reading.lazy),
-               default=0)
-    return held >= RUNTIME_APART_BYTES
+    apart = [trial for trial in trials if trial.kind.loads_runtime]
+    held_here = [data.nbytes(trial.reading) for trial in trials
+                 if not trial.kind.loads_runtime and not trial.reading.lazy]
+    return (bool(apart) and all(data.streams(trial.reading) for trial in apart)
+            and max(held_here, default=0) >= RUNTIME_APART_BYTES)
 
 
 def run_trials(trials: list[Trial], data: TrainingData, cluster: ClusterConfig,
@@ -219,12 +228,13 @@ def _run_in_process(trials: list[Trial], data: TrainingData, metric: str,
     keeper = _BestPerHead(metric)
     results: list[TrialResult | None] = [None] * len(trials)
     apart = [i for i, trial in enumerate(trials) if runtimes_apart and trial.kind.loads_runtime]
-    # strict: the child is waited for, its memory given back, before the next trial here
-    for index, (result, model) in zip(apart, fit_and_score_apart(
-            [trials[i] for i in apart], data), strict=True):
-        results[index] = result
-        keeper.offer(index, result, model)
-        bar.update()
+    # strict: the child is waited for, its memory given back, before the next trial here;
+    # closing: an error here ends the child too
+    with contextlib.closing(fit_and_score_apart([trials[i] for i in apart], data)) as fitted:
+        for index, (result, model) in zip(apart, fitted, strict=True):
+            results[index] = result
+            keeper.offer(index, result, model)
+            bar.update()
     here = sorted(set(range(len(trials))) - set(apart))
     readings = list(dict.fromkeys(trials[i].reading for i in here))
     order = sorted(here, key=lambda i: readings.index(trials[i].reading))
@@ -253,38 +263,62 @@ def fit_and_score_apart(trials: list[Trial], data: TrainingData
     if not trials:
         return
     # the child finds this package (and anything the trials' kinds import) where this
-    # process does
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+    # process does, and not another one in the folder it runs in (PYTHONSAFEPATH: -m would
+    # put that folder first)
+    env = {**os.environ, "PYTHONSAFEPATH": "1",
+           "PYTHONPATH": os.pathsep.join(path for path in sys.path
+                                         if isinstance(path, str) and path)}
     # glibc gives each of TensorFlow's threads a malloc arena of its own, and what they free
     # stays in them: a streamed dense head at 10^5 images grew 7 MiB an epoch (1,036 to
     # 1,114 MiB over 12 epochs), with two arenas it stays at 1,044-1,065 MiB, as fast
     env.setdefault("MALLOC_ARENA_MAX", "2")
-    with tempfile.TemporaryFile() as errors, subprocess.Popen(
-            CHILD_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+    with tempfile.TemporaryFile() as stderr_file, subprocess.Popen(
+            CHILD_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file,
             env=env) as child:
+        finished = False
         try:
-            pickle.dump((data, trials), child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            child.stdin.close()
-        except BrokenPipeError:
-            pass  # it ended already: reading its first result says how
-        for number in range(len(trials)):
-            try:
-                yield pickle.load(child.stdout)
-            except (EOFError, pickle.UnpicklingError):
-                yield from (_failed_apart(trial, child, errors) for trial in trials[number:])
-                return
+            # a child that ended already leaves the pipe broken; its first result says how
+            with contextlib.suppress(BrokenPipeError):
+                pickle.dump((data, trials), child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            with contextlib.suppress(BrokenPipeError):
+                child.stdin.close()
+            for next_trial in range(len(trials)):
+                try:
+                    yield pickle.load(child.stdout)
+                except (EOFError, pickle.UnpicklingError):
+                    reason = _child_end(child, stderr_file)
+                    for trial in trials[next_trial:]:
+                        yield _failed_apart(trial, reason)
+                    break
+            finished = True
+        finally:
+            if not finished and child.poll() is None:
+                child.kill()  # interrupted, or its caller stopped early: not left fitting
 
 
-def _failed_apart(trial: Trial, child: subprocess.Popen,
-                  errors) -> tuple[TrialResult, None]:
-    """``trial``'s result when the child fitting it ended before sending it."""
+def _child_end(child: subprocess.Popen, stderr_file: IO[bytes]) -> str:
+    """How the child ended: its exit status or signal, and its last lines on stderr."""
     code = child.wait()
-    errors.seek(0)
-    lines = [line for line in errors.read().decode(errors="replace").splitlines()
+    stderr_file.seek(max(0, stderr_file.seek(0, os.SEEK_END) - 4096))
+    lines = [line for line in stderr_file.read().decode(errors="replace").splitlines()
              if line.strip()]
-    reason = " ".join(" ".join(lines[-3:]).split()) or "it wrote nothing on standard error"
-    error = (f"ChildProcessError: the process fitting this trial apart ended (exit status "
-             f"{code}) before its result: {reason}")
+    said = " ".join(" ".join(lines[-3:]).split()) or "it wrote nothing on standard error"
+    if code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+        if code == -signal.SIGKILL:
+            how += " (out of memory?)"
+    else:
+        how = f"exit status {code}"
+    return f"{how}: {said}"
+
+
+def _failed_apart(trial: Trial, reason: str) -> tuple[TrialResult, None]:
+    """``trial``'s result when the child fitting it ended before sending it."""
+    error = (f"ChildProcessError: the process fitting this trial apart ended before its "
+             f"result ({reason})")
     return TrialResult(trial.head, trial.index, trial.kind.name, trial.describe(),
                        status="failed", error=error[:500]), None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.config import ClusterConfig, HeadsConfig, load_config
 from pipeline.context import RunContext
 from pipeline.heads import sweep
 from pipeline.heads.features import FeatureRows, PreparedRows, feature_rows, normalize_in_place
-from pipeline.heads.kind import FittedHead
+from pipeline.heads.kind import FittedHead, HeadKind
 from pipeline.heads.registry import head_kind
 from pipeline.heads.run import _training_data
 from pipeline.heads.splits import LabelledSplit, LazySplit, Reading, SplitReader, TrainingData
@@ -498,13 +500,22 @@ DENSE = {"kind": "dense", "features": "gap",
          "params": {"epochs": 3, "units": 16, "learning_rate": 0.01, "batch_size": 16}}
 
 
-def test_runtimes_go_apart_beside_other_trials_on_large_rows_only():
+def test_runtimes_go_apart_when_they_stream_beside_large_rows_held_here(monkeypatch):
     both = _trials({"dense": DENSE, "gmp": HEADS["gmp"]})
-    assert sweep.runs_runtimes_apart(both, _named_rows(100_000))
-    assert not sweep.runs_runtimes_apart(both, _named_rows(2_000))  # 16 MB: not worth a child
-    # nothing else in the sweep to keep the runtime away from
-    assert not sweep.runs_runtimes_apart(_trials({"dense": DENSE}), _named_rows(100_000))
-    assert not sweep.runs_runtimes_apart(_trials({"gmp": HEADS["gmp"]}), _named_rows(100_000))
+    # the dense head's raw output streams (3.3 GB over 256 MB), the gmp rows held here
+    # are 205 MB
+    assert sweep.runs_runtimes_apart(both, _named_rows(100_000).within(256 * 2**20))
+    # a dense head that holds its features stays here
+    assert not sweep.runs_runtimes_apart(both, _named_rows(100_000).within(2**33))
+    # 4 MB of rows held here: not worth a child
+    assert not sweep.runs_runtimes_apart(both, _named_rows(2_000).within(2**20))
+    # nothing else in the sweep to keep the runtime away from, or no runtime to keep away
+    for alone in ({"dense": DENSE}, {"gmp": HEADS["gmp"]}):
+        assert not sweep.runs_runtimes_apart(_trials(alone),
+                                             _named_rows(100_000).within(256 * 2**20))
+    # an interpreter that cannot start another (embedded, frozen)
+    monkeypatch.setattr(sys, "executable", "")
+    assert not sweep.runs_runtimes_apart(both, _named_rows(100_000).within(256 * 2**20))
 
 
 def test_a_trial_fitted_apart_comes_back_packed_and_predicts_as_it_scored(cached_project,
@@ -548,8 +559,8 @@ def test_a_child_that_dies_fails_its_trials_and_the_sweep_goes_on(cached_project
     assert [(r.head, r.status) for r in outcome.results] == [
         ("dense", "failed"), ("dense", "failed"), ("gmp", "ok")]
     assert outcome.results[0].error == (
-        "ChildProcessError: the process fitting this trial apart ended (exit status 9) "
-        "before its result: Killed while fitting")
+        "ChildProcessError: the process fitting this trial apart ended before its result "
+        "(exit status 9: Killed while fitting)")
     assert set(outcome.best) == {"gmp"}
 
 
@@ -559,7 +570,11 @@ def test_a_sweep_with_its_dense_trials_apart_never_loads_keras_here(cached_proje
     # does scikit-learn bring pandas along (DATAFRAME_LIBRARIES)
     weak = {**DENSE, "params": {**DENSE["params"], "epochs": 1, "learning_rate": 1e-7}}
     project = cached_project({"dense": weak, "gmp": HEADS["gmp"]}, scheduler="auto",
-                             per_split={"train": 30, "validation": 12, "test": 6})
+                             per_split={"train": 60, "validation": 20, "test": 6})
+    config = yaml.safe_load((project / "stages.yaml").read_text())
+    # 3 classes x 80 rows x 2,048 numbers x 4 bytes: 2 MB, over 1 MB: the dense head streams
+    config["stages"]["heads"]["memory_budget_mb"] = 1
+    (project / "stages.yaml").write_text(yaml.safe_dump(config))
     code = ("import sys\n"
             "from pipeline.heads import sweep\n"
             "sweep.RUNTIME_APART_BYTES = 0\n"
@@ -577,3 +592,71 @@ def test_a_sweep_with_its_dense_trials_apart_never_loads_keras_here(cached_proje
     run = max((project / "runs").iterdir())
     head, metadata = load_head(run / "heads" / "dense")
     assert metadata["kind"] == "dense" and head.model.name == "dense_head_dense"
+
+
+def test_the_child_finds_this_package_and_keeps_two_malloc_arenas(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # not where the package is: PYTHONPATH must find it
+    # a stand-in child that says what it was given, then ends without a result
+    monkeypatch.setattr(sweep, "CHILD_COMMAND", (sys.executable, "-c", (
+        "import os, sys, pipeline.heads.child\n"
+        "sys.stderr.write(os.environ['MALLOC_ARENA_MAX'] + ' ' +\n"
+        "                 str(pipeline.heads.child.__file__ == sys.argv[1]))\n"),
+        sweep.__file__.replace("sweep.py", "child.py")))
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    trials = _trials({"dense": DENSE})
+    [(result, model)] = sweep.fit_and_score_apart(trials, _named_rows(10))
+    assert model is None and result.error.endswith("(exit status 0: 2 True)")
+
+
+def test_a_child_that_ends_before_reading_its_rows_fails_its_trials(monkeypatch):
+    # tens of MB of keys to send: more than a pipe holds, so the write breaks
+    monkeypatch.setattr(sweep, "CHILD_COMMAND", (sys.executable, "-c", "raise SystemExit(3)"))
+    trials = _trials({"dense": {**DENSE, "sweep": {"params": {"units": [8, 16]}}}})
+    fitted = list(sweep.fit_and_score_apart(trials, _named_rows(300_000)))
+    assert [(result.status, model) for result, model in fitted] == [("failed", None)] * 2
+    assert "(exit status 3: it wrote nothing on standard error)" in fitted[0][0].error
+
+
+def test_a_child_is_not_left_fitting_when_its_caller_stops(monkeypatch, tmp_path):
+    # a child that sends one result, says who it is, and would go on for a minute
+    pid_file = tmp_path / "pid"
+    monkeypatch.setattr(sweep, "CHILD_COMMAND", (sys.executable, "-c", (
+        "import os, pickle, sys, time\n"
+        "sys.stdin.buffer.read()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "pickle.dump(('first', None), sys.stdout.buffer); sys.stdout.flush()\n"
+        "time.sleep(60)\n")))
+    trials = _trials({"dense": {**DENSE, "sweep": {"params": {"units": [8, 16]}}}})
+    fitted = sweep.fit_and_score_apart(trials, _named_rows(10))
+    assert next(fitted) == ("first", None)
+    fitted.close()  # as an exception in the sweep's loop does
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
+class _PackedOnce(HeadKind):
+    """A kind whose packed model fails to unpack the first time (a model file unreadable
+    for a moment, a MemoryError)."""
+
+    name = "packed_once"
+    attempts = 0
+
+    def unpack(self, packed):
+        type(self).attempts += 1
+        if type(self).attempts == 1:
+            raise MemoryError("not now")
+        return f"model of {packed}"
+
+    check = fit = predict_proba = predict = save = load = lambda *args: None
+
+
+def test_a_packed_head_shows_itself_without_unpacking_and_survives_a_failed_unpack():
+    head = pickle.loads(pickle.dumps(FittedHead(_PackedOnce(), "bytes", 2)))
+    assert head.packed and "bytes" not in repr(head) and head == head
+    assert head.packed  # repr and == left it packed
+    with pytest.raises(MemoryError):
+        _ = head.model
+    assert head.packed
+    assert head.model == "model of bytes" and not head.packed
+    head.model = "replaced"  # what travels now is the replacement, not the old bytes
+    assert pickle.loads(pickle.dumps(head)).model == "model of replaced"
