@@ -23,9 +23,9 @@ _IMPORTING = threading.RLock()
 
 #: pandas, and pyarrow with it: scikit-learn (1.9) and Keras (3.15) import them at import time
 #: to take DataFrames, which the pipeline never hands them (62 MiB of a process). The pipeline
-#: imports both within ``modules_marked_absent(DATAFRAME_LIBRARIES)``; scikit-learn looks for
-#: pandas again when handed a DataFrame, Keras does not (its ``fit`` in a pipeline process then
-#: takes numpy arrays and tensors, not DataFrames).
+#: imports both within ``modules_marked_absent(DATAFRAME_LIBRARIES)``; both still take a
+#: DataFrame handed to them after a later ``import pandas`` (scikit-learn looks for pandas
+#: again, Keras converts it through numpy; tested).
 DATAFRAME_LIBRARIES = ("pandas", "pyarrow")
 
 

@@ -30,7 +30,7 @@ def test_a_module_marked_absent_fails_to_import_only_within_the_block(tmp_path: 
     assert demo_optional_dep.VALUE == 1
 
 
-def test_the_heads_and_keras_import_without_pandas_which_still_works_later():
+def test_the_heads_and_keras_import_without_pandas_and_still_take_dataframes():
     code = ("import sys\n"
             "import pipeline.heads.run, pipeline.heads.sweep, pipeline.heads._sklearn\n"
             "from pipeline.nn.runtime import keras\n"
@@ -39,7 +39,11 @@ def test_the_heads_and_keras_import_without_pandas_which_still_works_later():
             "from sklearn.preprocessing import StandardScaler\n"
             "scaled = StandardScaler().set_output(transform='pandas').fit_transform(\n"
             "    pandas.DataFrame({'a': [1.0, 3.0]}))\n"
-            "print(type(scaled).__name__, list(scaled['a']))\n")
+            "print(type(scaled).__name__, list(scaled['a']))\n"
+            "model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])\n"
+            "model.compile('sgd', 'mse')\n"
+            "model.fit(scaled, pandas.Series([0.0, 1.0]), verbose=0)\n"
+            "print(model.predict(scaled, verbose=0).shape)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, cwd=Path(__file__).resolve().parents[1])
-    assert done.stdout.split("\n")[:2] == ["[]", "DataFrame [-1.0, 1.0]"]
+    assert done.stdout.split("\n")[:3] == ["[]", "DataFrame [-1.0, 1.0]", "(2, 1)"]
