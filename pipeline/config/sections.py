@@ -232,8 +232,8 @@ class ClusterConfig(Section):
     """``auto``: a sweep runs in this process when a LocalCluster would not pay for itself
     (few or small trials, or features too large to copy into each worker within
     ``stages.heads.memory_budget_mb``), its dense trials then in a child process of their
-    own when they stream and its rows are large, else on a LocalCluster; extraction in this
-    process;
+    own, streaming their features, when its rows are large, else on a LocalCluster;
+    extraction in this process;
     ``local``: sweeps always on a LocalCluster of this machine, extraction in this process;
     ``synchronous``: both in this process, one trial after another; or a running scheduler's
     address (``tcp://10.0.0.5:8786``), whose workers run sweeps and extraction."""

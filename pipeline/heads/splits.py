@@ -263,6 +263,9 @@ class TrainingData:
     #: bytes of features one process may hold (None: no limit); a reading of raw features
     #: larger than this is streamed by the kinds that can (the dense head)
     memory_budget: int | None = None
+    #: stream every reading of raw features, whatever its size (the child process that fits
+    #: the trials that load a runtime: :func:`~pipeline.heads.sweep.fit_and_score_apart`)
+    stream_all: bool = False
 
     def __post_init__(self) -> None:
         self.__setstate__({})
@@ -295,17 +298,18 @@ class TrainingData:
 
     def streams(self, reading: Reading) -> bool:
         """Whether ``reading`` (of raw features: a dense head's) is read a chunk at a time:
-        when it would hold more than :attr:`memory_budget` and its features are not
-        carried."""
+        when it would hold more than :attr:`memory_budget`, or :attr:`stream_all` says so,
+        and its features are not carried."""
         return (reading.parts is None and self.carried is None
-                and self.memory_budget is not None
-                and self.nbytes(reading) > self.memory_budget)
+                and (self.stream_all or self.memory_budget is not None
+                     and self.nbytes(reading) > self.memory_budget))
 
     def stream_rows(self, reading: Reading) -> int:
         """Rows per chunk when ``reading`` streams: a sixteenth of the budget, 256 to 16,384
         rows (a chunk is read, shuffled and cut into batches at once)."""
         per_row = self.width(reading) * 4
-        return int(min(16_384, max(256, (self.memory_budget or 0) // 16 // per_row)))
+        budget = self.memory_budget or self.nbytes(reading)
+        return int(min(16_384, max(256, budget // 16 // per_row)))
 
     def within(self, memory_budget: int | None) -> TrainingData:
         """This data, each process holding at most ``memory_budget`` bytes."""

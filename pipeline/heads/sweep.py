@@ -27,7 +27,7 @@ import tempfile
 import traceback
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import IO
 
@@ -166,27 +166,29 @@ def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterCon
 #: run in this process holds, training and validation) from which a sweep run in this process
 #: fits the trials whose kind loads a runtime
 #: (:attr:`~pipeline.heads.kind.HeadKind.loads_runtime`: the dense head's Keras) in a child
-#: process that ends with them, when their own features stream from the cache. TensorFlow
-#: keeps ~700 MiB in a process that imported it (Keras 3.15, TensorFlow 2.21, CPU): beside
-#: rows of hundreds of MiB it is what decides the sweep's peak, while the child's start (a
-#: fresh interpreter: ~5 s) is noise in a sweep of that size. A dense head that holds its
-#: features stays here: in a child, its rows and runtime beside this process peaked higher
-#: than all of it here (at 10^5 images, docs/benchmarks.md).
+#: process that ends with them, streaming their features. TensorFlow keeps ~700 MiB in a
+#: process that imported it (Keras 3.15, TensorFlow 2.21, CPU): beside rows of hundreds of
+#: MiB it is what decides the sweep's peak, while the child's start (a fresh interpreter:
+#: ~5 s) is noise in a sweep of that size.
 RUNTIME_APART_BYTES = 64 * 2**20
+#: The memory budget of that child, at most: it streams every reading, in chunks of a
+#: sixteenth of its budget (:meth:`~pipeline.heads.splits.TrainingData.stream_rows`). At 10^5
+#: images, 4 epochs, the sweep peaked at 1,205 MiB over both processes with chunks of 16 MB,
+#: 1,351 MiB with the 64 MB of the default budget's sixteenth; chunk sizes from 8 to 32 MB
+#: took the same time (docs/benchmarks.md).
+APART_MEMORY_BUDGET = 256 * 2**20
 
 
 def runs_runtimes_apart(trials: list[Trial], data: TrainingData) -> bool:
     """Whether a sweep of ``trials`` in this process fits those that load a runtime in a
-    child process: when there are such trials, all streaming their features
-    (:meth:`~pipeline.heads.splits.TrainingData.streams`), and other trials whose largest
-    reading held here reaches :data:`RUNTIME_APART_BYTES`; never where this interpreter
-    cannot start another (no ``sys.executable``, a frozen application)."""
+    child process: when there are such trials, and others whose largest reading held here
+    reaches :data:`RUNTIME_APART_BYTES`; never where this interpreter cannot start another
+    (no ``sys.executable``, a frozen application)."""
     if not sys.executable or getattr(sys, "frozen", False):
         return False
-    apart = [trial for trial in trials if trial.kind.loads_runtime]
     held_here = [data.nbytes(trial.reading) for trial in trials
                  if not trial.kind.loads_runtime and not trial.reading.lazy]
-    return (bool(apart) and all(data.streams(trial.reading) for trial in apart)
+    return (any(trial.kind.loads_runtime for trial in trials)
             and max(held_here, default=0) >= RUNTIME_APART_BYTES)
 
 
@@ -255,11 +257,13 @@ CHILD_COMMAND = (sys.executable, "-m", "pipeline.heads.child")
 def fit_and_score_apart(trials: list[Trial], data: TrainingData
                         ) -> Iterator[tuple[TrialResult, ScoredHead | None]]:
     """:func:`fit_and_score` of each of ``trials``, in order, in one child process started
-    for them (a fresh interpreter: :mod:`pipeline.heads.child`), which reads its own rows and
-    ends after the last. The fitted heads come back packed and stay so until used
-    (:class:`~pipeline.heads.kind.FittedHead`): this process never loads their runtime
-    unless one of them is tested or saved unpacked. A child that dies fails its trial and
-    every later one, with the end of what it wrote to standard error."""
+    for them (a fresh interpreter: :mod:`pipeline.heads.child`), which streams its own rows
+    from the cache, whatever their size, and ends after the last: beside the runtime, held
+    rows would make the child, and this process beside it, peak higher than the whole sweep
+    in one process (at 10^5 images, docs/benchmarks.md). The fitted heads come back packed
+    and stay so until used (:class:`~pipeline.heads.kind.FittedHead`): this process never
+    loads their runtime unless one of them is tested or saved unpacked. A child that dies
+    fails its trial and every later one, with the end of what it wrote to standard error."""
     if not trials:
         return
     # the child finds this package (and anything the trials' kinds import) where this
@@ -279,7 +283,9 @@ def fit_and_score_apart(trials: list[Trial], data: TrainingData
         try:
             # a child that ended already leaves the pipe broken; its first result says how
             with contextlib.suppress(BrokenPipeError):
-                pickle.dump((data, trials), child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                budget = min(data.memory_budget or APART_MEMORY_BUDGET, APART_MEMORY_BUDGET)
+                pickle.dump((replace(data, stream_all=True, memory_budget=budget), trials),
+                            child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             with contextlib.suppress(BrokenPipeError):
                 child.stdin.close()
             for next_trial in range(len(trials)):

@@ -10,11 +10,11 @@ import os
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.config import ClusterConfig, HeadsConfig, load_config
 from pipeline.context import RunContext
@@ -500,22 +500,29 @@ DENSE = {"kind": "dense", "features": "gap",
          "params": {"epochs": 3, "units": 16, "learning_rate": 0.01, "batch_size": 16}}
 
 
-def test_runtimes_go_apart_when_they_stream_beside_large_rows_held_here(monkeypatch):
+def test_runtimes_go_apart_beside_large_rows_held_here_and_stream_there(monkeypatch):
     both = _trials({"dense": DENSE, "gmp": HEADS["gmp"]})
-    # the dense head's raw output streams (3.3 GB over 256 MB), the gmp rows held here
-    # are 205 MB
-    assert sweep.runs_runtimes_apart(both, _named_rows(100_000).within(256 * 2**20))
-    # a dense head that holds its features stays here
-    assert not sweep.runs_runtimes_apart(both, _named_rows(100_000).within(2**33))
+    # the gmp rows held here are 205 MB, whatever the budget
+    for budget in (256 * 2**20, 2**33, None):
+        assert sweep.runs_runtimes_apart(both, _named_rows(100_000).within(budget))
     # 4 MB of rows held here: not worth a child
-    assert not sweep.runs_runtimes_apart(both, _named_rows(2_000).within(2**20))
+    assert not sweep.runs_runtimes_apart(both, _named_rows(2_000))
     # nothing else in the sweep to keep the runtime away from, or no runtime to keep away
     for alone in ({"dense": DENSE}, {"gmp": HEADS["gmp"]}):
-        assert not sweep.runs_runtimes_apart(_trials(alone),
-                                             _named_rows(100_000).within(256 * 2**20))
+        assert not sweep.runs_runtimes_apart(_trials(alone), _named_rows(100_000))
     # an interpreter that cannot start another (embedded, frozen)
     monkeypatch.setattr(sys, "executable", "")
-    assert not sweep.runs_runtimes_apart(both, _named_rows(100_000).within(256 * 2**20))
+    assert not sweep.runs_runtimes_apart(both, _named_rows(100_000))
+
+
+def test_the_child_streams_every_raw_reading_in_chunks_of_its_own_budget():
+    dense, gmp = (trial.reading for trial in _trials({"dense": DENSE, "gmp": HEADS["gmp"]}))
+    data = _named_rows(10).within(2**30)
+    assert not data.streams(dense)
+    child = replace(data, stream_all=True, memory_budget=sweep.APART_MEMORY_BUDGET)
+    assert child.streams(dense) and not child.streams(gmp)  # rows made from parts: held
+    # a sixteenth of 256 MB, in rows of 4 x 4 x 512 float32
+    assert child.stream_rows(dense) == 16 * 2**20 // (4 * 4 * 512 * 4)
 
 
 def test_a_trial_fitted_apart_comes_back_packed_and_predicts_as_it_scored(cached_project,
@@ -571,10 +578,6 @@ def test_a_sweep_with_its_dense_trials_apart_never_loads_keras_here(cached_proje
     weak = {**DENSE, "params": {**DENSE["params"], "epochs": 1, "learning_rate": 1e-7}}
     project = cached_project({"dense": weak, "gmp": HEADS["gmp"]}, scheduler="auto",
                              per_split={"train": 60, "validation": 20, "test": 6})
-    config = yaml.safe_load((project / "stages.yaml").read_text())
-    # 3 classes x 80 rows x 2,048 numbers x 4 bytes: 2 MB, over 1 MB: the dense head streams
-    config["stages"]["heads"]["memory_budget_mb"] = 1
-    (project / "stages.yaml").write_text(yaml.safe_dump(config))
     code = ("import sys\n"
             "from pipeline.heads import sweep\n"
             "sweep.RUNTIME_APART_BYTES = 0\n"
