@@ -305,8 +305,9 @@ class TrainingData:
                      and self.nbytes(reading) > self.memory_budget))
 
     def stream_rows(self, reading: Reading) -> int:
-        """Rows per chunk when ``reading`` streams: a sixteenth of the budget, 256 to 16,384
-        rows (a chunk is read, shuffled and cut into batches at once)."""
+        """Rows per chunk when ``reading`` streams: a sixteenth of the budget (of the
+        reading, without one), 256 to 16,384 rows (a chunk is read, shuffled and cut into
+        batches at once)."""
         per_row = self.width(reading) * 4
         budget = self.memory_budget or self.nbytes(reading)
         return int(min(16_384, max(256, budget // 16 // per_row)))
