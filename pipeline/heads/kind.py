@@ -34,7 +34,7 @@ class HeadKind(ABC):
     #: a Keras model on (h, w, c) features, which the finetune stage can put on the base
     sits_on_base: bool = False
     #: fitting loads a runtime that stays in the process for the rest of its life (Keras, and
-    #: with it TensorFlow's ~700 MiB): a sweep in one process fits such trials in a child
+    #: with it TensorFlow's ~510 MiB): a sweep in one process fits such trials in a child
     #: process of their own when its rows are large (:mod:`~pipeline.heads.sweep`)
     loads_runtime: bool = False
     #: the most training rows a trial fits on unless the head says otherwise (None: no limit)
@@ -128,7 +128,7 @@ class FittedHead:
 
     def __setstate__(self, state: dict) -> None:
         # The model stays packed until it is used: a Keras model sent from another process
-        # would otherwise load Keras (and TensorFlow's ~700 MiB) into this one on arrival,
+        # would otherwise load Keras (and TensorFlow's ~510 MiB) into this one on arrival,
         # where it may only be saved (:meth:`save`), or not be used at all.
         state = dict(state)
         self.__dict__[_PACKED] = state.pop("model")

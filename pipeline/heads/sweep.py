@@ -166,10 +166,11 @@ def runs_in_process(trials: list[Trial], data: TrainingData, cluster: ClusterCon
 #: run in this process holds, training and validation) from which a sweep run in this process
 #: fits the trials whose kind loads a runtime
 #: (:attr:`~pipeline.heads.kind.HeadKind.loads_runtime`: the dense head's Keras) in a child
-#: process that ends with them, streaming their features. TensorFlow keeps ~700 MiB in a
-#: process that imported it (Keras 3.15, TensorFlow 2.21, CPU): beside rows of hundreds of
-#: MiB it is what decides the sweep's peak, while the child's start (a fresh interpreter:
-#: ~5 s) is noise in a sweep of that size.
+#: process that ends with them, streaming their features. Keras on TensorFlow keeps ~510
+#: MiB in a process that imported it (669 against 158 MiB after the stage's imports; Keras
+#: 3.15, TensorFlow 2.21, CPU): beside rows of hundreds of MiB it is what decides the sweep's
+#: peak, while the child's start (a fresh interpreter importing the pipeline and Keras, which
+#: this process then does not import) is small beside a sweep of that size.
 RUNTIME_APART_BYTES = 64 * 2**20
 #: The memory budget of that child, at most: it streams every reading, in chunks of a
 #: sixteenth of its budget (:meth:`~pipeline.heads.splits.TrainingData.stream_rows`). At 10^5
