@@ -339,7 +339,8 @@ class StoreRows:
         renumber = np.empty(len(number), np.int32)
         renumber[[number[name] for name in self._names]] = np.arange(len(number))
         self.shard = renumber[self.shard] if len(number) else self.shard
-        self._layouts = self._checked_layouts(sha256)
+        self._shards = [(self.path / name, layout) for name, layout in
+                        zip(self._names, self._checked_layouts(sha256))]
         self._storage_order: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -377,18 +378,16 @@ class StoreRows:
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise IndexError(f"positions of a list of {len(self)} images: "
                              f"{int(positions.min())} to {int(positions.max())}")
-        out = np.empty((len(positions), *self.feature_shape), dtype=np.float32)
-        shard, row = self.shard[positions], self.row[positions]
-        for number, group in _groups(shard):
-            wanted, back = np.unique(row[group], return_inverse=True)
-            path = self.path / self._names[number]
-            try:
-                rows = read_rows_at(path, self._layouts[number], wanted)
-            except FileNotFoundError:
-                raise CacheError(f"{path} was removed while its rows were being read "
-                                 f"(`pipeline cache gc`?); run the command again") from None
-            out[group] = rows[back]
-        return out
+        # every (shard, row) wanted, once, in the order rows lie in the store
+        wanted, back = np.unique(self.shard[positions].astype(np.int64) << 32
+                                 | self.row[positions], return_inverse=True)
+        shard, row = wanted >> 32, wanted & 0xFFFFFFFF
+        try:
+            read = read_rows_at(self._shards, shard, row)
+        except FileNotFoundError as exc:
+            raise CacheError(f"{exc.filename} was removed while its rows were being read "
+                             f"(`pipeline cache gc`?); run the command again") from None
+        return read[back.reshape(-1)].reshape(-1, *self.feature_shape)
 
 
 def _groups(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,39 +158,85 @@ def _identity(stat: os.stat_result) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def read_rows_at(path: Path, layout: ShardLayout, rows: np.ndarray) -> np.ndarray:
-    """Rows ``rows`` (ascending, no repeats) of the shard at ``path``, (len(rows), *row_shape)
-    in the stored dtype, read straight from the file where ``layout`` has an offset: one
-    ``pread`` per run of rows at most :data:`_RUN_GAP_BYTES` apart (a few reads per shard
-    where HDF5's selection would cost 0.07-0.2 ms a call); through HDF5 otherwise."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if np.any(np.diff(rows) <= 0):
-        raise ValueError("rows must be ascending, without repeats")
+def read_rows_at(shards: Sequence[tuple[Path, ShardLayout]], shard: np.ndarray,
+                 rows: np.ndarray, dtype: np.dtype | str = np.float32) -> np.ndarray:
+    """The rows ``rows[i]`` of the shards ``shards[shard[i]]`` (path, layout), every pair
+    ordered by (shard, row), none repeated: (len(rows), *row_shape) as ``dtype``.
+
+    A shard whose layout has an offset is read straight from its file: one ``pread`` per run
+    of rows at most :data:`_RUN_GAP_BYTES` apart (HDF5's selection would cost 0.07-0.2 ms a
+    call). The runs are found for every shard at once, so that the loop is one ``pread`` a
+    run: a streamed dense head reads thousands of runs an epoch. Other shards are read
+    through HDF5, one at a time."""
+    shard, rows = np.asarray(shard, dtype=np.int64), np.asarray(rows, dtype=np.int64)
+    if len(shard) != len(rows):
+        raise ValueError("one shard number per row")
+    if np.any((np.diff(shard) < 0) | (np.diff(shard) == 0) & (np.diff(rows) <= 0)):
+        raise ValueError("rows must be ordered by (shard, row), without repeats")
     if not len(rows):
-        return np.empty((0, *layout.row_shape), dtype=layout.dtype)
-    if layout.offset is None:
+        return np.empty((0,), dtype=dtype)
+    direct = np.array([layout.offset is not None for _, layout in shards])[shard]
+    if direct.all():
+        return _read_direct(shards, shard, rows).astype(dtype, copy=False)
+    out = np.empty((len(rows), *shards[int(shard[0])][1].row_shape), dtype=dtype)
+    for number in np.unique(shard[~direct]).tolist():
+        path, layout = shards[number]
         if _identity(os.stat(path)) != layout.file:
             raise CacheError(_REPLACED.format(path=path))
-        return read_shard_rows(path, rows)
-    if rows[0] < 0 or rows[-1] >= layout.rows:
-        raise CacheError(f"{path}: rows {int(rows[0])}-{int(rows[-1])} asked of a shard of "
-                         f"{layout.rows}; run `pipeline cache reindex`")
-    size = layout.row_bytes
-    out = np.empty((len(rows), *layout.row_shape), dtype=layout.dtype)
-    breaks = np.flatnonzero(np.diff(rows) > max(1, _RUN_GAP_BYTES // size)) + 1
-    with open(path, "rb", buffering=0) as file:
-        if _identity(os.fstat(file.fileno())) != layout.file:
-            raise CacheError(_REPLACED.format(path=path))
-        for run in np.split(np.arange(len(rows)), breaks):
-            first, last = int(rows[run[0]]), int(rows[run[-1]])
-            wanted = (last - first + 1) * size
+        out[shard == number] = read_shard_rows(path, rows[shard == number])
+    if direct.any():
+        out[direct] = _read_direct(shards, shard[direct], rows[direct])
+    return out
+
+
+def _read_direct(shards: Sequence[tuple[Path, ShardLayout]], shard: np.ndarray,
+                 rows: np.ndarray) -> np.ndarray:
+    """:func:`read_rows_at` for shards with an offset, in their stored dtype (one for all)."""
+    layouts = [layout for _, layout in shards]
+    size = layouts[int(shard[0])].row_bytes
+    gap = max(1, _RUN_GAP_BYTES // size)
+    # runs of neighbouring rows, read whole with the rows between them
+    starts = np.flatnonzero(np.concatenate(([True], (np.diff(rows) > gap)
+                                             | (np.diff(shard) != 0))))
+    firsts = rows[starts]
+    spans = np.append(rows[starts[1:] - 1], rows[-1]) - firsts + 1
+    first_layout = layouts[int(shard[0])]
+    spanned = np.empty((int(spans.sum()), *first_layout.row_shape), dtype=first_layout.dtype)
+    into = memoryview(spanned.reshape(-1).view(np.uint8))
+    at, opened, file = 0, None, None
+    try:
+        for number, first, span in zip(shard[starts].tolist(), firsts.tolist(),
+                                       spans.tolist()):
+            path, layout = shards[number]
+            if number != opened:
+                if file is not None:
+                    file.close()
+                file, opened = open(path, "rb", buffering=0), number
+                if _identity(os.fstat(file.fileno())) != layout.file:
+                    raise CacheError(_REPLACED.format(path=path))
+                if (layout.dtype, layout.row_shape) != (first_layout.dtype,
+                                                        first_layout.row_shape):
+                    raise CacheError(f"{path}: rows of {layout.dtype} {layout.row_shape}, "
+                                     f"others of {first_layout.dtype} "
+                                     f"{first_layout.row_shape}; run `pipeline cache verify`")
+            if first < 0 or first + span > layout.rows:
+                raise CacheError(f"{path}: rows {first}-{first + span - 1} asked of a shard "
+                                 f"of {layout.rows}; run `pipeline cache reindex`")
+            wanted = span * size
             data = os.pread(file.fileno(), wanted, layout.offset + first * size)
             if len(data) != wanted:
                 raise CacheError(f"{path}: shorter than its rows ({len(data)} of {wanted} "
                                  f"bytes at row {first}); run `pipeline cache verify`")
-            block = np.frombuffer(data, dtype=layout.dtype).reshape(-1, *layout.row_shape)
-            out[run] = block[rows[run] - first]
-    return out
+            into[at:at + wanted] = data
+            at += wanted
+    finally:
+        if file is not None:
+            file.close()
+    if len(spanned) == len(rows):
+        return spanned  # no gaps: the rows as read
+    at_run = np.cumsum(spans) - spans  # where each run begins in ``spanned``
+    run_of = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(rows))))
+    return spanned[at_run[run_of] + rows - firsts[run_of]]
 
 
 _REPLACED = ("{path} was replaced since its layout was read (its partition extracted again?); "

@@ -61,8 +61,30 @@ def test_a_shard_hdf5_keeps_chunked_and_compressed_is_read_through_hdf5(tmp_path
         f.create_dataset("sha256", data=np.array([f"{i:064x}" for i in range(10)], "S64"))
     layout, _ = read_shard_layout(path)
     assert layout.offset is None
-    np.testing.assert_array_equal(read_rows_at(path, layout, np.array([1, 2, 9])),
+    np.testing.assert_array_equal(read_rows_at([(path, layout)], np.zeros(3), np.array([1, 2, 9])),
                                   features[[1, 2, 9]])
+
+
+def test_rows_of_many_shards_read_at_once_in_runs_whatever_their_layout(tmp_path: Path):
+    # two shards read straight from their files, one only HDF5 reads, between them
+    store, shas, features = _store(tmp_path, n=48, shard_rows=16, shape=(4, 4, 256))
+    paths = sorted(store.path.glob("*.h5"))
+    with h5py.File(paths[1], "r+") as f:  # the middle shard rewritten chunked and compressed
+        rows = f["features"][:]
+        del f["features"]
+        f.create_dataset("features", data=rows, chunks=(4, 4, 4, 256), compression="gzip")
+    shards = [(path, read_shard_layout(path)[0]) for path in paths]
+    assert [layout.offset is None for _, layout in shards] == [False, True, False]
+    # runs: rows 0-2 and 12 of the first (16 KB rows: 12 is a run of its own), then 5 and 6
+    # of the second, 0 and 15 of the third
+    shard = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    rows = np.array([0, 1, 2, 12, 5, 6, 0, 15])
+    np.testing.assert_array_equal(read_rows_at(shards, shard, rows),
+                                  features[shard * 16 + rows])
+    with pytest.raises(ValueError, match="ordered by"):
+        read_rows_at(shards, np.array([1, 0]), np.array([0, 0]))
+    with pytest.raises(ValueError, match="ordered by"):
+        read_rows_at(shards, np.array([0, 0]), np.array([3, 3]))
 
 
 def test_absent_images_are_named_at_once(tmp_path: Path):
