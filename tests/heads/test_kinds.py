@@ -401,6 +401,38 @@ def _tap_splits():
     return LabelledSplit("train", x, y, ()), LabelledSplit("validation", xv, yv, ())
 
 
+@pytest.mark.parametrize(("features", "normalize", "scale"), [
+    (["gap", "block3_conv3.gap", "block4_conv3.gmp"], "power", True),
+    (["flatten", "block4_conv3.gmp"], "l2", True),
+    ("gmp", "none", False),
+])
+def test_the_rows_the_dense_core_trains_on_are_those_the_saved_models_front_makes(
+        features, normalize: str, scale: bool):
+    import keras
+
+    from pipeline.heads.dense import (
+        FrontRows,
+        dense_model,
+        model_inputs,
+        set_standardization,
+        standardization_statistics,
+    )
+
+    train, _ = _tap_splits()
+    shapes = {source: array.shape[1:] for source, array in train.x.items()}
+    params = HeadConfig(kind="dense").dense_params({})
+    model = dense_model(params, features, normalize, shapes, 3, seed=0, scale=scale)
+    statistics = standardization_statistics(features, normalize, train.x) if scale else None
+    if statistics is not None:
+        set_standardization(model, *statistics)
+    front = FrontRows(features, normalize, shapes, statistics, keras.config.epsilon())
+    inside = keras.Model(model.input, model.get_layer("hidden").input)
+    made = front(train.x)
+    assert made.dtype == np.float32 and made.shape[1] == front.width
+    np.testing.assert_allclose(made, inside.predict(model_inputs(inside, train.x), verbose=0),
+                               rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("normalize", ["l2", "power"])
 def test_parts_are_normalised_one_by_one_then_concatenated_in_order(normalize: str):
     train, _ = _tap_splits()

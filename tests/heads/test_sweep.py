@@ -427,13 +427,11 @@ def test_shuffled_chunks_mix_the_classes_of_a_split_listed_class_by_class():
 
 
 def test_keras_batches_cover_every_row_once_per_epoch_in_a_new_order():
-    import keras
 
     from pipeline.heads.dense import keras_batches
 
-    model = keras.Sequential([keras.Input((1, 1, 1), name="features"), keras.layers.Flatten()])
     split = _fake_split("train", np.arange(10), chunk_rows=4)
-    batches = keras_batches(model, split, 3, n_classes=10, seed=0)
+    batches = keras_batches(_flattened(), split, 3, n_classes=10, seed=0)
     assert len(batches) == 5  # chunks of 4, 4 and 2 rows: 2 + 2 + 1 batches
     epochs = []
     for _ in range(2):
@@ -443,19 +441,45 @@ def test_keras_batches_cover_every_row_once_per_epoch_in_a_new_order():
         batches.on_epoch_end()
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10))
     assert epochs[0] != epochs[1]
-    in_order = keras_batches(model, split, 3, n_classes=10)
+    in_order = keras_batches(_flattened(), split, 3, n_classes=10)
     assert np.concatenate([in_order[i][1] for i in range(5)]).tolist() == list(range(10))
 
 
-def test_batches_of_a_split_in_memory_shuffle_it_whole_every_epoch():
-    import keras
+def _flattened(statistics=None):
+    """The front of a dense head on the (1, 1, 1) output of :func:`_fake_split`."""
+    from pipeline.heads.dense import FrontRows
 
+    return FrontRows("flatten", "none", {"output": (1, 1, 1)}, statistics, 1e-7)
+
+
+def test_the_tf_data_input_takes_whole_chunks_of_rows_and_cuts_exact_batches():
+    from pipeline.heads.dense import fit_input, keras_batches
+
+    # standardised with mean -1, variance 4: each row is its label plus one, halved
+    front = _flattened((np.array([-1.0], np.float32), np.array([4.0], np.float32)))
+    split = _fake_split("train", np.arange(10), chunk_rows=4)
+    batches = keras_batches(front, split, 3, n_classes=10, seed=0)
+    dataset = fit_input(batches)
+    assert int(dataset.cardinality()) == 4  # 10 rows in batches of 3, across chunks of 4
+    epochs = []
+    for _ in range(2):
+        taken = [(x.numpy(), y.numpy()) for x, y in dataset]
+        assert [len(y) for _, y in taken] == [3, 3, 3, 1]
+        for x, y in taken:
+            np.testing.assert_allclose(x.reshape(-1), (y + 1) / 2)
+        epochs.append(np.concatenate([y for _, y in taken]).tolist())
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10))
+    assert epochs[0] != epochs[1]  # a new order every epoch
+    batches.release()
+    assert batches.front is None and batches.load is None
+
+
+def test_batches_of_a_split_in_memory_shuffle_it_whole_every_epoch():
     from pipeline.heads.dense import keras_batches
 
-    model = keras.Sequential([keras.Input((1, 1, 1), name="features"), keras.layers.Flatten()])
     y = np.arange(12)
     split = LabelledSplit("train", y.astype(np.float32).reshape(-1, 1, 1, 1), y, ())
-    batches = keras_batches(model, split, 5, n_classes=12, seed=0)
+    batches = keras_batches(_flattened(), split, 5, n_classes=12, seed=0)
     assert len(batches) == 3  # 5 + 5 + 2 rows
     epochs = []
     for _ in range(2):
@@ -466,20 +490,21 @@ def test_batches_of_a_split_in_memory_shuffle_it_whole_every_epoch():
         batches.on_epoch_end()
     assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(12))
     assert epochs[0] != epochs[1] and epochs[0] != list(range(12))
-    in_order = keras_batches(model, split, 5, n_classes=12)
+    in_order = keras_batches(_flattened(), split, 5, n_classes=12)
     assert np.concatenate([in_order[i][1] for i in range(3)]).tolist() == list(range(12))
 
 
-def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch():
+@pytest.mark.parametrize("through", ["tf.data", "PyDataset"])
+def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch(through):
     import keras
 
-    from pipeline.heads.dense import keras_batches
+    from pipeline.heads.dense import fit_input, keras_batches
 
     # a model that cannot learn (learning rate 0) and answers class 0: its validation accuracy
     # is the share of class 0, every epoch, if and only if every epoch sees every row once
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
-        keras.Input((1, 1, 1), name="features"), keras.layers.Flatten(),
+        keras.Input((1,), name="rows"),
         keras.layers.Dense(3, activation="softmax", kernel_initializer="zeros",
                            bias_initializer=keras.initializers.Constant([1.0, 0.0, 0.0]))])
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0),
@@ -487,9 +512,11 @@ def test_a_streamed_fit_scores_the_whole_validation_split_every_epoch():
     rng = np.random.default_rng(0)
     train = _fake_split("train", rng.integers(0, 3, 20), chunk_rows=4)
     validation = _fake_split("validation", rng.integers(0, 3, 23), chunk_rows=4)
-    history = model.fit(keras_batches(model, train, 3, 3, seed=0),
-                        validation_data=keras_batches(model, validation, 2, 3),
-                        epochs=4, shuffle=False, verbose=0)
+    feeds = [keras_batches(_flattened(), train, 3, 3, seed=0),
+             keras_batches(_flattened(), validation, 2, 3)]
+    if through == "tf.data":
+        feeds = [fit_input(feed) for feed in feeds]
+    history = model.fit(feeds[0], validation_data=feeds[1], epochs=4, shuffle=False, verbose=0)
     expected = float(np.mean(validation.y == 0))
     np.testing.assert_allclose(history.history["val_accuracy"], [expected] * 4, rtol=1e-6)
 
