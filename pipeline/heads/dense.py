@@ -340,8 +340,9 @@ def fit_input(batches):
     A ``PyDataset`` hands Keras one batch per Python call, 2,200 calls an epoch for 70,000
     rows in batches of 32, and reads its chunks in the thread that runs the training steps;
     the ``tf.data`` pipeline makes one call a chunk and reads the next chunk while the model
-    trains (a streamed epoch: 4.9-5.4 s through the ``PyDataset``, 4.4-4.9 s through
-    ``tf.data``, the front then inside the model; 70,000 rows of 1,536 numbers, AMD EPYC).
+    trains (a streamed epoch, medians of two runs: 5.4 and 4.9 s through the ``PyDataset``,
+    4.9 and 4.4 s through ``tf.data``, the front then inside the model; 70,000 rows of 1,536
+    numbers, AMD EPYC).
     """
     from ..nn.runtime import BACKEND
 
