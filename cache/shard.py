@@ -161,7 +161,8 @@ def _identity(stat: os.stat_result) -> tuple[int, int, int]:
 def read_rows_at(shards: Sequence[tuple[Path, ShardLayout]], shard: np.ndarray,
                  rows: np.ndarray, dtype: np.dtype | str = np.float32) -> np.ndarray:
     """The rows ``rows[i]`` of the shards ``shards[shard[i]]`` (path, layout), every pair
-    ordered by (shard, row), none repeated: (len(rows), *row_shape) as ``dtype``.
+    ordered by (shard, row), none repeated: (len(rows), *row_shape) as ``dtype`` ((0,) when
+    no row is asked).
 
     A shard whose layout has an offset is read straight from its file: one ``pread`` per run
     of rows at most :data:`_RUN_GAP_BYTES` apart (HDF5's selection would cost 0.07-0.2 ms a

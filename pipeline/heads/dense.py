@@ -69,7 +69,8 @@ _SMALLEST_STD = 10 * float(np.finfo(np.float32).eps)
 #: gathered from its arrays (:func:`keras_batches`) instead of the arrays themselves. Keras'
 #: ``fit`` on arrays converts them to tensors and gathers its shuffled batches from those: 1.7x
 #: their size more (70,000 rows of 1,536 numbers: 2.2 GB peak against 1.4 GB with batches),
-#: for 10-20% less time per epoch at 32 rows a batch (Keras 3.15, TensorFlow, AMD EPYC).
+#: for 10-20% less time per epoch at 32 rows a batch (Keras 3.15, TensorFlow, AMD EPYC; the
+#: batches then came from a PyDataset, the model's front inside it).
 KERAS_COPY_LIMIT = 64 * 2**20
 
 
@@ -201,10 +202,11 @@ class FrontRows:
     Keras trains the head's core (:func:`model_core`) on these rows: made once for rows held
     in memory, once a chunk for rows streamed, where inside the model they would be made
     again at every step, batch by batch. In numpy, not in a Keras model of the front layers:
-    that one, run in a ``tf.data`` map, made a streamed trial peak 80 MiB above the front
-    inside the model, these rows 31-34 MiB (6 epochs of 70,000 rows of four taps, chunks of
-    16 MB). Held in memory, an epoch of those rows took 4.0-4.1 s (medians) with the front
-    inside the model, 3.6 s on rows made beforehand (32 a batch, AMD EPYC, 2 cores)."""
+    that one, run in a ``tf.data`` map, made a streamed trial peak 68-86 MiB above the front
+    inside the model, these rows 29-34 MiB (VmHWM of ``pipeline run heads`` with one dense
+    trial, 6 epochs of 70,000 rows of four taps, chunks of 16 MB; three runs and two). Held
+    in memory, an epoch of those rows took 4.0-4.1 s (medians) with the front inside the
+    model, 3.6 s on rows made beforehand (32 a batch, AMD EPYC, 2 cores)."""
 
     def __init__(self, features: str | list[str], normalize: str,
                  shapes: dict[str, tuple[int, ...]],

@@ -175,8 +175,8 @@ RUNTIME_APART_BYTES = 64 * 2**20
 #: The memory budget of that child, at most: it streams every reading, in chunks of a
 #: sixteenth of its budget (:meth:`~pipeline.heads.splits.TrainingData.stream_rows`). At 10^5
 #: images, 4 epochs, the sweep peaked at 1,205 MiB over both processes with chunks of 16 MB,
-#: 1,351 MiB with the 64 MB of the default budget's sixteenth; chunk sizes from 8 to 32 MB
-#: took the same time (docs/benchmarks.md).
+#: 1,351 MiB with the 64 MB of the default budget's sixteenth; larger chunks did not make
+#: epochs measurably faster (docs/benchmarks.md).
 APART_MEMORY_BUDGET = 256 * 2**20
 
 
