@@ -216,7 +216,7 @@ def referenced_keys(store: FeatureStore) -> set[str]:
     """Every cache key a dataset view names in ``store``: its images and augmented copies."""
     keys: set[str] = set()
     for _, view in views_referencing(store):
-        keys.update(image.sha256 for image in view.images)
+        keys.update(view.images.keys())
         keys.update(item.key for item in view.augmented_copies())
     return keys
 

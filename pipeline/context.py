@@ -135,7 +135,7 @@ class RunContext:
             if store is None:
                 raise MissingViewError(f"the cache keeps no {part} for this backbone (see "
                                        f"backbone.taps and backbone.keep_output)")
-            missing = store.missing(image.sha256 for image in view.images)
+            missing = store.missing(view.images.keys())
             if missing:
                 raise MissingViewError(f"{len(missing)} of {len(view.images)} images of the "
                                        f"dataset view have no cached {part} in {store.path}: "

@@ -27,7 +27,7 @@ import numpy as np
 from cache.files import replacing
 
 from .context import RunContext
-from .data.view import DatasetView, ViewImage
+from .data.view import DatasetView, ImageTable
 from .errors import PipelineError
 from .heads.features import FeatureRows, source_of
 
@@ -108,7 +108,7 @@ class SplitReader:
         return FeatureRows(list(self.parts), self.normalize)
 
     @property
-    def images(self) -> list[ViewImage]:
+    def images(self) -> ImageTable:
         """The split's images, in view order."""
         return self.view.select(self.split)
 
@@ -124,12 +124,10 @@ class SplitReader:
         images = self.images
         for start in range(0, len(images), chunk_rows):
             batch = images[start:start + chunk_rows]
-            keys = [image.sha256 for image in batch]
+            keys = batch.keys()
             x = {source: self.ctx.stores[source].get(keys) for source in self.sources}
-            yield SplitRows([image.path for image in batch], keys,
-                            [image.label for image in batch],
-                            np.array([self.view.label_index(image.label) for image in batch],
-                                     np.int64),
+            yield SplitRows(batch.path.tolist(), keys, batch.label_names(),
+                            batch.label.astype(np.int64),
                             self.to_rows.transform(x).astype(np.float32, copy=False))
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:

@@ -122,9 +122,10 @@ class Project:
         first (:class:`~pipeline.errors.MissingViewError` otherwise)."""
         import pandas as pd
 
-        view = self._view()
-        return pd.DataFrame([(image.path, image.sha256, image.label, image.split)
-                             for image in view.images], columns=list(DATASET_COLUMNS))
+        images = self._view().images
+        return pd.DataFrame(dict(zip(DATASET_COLUMNS, (
+            images.path.tolist(), images.keys(), images.label_names(),
+            images.split_names()))))
 
     def features(self, split: str = "train", parts: str | Sequence[str] | None = None,
                  normalize: str = "none") -> tuple[np.ndarray, np.ndarray]:

@@ -74,6 +74,7 @@ from ..errors import (
 )
 from .listing import DataFolderListing, file_stat, list_data_folder
 from .names import display_path
+from .table import ImageTable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 #: The columns of a labels table: required, then optional.
@@ -147,6 +148,13 @@ class DatasetScan:
     labels: Path | None = None  # the labels table the images come from; None: class folders
     # files the labels table lists that do not exist (reason: "no such file (<table> line N)")
     missing: list[UnreadableFile] = field(default_factory=list)
+
+    def image_table(self) -> ImageTable:
+        """The images as columns (relative paths, labels, splits, sha256)."""
+        images = self.images
+        return ImageTable.from_columns(self.classes, (i.relpath for i in images),
+                                       (i.label for i in images), (i.split for i in images),
+                                       (i.sha256 for i in images))
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images per split and class: {split: {class: n}}."""

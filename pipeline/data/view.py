@@ -11,33 +11,26 @@ run folder.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from cache.files import sha256_text, write_atomic
+from cache.files import replacing, sha256_text, write_atomic
 
 from ..config import OUTPUT, SPLITS, PipelineConfig
 from ..errors import PipelineError
 from ..json_values import canonical_json, json_digest
 from .scan import DuplicateGroup
+from .table import ImageTable, ViewImage
 
 VIEW_FORMAT = 1
-
-
-class ViewImage(NamedTuple):
-    """An image with cached features (a tuple: a view of 10^5 images makes 10^5 of them)."""
-
-    path: str     # relative to the view's root, '/'-separated
-    label: str
-    split: str
-    sha256: str
-
-
-_IMAGE_FIELDS = ViewImage._fields
+# images serialised at a time when a view is written
+_ROWS_WRITTEN = 4096
 
 
 @dataclass(frozen=True)
@@ -73,7 +66,8 @@ class DatasetView:
     root: str
     classes: list[str]
     fingerprint: str
-    images: list[ViewImage]
+    # a table (a sequence of ViewImage given as one is made into a table)
+    images: ImageTable
     skipped: list[SkippedFile] = field(default_factory=list)
     duplicates: list[DuplicateGroup] = field(default_factory=list)
     split_folders: bool = False
@@ -87,11 +81,15 @@ class DatasetView:
     # the labels table (data.labels) the labels and splits come from; "": the folder layout
     labels: str = ""
 
-    def select(self, split: str) -> list[ViewImage]:
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, ImageTable):
+            self.images = ImageTable.from_rows(self.classes, self.images)
+        elif self.images.classes != tuple(self.classes):
+            raise ValueError("the image table's classes are not the view's")
+
+    def select(self, split: str) -> ImageTable:
         """Images of one split, in view order."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        return [image for image in self.images if image.split == split]
+        return self.images.in_split(split)
 
     def augmented_copies(self, split: str = "train") -> list[AugmentedCopy]:
         """Every augmented copy of ``split``'s images that extract cached (none unless
@@ -107,10 +105,8 @@ class DatasetView:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{split: {class: number of images}}."""
-        table = {s: {c: 0 for c in self.classes} for s in SPLITS}
-        for image in self.images:
-            table[image.split][image.label] += 1
-        return table
+        counts = self.images.counts().tolist()
+        return {split: dict(zip(self.classes, row)) for split, row in zip(SPLITS, counts)}
 
     def check_trainable(self, selected_on: str) -> None:
         """:class:`PipelineError` unless the view has 2+ classes and non-empty train and
@@ -130,12 +126,13 @@ class DatasetView:
         """The fingerprint of the store of each part cached for the view's images."""
         return {**({OUTPUT: self.fingerprint} if self.keep_output else {}), **self.taps}
 
-    def to_json(self) -> dict:
+    def to_json(self, images: bool = True) -> dict:
         """Plain data for ``json.dump`` (without taps, as views were before them, when none
-        are cached, and without labels for the folder layouts)."""
+        are cached, and without labels for the folder layouts); ``images=False``: with an
+        empty list of images."""
         payload = {"root": self.root, "classes": list(self.classes),
                    "fingerprint": self.fingerprint,
-                   "images": [dict(zip(_IMAGE_FIELDS, image)) for image in self.images],
+                   "images": [image._asdict() for image in self.images] if images else [],
                    "skipped": [item.__dict__ for item in self.skipped],
                    "duplicates": [group.to_json() for group in self.duplicates],
                    "split_folders": self.split_folders, "created": self.created,
@@ -151,9 +148,13 @@ class DatasetView:
     def from_json(cls, payload: dict) -> DatasetView:
         """Inverse of :meth:`to_json`."""
         augmented = payload.get("augmented") or None
-        return cls(root=payload["root"], classes=list(payload["classes"]),
+        classes, images = list(payload["classes"]), payload["images"]
+        return cls(root=payload["root"], classes=classes,
                    fingerprint=payload["fingerprint"],
-                   images=[ViewImage(**i) for i in payload["images"]],
+                   images=ImageTable.from_columns(
+                       classes, (image["path"] for image in images),
+                       (image["label"] for image in images), (image["split"] for image in images),
+                       (image["sha256"] for image in images)),
                    skipped=[SkippedFile(**s) for s in payload.get("skipped", [])],
                    duplicates=[DuplicateGroup.from_json(g)
                                for g in payload.get("duplicates", [])],
@@ -197,23 +198,42 @@ def digest_file(path: Path) -> Path:
     return path.with_suffix(".digest")
 
 
+def _images_json(images: ImageTable) -> Iterator[str]:
+    """The canonical JSON of ``images``' list, ``_ROWS_WRITTEN`` objects a piece: a view's
+    images are never all Python objects at once."""
+    yield "["
+    for start in range(0, len(images), _ROWS_WRITTEN):
+        text = canonical_json([image._asdict()
+                               for image in images.rows(start, start + _ROWS_WRITTEN)])
+        yield (", " if start else "") + text[1:-1]
+    yield "]"
+
+
 def write_view(view: DatasetView, path: Path) -> None:
     """Write ``view`` to ``path`` atomically, stamped with the time of writing, and its
     content digest beside it (computed here, once, so that no reader parses the view to learn
     its identity). The old digest goes first: a crash in between leaves no digest, which
     readers then compute, never a digest of other content.
 
-    The view is serialised once: the file is the digest's canonical text (sorted keys, no
-    write time) with the write time appended as its last key."""
+    The view is serialised once, its images a chunk at a time: the file is the digest's
+    canonical text (sorted keys, no write time) with the write time appended as its last
+    key."""
     view.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = view.to_json()
+    payload = view.to_json(images=False)
     created = payload.pop("created")
-    # ensure_ascii keeps file names that are not valid UTF-8 (surrogate escapes) writable
-    canonical = canonical_json(payload)
+    # every key and string is escaped (ensure_ascii, which also keeps file names that are
+    # not valid UTF-8 writable), so the empty list's text occurs once, where the images go
+    head, tail = canonical_json(payload).split('"images": []')
+    digest = hashlib.sha256()
     digest_file(path).unlink(missing_ok=True)
-    write_atomic(path, f"{canonical[:-1]}, \"created\": {json.dumps(created)}}}")
-    write_atomic(digest_file(path), sha256_text(canonical) + "\n")
+    with replacing(path) as temporary, open(temporary, "w", encoding="ascii") as out:
+        for text in (head + '"images": ', *_images_json(view.images), tail[:-1]):
+            out.write(text)
+            digest.update(text.encode("ascii"))
+        digest.update(b"}")
+        out.write(f", \"created\": {json.dumps(created)}}}")
+    write_atomic(digest_file(path), digest.hexdigest() + "\n")
 
 
 def view_digest(path: Path) -> str | None:

@@ -62,9 +62,8 @@ def image_split(view: DatasetView, split: str) -> ImageSplit:
     """The files of ``split`` in the view's order, with their class indices."""
     images = view.select(split)
     root = Path(view.root)
-    return ImageSplit(split, tuple(root / image.path for image in images),
-                      np.array([view.label_index(i.label) for i in images], np.int64),
-                      tuple(i.sha256 for i in images))
+    return ImageSplit(split, tuple(root / path for path in images.path),
+                      images.label.astype(np.int64), tuple(images.keys()))
 
 
 class ImageBatches(keras.utils.PyDataset):

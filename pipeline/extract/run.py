@@ -7,7 +7,9 @@ a rerun with nothing new imports no TensorFlow and runs no inference.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +29,8 @@ from ..data.batches import BatchReader
 from ..data.bulk import gc_paused
 from ..data.names import display_path
 from ..data.scan import DatasetScan, scan_dataset, warn_about
-from ..data.view import AugmentedCopiesSpec, DatasetView, SkippedFile, ViewImage
+from ..data.table import ImageTable
+from ..data.view import AugmentedCopiesSpec, DatasetView, SkippedFile
 from ..errors import EmptyClassWarning, SkippedImageWarning
 from ._writers import open_writers
 from .augmented import AugmentedCopiesResult, augmentation_id, extract_augmented_copies
@@ -115,6 +118,33 @@ class Inferences:
         return self._built[parts]
 
 
+class DistinctImages:
+    """The distinct contents among the images of a table (files with the same bytes are one
+    content): their sha256 and the position of the first image of each."""
+
+    def __init__(self, table: ImageTable):
+        self._table = table
+        # sorted sha256 (S64), and the table position of the first image of each
+        self._sha256, self._first = np.unique(table.sha256, return_index=True)
+
+    def __len__(self) -> int:
+        return len(self._sha256)
+
+    def keys(self) -> list[str]:
+        """The sha256 of each content once, in the order of their first images."""
+        return self._table.sha256[np.sort(self._first)].astype(str).tolist()
+
+    def paths_of(self, keys: list[str], root: str) -> dict[str, str]:
+        """sha256 -> the path (under ``root``) of the first image of that content, for each
+        of ``keys`` (KeyError for a key no image has)."""
+        wanted = np.array(keys, "S64").reshape(-1)
+        at = np.minimum(np.searchsorted(self._sha256, wanted), max(len(self) - 1, 0))
+        if len(wanted) and (not len(self) or (self._sha256[at] != wanted).any()):
+            raise KeyError("a key no image of the table has")
+        paths = self._table.path.take(self._first[at])
+        return {key: os.path.join(root, path) for key, path in zip(keys, paths)}
+
+
 def lacking(ctx: RunContext, keys: list[str]) -> dict[str, set[str]]:
     """For each part the cache keeps, the keys among ``keys`` whose store lacks it."""
     return {part: set(store.missing(keys)) for part, store in ctx.stores.items()}
@@ -161,18 +191,22 @@ def _run_extract(ctx: RunContext, session: SchedulerSession | None, progress: bo
             if hash_state is not None:
                 hash_state.close()
         warn_about(scan)
+        # from here on the images are columns (a few arrays), not a record an image
+        table = scan.image_table()
+        scan = dataclasses.replace(scan, images=[])
+        distinct = DistinctImages(table)
 
-        first_path: dict[str, str] = {}
-        for image in scan.images:
-            first_path.setdefault(image.sha256, image.path)
         context = _decode_context(ctx.spec)
         # images refused before (rejects.jsonl) are asked about apart: they are absent, and
         # an ask with every key present is one the entry index remembers (cache.index)
         refused = store.rejected(context)
-        wanted = [key for key in first_path if key not in refused]
+        keys = distinct.keys()
+        wanted = [key for key in keys if key not in refused]
         absent = set().union(*lacking(ctx, wanted).values())
         missing = [key for key in wanted if key in absent]
-        again = [key for key in first_path if key in refused]
+        again = [key for key in keys if key in refused]
+        # the keys of every image are asked again after extraction: not held meanwhile
+        del keys, wanted, absent
         still_absent = set().union(*lacking(ctx, again).values()) if again else set()
         rejected = {key: refused[key] for key in again if key in still_absent}
 
@@ -182,13 +216,14 @@ def _run_extract(ctx: RunContext, session: SchedulerSession | None, progress: bo
     inferences = Inferences(ctx)
     if missing:
         extracted, new_failures, loop_seconds = _extract_missing(
-            ctx, missing, first_path, context, progress, inferences, session)
+            ctx, missing, distinct.paths_of(missing, str(scan.root)), context, progress,
+            inferences, session)
         failures.update(new_failures)
-        if not new_failures:
-            lacking(ctx, wanted)  # all cached now: remembered, the next command's ask is cheap
+        if not new_failures:  # all cached now: remembered, the next command's ask is cheap
+            lacking(ctx, [key for key in distinct.keys() if key not in refused])
 
     with gc_paused():
-        view = _build_view(scan, ctx, failures)
+        view = _build_view(table, scan, ctx, failures)
     augmented = AugmentedCopiesResult()
     copies = config.stages.extract.augmented_copies
     if copies.count:
@@ -201,13 +236,13 @@ def _run_extract(ctx: RunContext, session: SchedulerSession | None, progress: bo
         if item.path not in not_there:
             warnings.warn(f"skipped {display_path(item.path)}: {item.reason}",
                           SkippedImageWarning, stacklevel=3)
-    _warn_about_empty_classes(view, scan)
+    _warn_about_empty_classes(view, table)
     with gc_paused():
         view_file = ctx.write_view(view)
     return ExtractResult(fingerprint=ctx.fingerprint.id, store_path=store.path,
                          view_file=view_file, view=view, images=len(view.images),
                          new=len(extracted),
-                         cached=len(first_path) - len(extracted) - len(failures),
+                         cached=len(distinct) - len(extracted) - len(failures),
                          skipped=view.skipped, seconds=time.perf_counter() - started,
                          inference_seconds=loop_seconds, augmented=augmented)
 
@@ -217,7 +252,7 @@ def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, 
                      session: SchedulerSession | None
                      ) -> tuple[list[str], dict[str, str], float]:
     """Decode, infer and commit the parts ``missing`` images lack, here or on the cluster of
-    ``session``.
+    ``session``; ``first_path``: the file to read for each of them.
 
     Returns (sha256 extracted, sha256 -> failure reason, seconds of the extraction loop).
     """
@@ -262,9 +297,11 @@ def _extract_missing(ctx: RunContext, missing: list[str], first_path: dict[str, 
     return extracted, failures, time.perf_counter() - started
 
 
-def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
+def _warn_about_empty_classes(view: DatasetView, found: ImageTable) -> None:
+    """Warn about classes of ``view`` with no image in a split; ``found``: every image the
+    scan found, those that failed included."""
     counts = view.counts()
-    with_files = {image.label for image in scan.images}
+    with_files = {found.classes[code] for code in np.unique(found.label).tolist()}
     for label in view.classes:
         total = sum(counts[split][label] for split in counts)
         if total == 0 and label in with_files:
@@ -277,11 +314,16 @@ def _warn_about_empty_classes(view: DatasetView, scan: DatasetScan) -> None:
                               f"({total} in all)", EmptyClassWarning, stacklevel=4)
 
 
-def _build_view(scan: DatasetScan, ctx: RunContext, failures: dict[str, str]) -> DatasetView:
-    images = [ViewImage(i.relpath, i.label, i.split, i.sha256)
-              for i in scan.images if i.sha256 not in failures]
-    skipped = [SkippedFile(path=i.relpath, sha256=i.sha256, reason=failures[i.sha256])
-               for i in scan.images if i.sha256 in failures]
+def _build_view(found: ImageTable, scan: DatasetScan, ctx: RunContext,
+                failures: dict[str, str]) -> DatasetView:
+    """The view of the images ``found`` (the scan's, as a table) but those that ``failures``
+    names (sha256 -> why), which it lists as skipped with the scan's unreadable and missing
+    files."""
+    failed = np.isin(found.sha256, np.array(list(failures), "S64")) if failures else \
+        np.zeros(len(found), bool)
+    images = found[~failed]
+    skipped = [SkippedFile(path=i.path, sha256=i.sha256, reason=failures[i.sha256])
+               for i in found[failed]]
     skipped += [SkippedFile(path=u.relpath, sha256="", reason=u.reason)
                 for u in scan.unreadable + scan.missing]
     skipped.sort(key=lambda s: s.path)  # one listing in folder order, whatever failed where

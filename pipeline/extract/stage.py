@@ -58,7 +58,7 @@ def _view_and_entries_missing(ctx: RunContext, entry: dict[str, Any]) -> str | N
     if outs.get("stores") and outs["stores"] == _store_versions(ctx):
         return None  # no store lost an entry since extract recorded them all present
     view = ctx.read_view()
-    keys = [image.sha256 for image in view.images]
+    keys = view.images.keys()
     keys += [item.key for item in view.augmented_copies()]
     missing = sum(len(ctx.stores[part].missing(keys)) for part in ctx.stores)
     if missing:

@@ -187,13 +187,13 @@ def split_keys_and_labels(view: DatasetView, split: str, augmented: bool = False
     """Cache keys and class indices (N,) int64 of one split, in view order; with
     ``augmented``, followed by the cached augmented copies of the split's images (train only)."""
     images = view.select(split)
-    keys = [i.sha256 for i in images]
-    labels = [view.label_index(i.label) for i in images]
+    keys, labels = images.keys(), images.label.astype(np.int64)
     if augmented:
-        for item in view.augmented_copies(split):
-            keys.append(item.key)
-            labels.append(view.label_index(item.image.label))
-    return keys, np.array(labels, dtype=np.int64)
+        copies = view.augmented_copies(split)
+        keys += [item.key for item in copies]
+        labels = np.concatenate([labels, np.array(
+            [view.label_index(item.image.label) for item in copies], np.int64)])
+    return keys, labels
 
 
 def load_split(stores: dict[str, FeatureStore], view: DatasetView, split: str,

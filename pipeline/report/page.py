@@ -224,9 +224,9 @@ def _feature_map(ctx: RunContext, runs: _RunIndex, view: DatasetView | None
     features = params.get("features", "flatten")
     images = view.images
     if len(images) > MAP_POINTS:
-        keep = np.random.default_rng(0).choice(len(images), MAP_POINTS, replace=False)
-        images = [images[i] for i in sorted(keep)]
-    shas = [image.sha256 for image in images]
+        images = images[np.sort(np.random.default_rng(0).choice(len(images), MAP_POINTS,
+                                                                 replace=False))]
+    shas = images.keys()
     try:
         x = {source: FeatureStore(ctx.config.cache.dir, fingerprint).get(shas)
              for source, fingerprint in head_sources(metadata).items()}
@@ -236,7 +236,7 @@ def _feature_map(ctx: RunContext, runs: _RunIndex, view: DatasetView | None
     if len(rows) < 3:
         return None, "No map: fewer than three images."
     points = PCA(n_components=2, random_state=0).fit_transform(rows.astype(np.float64))
-    labels = np.array([view.label_index(image.label) for image in images])
+    labels = images.label
     shown = ", ".join(features) if isinstance(features, list) else str(features)
     return {"features": shown, "points": len(images),
             "figure": figures.feature_map(points, labels, view.classes,

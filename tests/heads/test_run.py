@@ -15,6 +15,7 @@ import pytest
 from cache import FeatureStore, open_writer
 from pipeline.config import HeadConfig, load_config
 from pipeline.context import RunContext
+from pipeline.data.table import ImageTable
 from pipeline.data.view import read_view, write_view
 from pipeline.errors import MissingViewError, NoTestImagesWarning
 from pipeline.heads.leaderboard import TrialResult, rank_trials
@@ -117,7 +118,7 @@ def test_selection_never_sees_the_test_split(cached_project):
     test_shas = [i.sha256 for i in scrambled if i.split == "test"]
     with open_writer(store, store.description) as writer:
         writer.add(test_shas, rng.normal(0, 50, (len(test_shas), 2, 2, 512)).astype(np.float32))
-    view.images = scrambled
+    view.images = ImageTable.from_rows(view.classes, scrambled)
     write_view(view, view_file)
 
     second, _ = _run(project)
