@@ -66,7 +66,7 @@ class DatasetView:
     root: str
     classes: list[str]
     fingerprint: str
-    # a table (a sequence of ViewImage given as one is made into a table)
+    # a list of ViewImage given here is made into a table
     images: ImageTable
     skipped: list[SkippedFile] = field(default_factory=list)
     duplicates: list[DuplicateGroup] = field(default_factory=list)
