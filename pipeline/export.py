@@ -27,7 +27,8 @@ import numpy as np
 from cache.files import replacing
 
 from .context import RunContext
-from .data.view import DatasetView, ImageTable
+from .data.table import ImageTable
+from .data.view import DatasetView
 from .errors import PipelineError
 from .heads.features import FeatureRows, source_of
 

@@ -132,7 +132,7 @@ class DistinctImages:
 
     def keys(self) -> list[str]:
         """The sha256 of each content once, in the order of their first images."""
-        return self._table.sha256[np.sort(self._first)].astype(str).tolist()
+        return [key.decode("ascii") for key in self._table.sha256[np.sort(self._first)].tolist()]
 
     def paths_of(self, keys: list[str], root: str) -> dict[str, str]:
         """sha256 -> the path (under ``root``) of the first image of that content, for each
