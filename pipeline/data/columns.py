@@ -60,8 +60,12 @@ class PackedStrings:
     def tolist(self, start: int = 0, stop: int | None = None) -> list[str]:
         """Strings ``start:stop`` as ``str`` objects."""
         stop = len(self) if stop is None else min(stop, len(self))
-        text = self.data.tobytes()
-        bounds = self.ends[start:stop + 1].tolist()
+        if start >= stop:
+            return []
+        # only these strings' bytes are copied out (a table is iterated a chunk at a time)
+        first, last = int(self.ends[start]), int(self.ends[stop])
+        text = self.data[first:last].tobytes()
+        bounds = (self.ends[start:stop + 1] - first).tolist()
         return [text[a:b].decode("utf-8", _ERRORS) for a, b in zip(bounds, bounds[1:])]
 
     def compress(self, mask: np.ndarray) -> PackedStrings:
