@@ -406,3 +406,22 @@ def test_an_image_refused_before_but_cached_since_is_in_the_view(tiny_project: P
     again = _extract(tiny_project)
     assert again.skipped == [] and again.cached == 13
     assert refused.path in {image.path for image in again.view.images}
+
+
+def test_distinct_images_name_the_first_file_of_each_content_and_refuse_unknown_keys():
+    from pipeline.data.table import ImageTable, ViewImage
+    from pipeline.extract.run import DistinctImages
+
+    a, b = "a" * 64, "b" * 64
+    table = ImageTable.from_rows(["cat", "dog"], [
+        ViewImage("dog/copy.png", "dog", "train", b), ViewImage("cat/one.png", "cat", "test", a),
+        ViewImage("cat/first.png", "cat", "train", b)])
+    distinct = DistinctImages(table)
+    assert len(distinct) == 2 and distinct.keys() == [b, a]  # first-seen order
+    assert distinct.paths_of([a, b], "/root") == {a: "/root/cat/one.png",
+                                                   b: "/root/dog/copy.png"}
+    assert distinct.paths_of([], "/root") == {}
+    with pytest.raises(KeyError):
+        distinct.paths_of(["c" * 64], "/root")
+    with pytest.raises(KeyError):
+        DistinctImages(table[np.zeros(3, bool)]).paths_of([a], "/root")
